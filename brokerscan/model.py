@@ -1,0 +1,242 @@
+"""The result model: one versioned record per probed (ip, port), spoken by every stage.
+
+A probe worker builds a :class:`ScanResult`; enrichment fills ``asn``/``geo``; storage
+persists it. The JSON Schema of :class:`ScanResult` is committed as
+``brokerscan/result.schema.json`` and a test diffs it, so a change to this module is a
+deliberate, versioned change (bump :data:`SCHEMA_VERSION`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "AmqpResult",
+    "AmqpServerProperties",
+    "AsnInfo",
+    "GeoInfo",
+    "MqttAttempt",
+    "MqttProperties",
+    "MqttResult",
+    "Protocol",
+    "ScanResult",
+    "Status",
+    "TlsCertificate",
+    "TlsInfo",
+    "Transport",
+    "result_schema",
+]
+
+SCHEMA_VERSION = 1
+
+
+class Status(StrEnum):
+    """How a probe ended: a closed set in the spirit of zgrab2's ``ScanStatus``."""
+
+    SUCCESS = "success"  # the broker answered in its protocol (any return code)
+    CONNECTION_REFUSED = "connection-refused"  # RST to our SYN
+    CONNECTION_TIMEOUT = "connection-timeout"  # no answer to the SYN in time
+    CONNECTION_RESET = "connection-reset"  # RST after the connection was up
+    CONNECTION_CLOSED = "connection-closed"  # FIN before any reply byte
+    IO_TIMEOUT = "io-timeout"  # connected, but a read/write or the total deadline ran out
+    HANDSHAKE_ERROR = "handshake-error"  # the TLS handshake failed
+    PROTOCOL_ERROR = "protocol-error"  # bytes came back, but not MQTT or AMQP
+    UNREACHABLE = "unreachable"  # network/host unreachable (ICMP or no route)
+    BLOCKLISTED_TARGET = "blocklisted-target"  # refused by the blocklist, never dialled
+    OUT_OF_SCOPE = "out-of-scope"  # outside the deployment's scope, never dialled
+    UNKNOWN_ERROR = "unknown-error"
+
+
+class Protocol(StrEnum):
+    MQTT = "mqtt"
+    AMQP = "amqp"
+
+
+class Transport(StrEnum):
+    TCP = "tcp"
+    TLS = "tls"
+
+
+def _b64_validate(value: object) -> bytes:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, str):
+        return base64.b64decode(value.encode("ascii"), validate=True)
+    raise ValueError("expected bytes or a base64 string")
+
+
+# Raw bytes in memory, base64 in JSON: the stored reply can always be re-parsed later.
+RawBytes = Annotated[
+    bytes,
+    PlainValidator(_b64_validate),
+    PlainSerializer(lambda b: base64.b64encode(b).decode("ascii"), return_type=str,
+                    when_used="json"),
+]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TlsCertificate(_Frozen):
+    """The leaf certificate the server presented."""
+
+    subject: str  # RFC 4514
+    issuer: str
+    subject_cn: str | None = None
+    sans: list[str] = Field(default_factory=list)  # "DNS:x", "IP:x", "URI:x", "email:x"
+    serial: str  # hex, no leading zeros
+    not_before: datetime
+    not_after: datetime
+    key_type: str  # "RSA", "EC", "Ed25519", "Ed448", "DSA", ...
+    key_bits: int | None = None
+    key_curve: str | None = None
+    signature_algorithm: str | None = None
+    sha256: str  # hex fingerprint of the DER
+    self_signed: bool
+    expired: bool  # not_after before the observation time
+    not_yet_valid: bool = False
+
+
+class TlsInfo(_Frozen):
+    """What the TLS handshake showed (verification off; trust judged separately)."""
+
+    handshake_completed: bool
+    version: str | None = None  # "TLSv1.3"
+    cipher: str | None = None
+    alpn: str | None = None
+    certificate: TlsCertificate | None = None
+    chain_length: int = 0
+    trusted: bool | None = None  # would the chain verify against the system store?
+    trust_error: str | None = None
+    client_certificate_required: bool = False
+    error: str | None = None  # the handshake failure, as OpenSSL named it
+
+
+class MqttAttempt(_Frozen):
+    """One CONNECT we sent, and what came back."""
+
+    protocol_level: Literal[3, 4, 5]
+    answer: Literal["connack", "disconnect", "closed", "timeout", "reset", "other"]
+    return_code: int | None = None
+
+
+class MqttProperties(_Frozen):
+    """MQTT 5.0 CONNACK properties (section 3.2.2.3); unset ones are null."""
+
+    session_expiry_interval: int | None = None
+    receive_maximum: int | None = None
+    maximum_qos: int | None = None
+    retain_available: bool | None = None
+    maximum_packet_size: int | None = None
+    assigned_client_identifier: str | None = None
+    topic_alias_maximum: int | None = None
+    reason_string: str | None = None
+    user_properties: list[tuple[str, str]] = Field(default_factory=list)
+    wildcard_subscription_available: bool | None = None
+    subscription_identifiers_available: bool | None = None
+    shared_subscription_available: bool | None = None
+    server_keep_alive: int | None = None
+    response_information: str | None = None
+    server_reference: str | None = None
+    authentication_method: str | None = None
+
+
+class MqttResult(_Frozen):
+    """The broker's answer to an anonymous, clean-session CONNECT."""
+
+    protocol_level: Literal[3, 4, 5]  # the level of the CONNACK recorded below
+    return_code: int  # CONNACK return code (3.1/3.1.1) or reason code (5.0)
+    return_code_name: str  # "accepted", "not-authorized", ...
+    session_present: bool
+    anonymous: bool | None  # True: accepted; False: not authorised/bad credentials
+    accepted_levels: list[Literal[3, 4, 5]] = Field(default_factory=list)
+    refused_levels: list[Literal[3, 4, 5]] = Field(default_factory=list)
+    attempts: list[MqttAttempt] = Field(default_factory=list)
+    properties: MqttProperties | None = None  # 5.0 CONNACK only
+    client_id: str | None = None
+
+
+class AmqpServerProperties(_Frozen):
+    product: str | None = None
+    version: str | None = None
+    platform: str | None = None
+    copyright: str | None = None
+    information: str | None = None
+    cluster_name: str | None = None
+    capabilities: dict[str, bool] = Field(default_factory=dict)
+    other: dict[str, Any] = Field(default_factory=dict)  # any other key, JSON-safe
+
+
+class AmqpResult(_Frozen):
+    """Connection.Start of an AMQP 0-9-1 server, or the header of any other AMQP server."""
+
+    family: Literal["0-9-1", "0-9", "0-8", "0-10", "1.0", "1.0-tls", "1.0-sasl", "unknown"]
+    protocol_header: str | None = None  # "AMQP 0 0 9 1": the server's header, if it sent one
+    version_major: int | None = None
+    version_minor: int | None = None
+    server_properties: AmqpServerProperties | None = None
+    mechanisms: list[str] = Field(default_factory=list)
+    locales: list[str] = Field(default_factory=list)
+
+
+class AsnInfo(_Frozen):
+    number: int | None = None
+    organization: str | None = None
+    network: str | None = None  # the announced prefix, if known
+    reserved: bool = False  # loopback/private/... : no owner to look up
+    source: str | None = None
+    source_date: str | None = None
+
+
+class GeoInfo(_Frozen):
+    country: str | None = None  # ISO 3166-1 alpha-2
+    city: str | None = None
+    latitude: float | None = None
+    longitude: float | None = None
+    reserved: bool = False
+    source: str | None = None
+    source_date: str | None = None
+
+
+class ScanResult(_Frozen):
+    """One probed (ip, port): the record every stage of brokerscan speaks."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    sweep_id: str | None = None
+    ip: str
+    port: int = Field(ge=0, le=65535)
+    transport: Transport
+    observed_at: datetime
+    duration_ms: float = 0.0
+    status: Status
+    protocol: Protocol | None = None
+    probes: list[Protocol] = Field(default_factory=list)  # what we tried, in order
+    error: str | None = None  # supplementary text; query on status, not this
+    tls: TlsInfo | None = None
+    mqtt: MqttResult | None = None
+    amqp: AmqpResult | None = None
+    raw: RawBytes | None = None  # the identifying reply (or first bytes), capped
+    asn: AsnInfo | None = None
+    geo: GeoInfo | None = None
+
+    @property
+    def key(self) -> tuple[str | None, str, int]:
+        """The deterministic identity of this observation: (sweep, ip, port)."""
+        return (self.sweep_id, self.ip, self.port)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(exclude_none=False)
+
+
+def result_schema() -> str:
+    """The JSON Schema of :class:`ScanResult`, as committed in result.schema.json."""
+    return json.dumps(ScanResult.model_json_schema(mode="serialization"), indent=2,
+                      sort_keys=True) + "\n"

@@ -1,0 +1,53 @@
+"""One settings class for every brokerscan process: built once at start-up, passed down.
+
+Values come from the environment (``BROKERSCAN_*``) or from the command line; nothing
+reads the environment at import time. Each external service is one URL.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Deployment settings. Scan-specific choices (ports, rate, ...) live in ScanConfig."""
+
+    model_config = SettingsConfigDict(env_prefix="BROKERSCAN_", extra="forbid", frozen=True)
+
+    # Networks the transport may dial at all; checked in the one module that opens sockets.
+    # The test suite sets this to 127.0.0.0/8.
+    scope: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["0.0.0.0/0"])
+    # Extra blocklist files (ZMap format), on top of the built-in IANA list.
+    blocklist_files: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    client_id_prefix: str = "brokerscan-"
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"  # Celery tasks
+    results_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"  # results exchange
+    database_url: str | None = None  # postgresql://... ; unset: the embedded store
+
+    @field_validator("scope", "blocklist_files", mode="before")
+    @classmethod
+    def _split_scope(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [v for v in value.replace(" ", ",").split(",") if v]
+        return value
+
+    @field_validator("scope")
+    @classmethod
+    def _valid_scope(cls, value: list[str]) -> list[str]:
+        for net in value:
+            try:
+                ipaddress.IPv4Network(net, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"scope: {net!r} is not an IPv4 network ({exc})") from None
+        return value
+
+    def scope_networks(self) -> list[ipaddress.IPv4Network]:
+        return [ipaddress.IPv4Network(n, strict=False) for n in self.scope]

@@ -1,0 +1,1 @@
+"""enrichment: see docs/architecture.md."""

@@ -1,0 +1,1 @@
+"""Targets and their order: parsing target specs, blocklists, and (later) IPv4 sharding."""

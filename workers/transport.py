@@ -1,0 +1,303 @@
+"""The only module that opens sockets or does TLS; the scope check lives here.
+
+Two ways in:
+
+* :class:`Connector` starts many non-blocking ``connect()`` calls at once and reports each
+  outcome through a plain callback (no asyncio Task per target). A closed port therefore
+  costs a socket, a ``connect()``, one epoll wake-up and a ``close()``: this is what lets a
+  Python process reach a good fraction of a C ``connect()`` loop.
+* :func:`dial` is the ordinary ``await``-able connect used by probes that need another
+  connection (MQTT level fall-back, the second probe of a port).
+
+Both return a :class:`Stream`: ``send``/``receive``/``aclose``, per-operation timeouts,
+and TLS started inside it when asked (verification off; what the handshake showed is
+kept in :attr:`Stream.tls`). Every OS, TLS and timeout error is mapped to a
+:class:`~brokerscan.model.Status` in :func:`status_of`, the one place that does it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import socket
+import ssl
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+
+from brokerscan.model import Status, TlsInfo
+from workers.tlsinfo import describe_tls
+
+__all__ = [
+    "Connector",
+    "ProbeError",
+    "Scope",
+    "Stream",
+    "TlsOptions",
+    "dial",
+    "status_of",
+]
+
+
+class ProbeError(Exception):
+    """A transport failure, already mapped to a status."""
+
+    def __init__(self, status: Status, message: str, tls: TlsInfo | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.tls = tls
+
+
+_ERRNO_STATUS = {
+    errno.ECONNREFUSED: Status.CONNECTION_REFUSED,
+    errno.ETIMEDOUT: Status.CONNECTION_TIMEOUT,
+    errno.ECONNRESET: Status.CONNECTION_RESET,
+    errno.EPIPE: Status.CONNECTION_RESET,
+    errno.ECONNABORTED: Status.CONNECTION_RESET,
+    errno.ENETUNREACH: Status.UNREACHABLE,
+    errno.EHOSTUNREACH: Status.UNREACHABLE,
+    errno.EADDRNOTAVAIL: Status.UNREACHABLE,
+    errno.EACCES: Status.UNREACHABLE,  # a local firewall said no
+    errno.EPERM: Status.UNREACHABLE,
+}
+
+
+def status_of(exc: BaseException, *, connected: bool) -> ProbeError:
+    """Map any exception raised while talking to a target to a :class:`ProbeError`.
+
+    :param connected: whether the TCP connection was up (a timeout before it is a
+        connection-timeout, after it an io-timeout).
+    """
+    if isinstance(exc, ProbeError):
+        return exc
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        status = Status.IO_TIMEOUT if connected else Status.CONNECTION_TIMEOUT
+        return ProbeError(status, "timed out")
+    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+        return ProbeError(Status.HANDSHAKE_ERROR, _ssl_reason(exc))
+    if isinstance(exc, EOFError | asyncio.IncompleteReadError):
+        return ProbeError(Status.CONNECTION_CLOSED, "closed by peer")
+    if isinstance(exc, OSError) and exc.errno is not None:
+        status = _ERRNO_STATUS.get(exc.errno, Status.UNKNOWN_ERROR)
+        if status is Status.CONNECTION_TIMEOUT and connected:
+            status = Status.IO_TIMEOUT
+        return ProbeError(status, errno.errorcode.get(exc.errno, str(exc.errno)))
+    if isinstance(exc, ConnectionError):
+        return ProbeError(Status.CONNECTION_RESET, type(exc).__name__)
+    return ProbeError(Status.UNKNOWN_ERROR, f"{type(exc).__name__}: {exc}")
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None)
+    return str(reason).lower().replace("_", "-") if reason else str(exc)
+
+
+class Scope:
+    """The networks this deployment may dial at all. Checked before any packet."""
+
+    def __init__(self, networks: Iterable[str | ipaddress.IPv4Network]) -> None:
+        nets = [ipaddress.IPv4Network(n, strict=False) for n in networks]
+        self._ranges = sorted((int(n.network_address), int(n.broadcast_address)) for n in nets)
+        self.networks = nets
+
+    def __contains__(self, ip: int) -> bool:
+        return any(lo <= ip <= hi for lo, hi in self._ranges)
+
+
+class TlsOptions:
+    """One client TLS context, shared: no verification (we record, we do not trust)."""
+
+    def __init__(self, *, handshake_timeout: float = 10.0) -> None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+        try:  # old servers still speak TLS 1.0/1.1: observe them rather than fail
+            ctx.set_ciphers("ALL:@SECLEVEL=0")
+        except ssl.SSLError:  # pragma: no cover - depends on the OpenSSL build
+            pass
+        self.context = ctx
+        self.handshake_timeout = handshake_timeout
+
+
+class Stream:
+    """A connected socket (plain or TLS) with per-operation timeouts."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 io_timeout: float, tls: TlsInfo | None = None) -> None:
+        self._reader = reader
+        self._writer = writer
+        self.io_timeout = io_timeout
+        self.tls = tls
+
+    async def send(self, data: bytes) -> None:
+        try:
+            self._writer.write(data)
+            async with asyncio.timeout(self.io_timeout):
+                await self._writer.drain()
+        except Exception as exc:
+            raise status_of(exc, connected=True) from None
+
+    async def receive(self, max_bytes: int = 4096) -> bytes:
+        """At most ``max_bytes`` bytes; ``b""`` once the peer has closed."""
+        try:
+            async with asyncio.timeout(self.io_timeout):
+                return await self._reader.read(max_bytes)
+        except Exception as exc:
+            raise status_of(exc, connected=True) from None
+
+    async def aclose(self) -> None:
+        writer = self._writer
+        if writer.is_closing():
+            return
+        writer.close()
+        try:  # a TLS close_notify may never be answered: bound it
+            async with asyncio.timeout(1.0):
+                await writer.wait_closed()
+        except Exception:  # noqa: S110 - closing is best effort, the result is already known
+            pass
+        transport = writer.transport
+        if not transport.is_closing():  # pragma: no cover - belt and braces
+            transport.abort()
+
+
+async def _wrap(sock: socket.socket, ip: str, io_timeout: float,
+                tls: TlsOptions | None) -> Stream:
+    """Turn a connected socket into a :class:`Stream`, doing the TLS handshake if asked."""
+    if tls is None:
+        reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 16)
+        return Stream(reader, writer, io_timeout)
+    try:
+        reader, writer = await asyncio.open_connection(
+            sock=sock, ssl=tls.context, server_hostname=None,
+            ssl_handshake_timeout=tls.handshake_timeout, limit=1 << 16)
+    except Exception as exc:
+        sock.close()
+        err = status_of(exc, connected=True)
+        if err.status is Status.IO_TIMEOUT or isinstance(exc, ssl.SSLError | OSError):
+            info = _failed_handshake(exc, err)
+            status = Status.HANDSHAKE_ERROR if err.status in (
+                Status.HANDSHAKE_ERROR, Status.CONNECTION_RESET, Status.CONNECTION_CLOSED,
+                Status.UNKNOWN_ERROR) else err.status
+            raise ProbeError(status, f"tls: {err.message}", info) from None
+        raise err from None
+    ssl_object = writer.get_extra_info("ssl_object")
+    info = describe_tls(ssl_object, ip, datetime.now(UTC))
+    return Stream(reader, writer, io_timeout, info)
+
+
+def _failed_handshake(exc: BaseException, err: ProbeError) -> TlsInfo:
+    reason = err.message
+    # A server that demands a client certificate aborts with an alert naming it (TLS 1.2:
+    # handshake failure after CertificateRequest; TLS 1.3: "certificate required").
+    wants_cert = "certificate-required" in reason or "certificate required" in str(exc).lower()
+    return TlsInfo(handshake_completed=False, error=reason,
+                   client_certificate_required=wants_cert)
+
+
+async def dial(ip: str, port: int, *, scope: Scope, connect_timeout: float,
+               io_timeout: float, tls: TlsOptions | None = None) -> Stream:
+    """Connect (and handshake TLS) to ``ip:port``: the awaitable path used by probes."""
+    ip_int = int(ipaddress.IPv4Address(ip))
+    if ip_int not in scope:
+        raise ProbeError(Status.OUT_OF_SCOPE, f"{ip} is outside the scope")
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        async with asyncio.timeout(connect_timeout):
+            await loop.sock_connect(sock, (ip, port))
+    except Exception as exc:
+        sock.close()
+        raise status_of(exc, connected=False) from None
+    return await _wrap(sock, ip, io_timeout, tls)
+
+
+ConnectCallback = Callable[[socket.socket | None, int], None]
+
+
+class Connector:
+    """Many concurrent non-blocking connects, reported through callbacks.
+
+    ``start(ip, port, callback)`` calls ``callback(sock, 0)`` once connected, or
+    ``callback(None, errno)`` on failure (``errno.ETIMEDOUT`` after ``connect_timeout``).
+    Deadlines sit in a FIFO (the timeout is the same for every connect) swept a few times a
+    second, instead of a timer handle per socket.
+    """
+
+    def __init__(self, scope: Scope, connect_timeout: float) -> None:
+        self._scope = scope
+        self._timeout = connect_timeout
+        self._loop = asyncio.get_running_loop()
+        self._pending: dict[int, tuple[socket.socket, ConnectCallback]] = {}
+        self._deadlines: deque[tuple[float, int, socket.socket]] = deque()
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def start(self, ip: int, port: int, callback: ConnectCallback) -> None:
+        if ip not in self._scope:  # the guard of SAFETY.md: nothing leaves for such an ip
+            raise ProbeError(Status.OUT_OF_SCOPE, "outside the scope")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        addr = socket.inet_ntoa(ip.to_bytes(4, "big"))
+        code = sock.connect_ex((addr, port))
+        if code == errno.EINPROGRESS:
+            fd = sock.fileno()
+            self._pending[fd] = (sock, callback)
+            self._loop.add_writer(fd, self._ready, fd)
+            self._deadlines.append((time.monotonic() + self._timeout, fd, sock))
+            if self._sweeper is None:
+                self._sweeper = self._loop.call_later(0.2, self._sweep)
+        elif code == 0:
+            callback(sock, 0)
+        else:
+            sock.close()
+            callback(None, code)
+
+    def _ready(self, fd: int) -> None:
+        sock, callback = self._pending.pop(fd)
+        self._loop.remove_writer(fd)
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            sock.close()
+            callback(None, code)
+        else:
+            callback(sock, 0)
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        deadlines = self._deadlines
+        while deadlines and (deadlines[0][0] <= now or deadlines[0][1] not in self._pending
+                             or self._pending[deadlines[0][1]][0] is not deadlines[0][2]):
+            _, fd, sock = deadlines.popleft()
+            entry = self._pending.get(fd)
+            if entry is None or entry[0] is not sock:
+                continue  # finished already (the fd may have been reused since)
+            del self._pending[fd]
+            self._loop.remove_writer(fd)
+            sock.close()
+            entry[1](None, errno.ETIMEDOUT)
+        self._sweeper = self._loop.call_later(0.2, self._sweep) if deadlines else None
+
+    def close(self) -> None:
+        """Abandon every connect in flight (no callbacks)."""
+        for fd, (sock, _) in self._pending.items():
+            self._loop.remove_writer(fd)
+            sock.close()
+        self._pending.clear()
+        self._deadlines.clear()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+
+    @staticmethod
+    async def wrap(sock: socket.socket, ip: str, *, io_timeout: float,
+                   tls: TlsOptions | None) -> Stream:
+        """Make a :class:`Stream` of a socket this connector connected."""
+        return await _wrap(sock, ip, io_timeout, tls)

@@ -1,0 +1,155 @@
+"""``brokerscan demo``: start a small zoo of brokers on 127.77.0.x, scan it, print the report.
+
+Real Mosquitto is used where it is installed (anonymous, authenticated and TLS listeners);
+brokerscan's own minimal servers (:mod:`brokerscan.minibrokers`) stand in otherwise, and
+always provide the AMQP 0-9-1 and 1.0 servers and an HTTP server on an MQTT port. A
+RabbitMQ or Mosquitto already listening on 127.0.0.1 is scanned too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from brokerscan import minibrokers as mini
+from brokerscan.settings import Settings
+from scheduler.blocklist import IPSet
+from scheduler.ports import parse_ports
+from workers.engine import ScanConfig
+from workers.probes.base import ProbeOptions
+from workers.transport import Scope
+
+__all__ = ["DEMO_NET", "run_demo"]
+
+DEMO_NET = "127.77.0.0/28"
+_H = "127.77.0."
+
+
+def run_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from brokerscan.cli import ScanPlan, _open_output, _print_report, _want_progress, run_scan
+
+    with tempfile.TemporaryDirectory(prefix="brokerscan-demo-") as tmp, ExitStack() as stack:
+        cert, key = _self_signed(Path(tmp))
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(cert, key)
+        servers: list[mini.MiniServer] = [
+            mini.MiniServer(_H + "4", 5672, mini.amqp091("brokerscan-demo", "1.0")),
+            mini.MiniServer(_H + "5", 5671, mini.amqp091("brokerscan-demo", "1.0"), tls),
+            mini.MiniServer(_H + "6", 1883, mini.http()),
+            mini.MiniServer(_H + "7", 5672, mini.amqp10_sasl()),
+        ]
+        mosquitto = shutil.which("mosquitto") or (
+            "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+        if mosquitto:
+            stack.callback(_start_mosquitto(mosquitto, Path(tmp), cert, key))
+            kind = "Mosquitto"
+        else:
+            servers += [mini.MiniServer(_H + "1", 1883, mini.mqtt(0)),
+                        mini.MiniServer(_H + "2", 1883, mini.mqtt(5)),
+                        mini.MiniServer(_H + "3", 8883, mini.mqtt(0), tls)]
+            kind = "brokerscan's minimal MQTT servers (Mosquitto is not installed)"
+        thread = mini.ServerThread(servers)
+        thread.start()
+        stack.callback(thread.stop)
+        for host, port in ((_H + "1", 1883), (_H + "2", 1883), (_H + "3", 8883)):
+            _wait_port(host, port)
+
+        ips = IPSet.from_networks([DEMO_NET])
+        extra = [p for p in (1883, 5672) if _answers("127.0.0.1", p)]
+        if extra:
+            ips = ips.union(IPSet.from_networks(["127.0.0.1/32"]))
+        print(f"brokerscan demo: MQTT by {kind}; AMQP 0-9-1 and 1.0 and an HTTP decoy by "
+              f"brokerscan; scanning {DEMO_NET}"
+              + (" and 127.0.0.1 (local services)" if extra else ""), file=sys.stderr)
+        plan = ScanPlan(ips, parse_ports("1883,8883,5672,5671"), [])
+        config = ScanConfig(connect_timeout=2.0, io_timeout=2.0, total_timeout=8.0,
+                            concurrency=100, rate=0,
+                            probe=ProbeOptions(client_id_prefix=settings.client_id_prefix))
+        out = _open_output(args.output)
+        run = asyncio.run(run_scan(plan, config, Scope(["127.0.0.0/8"]), out,
+                                   progress=_want_progress("auto")))
+        if out is not None and out is not sys.stdout:
+            out.close()
+    _print_report(args.format, run.report, run.stats,
+                  sys.stderr if out is sys.stdout else sys.stdout)
+    return 0
+
+
+def _start_mosquitto(binary: str, tmp: Path, cert: str, key: str) -> object:
+    conf = tmp / "mosquitto.conf"
+    conf.write_text("\n".join([
+        "per_listener_settings true",
+        "persistence false",
+        f"log_dest file {tmp / 'mosquitto.log'}",
+        *(["user root"] if _is_root() else []),
+        f"listener 1883 {_H}1", "allow_anonymous true",
+        f"listener 1883 {_H}2", "allow_anonymous false",
+        f"listener 8883 {_H}3", "allow_anonymous true", f"certfile {cert}", f"keyfile {key}",
+        "",
+    ]))
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+    def stop() -> None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    return stop
+
+
+def _is_root() -> bool:
+    import os
+    return os.geteuid() == 0
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _wait_port(host: str, port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _answers(host, port):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"demo server {host}:{port} did not start")
+
+
+def _self_signed(directory: Path) -> tuple[str, str]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "brokerscan-demo")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=30))
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "demo.pem", directory / "demo.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)

@@ -1,0 +1,298 @@
+"""The probe engine: many targets, bounded concurrency, a rate limit, one result per target.
+
+The engine pulls ``(ip, PortSpec)`` pairs lazily from any iterable (so 10^6 targets are
+never 10^6 objects), starts a non-blocking connect for each within the rate budget and the
+concurrency bound, and for every port that accepts runs the probes its spec names (MQTT,
+AMQP, inside TLS when asked). Connection failures are counted without an asyncio Task;
+only open ports get one. Every outcome is a :class:`~brokerscan.model.ScanResult` passed
+to a sink; failures before a connection (refused, timed out) reach the sink only when
+``ScanConfig.emit_failures`` is set, and are always counted in :class:`ScanStats`.
+
+The Celery shard task runs this same engine over its shard; the CLI runs it over a range.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from brokerscan.model import Protocol, ScanResult, Status, TlsInfo, Transport
+from scheduler.ports import PortSpec
+from workers.probes import PROBES
+from workers.probes.base import ProbeOptions, ProbeOutcome
+from workers.transport import Connector, ProbeError, Scope, Stream, TlsOptions, dial, status_of
+
+__all__ = ["Engine", "ScanConfig", "ScanStats", "Sink"]
+
+Sink = Callable[[ScanResult], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ScanConfig:
+    """How one scan behaves. Defaults are polite for the Internet and fine on loopback."""
+
+    connect_timeout: float = 3.0
+    io_timeout: float = 5.0  # any single read or write once connected
+    total_timeout: float = 20.0  # everything done for one (ip, port), fall-backs included
+    tls_handshake_timeout: float = 5.0
+    concurrency: int = 1000  # connections in flight, connects and probes together
+    rate: float = 10_000.0  # new connections per second (each one SYN); 0 = unlimited
+    sweep_id: str | None = None
+    emit_failures: bool = False  # also emit results for refused/timed-out connects
+    probe: ProbeOptions = field(default_factory=ProbeOptions)
+
+
+@dataclass(slots=True)
+class ScanStats:
+    """Live counters, readable at any time (progress) and final at the end (report)."""
+
+    total: int | None = None
+    started: int = 0  # connects started
+    done: int = 0  # targets finished, whatever the outcome
+    open: int = 0  # TCP connection established
+    statuses: Counter[str] = field(default_factory=Counter)
+    hits: Counter[str] = field(default_factory=Counter)  # by protocol
+    began: float = field(default_factory=time.monotonic)
+    ended: float | None = None
+
+    @property
+    def elapsed(self) -> float:
+        return (self.ended or time.monotonic()) - self.began
+
+    @property
+    def rate(self) -> float:
+        elapsed = self.elapsed
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ip_text(ip: int) -> str:
+    return socket.inet_ntoa(ip.to_bytes(4, "big"))
+
+
+class _RateLimiter:
+    """A token bucket: ``rate`` tokens a second, a burst of 20 ms worth."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.burst = max(1.0, rate / 50)
+        self.tokens = self.burst
+        self.last = time.monotonic()
+
+    def available(self) -> int:
+        if self.rate <= 0:
+            return 1 << 30
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        return int(self.tokens)
+
+    def take(self, n: int) -> None:
+        if self.rate > 0:
+            self.tokens -= n
+
+    def wait_time(self) -> float:
+        return max(0.001, (1.0 - self.tokens) / self.rate) if self.rate > 0 else 0.0
+
+
+class Engine:
+    """Runs a scan. One engine per event loop; ``run`` may be called once."""
+
+    def __init__(self, config: ScanConfig, scope: Scope,
+                 ready: Callable[[], Awaitable[None]] | None = None) -> None:
+        """:param ready: awaited before each batch of new connects: a sink that cannot keep
+        up (a results publisher waiting for confirms) holds the scan back through it."""
+        self.config = config
+        self.scope = scope
+        self.stats = ScanStats()
+        self._ready = ready
+        self._tls = TlsOptions(handshake_timeout=config.tls_handshake_timeout)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._in_flight = 0
+        self._wake: asyncio.Event | None = None
+        self._sink: Sink = lambda _r: None
+        self._stopping = False
+
+    def stop(self) -> None:
+        """Start no new target; those in flight finish. ``run`` then returns."""
+        self._stopping = True
+        if self._wake is not None:
+            self._wake.set()
+
+    async def run(self, targets: Iterable[tuple[int, PortSpec]], sink: Sink,
+                  total: int | None = None) -> ScanStats:
+        """Probe every target and pass each result to ``sink``; return the final stats."""
+        self._sink = sink
+        self.stats = ScanStats(total=total)
+        self._wake = asyncio.Event()
+        connector = Connector(self.scope, self.config.connect_timeout)
+        limiter = _RateLimiter(self.config.rate)
+        iterator: Iterator[tuple[int, PortSpec]] = iter(targets)
+        exhausted = False
+        try:
+            while True:
+                if self._ready is not None:
+                    await self._ready()
+                free = self.config.concurrency - self._in_flight
+                if not exhausted and not self._stopping and free > 0:
+                    budget = min(free, limiter.available())
+                    launched = 0
+                    for ip, spec in iterator:
+                        self._start(connector, ip, spec)
+                        launched += 1
+                        if launched >= budget:
+                            break
+                    else:
+                        exhausted = True
+                    limiter.take(launched)
+                    if launched and launched >= budget and self._in_flight < \
+                            self.config.concurrency:
+                        await asyncio.sleep(limiter.wait_time())  # the rate, not the bound
+                        continue
+                if (exhausted or self._stopping) and self._in_flight == 0:
+                    break
+                self._wake.clear()
+                await self._wake.wait()
+        finally:
+            connector.close()
+            for task in list(self._tasks):
+                task.cancel()
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            self.stats.ended = time.monotonic()
+        return self.stats
+
+    # -- the connect phase: plain callbacks, no Task ------------------------------------
+
+    def _start(self, connector: Connector, ip: int, spec: PortSpec) -> None:
+        self.stats.started += 1
+        self._in_flight += 1
+        started = time.monotonic()
+        try:
+            connector.start(ip, spec.port,
+                            lambda sock, code: self._connected(ip, spec, started, sock, code))
+        except ProbeError as exc:  # out of scope: refused before any packet
+            self._finish_failure(ip, spec, started, exc.status, exc.message)
+        except OSError as exc:  # e.g. EMFILE: out of file descriptors
+            err = status_of(exc, connected=False)
+            self._finish_failure(ip, spec, started, err.status, err.message)
+
+    def _connected(self, ip: int, spec: PortSpec, started: float,
+                   sock: socket.socket | None, code: int) -> None:
+        if sock is None:
+            err = status_of(OSError(code, errno.errorcode.get(code, str(code))),
+                            connected=False)
+            self._finish_failure(ip, spec, started, err.status, err.message)
+            return
+        self.stats.open += 1
+        task = asyncio.ensure_future(self._probe(ip, spec, started, sock))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _finish_failure(self, ip: int, spec: PortSpec, started: float, status: Status,
+                        message: str) -> None:
+        self.stats.statuses[status.value] += 1
+        if self.config.emit_failures or status is Status.OUT_OF_SCOPE:
+            self._emit(ScanResult(
+                sweep_id=self.config.sweep_id, ip=_ip_text(ip), port=spec.port,
+                transport=Transport.TLS if spec.tls else Transport.TCP, observed_at=_now(),
+                duration_ms=round((time.monotonic() - started) * 1000, 3),
+                status=status, error=message))
+        self._release()
+
+    def _release(self) -> None:
+        self.stats.done += 1
+        self._in_flight -= 1
+        if self._wake is not None:
+            self._wake.set()
+
+    def _emit(self, result: ScanResult) -> None:
+        if result.protocol is not None:
+            self.stats.hits[result.protocol.value] += 1
+        self._sink(result)
+
+    # -- the probe phase: one Task per open port ----------------------------------------
+
+    async def _probe(self, ip: int, spec: PortSpec, started: float,
+                     sock: socket.socket) -> None:
+        address = _ip_text(ip)
+        observed_at = _now()
+        tls_seen: list[TlsInfo | None] = [None]
+        first: list[socket.socket] = [sock]
+        tls = self._tls if spec.tls else None
+        cfg = self.config
+
+        async def dial_target() -> Stream:
+            if first:
+                stream = await Connector.wrap(first.pop(), address, io_timeout=cfg.io_timeout,
+                                              tls=tls)
+            else:
+                stream = await dial(address, spec.port, scope=self.scope,
+                                    connect_timeout=cfg.connect_timeout,
+                                    io_timeout=cfg.io_timeout, tls=tls)
+            if tls_seen[0] is None:
+                tls_seen[0] = stream.tls
+            return stream
+
+        outcome: ProbeOutcome | None = None
+        tried: list[Protocol] = []
+        try:
+            async with asyncio.timeout(cfg.total_timeout):
+                for name in spec.probes:
+                    tried.append(Protocol(name))
+                    try:
+                        candidate = await PROBES[name](dial_target, cfg.probe)
+                    except ProbeError as exc:
+                        if exc.tls is not None and tls_seen[0] is None:
+                            tls_seen[0] = exc.tls
+                        candidate = ProbeOutcome(status=exc.status, error=exc.message)
+                    outcome = _better(outcome, candidate)
+                    if outcome.protocol is not None or outcome.status in _FINAL:
+                        break
+        except TimeoutError:
+            if outcome is None or outcome.protocol is None:
+                outcome = ProbeOutcome(status=Status.IO_TIMEOUT, error="total timeout",
+                                       raw=outcome.raw if outcome else b"")
+        except Exception as exc:  # a bug in a probe must not stop the scan: record it
+            outcome = ProbeOutcome(status=Status.UNKNOWN_ERROR,
+                                   error=f"{type(exc).__name__}: {exc}")
+        finally:
+            for leftover in first:
+                leftover.close()
+        assert outcome is not None
+        self.stats.statuses[outcome.status.value] += 1
+        self._emit(ScanResult(
+            sweep_id=cfg.sweep_id, ip=address, port=spec.port,
+            transport=Transport.TLS if spec.tls else Transport.TCP, observed_at=observed_at,
+            duration_ms=round((time.monotonic() - started) * 1000, 3),
+            status=outcome.status, protocol=outcome.protocol, probes=tried,
+            error=outcome.error, tls=tls_seen[0], mqtt=outcome.mqtt, amqp=outcome.amqp,
+            raw=outcome.raw[: cfg.probe.max_reply_bytes] or None))
+        self._release()
+
+
+# A TLS failure or an unreachable host will not change with the other probe: stop there.
+_FINAL = frozenset({Status.HANDSHAKE_ERROR, Status.UNREACHABLE, Status.OUT_OF_SCOPE,
+                    Status.CONNECTION_REFUSED})
+
+
+def _better(old: ProbeOutcome | None, new: ProbeOutcome) -> ProbeOutcome:
+    """The more informative of two outcomes for the same port."""
+    if old is None:
+        return new
+    if new.protocol is not None:
+        return new
+    if old.protocol is not None:
+        return old
+    if old.raw and not new.raw:  # the first probe saw bytes; keep them as the record
+        return old
+    return new

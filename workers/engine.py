@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import cast
 from datetime import UTC, datetime
 
 from brokerscan.model import Protocol, ScanResult, Status, TlsInfo, Transport
@@ -134,7 +135,7 @@ class Engine:
         self._sink = sink
         self.stats = ScanStats(total=total)
         self._wake = asyncio.Event()
-        connector = Connector(self.scope, self.config.connect_timeout)
+        connector = Connector(self.scope, self.config.connect_timeout, self._connected)
         limiter = _RateLimiter(self.config.rate)
         iterator: Iterator[tuple[int, PortSpec]] = iter(targets)
         exhausted = False
@@ -145,6 +146,7 @@ class Engine:
                 free = self.config.concurrency - self._in_flight
                 if not exhausted and not self._stopping and free > 0:
                     budget = min(free, limiter.available())
+                    connector.tick()
                     launched = 0
                     for ip, spec in iterator:
                         self._start(connector, ip, spec)
@@ -176,36 +178,35 @@ class Engine:
     def _start(self, connector: Connector, ip: int, spec: PortSpec) -> None:
         self.stats.started += 1
         self._in_flight += 1
-        started = time.monotonic()
         try:
-            connector.start(ip, spec.port,
-                            lambda sock, code: self._connected(ip, spec, started, sock, code))
+            connector.start(ip, spec.port, spec)
         except ProbeError as exc:  # out of scope: refused before any packet
-            self._finish_failure(ip, spec, started, exc.status, exc.message)
+            self._finish_failure(ip, spec, exc.status, exc.message)
         except OSError as exc:  # e.g. EMFILE: out of file descriptors
             err = status_of(exc, connected=False)
-            self._finish_failure(ip, spec, started, err.status, err.message)
+            self._finish_failure(ip, spec, err.status, err.message)
 
-    def _connected(self, ip: int, spec: PortSpec, started: float,
-                   sock: socket.socket | None, code: int) -> None:
+    def _connected(self, ctx: object, ip: int, sock: socket.socket | None, code: int) -> None:
+        spec = cast(PortSpec, ctx)
         if sock is None:
-            err = status_of(OSError(code, errno.errorcode.get(code, str(code))),
-                            connected=False)
-            self._finish_failure(ip, spec, started, err.status, err.message)
+            status = _CONNECT_ERRNO.get(code)
+            if status is None:
+                err = status_of(OSError(code, errno.errorcode.get(code, str(code))),
+                                connected=False)
+                status = err.status
+            self._finish_failure(ip, spec, status, errno.errorcode.get(code, str(code)))
             return
         self.stats.open += 1
-        task = asyncio.ensure_future(self._probe(ip, spec, started, sock))
+        task = asyncio.ensure_future(self._probe(ip, spec, sock))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _finish_failure(self, ip: int, spec: PortSpec, started: float, status: Status,
-                        message: str) -> None:
+    def _finish_failure(self, ip: int, spec: PortSpec, status: Status, message: str) -> None:
         self.stats.statuses[status.value] += 1
         if self.config.emit_failures or status is Status.OUT_OF_SCOPE:
             self._emit(ScanResult(
                 sweep_id=self.config.sweep_id, ip=_ip_text(ip), port=spec.port,
                 transport=Transport.TLS if spec.tls else Transport.TCP, observed_at=_now(),
-                duration_ms=round((time.monotonic() - started) * 1000, 3),
                 status=status, error=message))
         self._release()
 
@@ -222,8 +223,8 @@ class Engine:
 
     # -- the probe phase: one Task per open port ----------------------------------------
 
-    async def _probe(self, ip: int, spec: PortSpec, started: float,
-                     sock: socket.socket) -> None:
+    async def _probe(self, ip: int, spec: PortSpec, sock: socket.socket) -> None:
+        started = time.monotonic()
         address = _ip_text(ip)
         observed_at = _now()
         tls_seen: list[TlsInfo | None] = [None]
@@ -279,6 +280,10 @@ class Engine:
             raw=outcome.raw[: cfg.probe.max_reply_bytes] or None))
         self._release()
 
+
+# The common connect failures, without building an exception each time.
+_CONNECT_ERRNO = {errno.ECONNREFUSED: Status.CONNECTION_REFUSED,
+                  errno.ETIMEDOUT: Status.CONNECTION_TIMEOUT}
 
 # A TLS failure or an unreachable host will not change with the other probe: stop there.
 _FINAL = frozenset({Status.HANDSHAKE_ERROR, Status.UNREACHABLE, Status.OUT_OF_SCOPE,

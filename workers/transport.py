@@ -17,12 +17,15 @@ kept in :attr:`Stream.tls`). Every OS, TLS and timeout error is mapped to a
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import errno
 import ipaddress
+import select
 import socket
 import ssl
 import time
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -100,11 +103,19 @@ class Scope:
 
     def __init__(self, networks: Iterable[str | ipaddress.IPv4Network]) -> None:
         nets = [ipaddress.IPv4Network(n, strict=False) for n in networks]
-        self._ranges = sorted((int(n.network_address), int(n.broadcast_address)) for n in nets)
+        merged: list[list[int]] = []
+        for lo, hi in sorted((int(n.network_address), int(n.broadcast_address)) for n in nets):
+            if merged and lo <= merged[-1][1] + 1:
+                merged[-1][1] = max(merged[-1][1], hi)
+            else:
+                merged.append([lo, hi])
+        self._starts = [lo for lo, _ in merged]
+        self._ends = [hi for _, hi in merged]
         self.networks = nets
 
     def __contains__(self, ip: int) -> bool:
-        return any(lo <= ip <= hi for lo, hi in self._ranges)
+        i = bisect_right(self._starts, ip) - 1
+        return i >= 0 and ip <= self._ends[i]
 
 
 class TlsOptions:
@@ -216,85 +227,114 @@ async def dial(ip: str, port: int, *, scope: Scope, connect_timeout: float,
     return await _wrap(sock, ip, io_timeout, tls)
 
 
-ConnectCallback = Callable[[socket.socket | None, int], None]
+ConnectCallback = Callable[[object, int, socket.socket | None, int], None]
+
+# The C-level socket: no Python __init__, and non-blocking from birth (no setblocking call).
+_STREAM_NONBLOCK = _socket.SOCK_STREAM | _socket.SOCK_NONBLOCK
+# Level-triggered EPOLLOUT, one-shot: a socket reports once, then stays quiet until closed.
+_EPOLLOUT_ONCE = select.EPOLLOUT | select.EPOLLONESHOT
+
+
+def _adopt(raw: _socket.socket) -> socket.socket:
+    """Hand a connected C-level socket over as a :class:`socket.socket` for asyncio."""
+    return socket.socket(fileno=raw.detach())
 
 
 class Connector:
-    """Many concurrent non-blocking connects, reported through callbacks.
+    """Many concurrent non-blocking connects, reported through one callback.
 
-    ``start(ip, port, callback)`` calls ``callback(sock, 0)`` once connected, or
-    ``callback(None, errno)`` on failure (``errno.ETIMEDOUT`` after ``connect_timeout``).
-    Deadlines sit in a FIFO (the timeout is the same for every connect) swept a few times a
-    second, instead of a timer handle per socket.
+    ``start(ip, port, ctx)`` ends in ``callback(ctx, ip, sock, 0)`` once connected, or
+    ``callback(ctx, ip, None, errno)`` on failure (``errno.ETIMEDOUT`` after
+    ``connect_timeout``).
+
+    Connecting sockets sit in an epoll set of their own, whose descriptor the event loop
+    watches: one wake-up reports a whole batch, and a socket costs one ``epoll_ctl``
+    instead of asyncio's per-fd selector bookkeeping (``close()`` removes it from the set).
+    Deadlines sit in a FIFO (the timeout is the same for every connect; :meth:`tick`
+    stamps a batch) swept a few times a second, instead of a timer handle per socket.
     """
 
-    def __init__(self, scope: Scope, connect_timeout: float) -> None:
+    def __init__(self, scope: Scope, connect_timeout: float, callback: ConnectCallback) -> None:
         self._scope = scope
         self._timeout = connect_timeout
+        self._callback = callback
         self._loop = asyncio.get_running_loop()
-        self._pending: dict[int, tuple[socket.socket, ConnectCallback]] = {}
-        self._deadlines: deque[tuple[float, int, socket.socket]] = deque()
+        self._epoll = select.epoll()
+        self._loop.add_reader(self._epoll.fileno(), self._ready)
+        self._pending: dict[int, tuple[_socket.socket, object, int]] = {}
+        self._deadlines: deque[tuple[float, int, _socket.socket]] = deque()
         self._sweeper: asyncio.TimerHandle | None = None
+        self._deadline = time.monotonic() + connect_timeout
 
     @property
     def in_flight(self) -> int:
         return len(self._pending)
 
-    def start(self, ip: int, port: int, callback: ConnectCallback) -> None:
+    def tick(self) -> None:
+        """Stamp the connects started from now on with a fresh deadline."""
+        self._deadline = time.monotonic() + self._timeout
+
+    def start(self, ip: int, port: int, ctx: object) -> None:
         if ip not in self._scope:  # the guard of SAFETY.md: nothing leaves for such an ip
             raise ProbeError(Status.OUT_OF_SCOPE, "outside the scope")
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        addr = socket.inet_ntoa(ip.to_bytes(4, "big"))
-        code = sock.connect_ex((addr, port))
+        sock = _socket.socket(_socket.AF_INET, _STREAM_NONBLOCK)
+        code = sock.connect_ex((_socket.inet_ntoa(ip.to_bytes(4, "big")), port))
         if code == errno.EINPROGRESS:
             fd = sock.fileno()
-            self._pending[fd] = (sock, callback)
-            self._loop.add_writer(fd, self._ready, fd)
-            self._deadlines.append((time.monotonic() + self._timeout, fd, sock))
+            self._pending[fd] = (sock, ctx, ip)
+            self._epoll.register(fd, _EPOLLOUT_ONCE)
+            self._deadlines.append((self._deadline, fd, sock))
             if self._sweeper is None:
                 self._sweeper = self._loop.call_later(0.2, self._sweep)
         elif code == 0:
-            callback(sock, 0)
+            self._callback(ctx, ip, _adopt(sock), 0)
         else:
             sock.close()
-            callback(None, code)
+            self._callback(ctx, ip, None, code)
 
-    def _ready(self, fd: int) -> None:
-        sock, callback = self._pending.pop(fd)
-        self._loop.remove_writer(fd)
-        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if code:
-            sock.close()
-            callback(None, code)
-        else:
-            callback(sock, 0)
+    def _ready(self) -> None:
+        pending = self._pending
+        for fd, _events in self._epoll.poll(0, 512):
+            entry = pending.pop(fd, None)
+            if entry is None:  # pragma: no cover - closed by a sweep in the same round
+                continue
+            sock, ctx, ip = entry
+            code = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
+            if code:
+                sock.close()
+                self._callback(ctx, ip, None, code)
+            else:
+                self._epoll.unregister(fd)
+                self._callback(ctx, ip, _adopt(sock), 0)
 
     def _sweep(self) -> None:
         now = time.monotonic()
         deadlines = self._deadlines
-        while deadlines and (deadlines[0][0] <= now or deadlines[0][1] not in self._pending
-                             or self._pending[deadlines[0][1]][0] is not deadlines[0][2]):
-            _, fd, sock = deadlines.popleft()
-            entry = self._pending.get(fd)
+        pending = self._pending
+        while deadlines:
+            deadline, fd, sock = deadlines[0]
+            entry = pending.get(fd)
+            if entry is not None and entry[0] is sock and deadline > now:
+                break  # the oldest live connect is not due yet
+            deadlines.popleft()
             if entry is None or entry[0] is not sock:
                 continue  # finished already (the fd may have been reused since)
-            del self._pending[fd]
-            self._loop.remove_writer(fd)
+            del pending[fd]
             sock.close()
-            entry[1](None, errno.ETIMEDOUT)
+            self._callback(entry[1], entry[2], None, errno.ETIMEDOUT)
         self._sweeper = self._loop.call_later(0.2, self._sweep) if deadlines else None
 
     def close(self) -> None:
         """Abandon every connect in flight (no callbacks)."""
-        for fd, (sock, _) in self._pending.items():
-            self._loop.remove_writer(fd)
+        for sock, _, _ in self._pending.values():
             sock.close()
         self._pending.clear()
         self._deadlines.clear()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        self._loop.remove_reader(self._epoll.fileno())
+        self._epoll.close()
 
     @staticmethod
     async def wrap(sock: socket.socket, ip: str, *, io_timeout: float,

@@ -1,0 +1,106 @@
+"""The AMQP probe driver: send the 0-9-1 header, read one reply, close without logging in.
+
+The codec (:mod:`workers.protocols.amqp`) does the parsing; this module only moves bytes
+and turns what came back into a :class:`~workers.probes.base.ProbeOutcome`:
+
+* Connection.Start → ``success``, protocol ``amqp``, the Start's fields;
+* an AMQP protocol header (the server refused 0-9-1) → ``success``, the header's family;
+* another well-formed 0-9-1 method on channel 0 → ``success``, family ``0-9-1`` and the
+  method's name in ``error`` (the peer does speak AMQP);
+* any other bytes (HTTP, an SSH banner, MQTT, garbage, a frame too large) →
+  ``protocol-error``, protocol ``None``, the first bytes in ``raw``;
+* some bytes, then a close before the reply was whole → ``protocol-error`` (truncated);
+* some bytes, then a timeout or reset → that status, with the bytes in ``raw``;
+* a close before any byte → :class:`~workers.transport.ProbeError` ``connection-closed``
+  (nothing was learned), like every transport failure before the first byte.
+
+Only :class:`~workers.transport.ProbeError` escapes; the stream is closed in every case.
+"""
+
+from __future__ import annotations
+
+from brokerscan.model import AmqpResult, Protocol, Status
+from workers.probes.base import Dial, ProbeOptions, ProbeOutcome, read_frame
+from workers.protocols.amqp import (
+    PROTOCOL_HEADER,
+    ProtocolHeader,
+    UnexpectedFrame,
+    build_close,
+    header_result,
+    parse_reply,
+    start_result,
+)
+from workers.protocols.base import ProtocolError
+from workers.transport import ProbeError, Stream, status_of
+
+__all__ = ["probe_amqp"]
+
+_FRAME_OVERHEAD = 8  # frame header (7) and frame-end octet (1)
+
+
+async def probe_amqp(dial: Dial, options: ProbeOptions) -> ProbeOutcome:
+    """Probe one AMQP port: the server's Connection.Start or protocol header.
+
+    :param dial: the first call returns the connection the engine opened.
+    :param options: ``max_reply_bytes`` caps both the frame accepted and the raw bytes kept.
+    :returns: the outcome (see the module docstring for every case).
+    :raises ProbeError: a transport failure before any reply byte, including a close
+        (``connection-closed``).
+    """
+    stream = await dial()
+    buffer = bytearray()
+    try:
+        return await _exchange(stream, buffer, options)
+    except ProbeError as exc:
+        if not buffer:
+            raise
+        return _failed(exc.status, buffer, options, exc.message)
+    except Exception as exc:  # a bug must not escape as anything but ProbeError
+        err = status_of(exc, connected=True)
+        if not buffer:
+            raise err from None
+        return _failed(err.status, buffer, options, err.message)
+    finally:
+        await stream.aclose()
+
+
+async def _exchange(stream: Stream, buffer: bytearray, options: ProbeOptions) -> ProbeOutcome:
+    cap = options.max_reply_bytes
+    max_size = max(cap - _FRAME_OVERHEAD, 0)
+    await stream.send(PROTOCOL_HEADER)
+    try:
+        _, reply = await read_frame(stream, lambda b: parse_reply(b, max_size), buffer, cap)
+    except EOFError:
+        if not buffer:
+            raise ProbeError(Status.CONNECTION_CLOSED, "closed before any reply") from None
+        return _failed(Status.PROTOCOL_ERROR, buffer, options, "closed mid-reply")
+    except UnexpectedFrame as exc:
+        await _close_politely(stream)
+        return ProbeOutcome(status=Status.SUCCESS, protocol=Protocol.AMQP,
+                            amqp=AmqpResult(family="0-9-1"), raw=bytes(buffer[:cap]),
+                            error=str(exc))
+    except ProtocolError as exc:
+        return _failed(Status.PROTOCOL_ERROR, buffer, options, str(exc))
+    if isinstance(reply, ProtocolHeader):
+        result = header_result(reply)
+    else:
+        result = start_result(reply)
+        await _close_politely(stream)
+    return ProbeOutcome(status=Status.SUCCESS, protocol=Protocol.AMQP, amqp=result,
+                        raw=bytes(buffer[:cap]))
+
+
+async def _close_politely(stream: Stream) -> None:
+    """Send what :func:`build_close` asks for (nothing, today); the result is known."""
+    data = build_close()
+    if data:
+        try:
+            await stream.send(data)
+        except ProbeError:
+            pass
+
+
+def _failed(status: Status, buffer: bytearray, options: ProbeOptions,
+            error: str) -> ProbeOutcome:
+    return ProbeOutcome(status=status, protocol=None, raw=bytes(buffer[:options.max_reply_bytes]),
+                        error=error)

@@ -1,0 +1,129 @@
+"""The engine's own guarantees, against real sockets on loopback: scope before any packet,
+the concurrency bound, the rate limit, the per-target deadline, and one result per target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+
+from brokerscan.model import ScanResult, Status
+from scheduler.ports import PortSpec
+from workers.engine import Engine, ScanConfig
+from workers.transport import Scope
+
+pytestmark = pytest.mark.integration
+
+SILENT = PortSpec(port=2883, tls=False, probes=("mqtt",), name="2883")
+
+
+def ip(text: str) -> int:
+    return int.from_bytes(socket.inet_aton(text), "big")
+
+
+class Counting:
+    """A real server that counts connections (and the most at once), sending nothing."""
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.open = 0
+        self.most = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        self.open += 1
+        self.most = max(self.most, self.open)
+        try:
+            await reader.read()  # until the scanner hangs up
+        finally:
+            self.open -= 1
+            writer.close()
+
+
+async def scan(targets, config: ScanConfig, scope: str = "127.0.0.0/8"):
+    results: list[ScanResult] = []
+    engine = Engine(config, Scope([scope]))
+    stats = await engine.run(targets, results.append, total=len(targets))
+    return stats, results
+
+
+async def test_out_of_scope_targets_are_recorded_and_never_dialled():
+    counter = Counting()
+    server = await asyncio.start_server(counter.handle, "127.61.0.1", SILENT.port)
+    async with server:
+        stats, results = await scan([(ip("127.61.0.1"), SILENT)], ScanConfig(),
+                                    scope="127.60.0.0/24")
+    assert counter.accepted == 0
+    assert [r.status for r in results] == [Status.OUT_OF_SCOPE]
+    assert stats.statuses == {"out-of-scope": 1}
+
+
+async def test_concurrency_bound_holds_against_a_tarpit():
+    counter = Counting()
+    server = await asyncio.start_server(counter.handle, "127.61.0.2", SILENT.port)
+    config = ScanConfig(concurrency=5, io_timeout=0.3, total_timeout=0.5, rate=0)
+    async with server:
+        stats, results = await scan([(ip("127.61.0.2"), SILENT)] * 20, config)
+    assert counter.accepted == 20
+    assert 1 <= counter.most <= 5
+    assert len(results) == 20 and stats.done == 20
+    assert {r.status for r in results} == {Status.IO_TIMEOUT}
+    # the per-target deadline held: nothing took much longer than total_timeout
+    assert max(r.duration_ms for r in results) < 2000
+
+
+async def test_rate_limit_spaces_out_new_connections():
+    n, rate = 300, 200.0
+    targets = [(ip("127.61.1.0") + i, SILENT) for i in range(n)]  # closed ports
+    began = time.monotonic()
+    stats, results = await scan(targets, ScanConfig(rate=rate))
+    elapsed = time.monotonic() - began
+    assert stats.statuses == {"connection-refused": n}
+    assert results == []  # failures are counted, not emitted, by default
+    burst = rate / 50
+    assert elapsed >= (n - burst) / rate * 0.9
+
+
+async def test_failures_are_emitted_when_asked():
+    targets = [(ip("127.61.2.0") + i, SILENT) for i in range(10)]
+    stats, results = await scan(targets, ScanConfig(emit_failures=True, rate=0))
+    assert len(results) == 10
+    assert {r.status for r in results} == {Status.CONNECTION_REFUSED}
+    assert sorted(r.ip for r in results) == [f"127.61.2.{i}" for i in range(10)]
+
+
+async def test_connect_timeout_is_recorded(monkeypatch):
+    # A listener whose accept queue is full drops further SYNs: a real connect timeout on
+    # loopback, with no packet leaving the machine.
+    listener = socket.socket()
+    listener.bind(("127.61.3.1", SILENT.port))
+    listener.listen(0)
+    fillers = []
+    try:
+        for _ in range(4):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.61.3.1", SILENT.port))
+            fillers.append(s)
+        await asyncio.sleep(0.2)
+        config = ScanConfig(connect_timeout=0.5, emit_failures=True, rate=0)
+        stats, results = await scan([(ip("127.61.3.1"), SILENT)], config)
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()
+    assert [r.status for r in results] == [Status.CONNECTION_TIMEOUT]
+
+
+async def test_stop_finishes_in_flight_and_starts_nothing_new():
+    targets = [(ip("127.61.4.0") + i, SILENT) for i in range(10_000)]
+    engine = Engine(ScanConfig(rate=500), Scope(["127.0.0.0/8"]))
+    run = asyncio.ensure_future(engine.run(targets, lambda r: None, total=len(targets)))
+    await asyncio.sleep(0.3)
+    engine.stop()
+    stats = await asyncio.wait_for(run, 5)
+    assert 0 < stats.done < len(targets)
+    assert stats.done == stats.started

@@ -94,7 +94,8 @@ def parse_ipv4(text: str) -> int:
         if not _DIGITS.fullmatch(part):
             raise ValueError(f"bad octet {_short(part)}")
         if len(part) > 1 and part[0] == "0":
-            raise ValueError(f"octet {_short(part, 12)[1:-1]} has a leading zero (ambiguous: octal?)")
+            shown = _short(part, 12)[1:-1]
+            raise ValueError(f"octet {shown} has a leading zero (ambiguous: octal?)")
         if len(part) > 3 or int(part) > 255:
             raise ValueError(f"octet {_short(part, 12)[1:-1]} out of range")
         octet = int(part)

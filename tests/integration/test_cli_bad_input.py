@@ -23,7 +23,7 @@ def run_isolated(*args: str, env: dict[str, str] | None = None,
     command = [sys.executable, "-m", "brokerscan.cli", *args]
     wrapped = ["unshare", "-n", "sh", "-c", 'ip link set lo up 2>/dev/null; exec "$@"', "sh",
                *command]
-    full_env = dict(os.environ, BROKERSCAN_SCOPE="127.0.0.0/8", **(env or {}))
+    full_env = {**os.environ, "BROKERSCAN_SCOPE": "127.0.0.0/8", **(env or {})}
     return subprocess.run(wrapped, capture_output=True, text=True, env=full_env, input=stdin,
                           timeout=60)
 

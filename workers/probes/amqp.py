@@ -47,7 +47,12 @@ async def probe_amqp(dial: Dial, options: ProbeOptions) -> ProbeOutcome:
     :raises ProbeError: a transport failure before any reply byte, including a close
         (``connection-closed``).
     """
-    stream = await dial()
+    try:
+        stream = await dial()
+    except ProbeError:
+        raise
+    except Exception as exc:
+        raise status_of(exc, connected=False) from None
     buffer = bytearray()
     try:
         return await _exchange(stream, buffer, options)
@@ -65,6 +70,7 @@ async def probe_amqp(dial: Dial, options: ProbeOptions) -> ProbeOutcome:
 
 
 async def _exchange(stream: Stream, buffer: bytearray, options: ProbeOptions) -> ProbeOutcome:
+    """Send the header and turn the one reply into an outcome; ``buffer`` keeps the bytes."""
     cap = options.max_reply_bytes
     max_size = max(cap - _FRAME_OVERHEAD, 0)
     await stream.send(PROTOCOL_HEADER)

@@ -153,7 +153,7 @@ async def probe_mqtt(dial: Dial, options: ProbeOptions) -> ProbeOutcome:
                                 amqp=amqp.header_result(packet), raw=reply.raw)
         if reply.error is not None or isinstance(packet, OtherPacket):
             attempts.append(MqttAttempt(protocol_level=level, answer="other"))
-            if chosen is None and refusal is None:
+            if chosen is None and refusal is None and leftover is None:
                 error = (f"not mqtt: packet type {packet.packet_type} before CONNACK"
                          if isinstance(packet, OtherPacket) else reply.error)
                 return ProbeOutcome(status=Status.PROTOCOL_ERROR, raw=reply.raw, error=error)

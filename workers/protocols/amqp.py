@@ -58,7 +58,6 @@ PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 _MAGIC = b"AMQP"
 _HEADER_SIZE = 8
 _FRAME_HEADER = struct.Struct(">BHI")  # type, channel, payload size
-_FRAME_OVERHEAD = constants.FRAME_HEADER_SIZE + 1  # header + frame-end octet
 _MAX_DEPTH = 16  # nested tables/arrays deeper than this are kept as text
 
 Family = Literal["0-9-1", "0-9", "0-8", "0-10", "1.0", "1.0-tls", "1.0-sasl", "unknown"]

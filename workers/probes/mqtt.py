@@ -86,7 +86,8 @@ async def _attempt(dial: Dial, level: int, client_id: str, options: ProbeOptions
     """
     stream = await dial()
     try:
-        await stream.send(build_connect(level, client_id, options.keepalive))
+        keepalive = min(max(options.keepalive, 0), 0xFFFF)  # a bad setting must not raise
+        await stream.send(build_connect(level, client_id, keepalive))
         buffer = bytearray()
         cap = options.max_reply_bytes
         try:

@@ -24,7 +24,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -126,7 +126,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     binary = build_ceiling()
-    contenders = {
+    contenders: dict[str, Callable[[], float]] = {
         "ceiling": lambda: run_ceiling(binary, args.targets),
         "engine": lambda: run_engine(args.targets),
         "open_connection": lambda: run_open_connection(args.targets),

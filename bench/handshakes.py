@@ -23,17 +23,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import aio_pika  # noqa: E402
-import aiomqtt  # noqa: E402
+import aio_pika
+import aiomqtt
 
-from brokerscan.model import ScanResult  # noqa: E402
-from scheduler.ports import PortSpec  # noqa: E402
-from workers.engine import Engine, ScanConfig  # noqa: E402
-from workers.transport import Scope  # noqa: E402
+from brokerscan.model import ScanResult
+from scheduler.ports import PortSpec
+from workers.engine import Engine, ScanConfig
+from workers.transport import Scope
 
 CONCURRENCY = 100
 MQTT_NET = "127.89.0."
@@ -127,7 +128,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         mosquitto = start_mosquitto(brokers, Path(tmp))
         try:
-            contenders = {
+            contenders: dict[tuple[str, str], Callable[[], float]] = {
                 ("mqtt", "engine"): lambda: run_engine(mqtt_targets(n, brokers), "mqtt"),
                 ("mqtt", "aiomqtt"): lambda: run_aiomqtt(n, brokers),
                 ("amqp", "engine"): lambda: run_engine(amqp_targets(n // 4), "amqp"),

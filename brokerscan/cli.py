@@ -11,7 +11,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO, NoReturn
 
 from pydantic import ValidationError
@@ -41,7 +41,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _positive(kind: type[float] | type[int]) -> object:
+def _positive(kind: type[float] | type[int]) -> Callable[[str], float | int]:
     def convert(text: str) -> float | int:
         try:
             value = kind(text)
@@ -265,7 +265,7 @@ def _open_output(path: str | None) -> IO[str] | None:
     if path == "-":
         return sys.stdout
     try:
-        return open(path, "w", encoding="utf-8", buffering=1 << 16)  # noqa: SIM115
+        return open(path, "w", encoding="utf-8", buffering=1 << 16)
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror}") from None
 

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -90,7 +91,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _start_mosquitto(binary: str, tmp: Path, cert: str, key: str) -> object:
+def _start_mosquitto(binary: str, tmp: Path, cert: str, key: str) -> Callable[[], None]:
     conf = tmp / "mosquitto.conf"
     conf.write_text("\n".join([
         "per_listener_settings true",

@@ -20,8 +20,8 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import cast
 from datetime import UTC, datetime
+from typing import cast
 
 from brokerscan.model import Protocol, ScanResult, Status, TlsInfo, Transport
 from scheduler.ports import PortSpec

@@ -73,4 +73,4 @@ def test_bad_base64_is_refused():
 def test_results_are_frozen():
     result = _result()
     with pytest.raises(ValidationError):
-        result.port = 1  # type: ignore[misc]
+        result.port = 1

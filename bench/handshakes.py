@@ -143,12 +143,12 @@ def main() -> None:
             mosquitto.wait()
     print(f"handshakes, {n} MQTT over {brokers} Mosquitto listeners, {n // 4} AMQP on "
           f"RabbitMQ, {CONCURRENCY} in flight, best of {args.rounds}")
-    print(f"{'protocol':<8}{'contender':<12}{'handshakes/s':>14}{'x naive':>10}")
+    print(f"{'protocol':<10}{'contender':<12}{'handshakes/s':>14}{'x naive':>10}")
     for proto, naive in (("mqtt", "aiomqtt"), ("amqp", "aio-pika")):
         base = best[(proto, naive)]
         for who in ("engine", naive):
             rate = best[(proto, who)]
-            print(f"{proto:<8}{who:<12}{rate:>14.0f}{rate / base:>10.2f}")
+            print(f"{proto:<10}{who:<12}{rate:>14.0f}{rate / base:>10.2f}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# THE test command (README, CI): bootstrap, start the services, then ruff, mypy and pytest
+# (unit and integration tiers). Extra arguments go to pytest: scripts/test.sh -k servers
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+bash scripts/bootstrap.sh
+bash scripts/services.sh start
+export BROKERSCAN_SCOPE=127.0.0.0/8  # the transport may dial loopback only
+
+failed=()
+echo "== ruff"
+.venv/bin/ruff check . || failed+=(ruff)
+echo "== mypy"
+.venv/bin/mypy || failed+=(mypy)
+echo "== pytest"
+rc=0
+.venv/bin/pytest "$@" </dev/null || rc=$?
+case "$rc" in
+    0) ;;
+    5) echo "test.sh: pytest collected no tests: that is a failure" >&2; failed+=(pytest) ;;
+    *) failed+=(pytest) ;;
+esac
+
+if [ "${#failed[@]}" -gt 0 ]; then
+    echo "test.sh: FAILED: ${failed[*]}" >&2
+    exit 1
+fi
+echo "test.sh: all passed"

@@ -1,0 +1,171 @@
+"""Session set-up and the fixtures for real servers on loopback (logic in tests/servers.py).
+
+- The whole session runs with ``BROKERSCAN_SCOPE=127.0.0.0/8`` (restored afterwards).
+- Integration tests never skip silently: a missing server program fails them, and a skip
+  inside a test marked ``integration`` is reported as a failure.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Generator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import servers
+from tests.certs import Pki, make_pki
+
+SCOPE = "127.0.0.0/8"
+_saved_scope: list[str | None] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _saved_scope.append(os.environ.get("BROKERSCAN_SCOPE"))
+    os.environ["BROKERSCAN_SCOPE"] = SCOPE
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _saved_scope:
+        previous = _saved_scope.pop()
+        if previous is None:
+            os.environ.pop("BROKERSCAN_SCOPE", None)
+        else:
+            os.environ["BROKERSCAN_SCOPE"] = previous
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.skipped and item.get_closest_marker("integration") and not hasattr(
+        report, "wasxfail"
+    ):
+        report.outcome = "failed"
+        report.longrepr = f"integration test skipped, which is not allowed: {report.longrepr}"
+    return report
+
+
+# --------------------------------------------------------------------------- server programs
+
+REQUIRED_PROGRAMS = {
+    "mosquitto": ("/usr/sbin/mosquitto",),
+    "mosquitto_passwd": (),
+        "rabbitmq-server": ("/usr/sbin/rabbitmq-server",),
+}
+
+
+@pytest.fixture(scope="session")
+def server_programs() -> dict[str, str]:
+    """Paths of the server programs; fails (never skips) when one is missing."""
+    found: dict[str, str] = {}
+    missing: list[str] = []
+    for name, candidates in REQUIRED_PROGRAMS.items():
+        try:
+            found[name] = servers.require_binary(name, *candidates)
+        except servers.MissingServerBinary:
+            missing.append(name)
+    if importlib.util.find_spec("amqtt") is None:
+        missing.append("amqtt (Python package)")
+    if missing:
+        pytest.fail(
+            f"server programs missing: {', '.join(missing)}; run scripts/bootstrap.sh as root",
+            pytrace=False,
+        )
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _integration_needs_servers(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("integration"):
+        request.getfixturevalue("server_programs")
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """The test PKI of tests/certs.py (CA, server, client, self-signed, expired, ...)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def _mosquitto(tmp_path: Path, **options: object) -> Iterator[servers.MosquittoServer]:
+    port = 8883 if options.get("certfile") else 1883
+    host, port = servers.allocate("mosquitto", port)
+    server = servers.start_mosquitto(tmp_path / "mosquitto", host, port, **options)  # type: ignore[arg-type]
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mosquitto_anon(tmp_path: Path) -> Iterator[servers.MosquittoServer]:
+    """Mosquitto on 127.50.x.y:1883 letting anonymous clients in."""
+    yield from _mosquitto(tmp_path)
+
+
+@pytest.fixture
+def mosquitto_password(tmp_path: Path) -> Iterator[servers.MosquittoServer]:
+    """Mosquitto on 127.50.x.y:1883 with a password file (``.users``); anonymous gets rc 5."""
+    yield from _mosquitto(tmp_path, users={"brokerscan": "test-password"})
+
+
+@pytest.fixture
+def mosquitto_tls(tmp_path: Path, pki: Pki) -> Iterator[servers.MosquittoServer]:
+    """Mosquitto on 127.50.x.y:8883, TLS with ``pki.selfsigned``, anonymous allowed."""
+    yield from _mosquitto(tmp_path, certfile=pki.selfsigned.cert_path,
+                           keyfile=pki.selfsigned.key_path)
+
+
+@pytest.fixture
+def mosquitto_tls_client_cert(
+    tmp_path: Path, pki: Pki
+) -> Iterator[servers.MosquittoServer]:
+    """Mosquitto on 127.50.x.y:8883, ``pki.server``; clients need a cert from ``pki.ca``."""
+    yield from _mosquitto(
+        tmp_path, certfile=pki.server.cert_path, keyfile=pki.server.key_path,
+        cafile=pki.ca.cert_path,
+        require_certificate=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def amqtt_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.ServerProcess]:
+    """An amqtt broker on 127.51.x.y:1883 letting anonymous clients in (one per module)."""
+    host, port = servers.allocate("amqtt", 1883)
+    server = servers.start_amqtt(tmp_path_factory.mktemp("amqtt"), host, port)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq() -> servers.Endpoint:
+    """The machine's RabbitMQ at 127.0.0.1:5672 (guest/guest), checked to answer."""
+    try:
+        return servers.check_rabbitmq()
+    except servers.ServerStartError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_tls(
+    tmp_path_factory: pytest.TempPathFactory, pki: Pki
+) -> Iterator[servers.ServerProcess]:
+    """A second RabbitMQ node, AMQPS only, on 127.52.x.y:5671 with ``pki.server``."""
+    host, port = servers.allocate("rabbitmq", 5671)
+    server = servers.start_rabbitmq_tls(
+        tmp_path_factory.mktemp("rabbitmq-tls"), host, port, pki.server.cert_path,
+        pki.server.key_path, pki.ca.cert_path,
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def decoys(pki: Pki) -> Iterator[servers.DecoyFactory]:
+    """Starts decoys on demand (``decoys.tarpit()``, ``decoys.http()``, ...); stops them all."""
+    factory = servers.DecoyFactory(pki)
+    yield factory
+    factory.stop_all()

@@ -5,8 +5,11 @@ root CA, an intermediate CA and a set of leaves in a directory of your choice, e
 Mosquitto TLS listener::
 
     pki = make_pki(tmp_path)
-    conf = f"cafile {pki.ca.cert_path}\\ncertfile {pki.server.cert_path}\\n" \\
+    conf = f"user root\\ncafile {pki.ca.cert_path}\\ncertfile {pki.server.cert_path}\\n" \\
            f"keyfile {pki.server.key_path}\\nrequire_certificate true\\n"
+
+Mosquitto started as root drops to the ``mosquitto`` user, which cannot read a pytest
+``tmp_path`` (mode 0700): put ``user root`` in its configuration.
 
 Files written (all PEM, keys unencrypted PKCS#8):
 

@@ -31,7 +31,13 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 from brokerscan.model import Status, TlsInfo
-from workers.tlsinfo import describe_tls
+from workers.tlsinfo import (
+    HandshakeWatch,
+    describe_tls,
+    failed_handshake_info,
+    install_watch,
+    watching,
+)
 
 __all__ = [
     "Connector",
@@ -119,9 +125,16 @@ class Scope:
 
 
 class TlsOptions:
-    """One client TLS context, shared: no verification (we record, we do not trust)."""
+    """One client TLS context, shared: no verification (we record, we do not trust).
 
-    def __init__(self, *, handshake_timeout: float = 10.0) -> None:
+    :param handshake_timeout: bound on the TLS handshake (a tarpit ends as io-timeout).
+    :param verdict_timeout: the longest wait, after a TLS 1.3 handshake in which the server
+        asked for a client certificate, for the server to accept (session ticket) or
+        refuse (alert) it; the wait is also at most 3 handshake times and ``io_timeout``.
+    """
+
+    def __init__(self, *, handshake_timeout: float = 10.0,
+                 verdict_timeout: float = 2.0) -> None:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
@@ -130,8 +143,10 @@ class TlsOptions:
             ctx.set_ciphers("ALL:@SECLEVEL=0")
         except ssl.SSLError:  # pragma: no cover - depends on the OpenSSL build
             pass
+        install_watch(ctx)
         self.context = ctx
         self.handshake_timeout = handshake_timeout
+        self.verdict_timeout = verdict_timeout
 
 
 class Stream:
@@ -177,36 +192,86 @@ class Stream:
 
 async def _wrap(sock: socket.socket, ip: str, io_timeout: float,
                 tls: TlsOptions | None) -> Stream:
-    """Turn a connected socket into a :class:`Stream`, doing the TLS handshake if asked."""
+    """Turn a connected socket into a :class:`Stream`, doing the TLS handshake if asked.
+
+    A failed handshake raises :class:`ProbeError` with a :class:`TlsInfo` attached
+    (status handshake-error, or io-timeout for a server that never finishes it). When a
+    TLS 1.3 server asked for a client certificate, the client's side of the handshake
+    ends before the server has judged it: wait (briefly) for its verdict, so that a
+    refusal is recorded here like a TLS 1.2 one. Any later alert is for the caller to
+    turn into a failed handshake with :func:`workers.tlsinfo.late_handshake_failure`.
+    """
     if tls is None:
         reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 16)
         return Stream(reader, writer, io_timeout)
-    try:
-        reader, writer = await asyncio.open_connection(
-            sock=sock, ssl=tls.context, server_hostname=None,
-            ssl_handshake_timeout=tls.handshake_timeout, limit=1 << 16)
-    except Exception as exc:
-        sock.close()
-        err = status_of(exc, connected=True)
-        if err.status is Status.IO_TIMEOUT or isinstance(exc, ssl.SSLError | OSError):
-            info = _failed_handshake(exc, err)
-            status = Status.HANDSHAKE_ERROR if err.status in (
-                Status.HANDSHAKE_ERROR, Status.CONNECTION_RESET, Status.CONNECTION_CLOSED,
-                Status.UNKNOWN_ERROR) else err.status
-            raise ProbeError(status, f"tls: {err.message}", info) from None
-        raise err from None
+    started = time.monotonic()
+    with watching() as watch:
+        try:
+            async with asyncio.timeout(tls.handshake_timeout):
+                reader, writer = await asyncio.open_connection(
+                    sock=sock, ssl=tls.context, server_hostname="",  # "": no SNI, we dial IPs
+                    ssl_handshake_timeout=tls.handshake_timeout + 1.0, limit=1 << 16)
+        except Exception as exc:
+            sock.close()
+            raise _failed_handshake(exc, status_of(exc, connected=True), watch) from None
     ssl_object = writer.get_extra_info("ssl_object")
     info = describe_tls(ssl_object, ip, datetime.now(UTC))
-    return Stream(reader, writer, io_timeout, info)
+    stream = Stream(reader, writer, io_timeout, info)
+    closed: str | None = None
+    if watch.certificate_requested and info.version == "TLSv1.3" and watch.alert is None:
+        wait = min(tls.verdict_timeout, io_timeout, max(0.25, 3 * (time.monotonic() - started)))
+        closed = await _await_verdict(watch, reader, writer, wait)
+    if watch.alert is not None or closed is not None:
+        error = f"alert {watch.alert}" if watch.alert is not None else str(closed)
+        refused = info.model_copy(update={
+            "handshake_completed": False,
+            "client_certificate_required": watch.refused_for_certificate,
+            "error": error,
+        })
+        await stream.aclose()
+        raise ProbeError(Status.HANDSHAKE_ERROR, f"tls: {error}", refused)
+    return stream
 
 
-def _failed_handshake(exc: BaseException, err: ProbeError) -> TlsInfo:
-    reason = err.message
-    # A server that demands a client certificate aborts with an alert naming it (TLS 1.2:
-    # handshake failure after CertificateRequest; TLS 1.3: "certificate required").
-    wants_cert = "certificate-required" in reason or "certificate required" in str(exc).lower()
-    return TlsInfo(handshake_completed=False, error=reason,
-                   client_certificate_required=wants_cert)
+async def _await_verdict(watch: HandshakeWatch, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter, wait: float) -> str | None:
+    """Wait up to ``wait`` s for the server to accept or refuse the TLS 1.3 handshake.
+
+    It accepts by sending anything (session tickets, usually at once) and refuses with an
+    alert (then the watch holds it) or by closing or resetting the connection. Nothing
+    public signals a close without reading, hence the short polls of the reader state.
+
+    :returns: how the connection ended if it did ("connection-reset", "closed by peer").
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while not watch.answered.is_set():
+        exc = reader.exception()
+        if exc is not None:
+            return status_of(exc, connected=True).message
+        if reader.at_eof() or writer.transport.is_closing():
+            return "closed by peer"
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            break
+        try:
+            async with asyncio.timeout(min(0.02, remaining)):
+                await watch.answered.wait()
+        except TimeoutError:
+            continue
+    return None  # an answer, or no word either way: take it as accepted
+
+
+def _failed_handshake(exc: BaseException, err: ProbeError,
+                      watch: HandshakeWatch | None = None) -> ProbeError:
+    """The :class:`ProbeError` of a handshake that did not complete, with its TlsInfo."""
+    if err.status is Status.IO_TIMEOUT:
+        return ProbeError(Status.IO_TIMEOUT, "tls: handshake timed out",
+                          failed_handshake_info("handshake timed out", watch))
+    # A reply that is not TLS (a plaintext server), a reset or a close mid-handshake: all
+    # are handshake errors on a TLS port; the TlsInfo keeps the finer reason.
+    info = failed_handshake_info(err.message, watch)
+    return ProbeError(Status.HANDSHAKE_ERROR, f"tls: {info.error}", info)
 
 
 async def dial(ip: str, port: int, *, scope: Scope, connect_timeout: float,

@@ -253,7 +253,7 @@ class Engine:
                     try:
                         candidate = await PROBES[name](dial_target, cfg.probe)
                     except ProbeError as exc:
-                        if exc.tls is not None and tls_seen[0] is None:
+                        if exc.tls is not None:  # a failed (or late-failed) handshake
                             tls_seen[0] = exc.tls
                         candidate = ProbeOutcome(status=exc.status, error=exc.message)
                     outcome = _better(outcome, candidate)

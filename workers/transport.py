@@ -36,6 +36,7 @@ from workers.tlsinfo import (
     describe_tls,
     failed_handshake_info,
     install_watch,
+    late_handshake_failure,
     watching,
 )
 
@@ -165,7 +166,7 @@ class Stream:
             async with asyncio.timeout(self.io_timeout):
                 await self._writer.drain()
         except Exception as exc:
-            raise status_of(exc, connected=True) from None
+            raise self._failure(exc) from None
 
     async def receive(self, max_bytes: int = 4096) -> bytes:
         """At most ``max_bytes`` bytes; ``b""`` once the peer has closed."""
@@ -173,7 +174,17 @@ class Stream:
             async with asyncio.timeout(self.io_timeout):
                 return await self._reader.read(max_bytes)
         except Exception as exc:
-            raise status_of(exc, connected=True) from None
+            raise self._failure(exc) from None
+
+    def _failure(self, exc: BaseException) -> ProbeError:
+        """Map an error met after the handshake. A TLS alert there (a TLS 1.3 server that
+        judged our missing client certificate late) is a failed handshake after all."""
+        err = status_of(exc, connected=True)
+        late = late_handshake_failure(self.tls, exc) if isinstance(exc, ssl.SSLError) else None
+        if late is not None:
+            self.tls = late
+            return ProbeError(Status.HANDSHAKE_ERROR, f"tls: {late.error}", late)
+        return err
 
     async def aclose(self) -> None:
         writer = self._writer
@@ -183,7 +194,7 @@ class Stream:
         try:  # a TLS close_notify may never be answered: bound it
             async with asyncio.timeout(1.0):
                 await writer.wait_closed()
-        except Exception:  # noqa: S110 - closing is best effort, the result is already known
+        except Exception:  # closing is best effort: the result is already known
             pass
         transport = writer.transport
         if not transport.is_closing():  # pragma: no cover - belt and braces

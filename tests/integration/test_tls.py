@@ -22,7 +22,6 @@ import pytest
 
 from brokerscan.model import Status
 from tests.certs import Issued, Pki, make_pki
-from workers.tlsinfo import late_handshake_failure
 from workers.transport import ProbeError, Scope, Stream, TlsOptions, dial
 
 pytestmark = pytest.mark.integration
@@ -291,8 +290,9 @@ async def test_optional_client_certificate_is_not_required(tls_pki: Pki, flag: s
     assert elapsed < 1.0  # the session tickets answer the TLS 1.3 verdict wait at once
 
 
-async def test_late_tls13_alert_via_helper(tls_pki: Pki, tmp_path: Path) -> None:
-    """Without the verdict wait, the alert shows on the first read; the helper recovers it.
+async def test_late_tls13_alert_on_first_read(tls_pki: Pki, tmp_path: Path) -> None:
+    """Without the verdict wait, the alert shows on the first read; the stream turns it
+    into a failed handshake (via late_handshake_failure).
 
     (Had we sent first, the server's kernel would answer our unread bytes with an RST that
     can destroy the alert: that is why dial waits for the verdict itself.)
@@ -309,7 +309,8 @@ async def test_late_tls13_alert_via_helper(tls_pki: Pki, tmp_path: Path) -> None
             pytest.fail("the server accepted a client without a certificate")
         except ProbeError as err:
             assert err.status is Status.HANDSHAKE_ERROR
-            late = late_handshake_failure(stream.tls, err.message)
+            late = err.tls
+            assert stream.tls is late
         finally:
             await stream.aclose()
     assert late is not None and late.client_certificate_required

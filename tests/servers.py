@@ -12,6 +12,7 @@ server sit on its protocol's standard port without collisions):
 =================  ===========================================================
 127.0.0.1          the machine's own services (PostgreSQL 5432, Redis 6379,
                    RabbitMQ 5672, Mosquitto 1883), started by scripts/services.sh
+127.10.0.0/16      CLI bad-input tests (lead; run in a namespace, never dialled)
 127.42.0.0/16      MQTT tests (MQTT helper)
 127.43.0.0/16      AMQP tests (AMQP helper)
 127.44.0.0/16      TLS tests (TLS helper)
@@ -20,7 +21,9 @@ server sit on its protocol's standard port without collisions):
 127.52.0.0/16      the second RabbitMQ node with a TLS listener (``rabbitmq`` pool)
 127.53.0.0/16      decoys (``decoy`` pool)
 127.54.0.0/16      free for any test that wants its own address (``scratch`` pool)
-127.55-127.99      reserved for later infrastructure
+127.55-127.59      reserved for later test infrastructure
+127.60-127.61      engine tests (lead)
+127.77.0.0/16      ``brokerscan demo`` (lead)
 =================  ===========================================================
 
 :func:`allocate` hands out the next address of a pool on which the wanted port can be bound,
@@ -240,6 +243,8 @@ class ServerProcess:
 def _spawn(
     argv: list[str], workdir: Path, host: str, port: int, env: Mapping[str, str] | None = None
 ) -> ServerProcess:
+    if _free_port(host, port) is None:  # else we would wait for someone else's listener
+        raise ServerStartError(f"{host}:{port} is already in use; take one from allocate()")
     log = workdir / "stdout.log"
     with log.open("wb") as out:
         process = subprocess.Popen(

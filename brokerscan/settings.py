@@ -12,6 +12,8 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from brokerscan.names import Names
+
 __all__ = ["Settings"]
 
 
@@ -26,11 +28,16 @@ class Settings(BaseSettings):
     # Extra blocklist files (ZMap format), on top of the built-in IANA list.
     blocklist_files: Annotated[list[str], NoDecode] = Field(default_factory=list)
     client_id_prefix: str = "brokerscan-"
+    # Prefix of every queue, exchange, Redis key and table: see brokerscan.names.
+    namespace: str = Field(default="brokerscan", pattern=r"^[a-z][a-z0-9_]{0,30}$")
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"  # Celery tasks
     results_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"  # results exchange
     database_url: str | None = None  # postgresql://... ; unset: the embedded store
+
+    def names(self) -> Names:
+        return Names(self.namespace)
 
     @field_validator("scope", "blocklist_files", mode="before")
     @classmethod

@@ -17,6 +17,7 @@ import asyncio
 import errno
 import socket
 import time
+import typing
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from workers.probes import PROBES
 from workers.probes.base import ProbeOptions, ProbeOutcome
 from workers.transport import Connector, ProbeError, Scope, Stream, TlsOptions, dial, status_of
 
-__all__ = ["Engine", "ScanConfig", "ScanStats", "Sink"]
+__all__ = ["Engine", "RateLimiter", "ScanConfig", "ScanStats", "Sink"]
 
 Sink = Callable[[ScanResult], None]
 
@@ -80,8 +81,17 @@ def _ip_text(ip: int) -> str:
     return socket.inet_ntoa(ip.to_bytes(4, "big"))
 
 
-class _RateLimiter:
-    """A token bucket: ``rate`` tokens a second, a burst of 20 ms worth."""
+class RateLimiter(typing.Protocol):
+    """Grants connection starts: the engine asks before every batch."""
+
+    async def acquire(self, wanted: int) -> int:
+        """:returns: how many starts may happen now, at least 1 and at most ``wanted``
+        (waiting as long as the budget needs)."""
+        ...
+
+
+class _LocalRateLimiter:
+    """A token bucket in this process: ``rate`` tokens a second, a burst of 20 ms worth."""
 
     def __init__(self, rate: float) -> None:
         self.rate = rate
@@ -89,33 +99,35 @@ class _RateLimiter:
         self.tokens = self.burst
         self.last = time.monotonic()
 
-    def available(self) -> int:
+    async def acquire(self, wanted: int) -> int:
         if self.rate <= 0:
-            return 1 << 30
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        return int(self.tokens)
-
-    def take(self, n: int) -> None:
-        if self.rate > 0:
-            self.tokens -= n
-
-    def wait_time(self) -> float:
-        return max(0.001, (1.0 - self.tokens) / self.rate) if self.rate > 0 else 0.0
+            return wanted
+        while True:
+            now = time.monotonic()
+            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+            self.last = now
+            if self.tokens >= 1:
+                granted = min(wanted, int(self.tokens))
+                self.tokens -= granted
+                return granted
+            await asyncio.sleep((1.0 - self.tokens) / self.rate)
 
 
 class Engine:
     """Runs a scan. One engine per event loop; ``run`` may be called once."""
 
     def __init__(self, config: ScanConfig, scope: Scope,
-                 ready: Callable[[], Awaitable[None]] | None = None) -> None:
+                 ready: Callable[[], Awaitable[None]] | None = None,
+                 limiter: RateLimiter | None = None) -> None:
         """:param ready: awaited before each batch of new connects: a sink that cannot keep
-        up (a results publisher waiting for confirms) holds the scan back through it."""
+            up (a results publisher waiting for confirms) holds the scan back through it.
+        :param limiter: the rate budget (default: ``config.rate`` in this process; a sweep
+            passes the fleet-wide one)."""
         self.config = config
         self.scope = scope
         self.stats = ScanStats()
         self._ready = ready
+        self._limiter = limiter or _LocalRateLimiter(config.rate)
         self._tls = TlsOptions(handshake_timeout=config.tls_handshake_timeout)
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight = 0
@@ -136,7 +148,6 @@ class Engine:
         self.stats = ScanStats(total=total)
         self._wake = asyncio.Event()
         connector = Connector(self.scope, self.config.connect_timeout, self._connected)
-        limiter = _RateLimiter(self.config.rate)
         iterator: Iterator[tuple[int, PortSpec]] = iter(targets)
         exhausted = False
         try:
@@ -145,21 +156,19 @@ class Engine:
                     await self._ready()
                 free = self.config.concurrency - self._in_flight
                 if not exhausted and not self._stopping and free > 0:
-                    budget = min(free, limiter.available())
+                    granted = await self._limiter.acquire(free)
+                    if self._stopping:
+                        continue
                     connector.tick()
                     launched = 0
                     for ip, spec in iterator:
                         self._start(connector, ip, spec)
                         launched += 1
-                        if launched >= budget:
+                        if launched >= granted:
                             break
                     else:
                         exhausted = True
-                    limiter.take(launched)
-                    if launched and launched >= budget and self._in_flight < \
-                            self.config.concurrency:
-                        await asyncio.sleep(limiter.wait_time())  # the rate, not the bound
-                        continue
+                    continue
                 if (exhausted or self._stopping) and self._in_flight == 0:
                     break
                 self._wake.clear()

@@ -212,7 +212,7 @@ class Engine:
 
     def _finish_failure(self, ip: int, spec: PortSpec, status: Status, message: str) -> None:
         self.stats.statuses[status.value] += 1
-        if self.config.emit_failures or status is Status.OUT_OF_SCOPE:
+        if self.config.emit_failures or status not in _CLOSED:
             self._emit(ScanResult(
                 sweep_id=self.config.sweep_id, ip=_ip_text(ip), port=spec.port,
                 transport=Transport.TLS if spec.tls else Transport.TCP, observed_at=_now(),
@@ -289,6 +289,10 @@ class Engine:
             raw=outcome.raw[: cfg.probe.max_reply_bytes] or None))
         self._release()
 
+
+# Connect failures that say "nothing there": counted, written only with emit_failures.
+# Anything else (a reset right after the handshake, out of scope) is always written.
+_CLOSED = frozenset({Status.CONNECTION_REFUSED, Status.CONNECTION_TIMEOUT, Status.UNREACHABLE})
 
 # The common connect failures, without building an exception each time.
 _CONNECT_ERRNO = {errno.ECONNREFUSED: Status.CONNECTION_REFUSED,

@@ -80,21 +80,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="start local brokers on 127.x, scan them, report")
     demo.add_argument("--format", choices=("text", "json"), default="text")
     demo.add_argument("-o", "--output", metavar="FILE", help="also write results as JSONL")
+    from brokerscan.sweepcli import add_commands
+
+    add_commands(sub, add_target_options)
     return parser
 
 
+def add_target_options(parser: argparse.ArgumentParser) -> None:
+    """What to probe: shared by ``scan`` and ``sweep plan/start``."""
+    parser.add_argument("-iL", dest="target_files", action="append", default=[],
+                        metavar="FILE", help="read targets from FILE, one per line")
+    parser.add_argument("-p", "--ports", default="1883,8883,5672,5671",
+                        help="ports: numbers or mqtt, mqtts, amqp, amqps; PORT/tls or "
+                             "PORT/tcp picks the transport (default: %(default)s)")
+    parser.add_argument("--probe", choices=("mqtt", "amqp"),
+                        help="use only this probe (default: by port; both on other ports)")
+    parser.add_argument("--allow-reserved", action="store_true",
+                        help="lift the built-in IANA blocklist (loopback, private, ...)")
+    parser.add_argument("--blocklist", action="append", default=[], metavar="FILE",
+                        help="an extra opt-out list in ZMap format (always applied)")
+
+
 def _add_scan_options(scan: argparse.ArgumentParser) -> None:
-    scan.add_argument("-iL", dest="target_files", action="append", default=[], metavar="FILE",
-                      help="read targets from FILE, one per line")
-    scan.add_argument("-p", "--ports", default="1883,8883,5672,5671",
-                      help="ports: numbers or mqtt, mqtts, amqp, amqps; PORT/tls or PORT/tcp "
-                           "picks the transport (default: %(default)s)")
-    scan.add_argument("--probe", choices=("mqtt", "amqp"),
-                      help="use only this probe (default: by port; both on other ports)")
-    scan.add_argument("--allow-reserved", action="store_true",
-                      help="lift the built-in IANA blocklist (loopback, private, ...)")
-    scan.add_argument("--blocklist", action="append", default=[], metavar="FILE",
-                      help="an extra opt-out list in ZMap format (always applied)")
+    add_target_options(scan)
     scan.add_argument("-o", "--output", metavar="FILE", help="write results as JSONL (- = stdout)")
     scan.add_argument("--all", dest="emit_failures", action="store_true",
                       help="also write results for closed and silent ports")
@@ -134,13 +142,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from brokerscan.demo import run_demo
             return run_demo(args, settings)
+        from brokerscan.sweepcli import run_command
+
+        return run_command(args, settings)
     except UsageError as exc:
         print(f"brokerscan: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("brokerscan: interrupted", file=sys.stderr)
         return 130
-    parser.error(f"unknown command {args.command!r}")
 
 
 class ScanPlan:

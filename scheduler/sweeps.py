@@ -16,6 +16,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from functools import cached_property
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -176,7 +177,7 @@ def exponent_after(shard: Shard, first_exponent: int, launched: int) -> int:
     return exponent
 
 
-def describe_plan(plan: SweepPlan, names: Names) -> dict[str, object]:
+def describe_plan(plan: SweepPlan, names: Names) -> dict[str, Any]:
     """The plan as JSON-ready data (for ``sweep plan`` and ``sweep start``)."""
     return {
         "addresses": plan.addresses,

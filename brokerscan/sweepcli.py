@@ -1,0 +1,415 @@
+"""The distributed half of the command line: ``sweep``, ``worker``, ``scheduler``, ``db``.
+
+Every command checks what it needs (the plan, then PostgreSQL, Redis and the broker)
+before it changes anything, so a mistake or a service that is down ends in one line and a
+non-zero exit with nothing half-created.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import ipaddress
+import json
+import os
+import secrets
+import socket
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+from urllib.parse import urlsplit
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from brokerscan.settings import Settings
+from scheduler import live, state
+from scheduler.blocklist import IPSet, format_ip, load_blocklist
+from scheduler.ports import PortError
+from scheduler.sweeps import SweepPlan, SweepSpec, describe_plan, plan_sweep
+from scheduler.targets import TargetError, read_targets
+from storage.db import DatabaseError, connect
+
+__all__ = ["add_commands", "run_command"]
+
+EXIT_BAD_INPUT = 2
+EXIT_UNAVAILABLE = 1
+MAX_RATE = 10_000_000.0
+
+
+class CommandError(Exception):
+    """One line for the user, and an exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_BAD_INPUT) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def add_commands(sub: Any, add_target_options: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Add ``sweep``, ``worker``, ``scheduler`` and ``db`` to the top-level parser."""
+    sweep = sub.add_parser("sweep", help="distributed sweeps: plan, start, steer, watch")
+    verbs = sweep.add_subparsers(dest="verb", required=True, parser_class=type(sweep))
+    for verb, text in (("plan", "dry run: counts, shards, duration; sends nothing"),
+                       ("start", "create a sweep; the scheduler dispatches it")):
+        p = verbs.add_parser(verb, help=text)
+        p.add_argument("targets", nargs="*", metavar="TARGET")
+        add_target_options(p)
+        p.add_argument("--rate", type=float, default=10_000.0,
+                       help="new connections per second for the whole fleet")
+        p.add_argument("--seed", type=int, default=None, help="order of the permutation")
+        p.add_argument("--shards", type=int, default=None, help="shards per port group")
+        p.add_argument("--shard-size", type=int, default=250_000)
+        p.add_argument("--format", choices=("text", "json"), default="text")
+        if verb == "start":
+            p.add_argument("--name", default=None)
+            p.add_argument("--all", dest="emit_failures", action="store_true",
+                           help="also publish results for closed and silent ports")
+            p.add_argument("--connect-timeout", type=float, default=3.0)
+            p.add_argument("--io-timeout", type=float, default=5.0)
+            p.add_argument("--timeout", type=float, default=20.0)
+            p.add_argument("--concurrency", type=int, default=1000,
+                           help="connections in flight per worker process")
+    status = verbs.add_parser("status", help="progress, rates, hits, shards, workers")
+    status.add_argument("sweep_id", nargs="?")
+    status.add_argument("--watch", action="store_true")
+    status.add_argument("--format", choices=("text", "json"), default="text")
+    for verb in ("pause", "resume", "cancel"):
+        verbs.add_parser(verb, help=f"{verb} a sweep").add_argument("sweep_id")
+    verbs.add_parser("list", help="recent sweeps").add_argument(
+        "--format", choices=("text", "json"), default="text")
+
+    worker = sub.add_parser("worker", help="run a Celery worker for the probe queues")
+    worker.add_argument("--queues", default="probe,probe-tls",
+                        help="probe, probe-tls (comma list)")
+    worker.add_argument("--concurrency", type=int, default=None, help="processes")
+    worker.add_argument("--pool", choices=("prefork", "solo"), default="prefork")
+    sub.add_parser("scheduler", help="run the dispatch loop").add_argument(
+        "--max-queued", type=int, default=8, help="queued shards per sweep")
+    db = sub.add_parser("db", help="the PostgreSQL database")
+    db.add_subparsers(dest="verb", required=True).add_parser("migrate", help="apply migrations")
+
+
+def run_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Run ``sweep``/``worker``/``scheduler``/``db``; one line and an exit code on error."""
+    try:
+        if args.command == "worker":
+            return _worker(args, settings)
+        if args.command == "scheduler":
+            return _run(_scheduler(args, settings))
+        if args.command == "db":
+            return _run(_migrate(settings))
+        handler = _VERBS[args.verb]
+        return _run(handler(args, settings))
+    except CommandError as exc:
+        print(f"brokerscan: error: {exc}", file=sys.stderr)
+        return exc.code
+
+
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    try:
+        return asyncio.run(coro)
+    except DatabaseError as exc:
+        raise CommandError(str(exc), EXIT_UNAVAILABLE) from None
+    except (RedisError, OSError) as exc:
+        raise CommandError(f"cannot reach Redis: {exc}", EXIT_UNAVAILABLE) from None
+
+
+# -- plan and start ----------------------------------------------------------------------
+
+def _spec(args: argparse.Namespace, settings: Settings) -> SweepSpec:
+    if not 0 < args.rate <= MAX_RATE:
+        raise CommandError(f"impossible rate {args.rate:g}: give 0 < rate <= {MAX_RATE:g}")
+    if not args.targets and not args.target_files:
+        raise CommandError("no targets given (a CIDR, an address, a range, -iL FILE or -)")
+    try:
+        specs = list(args.targets)
+        if "-" in specs or args.target_files:  # resolve files now: the sweep keeps its list
+            ips = read_targets(specs, args.target_files,
+                               stdin=sys.stdin if "-" in specs else None)
+            specs = [f"{format_ip(lo)}-{format_ip(hi)}" for lo, hi in ips.ranges]
+        optout = IPSet.empty()
+        for path in [*settings.blocklist_files, *args.blocklist]:
+            optout = optout.union(load_blocklist(path))
+        cidrs = [str(net) for lo, hi in optout.ranges for net in
+                 ipaddress.summarize_address_range(ipaddress.IPv4Address(lo),
+                                                   ipaddress.IPv4Address(hi))]
+        extra: dict[str, Any] = {}
+        if args.verb == "start":
+            extra = {"emit_failures": args.emit_failures,
+                     "connect_timeout": args.connect_timeout, "io_timeout": args.io_timeout,
+                     "total_timeout": args.timeout, "concurrency": args.concurrency}
+        return SweepSpec(
+            name=getattr(args, "name", None) or "", targets=specs, ports=args.ports,
+            probe=args.probe, allow_reserved=args.allow_reserved, optout=cidrs,
+            scope=settings.scope, rate=args.rate,
+            seed=args.seed if args.seed is not None else secrets.randbelow(2**31),
+            shard_size=args.shard_size, shards=args.shards,
+            client_id_prefix=settings.client_id_prefix, **extra)
+    except (TargetError, PortError) as exc:
+        raise CommandError(str(exc)) from None
+    except ValueError as exc:  # pydantic: an impossible number
+        first = str(exc).splitlines()
+        raise CommandError(f"bad sweep setting: {' '.join(first[1:3]).strip()}") from None
+
+
+def _plan(spec: SweepSpec) -> SweepPlan:
+    try:
+        plan = plan_sweep(spec)
+    except (TargetError, PortError) as exc:
+        raise CommandError(str(exc)) from None
+    if plan.targets == 0:
+        raise CommandError(f"nothing to sweep: {plan.exclusions.describe()}")
+    return plan
+
+
+async def _plan_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    began = time.perf_counter()
+    plan = _plan(_spec(args, settings))
+    info = describe_plan(plan, settings.names()) | {"seed": plan.spec.seed,
+                                                      "plan_seconds": round(
+                                                          time.perf_counter() - began, 3)}
+    if args.format == "json":
+        print(json.dumps(info, indent=2))
+    else:
+        print(f"eligible addresses {info['addresses']:>16,}\n"
+              f"targets            {info['targets']:>16,}  ({', '.join(info['ports'])})\n"
+              f"excluded           {info['excluded']}\n"
+              f"shards             {info['shards']:>16,}  "
+              + ", ".join(f"{q}: {n:,}" for q, n in info["queues"].items()) + "\n"
+              f"duration at {plan.spec.rate:,.0f}/s  {_duration(plan.seconds)}")
+    return 0
+
+
+def _sweep_id() -> str:
+    return "sw-" + base64.b32encode(secrets.token_bytes(5)).decode().lower()
+
+
+def _default_name(spec: SweepSpec) -> str:
+    digest = hashlib.sha256(json.dumps([spec.targets, spec.ports, spec.probe, spec.seed,
+                                        spec.allow_reserved]).encode()).hexdigest()[:10]
+    return f"sweep-{digest}"
+
+
+def _check_broker(url: str) -> None:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 5672
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+    except OSError as exc:
+        raise CommandError(f"cannot reach the task broker at {host}:{port}: "
+                           f"{exc.strerror or exc}", EXIT_UNAVAILABLE) from None
+
+
+def _database(settings: Settings) -> str:
+    if not settings.database_url:
+        raise CommandError("sweeps need PostgreSQL: set BROKERSCAN_DATABASE_URL",
+                           EXIT_UNAVAILABLE)
+    return settings.database_url
+
+
+async def _start_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    spec = _spec(args, settings)
+    if not spec.name:
+        spec = spec.model_copy(update={"name": _default_name(spec)})
+    plan = _plan(spec)
+    names = settings.names()
+    url = _database(settings)
+    _check_broker(settings.broker_url)
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        await redis.ping()
+        conn = await connect(url)
+        try:
+            sweep_id = _sweep_id()
+            rows = [state.ShardRow(index=i, queue=group.queue(names),
+                                   first_exponent=shard.first_exponent,
+                                   end_exponent=shard.end_exponent)
+                    for group, shard, i in plan.shard_ids()]
+            try:
+                await state.create_sweep(conn, sweep_id=sweep_id, name=spec.name,
+                                         spec=spec.model_dump(mode="json"),
+                                         target_count=plan.targets, shards=rows)
+            except state.SweepExists as exc:
+                raise CommandError(str(exc)) from None
+        finally:
+            await conn.close()
+        await live.set_control(redis, names, sweep_id, "running")
+        scheduler = await live.scheduler_alive(redis, names)
+    finally:
+        await redis.aclose()
+    info = describe_plan(plan, names) | {"id": sweep_id, "name": spec.name,
+                                           "seed": spec.seed}
+    if args.format == "json":
+        print(json.dumps(info, indent=2))
+    else:
+        print(f"{sweep_id}  {spec.name}: {plan.targets:,} targets in {plan.shard_count:,} "
+              f"shards at {spec.rate:,.0f}/s ({_duration(plan.seconds)})")
+    if not scheduler:
+        print("brokerscan: note: no scheduler is running; start one with "
+              "`brokerscan scheduler`", file=sys.stderr)
+    return 0
+
+
+# -- steering and watching -----------------------------------------------------------------
+
+async def _steer(args: argparse.Namespace, settings: Settings) -> int:
+    target = {"pause": "paused", "resume": "running", "cancel": "cancelled"}[args.verb]
+    conn = await connect(_database(settings))
+    try:
+        row = await state.set_sweep_state(conn, args.sweep_id, target)  # type: ignore[arg-type]
+    except (state.UnknownSweep, state.BadTransition) as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        await conn.close()
+    redis = Redis.from_url(settings.redis_url)
+    try:  # workers obey Redis within half a second; the scheduler re-mirrors it anyway
+        await live.set_control(redis, settings.names(), row.id, row.state)
+    except (RedisError, OSError):
+        print("brokerscan: note: Redis is unreachable; workers will follow when the "
+              "scheduler next mirrors the state", file=sys.stderr)
+    finally:
+        await redis.aclose()
+    print(f"{row.id} {row.state}")
+    return 0
+
+
+async def _status_data(settings: Settings, sweep_id: str | None) -> dict[str, Any]:
+    names = settings.names()
+    conn = await connect(_database(settings))
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        if sweep_id is None:
+            recent = await state.list_sweeps(conn, limit=1)
+            if not recent:
+                raise CommandError("no sweeps yet")
+            sweep_id = recent[0].id
+        sweep = await state.get_sweep(conn, sweep_id)
+        if sweep is None:
+            raise CommandError(f"no sweep {sweep_id}")
+        shards = await state.shard_counts(conn, sweep_id)
+        counts = await live.read_counts(redis, names, sweep_id)
+        workers = await live.live_workers(redis, names)
+        scheduler = await live.scheduler_alive(redis, names)
+    finally:
+        await redis.aclose()
+        await conn.close()
+    probes = max(counts.probes, shards.probes)
+    return {
+        "id": sweep.id, "name": sweep.name, "state": sweep.state,
+        "targets": sweep.target_count, "probes": probes,
+        "progress": round(min(1.0, probes / sweep.target_count), 4) if sweep.target_count
+        else 1.0,
+        "probes_per_second": round(counts.probes_per_second or 0.0, 1),
+        "eta_seconds": None if sweep.state != "running" else counts.eta(sweep.target_count),
+        "hits": counts.hits or shards.hits, "open": max(counts.open, shards.open),
+        "statuses": counts.statuses or shards.statuses,
+        "shards": dict(shards.states),
+        "workers": [{"id": w.worker_id, "sweep": w.sweep_id, "shard": w.shard,
+                     "probes": w.probes} for w in workers],
+        "scheduler_alive": scheduler,
+    }
+
+
+def _render_status(d: dict[str, Any]) -> str:
+    width = 30
+    filled = int(width * d["progress"])
+    eta = "--" if d["eta_seconds"] is None else _duration(d["eta_seconds"])
+    shards = d["shards"]
+    hits = ", ".join(f"{k} {v:,}" for k, v in sorted(d["hits"].items())) or "none yet"
+    return "\n".join([
+        f"{d['id']}  {d['name'] or ''}  [{d['state']}]",
+        f"[{'#' * filled}{'.' * (width - filled)}] {100 * d['progress']:5.1f}%  "
+        f"{d['probes']:,}/{d['targets']:,}  {d['probes_per_second']:,.0f} probes/s  ETA {eta}",
+        f"hits: {hits}   open ports: {d['open']:,}",
+        "shards: " + "  ".join(f"{s} {shards.get(s, 0):,}" for s in (
+            "done", "running", "queued", "pending", "paused", "failed", "cancelled")),
+        f"workers alive: {len(d['workers'])}"
+        + ("" if d["scheduler_alive"] else "   (no scheduler running)"),
+    ])
+
+
+async def _status_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    while True:
+        data = await _status_data(settings, args.sweep_id)
+        text = json.dumps(data, indent=2, default=str) if args.format == "json" \
+            else _render_status(data)
+        if args.watch and args.format == "text" and sys.stdout.isatty():
+            print("\033[2J\033[H" + text, flush=True)
+        else:
+            print(text, flush=True)
+        if not args.watch or data["state"] in ("finished", "cancelled"):
+            return 0
+        await asyncio.sleep(1.0)
+
+
+async def _list_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    conn = await connect(_database(settings))
+    try:
+        rows = await state.list_sweeps(conn, limit=50)
+    finally:
+        await conn.close()
+    items: list[dict[str, Any]] = [
+        {"id": r.id, "name": r.name, "state": r.state, "targets": r.target_count,
+         "shards": r.shard_count, "created_at": r.created_at.isoformat()} for r in rows]
+    if args.format == "json":
+        print(json.dumps(items, indent=2))
+    else:
+        for i in items:
+            print(f"{i['id']}  {i['state']:<9}  {i['targets']:>16,} targets  "
+                  f"{i['created_at'][:19]}  {i['name'] or ''}")
+    return 0
+
+
+_VERBS: dict[str, Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]] = {
+    "plan": _plan_cmd, "start": _start_cmd, "status": _status_cmd, "list": _list_cmd,
+    "pause": _steer, "resume": _steer, "cancel": _steer,
+}
+
+
+# -- long-running processes ---------------------------------------------------------------
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.celery_app import make_app
+
+    names = settings.names()
+    queues = {"probe": names.probe_queue, "probe-tls": names.probe_tls_queue}
+    try:
+        chosen = [queues[q.strip()] for q in args.queues.split(",") if q.strip()]
+    except KeyError as exc:
+        raise CommandError(f"unknown queue {exc.args[0]!r} (use probe, probe-tls)") from None
+    _check_broker(settings.broker_url)
+    app = make_app(settings)
+    argv = ["worker", "-Q", ",".join(chosen), "-P", args.pool, "--loglevel", "INFO",
+            "-n", f"brokerscan-{os.getpid()}@{socket.gethostname()}", "--without-gossip",
+            "--without-mingle", "--without-heartbeat"]
+    if args.concurrency:
+        argv += ["-c", str(args.concurrency)]
+    app.worker_main(argv)
+    return 0
+
+
+async def _scheduler(args: argparse.Namespace, settings: Settings) -> int:
+    from scheduler.dispatch import Dispatcher
+    from workers.celery_app import make_app
+
+    _database(settings)
+    _check_broker(settings.broker_url)
+    await Dispatcher(settings, make_app(settings), max_queued=args.max_queued).run()
+    return 0
+
+
+async def _migrate(settings: Settings) -> int:
+    from storage.migrate import migrate
+
+    applied = await migrate(_database(settings))
+    print("applied: " + ", ".join(applied) if applied else "database is up to date")
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    days, rest = divmod(seconds, 86400)
+    return (f"{days} d " if days else "") + time.strftime("%H:%M:%S", time.gmtime(rest))

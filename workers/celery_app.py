@@ -1,0 +1,79 @@
+"""The Celery application, built from the settings, configured for at-least-once shards.
+
+* late acks and prefetch 1: a shard message is acked only after the task returned, that
+  is after every result of the shard was confirmed by the results exchange; a worker holds
+  one shard per process, never a hoard;
+* reject on worker lost: a child killed mid-shard (OOM, SIGKILL) requeues its message
+  instead of acking it; redeliveries are capped by the shard's attempt count in
+  PostgreSQL (RabbitMQ 3.x classic queues have no delivery limit of their own);
+* long-running tasks are cancelled on a lost broker connection (otherwise Celery runs a
+  late-ack task twice per connection loss);
+* soft and hard time limits above the longest shard (the shard runner stops itself and
+  hands the rest of the shard back before ``max_shard_seconds``); RabbitMQ's consumer
+  timeout (30 min by default) must stay above the hard limit, and so must Redis's
+  visibility timeout if Redis is ever the broker;
+* one queue per kind of work (plaintext shards, TLS shards), so pools are sized apart.
+
+``celery -A workers.celery_app worker`` works too: ``app`` is built on first access, from
+the environment, not at import time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu.entity import Exchange, Queue
+
+from brokerscan.settings import Settings
+
+__all__ = ["MAX_SHARD_SECONDS", "make_app"]
+
+MAX_SHARD_SECONDS = 900.0  # a shard runs at most this long, then hands its rest back
+
+
+def make_app(settings: Settings) -> Celery:
+    """The Celery app of one deployment."""
+    names = settings.names()
+    app = Celery("brokerscan", broker=settings.broker_url, set_as_current=False)
+    exchange = Exchange(f"{names.namespace}.tasks", type="direct", durable=True)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        task_soft_time_limit=MAX_SHARD_SECONDS + 300,
+        task_time_limit=MAX_SHARD_SECONDS + 600,
+        broker_transport_options={"visibility_timeout": 2 * (MAX_SHARD_SECONDS + 600)},
+        broker_connection_retry_on_startup=True,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_default_queue=names.probe_queue,
+        task_default_exchange=exchange.name,
+        task_queues=[
+            Queue(names.probe_queue, exchange, routing_key=names.probe_queue, durable=True),
+            Queue(names.probe_tls_queue, exchange, routing_key=names.probe_tls_queue,
+                  durable=True),
+        ],
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+    app.conf.brokerscan_settings = settings
+    from workers import tasks  # registers the tasks on this app
+
+    tasks.register(app)
+    return app
+
+
+_app: Celery | None = None
+
+
+def __getattr__(name: str) -> Any:  # the module-level ``app`` for ``celery -A``
+    global _app
+    if name == "app":
+        if _app is None:
+            _app = make_app(Settings())
+        return _app
+    raise AttributeError(name)

@@ -1,0 +1,416 @@
+"""The durable record of sweeps and their shards in PostgreSQL (tables of migration 0001).
+
+Every function is one short transaction over an asyncpg connection (or one taken from a
+pool). The rules they keep:
+
+- A sweep moves running -> paused | cancelled | finished and paused -> running | cancelled;
+  anything else is :class:`BadTransition`.
+- A shard moves pending -> queued (:func:`claim_pending`) -> running (:func:`start_shard`)
+  -> done | paused | cancelled | failed (:func:`finish_shard`); paused shards are queued
+  again when their sweep runs again. Messages are delivered at least once, so a start or
+  finish that arrives for a shard already finished changes nothing.
+- The counts of a shard (probes, open, hits, statuses) cover exactly the exponents
+  ``[first_exponent, position)``: :func:`checkpoint_shard` and :func:`finish_shard` *add*
+  what was counted since the previous checkpoint, together with the new position.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, cast, get_args
+
+import asyncpg
+
+from scheduler.records import (
+    BadTransition,
+    NameInUse,
+    ShardCounts,
+    ShardRow,
+    ShardStart,
+    ShardState,
+    StateError,
+    SweepExists,
+    SweepRow,
+    SweepState,
+    UnknownShard,
+    UnknownSweep,
+    check_transition,
+    shard_row,
+    sweep_row,
+)
+from storage.db import Conn
+
+__all__ = [
+    "BadTransition",
+    "NameInUse",
+    "ShardCounts",
+    "ShardRow",
+    "ShardStart",
+    "ShardState",
+    "StateError",
+    "SweepExists",
+    "SweepRow",
+    "SweepState",
+    "UnknownShard",
+    "UnknownSweep",
+    "checkpoint_shard",
+    "claim_pending",
+    "create_sweep",
+    "finish_shard",
+    "get_sweep",
+    "list_sweeps",
+    "maybe_finish_sweep",
+    "queued_or_running",
+    "set_sweep_state",
+    "shard_counts",
+    "start_shard",
+]
+
+_OUTSTANDING = ("pending", "queued", "running", "paused")  # a sweep with these is not over
+_FINAL = ("done", "cancelled", "failed")
+
+# ------------------------------------------------------------------------------- sweeps
+
+_SHARD_COLUMNS = ["sweep_id", "shard_index", "queue", "first_exponent", "end_exponent",
+                  "position"]  # fmt: skip
+
+
+async def create_sweep(
+    conn: Conn,
+    *,
+    sweep_id: str,
+    name: str | None,
+    spec: Mapping[str, Any],
+    target_count: int,
+    shards: Sequence[ShardRow],
+) -> None:
+    """Record a new running sweep and all its shards (pending), in one transaction.
+
+    The shards go in with one binary COPY, so a plan of 65,536 shards takes a fraction of
+    a second.
+
+    :param sweep_id: the application's id (``sw-`` + 8 base32 characters)
+    :param name: the operator's name for it, or None
+    :param spec: the sweep's parameters (JSON-serialisable)
+    :param target_count: eligible targets (addresses x ports after the blocklists)
+    :param shards: the plan; see :class:`ShardRow`
+    :raises SweepExists: the id is taken (nothing is written)
+    :raises NameInUse: a running or paused sweep has this name (nothing is written)
+    :raises ValueError: two shards share an index
+    """
+    records = [
+        (sweep_id, s.index, s.queue, s.first_exponent, s.end_exponent,
+         s.first_exponent if s.position is None else s.position)
+        for s in shards
+    ]  # fmt: skip
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                "INSERT INTO sweeps (id, name, spec, state, started_at, target_count,"
+                " shard_count) VALUES ($1, $2, $3::jsonb, 'running', now(), $4, $5)",
+                sweep_id, name, json.dumps(dict(spec)), target_count, len(records),
+            )  # fmt: skip
+            await conn.copy_records_to_table(
+                "sweep_shards", records=records, columns=_SHARD_COLUMNS
+            )
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name == "sweeps_active_name":
+            holder = await conn.fetchval(
+                "SELECT id FROM sweeps WHERE name = $1 AND state IN ('running', 'paused')",
+                name,
+            )
+            raise NameInUse(f"a sweep named {name!r} is already under way: {holder}") from None
+        if exc.constraint_name == "sweep_shards_pkey":
+            raise ValueError(f"sweep {sweep_id}: two shards have the same index") from None
+        raise SweepExists(f"sweep {sweep_id} exists already") from None
+
+
+async def get_sweep(conn: Conn, sweep_id: str) -> SweepRow | None:
+    """The sweep with this id, or None."""
+    row = await conn.fetchrow("SELECT * FROM sweeps WHERE id = $1", sweep_id)
+    return None if row is None else sweep_row(row)
+
+
+async def list_sweeps(conn: Conn, limit: int = 50) -> list[SweepRow]:
+    """The *limit* most recently created sweeps, newest first."""
+    rows = await conn.fetch("SELECT * FROM sweeps ORDER BY created_at DESC, id LIMIT $1", limit)
+    return [sweep_row(r) for r in rows]
+
+
+async def set_sweep_state(conn: Conn, sweep_id: str, new_state: SweepState) -> SweepRow:
+    """Pause, resume, cancel or finish a sweep.
+
+    Cancelling also cancels its pending and paused shards; queued and running ones are
+    cancelled by the workers that receive them.
+
+    :returns: the sweep as it is now
+    :raises UnknownSweep: no such sweep
+    :raises BadTransition: not allowed from the sweep's state (one-line message)
+    """
+    if new_state not in get_args(SweepState):
+        raise ValueError(f"{new_state!r} is not a sweep state")
+    async with conn.transaction():
+        state = await conn.fetchval("SELECT state FROM sweeps WHERE id = $1 FOR UPDATE", sweep_id)
+        if state is None:
+            raise UnknownSweep(f"no sweep {sweep_id}")
+        check_transition(sweep_id, state, new_state)
+        if new_state == "cancelled":
+            await conn.execute(
+                "UPDATE sweep_shards SET state = 'cancelled', finished_at = now(),"
+                " updated_at = now() WHERE sweep_id = $1 AND state IN ('pending', 'paused')",
+                sweep_id,
+            )
+        row = await conn.fetchrow(
+            "UPDATE sweeps SET state = $2, updated_at = now(),"
+            " finished_at = CASE WHEN $2 IN ('cancelled', 'finished') THEN now() END,"
+            " failed_shards = (SELECT count(*) FROM sweep_shards"
+            "                  WHERE sweep_id = $1 AND state = 'failed')"
+            " WHERE id = $1 RETURNING *",
+            sweep_id, new_state,
+        )  # fmt: skip
+    assert row is not None  # locked above
+    return sweep_row(row)
+
+
+async def maybe_finish_sweep(conn: Conn, sweep_id: str) -> bool:
+    """Mark a running sweep finished once none of its shards is pending, queued, running or
+    paused. Failed shards count as finished; their number is recorded in ``failed_shards``.
+
+    :returns: whether the sweep is finished now (by this call or before)
+    :raises UnknownSweep: no such sweep
+    """
+    async with conn.transaction():
+        state = await conn.fetchval("SELECT state FROM sweeps WHERE id = $1 FOR UPDATE", sweep_id)
+        if state is None:
+            raise UnknownSweep(f"no sweep {sweep_id}")
+        if state != "running":
+            return bool(state == "finished")
+        outstanding = await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM sweep_shards WHERE sweep_id = $1"
+            " AND state = ANY($2::text[]))",
+            sweep_id, _OUTSTANDING,
+        )  # fmt: skip
+        if outstanding:
+            return False
+        await set_sweep_state(conn, sweep_id, "finished")  # nested: a savepoint
+    return True
+
+
+async def shard_counts(conn: Conn, sweep_id: str) -> ShardCounts:
+    """Shards per state and the counts recorded so far.
+
+    :raises UnknownSweep: no such sweep
+    """
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        if await conn.fetchval("SELECT 1 FROM sweeps WHERE id = $1", sweep_id) is None:
+            raise UnknownSweep(f"no sweep {sweep_id}")
+        by_state = await conn.fetch(
+            "SELECT state, count(*) AS n, sum(position - first_exponent) AS covered,"
+            " sum(probes) AS probes, sum(open) AS open"
+            " FROM sweep_shards WHERE sweep_id = $1 GROUP BY state",
+            sweep_id,
+        )
+        sums: dict[str, dict[str, int]] = {"hits": {}, "statuses": {}}
+        for column in sums:
+            rows = await conn.fetch(
+                f"SELECT key, sum(value::bigint) AS n FROM sweep_shards,"
+                f" jsonb_each_text({column}) WHERE sweep_id = $1 GROUP BY key ORDER BY key",
+                sweep_id,
+            )
+            sums[column] = {r["key"]: int(r["n"]) for r in rows}
+    states = dict.fromkeys(cast(tuple[ShardState, ...], get_args(ShardState)), 0)
+    states.update({r["state"]: int(r["n"]) for r in by_state})
+    return ShardCounts(
+        states=states,
+        covered=sum(int(r["covered"]) for r in by_state),
+        probes=sum(int(r["probes"]) for r in by_state),
+        open=sum(int(r["open"]) for r in by_state),
+        hits=sums["hits"],
+        statuses=sums["statuses"],
+    )
+
+
+# ------------------------------------------------------------------------------ dispatch
+
+
+async def claim_pending(
+    conn: Conn, sweep_id: str, limit: int, queue: str | None = None
+) -> list[ShardRow]:
+    """Mark up to *limit* pending or paused shards as queued, lowest index first, and
+    return them. Concurrent callers never get the same shard (``SKIP LOCKED``); a sweep
+    that is not running gives none.
+
+    :param queue: only shards of this Celery queue
+    :raises UnknownSweep: no such sweep
+    """
+    async with conn.transaction():
+        # FOR SHARE: a pause or cancel waits for this claim, and this claim for it.
+        state = await conn.fetchval("SELECT state FROM sweeps WHERE id = $1 FOR SHARE", sweep_id)
+        if state is None:
+            raise UnknownSweep(f"no sweep {sweep_id}")
+        if state != "running" or limit <= 0:
+            return []
+        rows = await conn.fetch(
+            "WITH picked AS (SELECT shard_index FROM sweep_shards"
+            "   WHERE sweep_id = $1 AND state IN ('pending', 'paused')"
+            "   AND ($3::text IS NULL OR queue = $3)"
+            "   ORDER BY shard_index LIMIT $2 FOR UPDATE SKIP LOCKED)"
+            " UPDATE sweep_shards s SET state = 'queued', queued_at = now(), updated_at = now()"
+            " FROM picked WHERE s.sweep_id = $1 AND s.shard_index = picked.shard_index"
+            " RETURNING s.*",
+            sweep_id, limit, queue,
+        )  # fmt: skip
+    return sorted((shard_row(r) for r in rows), key=lambda s: s.index)
+
+
+async def queued_or_running(conn: Conn, sweep_id: str) -> int:
+    """How many shards of the sweep are queued or running (the dispatcher's backpressure)."""
+    n = await conn.fetchval(
+        "SELECT count(*) FROM sweep_shards WHERE sweep_id = $1 AND state IN ('queued', 'running')",
+        sweep_id,
+    )
+    return int(n)
+
+
+# -------------------------------------------------------------------------------- worker
+
+
+async def start_shard(
+    conn: Conn, sweep_id: str, index: int, worker: str, max_attempts: int
+) -> ShardStart:
+    """Decide whether a worker that received this shard's message should run it.
+
+    Runs it (attempts + 1, state running, from the last checkpoint) unless the shard is
+    already done, cancelled or failed, the sweep is paused (the shard becomes paused) or
+    cancelled (cancelled), or this would be attempt ``max_attempts + 1`` (failed).
+    """
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            "SELECT sh.state, sh.position, sh.end_exponent, sh.attempts, s.state AS sweep"
+            " FROM sweep_shards sh JOIN sweeps s ON s.id = sh.sweep_id"
+            " WHERE sh.sweep_id = $1 AND sh.shard_index = $2 FOR UPDATE OF sh",
+            sweep_id, index,
+        )  # fmt: skip
+        if row is None:
+            return ShardStart(False, "unknown shard", None, None, 0, 0, 0)
+        shard, sweep, attempts = row["state"], row["sweep"], row["attempts"]
+        new, reason, error = shard, "", None
+        if shard in _FINAL:
+            reason = f"shard is {shard} already"
+        elif sweep in ("paused", "cancelled"):
+            new, reason = sweep, f"sweep is {sweep}"
+        elif sweep == "finished":
+            reason = "sweep is finished"
+        elif attempts >= max_attempts:
+            new, reason = "failed", f"gave up after {attempts} attempts"
+            error = reason
+        else:
+            new, attempts = "running", attempts + 1
+        if new != shard or new == "running":
+            await conn.execute(
+                "UPDATE sweep_shards SET state = $3, attempts = $4, updated_at = now(),"
+                " worker = CASE WHEN $3 = 'running' THEN $5 ELSE worker END,"
+                " started_at = CASE WHEN $3 = 'running' THEN now() ELSE started_at END,"
+                " finished_at = CASE WHEN $3 IN ('cancelled', 'failed') THEN now() END,"
+                " error = $6 WHERE sweep_id = $1 AND shard_index = $2",
+                sweep_id, index, new, attempts, worker, error,
+            )  # fmt: skip
+    return ShardStart(
+        run=not reason, reason=reason, sweep_state=sweep, shard_state=new,
+        position=row["position"], end_exponent=row["end_exponent"], attempts=attempts,
+    )  # fmt: skip
+
+
+_ADD_COUNTS = """
+    probes = probes + $4, open = open + $5, hits = sweep_add_counts(hits, $6::jsonb),
+    statuses = sweep_add_counts(statuses, $7::jsonb), updated_at = now()
+"""
+
+
+def _counts(
+    probes: int, open: int, hits: Mapping[str, int] | None, statuses: Mapping[str, int] | None
+) -> tuple[int, int, str, str]:
+    if probes < 0 or open < 0:
+        raise ValueError("counts cannot be negative")
+    return probes, open, json.dumps(dict(hits or {})), json.dumps(dict(statuses or {}))
+
+
+async def checkpoint_shard(
+    conn: Conn,
+    sweep_id: str,
+    index: int,
+    position: int,
+    *,
+    probes: int = 0,
+    open: int = 0,
+    hits: Mapping[str, int] | None = None,
+    statuses: Mapping[str, int] | None = None,
+    worker: str | None = None,
+) -> bool:
+    """Record that a running shard reached *position*, adding the counts made since the
+    previous checkpoint.
+
+    :param worker: if given, only that worker's run may checkpoint (a stale redelivery
+        cannot move a shard another worker now runs)
+    :returns: False, and nothing changes, if the shard is not running (or not *worker*'s)
+        or *position* is behind the recorded one: the worker should stop
+    """
+    status = await conn.execute(
+        f"UPDATE sweep_shards SET position = $3, {_ADD_COUNTS}"
+        " WHERE sweep_id = $1 AND shard_index = $2 AND state = 'running'"
+        " AND position <= $3 AND $3 <= end_exponent AND ($8::text IS NULL OR worker = $8)",
+        sweep_id, index, position, *_counts(probes, open, hits, statuses), worker,
+    )  # fmt: skip
+    return status == "UPDATE 1"
+
+
+async def finish_shard(
+    conn: Conn,
+    sweep_id: str,
+    index: int,
+    *,
+    state: Literal["done", "paused", "cancelled", "failed"],
+    position: int,
+    probes: int,
+    open: int,
+    hits: Mapping[str, int],
+    statuses: Mapping[str, int],
+    error: str | None = None,
+    worker: str | None = None,
+) -> bool:
+    """Record the end of a run, adding the counts made since the last checkpoint.
+
+    ``done`` sets the position to the shard's end and is idempotent: a second finish of a
+    done shard changes nothing, so counts are never doubled. Other states apply only to a
+    shard that is not done, cancelled or failed.
+
+    :param position: where the run stopped (ignored for ``done``)
+    :param worker: as for :func:`checkpoint_shard`
+    :returns: True if recorded; False if the shard had already finished (or is another
+        worker's), and nothing changed
+    :raises UnknownShard: no such shard
+    """
+    if state not in ("done", "paused", "cancelled", "failed"):
+        raise ValueError(f"{state!r} is not a state a run can end in")
+    from_states = ["pending", "queued", "running", "paused"]
+    if state == "done":
+        from_states += ["cancelled", "failed"]  # the work was done: count it
+    status = await conn.execute(
+        f"UPDATE sweep_shards SET {_ADD_COUNTS}, state = $3, error = $9,"
+        " position = CASE WHEN $3 = 'done' THEN end_exponent"
+        "   ELSE greatest(position, least($10, end_exponent)) END,"
+        " finished_at = CASE WHEN $3 = 'paused' THEN NULL ELSE now() END"
+        " WHERE sweep_id = $1 AND shard_index = $2 AND state = ANY($11::text[])"
+        " AND ($8::text IS NULL OR worker = $8)",
+        sweep_id, index, state, *_counts(probes, open, hits, statuses), worker, error,
+        position, from_states,
+    )  # fmt: skip
+    if status == "UPDATE 1":
+        return True
+    exists = await conn.fetchval(
+        "SELECT 1 FROM sweep_shards WHERE sweep_id = $1 AND shard_index = $2", sweep_id, index
+    )
+    if exists is None:
+        raise UnknownShard(f"sweep {sweep_id} has no shard {index}")
+    return False

@@ -1,0 +1,190 @@
+"""Opening PostgreSQL connections and pools, with one clear line when that fails.
+
+Every way of failing to reach the database (a malformed URL, a name that does not resolve,
+a refused port, a server that does not answer, a missing database, a refused login) becomes
+a :class:`DatabaseError` whose message names the server and the cause, never the password.
+By default a new connection also checks that the migrations of this brokerscan are applied
+(:class:`MigrationError` otherwise).
+
+The namespace of a deployment (``Settings.namespace``) can be given as *schema*: the
+connection's ``search_path`` is set to it, so two deployments can share one database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+# What the storage and state functions accept: a connection, or one taken from a pool.
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    Conn: TypeAlias = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
+    Pool: TypeAlias = asyncpg.Pool[asyncpg.Record]
+else:  # asyncpg's classes are not generic at run time
+    Conn = asyncpg.Connection | PoolConnectionProxy
+    Pool = asyncpg.Pool
+
+__all__ = ["Conn", "DatabaseError", "MigrationError", "Pool", "connect", "create_pool"]
+
+CONNECT_TIMEOUT = 10.0
+_SCHEMES = ("postgresql", "postgres")
+
+
+class DatabaseError(Exception):
+    """The database cannot be used; the message is one line meant for the operator."""
+
+
+class MigrationError(DatabaseError):
+    """The schema is not the one this brokerscan needs (or a migration was edited)."""
+
+
+def _where(url: str) -> tuple[str, str, str]:
+    """Check *url* and say where it points.
+
+    :param url: a ``postgresql://`` URL
+    :returns: ``(host:port, database, user)`` for messages (no password)
+    :raises DatabaseError: if the URL is not a PostgreSQL URL
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port or 5432
+    except ValueError as exc:
+        raise DatabaseError(f"invalid database URL: {exc}") from None
+    if parts.scheme not in _SCHEMES:
+        shown = parts.scheme or url.split(":", 1)[0][:20]
+        raise DatabaseError(
+            f"invalid database URL: scheme {shown!r} is not postgresql:// (e.g. "
+            "postgresql://user@127.0.0.1:5432/brokerscan)"
+        )
+    host = parts.hostname or "local socket"
+    database = unquote(parts.path.lstrip("/")) or (parts.username or "")
+    return f"{host}:{port}", database, parts.username or ""
+
+
+def _explain(exc: BaseException, url: str) -> DatabaseError:
+    """Turn whatever asyncpg or the OS raised while connecting into one line."""
+    at, database, user = _where(url)
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        return DatabaseError(
+            f'database "{database}" does not exist on the PostgreSQL server at {at}: '
+            f"create it (createdb {database}) or fix the URL"
+        )
+    if isinstance(
+        exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError
+    ):
+        return DatabaseError(f'PostgreSQL at {at} refused user "{user}": {exc}')
+    if isinstance(exc, asyncpg.PostgresError):
+        return DatabaseError(f"PostgreSQL at {at} refused the connection: {exc}")
+    if isinstance(exc, socket.gaierror):
+        return DatabaseError(f"cannot reach PostgreSQL at {at}: unknown host ({exc.strerror})")
+    if isinstance(exc, ConnectionRefusedError):
+        return DatabaseError(f"cannot reach PostgreSQL at {at}: connection refused")
+    if isinstance(exc, TimeoutError):
+        return DatabaseError(
+            f"cannot reach PostgreSQL at {at}: no answer within {CONNECT_TIMEOUT:g} s"
+        )
+    if isinstance(exc, OSError):
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        return DatabaseError(f"cannot reach PostgreSQL at {at}: {reason}")
+    if isinstance(exc, asyncpg.ClientConfigurationError | ValueError | OverflowError):
+        return DatabaseError(f"invalid database URL for {at}: {exc}")
+    return DatabaseError(f"cannot connect to PostgreSQL at {at}: {exc}")
+
+
+_CONNECT_ERRORS = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    ValueError,
+    OverflowError,
+)
+
+
+def _server_settings(schema: str | None) -> dict[str, str]:
+    settings = {"application_name": "brokerscan"}
+    if schema is not None:
+        settings["search_path"] = schema
+    return settings
+
+
+async def connect(
+    url: str, *, schema: str | None = None, check: bool = True
+) -> asyncpg.Connection[asyncpg.Record]:
+    """Open one connection.
+
+    :param url: ``postgresql://user[:password]@host[:port]/database``
+    :param schema: PostgreSQL schema to work in (the deployment's namespace); default: the
+        server's ``search_path`` (normally ``public``)
+    :param check: also require that every migration of this brokerscan is applied
+    :returns: the open connection (jsonb values travel as text: no codecs are installed)
+    :raises DatabaseError: the server cannot be reached or refuses the connection
+    :raises MigrationError: *check* is set and the schema is behind or ahead
+    """
+    _where(url)
+    try:
+        conn = await asyncpg.connect(
+            url, timeout=CONNECT_TIMEOUT, server_settings=_server_settings(schema)
+        )
+    except _CONNECT_ERRORS as exc:
+        raise _explain(exc, url) from exc
+    if check:
+        try:
+            await _require_current(conn)
+        except BaseException:
+            await conn.close()
+            raise
+    return conn
+
+
+async def create_pool(
+    url: str,
+    *,
+    schema: str | None = None,
+    check: bool = True,
+    min_size: int = 1,
+    max_size: int = 10,
+) -> Pool:
+    """Open a connection pool (bound to the running event loop).
+
+    :param url: as for :func:`connect`
+    :param schema: as for :func:`connect`
+    :param check: as for :func:`connect`, checked once on a pooled connection
+    :param min_size: connections opened at once (and the failure surfaces here)
+    :param max_size: most connections; processes x max_size must fit max_connections
+    :returns: the pool
+    :raises DatabaseError: the server cannot be reached or refuses the connection
+    :raises MigrationError: *check* is set and the schema is behind or ahead
+    """
+    _where(url)
+    try:
+        pool = await asyncpg.create_pool(
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=CONNECT_TIMEOUT,
+            server_settings=_server_settings(schema),
+        )
+    except _CONNECT_ERRORS as exc:
+        raise _explain(exc, url) from exc
+    if check:
+        try:
+            async with pool.acquire() as conn:
+                await _require_current(conn)
+        except BaseException:
+            await pool.close()
+            raise
+    return pool
+
+
+async def _require_current(conn: Conn) -> None:
+    # Imported here because storage.migrate imports this module (for connect and errors).
+    from storage.migrate import require_current
+
+    await require_current(conn)

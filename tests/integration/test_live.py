@@ -1,0 +1,257 @@
+"""Live state in a real Redis: counters under concurrent writers, the rate estimate, the
+cached control watch, worker heartbeats from a thread (and their expiry when the process is
+killed), the scheduler heartbeat. Each test has its own namespace and deletes its keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from uuid import uuid4
+
+import pytest
+from redis import Redis as SyncRedis
+from redis.asyncio import Redis
+
+from brokerscan.names import Names
+from scheduler.live import (
+    ControlWatch,
+    Heartbeat,
+    LiveCounts,
+    add_counts,
+    beat_scheduler,
+    get_control,
+    live_workers,
+    probes_per_second,
+    read_counts,
+    scheduler_alive,
+    set_control,
+)
+
+pytestmark = pytest.mark.integration
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+def names() -> Names:
+    return Names(f"t{uuid4().hex[:10]}")
+
+
+@pytest.fixture
+async def redis(names: Names) -> AsyncIterator[Redis]:
+    client = Redis.from_url(REDIS_URL)
+    yield client
+    keys = [k async for k in client.scan_iter(match=f"{names.namespace}:*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+# -- counters ---------------------------------------------------------------------------
+
+
+async def test_counters_add_up_under_concurrent_writers(redis, names):
+    writers, flushes = 16, 40
+
+    async def worker(i: int) -> None:
+        client = Redis.from_url(REDIS_URL)  # one connection per writer, like a worker
+        try:
+            for _ in range(flushes):
+                await add_counts(client, names, "s1", probes=10, open=2,
+                                 hits={"mqtt": 1, "amqp": i % 2},
+                                 statuses={"success": 2, "connection-refused": 8})
+        finally:
+            await client.aclose()
+
+    await asyncio.gather(*(worker(i) for i in range(writers)))
+    counts = await read_counts(redis, names, "s1")
+    n = writers * flushes
+    assert (counts.probes, counts.open) == (10 * n, 2 * n)
+    assert counts.hits == {"mqtt": n, "amqp": n // 2}
+    assert counts.statuses == {"success": 2 * n, "connection-refused": 8 * n}
+
+
+async def test_zero_counts_write_nothing_and_negative_counts_are_refused(redis, names):
+    await add_counts(redis, names, "s1", probes=0, open=0, hits={"mqtt": 0}, statuses={})
+    assert await redis.exists(names.sweep_live("s1")) == 0
+    assert await read_counts(redis, names, "s1") == LiveCounts()
+    with pytest.raises(ValueError):
+        await add_counts(redis, names, "s1", probes=-1, open=0, hits={}, statuses={})
+
+
+def test_rate_estimate_from_samples():
+    assert probes_per_second({}, now=100) is None
+    assert probes_per_second({100: 50}, now=100) is None  # only the current, partial second
+    assert probes_per_second({98: 100, 99: 300}, now=100) == 200
+    samples = {s: 1000 for s in range(40, 101)}
+    samples[100] = 5  # the current second is left out
+    assert probes_per_second(samples, now=100, window=10) == 1000
+    assert probes_per_second({50: 10_000, 95: 100}, now=100, window=10) == 10  # old ones out
+    counts = LiveCounts(probes=1000, probes_per_second=100.0)
+    assert counts.eta(total=3000) == 20.0
+    assert LiveCounts(probes=1).eta(total=10) is None
+
+
+async def test_rate_estimate_from_real_flushes_and_samples_are_trimmed(redis, names):
+    # 200 probes every 0.1 s for ~3.5 s: about 2000/s. A loose check of the estimate.
+    end = time.monotonic() + 3.5
+    while time.monotonic() < end:
+        await add_counts(redis, names, "s1", probes=200, open=0, hits={}, statuses={}, keep=2)
+        await asyncio.sleep(0.1)
+    counts = await read_counts(redis, names, "s1", window=2)
+    assert counts.probes_per_second is not None
+    assert 1000 <= counts.probes_per_second <= 3000
+    fields = [k.decode() for k in await redis.hkeys(names.sweep_live("s1"))]
+    seconds = sorted(int(f[4:]) for f in fields if f.startswith("sec:") and f[4:].isdigit())
+    assert len(seconds) <= 3  # keep=2: the current second and the two before it
+    assert seconds[-1] - seconds[0] <= 2
+
+
+# -- control ------------------------------------------------------------------------------
+
+
+async def test_control_states(redis, names):
+    assert await get_control(redis, names, "s1") is None
+    await set_control(redis, names, "s1", "paused")
+    assert await get_control(redis, names, "s1") == "paused"
+    with pytest.raises(ValueError):
+        await set_control(redis, names, "s1", "stopped")
+
+
+async def test_control_watch_caches_then_sees_a_change_within_its_interval(redis, names):
+    await set_control(redis, names, "s1", "running")
+    watch = ControlWatch(redis, names, "s1", interval=0.5)
+    assert await watch.state() == "running"
+    await set_control(redis, names, "s1", "paused")
+    assert await watch.state() == "running"  # cached: no round trip
+    changed = time.monotonic()
+    while await watch.state() != "paused":
+        assert time.monotonic() - changed < 0.5 + 0.3
+        await asyncio.sleep(0.02)
+    await redis.delete(names.sweep_control("s1"))
+    missing = ControlWatch(redis, names, "s1", interval=0.5, missing="cancelled")
+    assert await missing.state() == "cancelled"
+
+
+async def test_control_watch_reads_redis_at_most_once_per_interval(redis, names):
+    await set_control(redis, names, "s1", "running")
+    watch = ControlWatch(redis, names, "s1", interval=0.3)
+    reads = 0
+    real_get = redis.get
+
+    async def counting_get(*args, **kwargs):
+        nonlocal reads
+        reads += 1
+        return await real_get(*args, **kwargs)
+
+    redis.get = counting_get
+    try:
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            await watch.state()
+            await asyncio.sleep(0.005)
+    finally:
+        del redis.get
+    assert 1 <= reads <= 1.0 / 0.3 + 2
+
+
+# -- worker heartbeats -----------------------------------------------------------------------
+
+
+def test_heartbeat_thread_keeps_the_key_while_the_main_thread_blocks(names):
+    client = SyncRedis.from_url(REDIS_URL, decode_responses=True)
+    beat = Heartbeat(REDIS_URL, names, "w1", {"queues": ["probe", "probe-tls"]},
+                     ttl=1, every=0.25)
+    key = names.worker("w1")
+    try:
+        beat.start()
+        for _ in range(6):
+            time.sleep(0.4)  # the main thread blocks; the key has a 1 s TTL
+            assert client.exists(key) == 1
+        beat.update(sweep_id="s1", shard=7, probes=1234)
+        time.sleep(0.1)  # an update is written at once, not at the next beat
+        fields = client.hgetall(key)
+        assert fields["shard"] == "7" and fields["probes"] == "1234"
+        assert fields["queues"] == "probe,probe-tls"
+        assert fields["pid"] == str(os.getpid())
+        beat.update(shard=None)
+        time.sleep(0.1)
+        assert client.hexists(key, "shard") == 0
+    finally:
+        beat.stop()
+    assert client.exists(key) == 0
+    beat.stop()  # twice is fine
+    client.close()
+
+
+async def test_live_workers_lists_beating_workers(redis, names):
+    beats = [Heartbeat(REDIS_URL, names, f"w{i}", {"queues": ["probe"]}, ttl=5, every=1)
+             for i in range(3)]
+    for b in beats:
+        b.start()
+    beats[1].update(sweep_id="s1", shard=3, probes=10)
+    await asyncio.sleep(0.2)
+    try:
+        workers = await live_workers(redis, names)
+        assert [w.worker_id for w in workers] == ["w0", "w1", "w2"]
+        w1 = workers[1]
+        assert (w1.sweep_id, w1.shard, w1.probes, w1.queues) == ("s1", 3, 10, ("probe",))
+        assert w1.pid == os.getpid() and w1.started_at is not None
+        beats[0].stop()
+        assert [w.worker_id for w in await live_workers(redis, names)] == ["w1", "w2"]
+    finally:
+        for b in beats:
+            b.stop()
+    assert await live_workers(redis, names) == []
+
+
+def beating_child(namespace: str, ready) -> None:
+    """A worker process whose main thread only sleeps: the heartbeat thread beats."""
+    Heartbeat(REDIS_URL, Names(namespace), "doomed", {"queues": ["probe"]},
+              ttl=1.5, every=0.3).start()
+    ready.set()
+    time.sleep(60)
+
+
+async def test_heartbeat_of_a_killed_process_expires_within_its_ttl(redis, names):
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    proc = ctx.Process(target=beating_child, args=(names.namespace, ready))
+    proc.start()
+    try:
+        assert await asyncio.to_thread(ready.wait, 30)
+        await asyncio.sleep(1.0)  # longer than a beat: the thread kept it alive
+        assert [w.worker_id for w in await live_workers(redis, names)] == ["doomed"]
+        assert proc.pid is not None
+        os.kill(proc.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        await asyncio.to_thread(proc.join, 10)
+        while await redis.exists(names.worker("doomed")):
+            assert time.monotonic() - killed < 1.5 + 0.5
+            await asyncio.sleep(0.05)
+    finally:
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    assert await live_workers(redis, names) == []
+
+
+def test_heartbeat_refuses_a_beat_slower_than_its_ttl(names):
+    with pytest.raises(ValueError):
+        Heartbeat(REDIS_URL, names, "w1", {}, ttl=2, every=2)
+
+
+# -- scheduler heartbeat -----------------------------------------------------------------------
+
+
+async def test_scheduler_heartbeat_lives_for_its_ttl(redis, names):
+    assert not await scheduler_alive(redis, names)
+    await beat_scheduler(redis, names, {"hostname": "h", "pid": 1}, ttl=0.5)
+    assert await scheduler_alive(redis, names)
+    await asyncio.sleep(0.7)
+    assert not await scheduler_alive(redis, names)

@@ -1,0 +1,190 @@
+"""A sweep fleet for end-to-end tests: real scheduler and Celery worker processes.
+
+Everything runs under a namespace of its own (queues, exchanges, Redis keys) and a
+PostgreSQL database of its own, so tests never see each other or the machine's other
+users of RabbitMQ and Redis. Processes are real ``brokerscan scheduler`` and
+``brokerscan worker --pool solo`` processes (one process each, so that killing one
+kills exactly one worker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import asyncpg
+
+ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+
+
+class Fleet:
+    """One namespace, one database, a results queue, and the processes of a sweep."""
+
+    def __init__(self, workdir: Path, *, broker_url: str | None = None,
+                 results_url: str | None = None) -> None:
+        self.workdir = workdir
+        self.namespace = f"t{secrets.token_hex(5)}"
+        self.database = f"brokerscan_test_{secrets.token_hex(6)}"
+        self.database_url = f"postgresql://postgres@127.0.0.1:5432/{self.database}"
+        self.env = {**os.environ,
+                    "BROKERSCAN_NAMESPACE": self.namespace,
+                    "BROKERSCAN_DATABASE_URL": self.database_url,
+                    "BROKERSCAN_SCOPE": "127.0.0.0/8",
+                    "BROKERSCAN_REDIS_URL": "redis://127.0.0.1:6379/0",
+                    "BROKERSCAN_BROKER_URL": broker_url or "amqp://guest:guest@127.0.0.1:5672//",
+                    "BROKERSCAN_RESULTS_URL": results_url or RABBIT_URL}
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.results_queue = f"{self.namespace}.test-results"
+
+    # -- set-up and tear-down ----------------------------------------------------------
+
+    def setup(self) -> None:
+        asyncio.run(self._create_database())
+        self.cli("db", "migrate")
+        asyncio.run(self._bind_results())
+
+    async def _create_database(self) -> None:
+        admin = await asyncpg.connect(ADMIN_URL)
+        try:
+            await admin.execute(f'CREATE DATABASE "{self.database}"')
+        finally:
+            await admin.close()
+
+    async def _bind_results(self) -> None:
+        connection = await aio_pika.connect(RABBIT_URL)
+        async with connection:
+            channel = await connection.channel()
+            exchange = await channel.declare_exchange(f"{self.namespace}.results",
+                                                      aio_pika.ExchangeType.TOPIC, durable=True)
+            queue = await channel.declare_queue(self.results_queue, durable=True)
+            await queue.bind(exchange, "result.#")
+
+    def teardown(self) -> None:
+        self.stop_all()
+        asyncio.run(self._cleanup())
+
+    async def _cleanup(self) -> None:
+        connection = await aio_pika.connect(RABBIT_URL)
+        async with connection:
+            channel = await connection.channel()
+            for queue in (self.results_queue, f"{self.namespace}.probe",
+                          f"{self.namespace}.probe-tls"):
+                await channel.queue_delete(queue)
+            for exchange in (f"{self.namespace}.results", f"{self.namespace}.tasks"):
+                await channel.exchange_delete(exchange)
+        admin = await asyncpg.connect(ADMIN_URL)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+    # -- processes -----------------------------------------------------------------------
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([sys.executable, "-m", "brokerscan.cli", *args], env=self.env,
+                              capture_output=True, text=True, timeout=120)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"brokerscan {' '.join(args)}: {proc.returncode}\n"
+                                 f"{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        log = open(self.workdir / f"{name}.log", "wb")  # the child keeps its own copy
+        proc = subprocess.Popen([sys.executable, "-m", "brokerscan.cli", *args], env=self.env,
+                                stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        self.processes[name] = proc
+        return proc
+
+    def start_worker(self, name: str) -> subprocess.Popen[bytes]:
+        return self.spawn(name, "worker", "--pool", "solo")
+
+    def start_scheduler(self) -> subprocess.Popen[bytes]:
+        return self.spawn("scheduler", "scheduler", "--max-queued", "4")
+
+    def kill(self, name: str) -> None:
+        proc = self.processes.pop(name)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    def stop_all(self) -> None:
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.processes.values():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.processes.clear()
+
+    def log(self, name: str) -> str:
+        return (self.workdir / f"{name}.log").read_text(errors="replace")[-4000:]
+
+    # -- observing -------------------------------------------------------------------------
+
+    def start_sweep(self, *args: str) -> str:
+        out = self.cli("sweep", "start", *args, "--format", "json")
+        return str(json.loads(out.stdout)["id"])
+
+    def status(self, sweep_id: str) -> dict[str, Any]:
+        return dict(json.loads(self.cli("sweep", "status", sweep_id, "--format", "json").stdout))
+
+    def wait_state(self, sweep_id: str, states: set[str], timeout: float = 120) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.status(sweep_id)
+            if status["state"] in states:
+                return status
+            if time.monotonic() > deadline:
+                logs = "\n".join(f"--- {n}\n{self.log(n)}" for n in self.processes)
+                raise AssertionError(f"sweep {sweep_id} still {status}\n{logs}")
+            time.sleep(0.5)
+
+    def wait_for(self, sweep_id: str, what: str, test: Any, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not test(self.status(sweep_id)):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"sweep {sweep_id}: {what} did not happen")
+            time.sleep(0.2)
+
+    def shards(self, sweep_id: str) -> list[dict[str, Any]]:
+        async def fetch() -> list[dict[str, Any]]:
+            conn = await asyncpg.connect(self.database_url)
+            try:
+                rows = await conn.fetch("SELECT * FROM sweep_shards WHERE sweep_id = $1"
+                                        " ORDER BY shard_index", sweep_id)
+            finally:
+                await conn.close()
+            return [dict(r) for r in rows]
+
+        return asyncio.run(fetch())
+
+    def results(self) -> Counter[str]:
+        """Drain the results queue: how many times each message id arrived."""
+        async def drain() -> Counter[str]:
+            seen: Counter[str] = Counter()
+            connection = await aio_pika.connect(RABBIT_URL)
+            async with connection:
+                channel = await connection.channel()
+                await channel.set_qos(prefetch_count=1000)
+                queue = await channel.get_queue(self.results_queue)
+                while True:
+                    message = await queue.get(no_ack=True, fail=False, timeout=5)
+                    if message is None:
+                        return seen
+                    seen[str(message.message_id)] += 1
+
+        return asyncio.run(drain())

@@ -192,7 +192,8 @@ async def _run(ctx: WorkerContext, sweep_id: str, shard_id: int, spec_data: dict
             stop_reason.append(current)
             engine.stop()
         elif now - began > ctx.max_seconds and not stop_reason:
-            stop_reason.append("pending")  # hand the rest back; the scheduler requeues it
+            # Hand the rest back: a paused shard of a running sweep is queued again.
+            stop_reason.append("time limit")
             engine.stop()
         await flusher.flush(engine.stats)
         heartbeat.update(probes=engine.stats.done)
@@ -212,10 +213,6 @@ async def _run(ctx: WorkerContext, sweep_id: str, shard_id: int, spec_data: dict
             await state.finish_shard(conn, sweep_id, shard_id, state=end_state,
                                      position=reached, worker=ctx.worker_id, probes=stats.done,
                                      open=stats.open, hits=hits, statuses=statuses)
-            if stop_reason[0] == "pending":
-                await conn.execute(
-                    "UPDATE sweep_shards SET state = 'pending' WHERE sweep_id = $1"
-                    " AND shard_index = $2 AND state = 'paused'", sweep_id, shard_id)
             return f"shard {sweep_id}/{shard_id} stopped ({stop_reason[0]}) at {reached}"
         await state.finish_shard(conn, sweep_id, shard_id, state="done",
                                  position=shard.end_exponent, worker=ctx.worker_id,

@@ -17,7 +17,6 @@ import asyncio
 import errno
 import socket
 import time
-import typing
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from brokerscan.model import Protocol, ScanResult, Status, TlsInfo, Transport
 from scheduler.ports import PortSpec
 from workers.probes import PROBES
 from workers.probes.base import ProbeOptions, ProbeOutcome
+from workers.ratebudget import LocalRateLimiter, RateLimiter
 from workers.transport import Connector, ProbeError, Scope, Stream, TlsOptions, dial, status_of
 
 __all__ = ["Engine", "RateLimiter", "ScanConfig", "ScanStats", "Sink"]
@@ -81,38 +81,6 @@ def _ip_text(ip: int) -> str:
     return socket.inet_ntoa(ip.to_bytes(4, "big"))
 
 
-class RateLimiter(typing.Protocol):
-    """Grants connection starts: the engine asks before every batch."""
-
-    async def acquire(self, wanted: int) -> int:
-        """:returns: how many starts may happen now, at least 1 and at most ``wanted``
-        (waiting as long as the budget needs)."""
-        ...
-
-
-class _LocalRateLimiter:
-    """A token bucket in this process: ``rate`` tokens a second, a burst of 20 ms worth."""
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.burst = max(1.0, rate / 50)
-        self.tokens = self.burst
-        self.last = time.monotonic()
-
-    async def acquire(self, wanted: int) -> int:
-        if self.rate <= 0:
-            return wanted
-        while True:
-            now = time.monotonic()
-            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
-            self.last = now
-            if self.tokens >= 1:
-                granted = min(wanted, int(self.tokens))
-                self.tokens -= granted
-                return granted
-            await asyncio.sleep((1.0 - self.tokens) / self.rate)
-
-
 class Engine:
     """Runs a scan. One engine per event loop; ``run`` may be called once."""
 
@@ -127,7 +95,7 @@ class Engine:
         self.scope = scope
         self.stats = ScanStats()
         self._ready = ready
-        self._limiter = limiter or _LocalRateLimiter(config.rate)
+        self._limiter = limiter or LocalRateLimiter(config.rate)
         self._tls = TlsOptions(handshake_timeout=config.tls_handshake_timeout)
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight = 0

@@ -1,0 +1,131 @@
+"""Bad input and unavailable services for the sweep commands: one line, non-zero exit,
+nothing half-created."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tests.integration.sweepfleet import Fleet
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    fleet = Fleet(tmp_path_factory.mktemp("sweepcli"))
+    fleet.setup()
+    yield fleet
+    fleet.teardown()
+
+
+def one_line(proc: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def sweep_count(fleet: Fleet) -> int:
+    async def count() -> int:
+        conn = await asyncpg.connect(fleet.database_url)
+        try:
+            return int(await conn.fetchval("SELECT count(*) FROM sweeps"))
+        finally:
+            await conn.close()
+
+    return asyncio.run(count())
+
+
+def isolated(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run in a network namespace with only loopback: a plan of 0.0.0.0/0 sends nothing."""
+    return subprocess.run(["unshare", "-n", sys.executable, "-m", "brokerscan.cli", *args],
+                          capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_plan_full_ipv4_is_a_dry_run(fleet: Fleet) -> None:
+    proc = isolated("sweep", "plan", "0.0.0.0/0", "--rate", "50000", "--format", "json",
+                    env=fleet.env | {"BROKERSCAN_SCOPE": "0.0.0.0/0"})
+    assert proc.returncode == 0, proc.stderr
+    assert '"addresses": 3702258432' in proc.stdout
+    assert sweep_count(fleet) == 0
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["sweep", "plan", "127.57.0.0/20", "--allow-reserved", "--rate", "0"], "rate"),
+    (["sweep", "plan", "127.57.0.0/20", "--allow-reserved", "--rate", "-3"], "rate"),
+    (["sweep", "plan", "127.57.0.0/33", "--allow-reserved"], "127.57.0.0/33"),
+    (["sweep", "plan", "127.57.0.0/20", "--allow-reserved", "-p", "mqttz"], "mqttz"),
+    (["sweep", "start", "127.57.0.0/20", "--allow-reserved", "--shards", "0"], "shards"),
+    (["sweep", "start", "127.57.0.0/20"], "reserved"),
+    (["sweep", "status", "sw-nosuchid"], "sw-nosuchid"),
+    (["sweep", "pause", "sw-nosuchid"], "sw-nosuchid"),
+    (["worker", "--queues", "probe,bogus"], "bogus"),
+])
+def test_bad_input(fleet: Fleet, args: list[str], needle: str) -> None:
+    one_line(fleet.cli(*args, check=False), 2, needle)
+    assert sweep_count(fleet) == 0
+
+
+def test_same_sweep_twice_and_finished_sweep(fleet: Fleet) -> None:
+    first = fleet.start_sweep("127.57.0.0/28", "--allow-reserved", "--seed", "1",
+                              "--rate", "100")
+    again = fleet.cli("sweep", "start", "127.57.0.0/28", "--allow-reserved", "--seed", "1",
+                      "--rate", "100", check=False)
+    one_line(again, 2, first)
+    assert sweep_count(fleet) == 1
+    fleet.cli("sweep", "cancel", first)
+    one_line(fleet.cli("sweep", "pause", first, check=False), 2, "cancelled")
+    listed = fleet.cli("sweep", "list").stdout
+    assert first in listed and "cancelled" in listed
+
+
+@pytest.mark.parametrize(("variable", "value", "needle"), [
+    ("BROKERSCAN_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/x", "127.0.0.1:1"),
+    ("BROKERSCAN_REDIS_URL", "redis://127.0.0.1:1/0", "Redis"),
+    ("BROKERSCAN_BROKER_URL", "amqp://guest:guest@127.0.0.1:1//", "127.0.0.1:1"),
+])
+def test_service_down_at_start_creates_nothing(fleet: Fleet, tmp_path: Path, variable: str,
+                                               value: str, needle: str) -> None:
+    before = sweep_count(fleet)
+    env = {**fleet.env, variable: value}
+    proc = subprocess.run([sys.executable, "-m", "brokerscan.cli", "sweep", "start",
+                           "127.57.1.0/28", "--allow-reserved", "--rate", "100"],
+                          capture_output=True, text=True, env=env, timeout=60,
+                          cwd=os.getcwd())
+    one_line(proc, 1, needle)
+    assert sweep_count(fleet) == before
+
+
+def test_missing_migration_is_a_clear_error(fleet: Fleet) -> None:
+    async def fresh() -> str:
+        admin = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres")
+        try:
+            await admin.execute(f'CREATE DATABASE "{fleet.database}_bare"')
+        finally:
+            await admin.close()
+        return f"{fleet.database_url}_bare"
+
+    async def drop() -> None:
+        admin = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres")
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{fleet.database}_bare" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+    url = asyncio.run(fresh())
+    try:
+        proc = subprocess.run([sys.executable, "-m", "brokerscan.cli", "sweep", "list"],
+                              capture_output=True, text=True, timeout=60,
+                              env={**fleet.env, "BROKERSCAN_DATABASE_URL": url})
+        one_line(proc, 1, "migrate")
+    finally:
+        asyncio.run(drop())

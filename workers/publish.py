@@ -1,0 +1,451 @@
+"""Publish scan results to the RabbitMQ results exchange, at least once, with confirms.
+
+A shard task hands every :class:`~brokerscan.model.ScanResult` to :meth:`ResultPublisher.add`
+(synchronous: the engine's sink only buffers) and awaits :meth:`ResultPublisher.flush` before
+its Celery message is acked: ``flush()`` returns only when the broker has confirmed every
+result added so far. :meth:`ResultPublisher.wait_ready` is the engine's backpressure hook.
+
+Messages: persistent, ``content_type`` ``application/json``, body ``result.model_dump_json()``,
+``message_id`` = :func:`message_key` (``"sweep|ip|port"``, so a redelivered shard is
+recognisable downstream), routing key :func:`routing_key` (``result.<protocol|none>.<status>``),
+headers ``schema_version``, ``sweep_id`` and ``shard`` (each left out when unknown).
+
+Delivery (why it is written by hand rather than left to ``connect_robust``): a background task
+takes up to ``batch_size`` buffered results, issues all their publishes at once and awaits the
+confirms together (one-at-a-time confirm waits cost a round trip and an fsync batch each).
+Whatever was not acked in a round -- nacked, returned as unroutable, timed out, or lost with
+the channel or connection -- is published again after a backoff, on a new connection if the
+old one failed. A robust connection restores channels but never replays failed publishes, so
+the retry loop has to be ours anyway. Duplicates are possible (same ``message_id``); losses
+are not: if ``retry_budget`` seconds pass without a single confirm, the publisher fails and
+:meth:`flush`, :meth:`wait_ready` and :meth:`add` raise :class:`PublisherError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import random
+from dataclasses import dataclass
+
+import aio_pika
+import aio_pika.abc
+import aio_pika.exceptions
+import yarl
+
+from brokerscan.model import ScanResult
+from brokerscan.names import Names
+
+__all__ = ["PublisherError", "ResultPublisher", "message_key", "routing_key"]
+
+log = logging.getLogger(__name__)
+
+_BACKOFF_FIRST = 0.05  # seconds before the first retry; doubles up to _BACKOFF_MAX
+_BACKOFF_MAX = 2.0
+
+
+class PublisherError(RuntimeError):
+    """Results could not be confirmed by the broker (or the publisher is not usable)."""
+
+
+def message_key(result: ScanResult) -> str:
+    """The deterministic message id of a result: ``"sweep|ip|port"`` (empty sweep if none).
+
+    :param result: the result to name.
+    :returns: the key, identical for every publish of the same observation.
+    """
+    sweep, ip, port = result.key
+    return f"{sweep or ''}|{ip}|{port}"
+
+
+def routing_key(result: ScanResult) -> str:
+    """The topic routing key of a result: ``result.<protocol or none>.<status>``.
+
+    :param result: the result to route.
+    :returns: e.g. ``result.mqtt.success`` or ``result.none.connection-refused``.
+    """
+    protocol = result.protocol.value if result.protocol is not None else "none"
+    return f"result.{protocol}.{result.status.value}"
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    message: aio_pika.Message
+    routing_key: str
+    attempts: int = 0
+
+
+class ResultPublisher:
+    """Buffers results and publishes them in confirmed batches, at least once.
+
+    Use it from one event loop (the worker process's loop, created after fork); one
+    publisher, and one connection, serves many shards.
+
+    Counters (cumulative): ``published`` (publishes issued, retries included), ``confirmed``
+    (results acked by the broker; each result counts once), ``republished`` (publishes that
+    were retries), ``nacked``, ``returned`` and ``timed_out`` (failed rounds by cause, per
+    message) and ``reconnects``.
+
+    :param url: AMQP URL of the results broker (``Settings.results_url``).
+    :param names: names of the deployment; the exchange is ``names.results_exchange``.
+    :param batch_size: publishes issued together before their confirms are awaited.
+    :param max_pending: :meth:`wait_ready` blocks while this many results are unconfirmed.
+    :param flush_interval: seconds a partial batch waits for more results before it goes.
+    :param retry_budget: seconds of failed rounds and reconnects, without any confirm,
+        after which the publisher gives up with :class:`PublisherError`.
+    :param confirm_timeout: seconds a round waits for its confirms; after that the
+        connection is treated as dead and the unconfirmed messages are published again.
+    :param connect_timeout: seconds allowed to one connection attempt.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        names: Names,
+        *,
+        batch_size: int = 500,
+        max_pending: int = 5000,
+        flush_interval: float = 0.2,
+        retry_budget: float = 60.0,
+        confirm_timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        if batch_size < 1 or max_pending < 1:
+            raise ValueError("batch_size and max_pending must be at least 1")
+        self.url = url
+        self.exchange_name = names.results_exchange
+        self.batch_size = batch_size
+        self.max_pending = max_pending
+        self.flush_interval = flush_interval
+        self.retry_budget = retry_budget
+        self.confirm_timeout = confirm_timeout
+        self.connect_timeout = connect_timeout
+
+        self.added = self.published = self.confirmed = self.republished = 0
+        self.nacked = self.returned = self.timed_out = self.reconnects = 0
+
+        self._buffer: collections.deque[_Outgoing] = collections.deque()
+        self._inflight = 0
+        self._urgent = 0  # callers waiting in flush()/wait_ready(): do not linger
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._closing = False
+        self._error: PublisherError | None = None
+        self._connection: aio_pika.abc.AbstractConnection | None = None
+        self._exchange: aio_pika.abc.AbstractExchange | None = None
+        self._runner: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def pending(self) -> int:
+        """Results added but not yet confirmed (buffered plus in flight)."""
+        return len(self._buffer) + self._inflight
+
+    @property
+    def error(self) -> PublisherError | None:
+        """Why the publisher failed, if it did. A failed publisher stays failed (its
+        unconfirmed results are dropped, and their shards must run again): close it and
+        start a new one."""
+        return self._error
+
+    async def start(self) -> None:
+        """Connect, open a channel with publisher confirms and declare the exchange.
+
+        :raises PublisherError: the broker cannot be reached or refuses us (no retry here:
+            a broker that is down at start-up is the operator's problem, said in one line).
+        """
+        if self._runner is not None:
+            raise PublisherError("ResultPublisher.start() called twice")
+        try:
+            await self._connect()
+        except Exception as exc:
+            await self._disconnect()
+            raise PublisherError(
+                f"cannot open the results exchange {self.exchange_name!r} at "
+                f"{_redact(self.url)}: {_describe(exc)}"
+            ) from exc
+        self._runner = asyncio.get_running_loop().create_task(
+            self._run(), name=f"publish:{self.exchange_name}"
+        )
+        self._runner.add_done_callback(self._on_runner_done)
+
+    def add(self, result: ScanResult, shard: int | None = None) -> None:
+        """Buffer one result for publishing (never blocks; see :meth:`wait_ready`).
+
+        :param result: the result to publish.
+        :param shard: the index of the shard that produced it, sent as header ``shard``.
+        :raises PublisherError: the publisher has failed or is closed.
+        """
+        if self._error is not None:
+            raise self._error
+        if self._closing or self._runner is None:
+            raise PublisherError("ResultPublisher.add() outside start()..close()")
+        headers: dict[str, aio_pika.abc.FieldValue] = {"schema_version": result.schema_version}
+        if result.sweep_id is not None:
+            headers["sweep_id"] = result.sweep_id
+        if shard is not None:
+            headers["shard"] = shard
+        message = aio_pika.Message(
+            result.model_dump_json().encode(),
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message_key(result),
+            headers=headers,
+            app_id="brokerscan",
+        )
+        self._buffer.append(_Outgoing(message, routing_key(result)))
+        self.added += 1
+        if len(self._buffer) == 1 or len(self._buffer) >= self.batch_size:
+            self._wake.set()
+
+    async def wait_ready(self) -> None:
+        """Return once fewer than ``max_pending`` results are unconfirmed.
+
+        :raises PublisherError: the publisher failed while we waited.
+        """
+        if self.pending < self.max_pending:
+            self._raise_if_failed()
+            return
+        self._urgent += 1
+        self._wake.set()
+        try:
+            while self.pending >= self.max_pending:
+                self._raise_if_failed()
+                await self._wait_change()
+        finally:
+            self._urgent -= 1
+        self._raise_if_failed()
+
+    async def flush(self) -> None:
+        """Return only when every result added so far is confirmed by the broker.
+
+        :raises PublisherError: the retry budget ran out (nothing confirmed for
+            ``retry_budget`` seconds) or the publisher is not started.
+        """
+        if self._runner is None:
+            raise PublisherError("ResultPublisher.flush() before start()")
+        target = self.added
+        self._urgent += 1
+        self._wake.set()
+        try:
+            while self.confirmed < target:
+                self._raise_if_failed()
+                await self._wait_change()
+        finally:
+            self._urgent -= 1
+
+    async def close(self) -> None:
+        """Flush what is pending (unless the publisher already failed), then disconnect.
+
+        :raises PublisherError: pending results could not be confirmed.
+        """
+        try:
+            if self._runner is not None and self._error is None and self.pending:
+                await self.flush()
+        finally:
+            self._closing = True
+            self._wake.set()
+            if self._runner is not None and not self._runner.done():
+                self._runner.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._runner
+            await self._disconnect()
+
+    # ------------------------------------------------------------------ background task
+
+    async def _run(self) -> None:
+        while True:
+            await self._wait_for_work()
+            if not self._buffer:
+                return  # closing
+            count = min(self.batch_size, len(self._buffer))
+            batch = [self._buffer.popleft() for _ in range(count)]
+            self._inflight = count
+            try:
+                await self._deliver(batch)
+            finally:
+                self._inflight = 0
+                self._notify()
+
+    async def _wait_for_work(self) -> None:
+        while not self._buffer and not self._closing:
+            self._wake.clear()
+            await self._wake.wait()
+        # Let a partial batch fill up for a moment, unless somebody is waiting on us.
+        deadline = asyncio.get_running_loop().time() + self.flush_interval
+        while len(self._buffer) < self.batch_size and not (self._urgent or self._closing):
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                break
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._wake.wait()
+
+    async def _deliver(self, batch: list[_Outgoing]) -> None:
+        """Publish ``batch`` until every message is confirmed, or fail the publisher."""
+        loop = asyncio.get_running_loop()
+        todo = batch
+        failing_since: float | None = None
+        attempt = 0
+        last_error = "no error"
+        while True:
+            if self._connection is None or self._connection.is_closed:
+                # Dropped (by us after a failed round, or by the broker while idle).
+                await self._disconnect()
+                last_error = await self._reconnect(failing_since, last_error)
+            failed, last_error_now = await self._round(todo)
+            progress = len(todo) - len(failed)
+            self.confirmed += progress
+            self._inflight -= progress
+            self._notify()
+            if not failed:
+                return
+            last_error = last_error_now
+            if progress or failing_since is None:
+                failing_since, attempt = loop.time(), 0
+            self._check_budget(failing_since, len(failed), last_error)
+            await asyncio.sleep(_backoff(attempt))
+            attempt += 1
+            todo = failed
+
+    async def _round(self, todo: list[_Outgoing]) -> tuple[list[_Outgoing], str]:
+        """Publish ``todo`` concurrently and await the confirms together.
+
+        :returns: the messages not acked, and a description of the last failure.
+        """
+        exchange = self._exchange
+        assert exchange is not None
+        for item in todo:
+            if item.attempts:
+                self.republished += 1
+            item.attempts += 1
+        self.published += len(todo)
+        loop = asyncio.get_running_loop()
+        tasks = [
+            loop.create_task(exchange.publish(item.message, item.routing_key, mandatory=True))
+            for item in todo
+        ]
+        _, still_open = await asyncio.wait(tasks, timeout=self.confirm_timeout)
+        for task in still_open:
+            task.cancel()
+        await asyncio.gather(*still_open, return_exceptions=True)
+        failed: list[_Outgoing] = []
+        last_error = ""
+        broken = False
+        for item, task in zip(todo, tasks, strict=True):
+            exc = TimeoutError("no confirm") if task.cancelled() else task.exception()
+            if exc is None:
+                continue
+            failed.append(item)
+            if isinstance(exc, aio_pika.exceptions.PublishError):
+                self.returned += 1  # unroutable: no queue bound for this routing key (yet)
+                last_error = f"returned unroutable ({item.routing_key})"
+            elif isinstance(exc, aio_pika.exceptions.DeliveryError):
+                self.nacked += 1
+                last_error = "nacked by the broker"
+            elif isinstance(exc, TimeoutError):
+                self.timed_out += 1
+                last_error, broken = f"no confirm within {self.confirm_timeout:g} s", True
+            else:  # the channel or connection is gone
+                last_error, broken = _describe(exc), True
+        if broken:
+            log.warning("results publisher: %d of %d unconfirmed (%s); reconnecting",
+                        len(failed), len(todo), last_error)
+            await self._disconnect()
+        return failed, last_error
+
+    async def _reconnect(self, failing_since: float | None, last_error: str) -> str:
+        """Open a new connection, with backoff, within the retry budget."""
+        loop = asyncio.get_running_loop()
+        since = loop.time() if failing_since is None else failing_since
+        attempt = 0
+        while True:
+            try:
+                await self._connect()
+            except Exception as exc:
+                last_error = f"reconnect failed: {_describe(exc)}"
+                log.warning("results publisher: %s", last_error)
+                await self._disconnect()
+            else:
+                self.reconnects += 1
+                return last_error
+            self._check_budget(since, self._inflight, last_error)
+            await asyncio.sleep(_backoff(attempt))
+            attempt += 1
+
+    def _check_budget(self, since: float, unconfirmed: int, last_error: str) -> None:
+        waited = asyncio.get_running_loop().time() - since
+        if waited > self.retry_budget:
+            raise PublisherError(
+                f"results exchange {self.exchange_name!r} at {_redact(self.url)}: "
+                f"{unconfirmed} result(s) still unconfirmed after retrying for "
+                f"{waited:.1f} s (budget {self.retry_budget:g} s); last error: {last_error}"
+            )
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _connect(self) -> None:
+        timeout = self.connect_timeout
+        connection = await asyncio.wait_for(aio_pika.connect(self.url, timeout=timeout),
+                                            timeout)
+        self._connection = connection
+        async with asyncio.timeout(timeout):
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            self._exchange = await channel.declare_exchange(
+                self.exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+
+    async def _disconnect(self) -> None:
+        connection, self._connection, self._exchange = self._connection, None, None
+        if connection is None or connection.is_closed:
+            return
+        # A stalled peer never answers Connection.Close: bound the wait and move on.
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(2.0):
+                await connection.close()
+
+    def _on_runner_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and self._error is None:
+            if isinstance(exc, PublisherError):
+                self._error = exc
+            else:
+                self._error = PublisherError(f"results publisher crashed: {exc!r}")
+                self._error.__cause__ = exc
+            log.error("%s", self._error)
+        self._notify()
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._runner is not None and self._runner.done() and self.pending:
+            raise PublisherError("results publisher is closed with results unconfirmed")
+
+    def _notify(self) -> None:
+        self._changed.set()
+
+    async def _wait_change(self) -> None:
+        self._changed.clear()  # no await since the caller's check: no wake-up is lost
+        await self._changed.wait()
+
+
+def _backoff(attempt: int) -> float:
+    delay: float = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2**attempt)
+    return delay * random.uniform(0.5, 1.0)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for error messages."""
+    parsed = yarl.URL(url)
+    return str(parsed.with_password("***")) if parsed.password else url

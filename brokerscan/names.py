@@ -41,6 +41,12 @@ class Names:
         """Durable topic exchange; routing key ``result.<protocol or none>.<status>``."""
         return f"{self.namespace}.results"
 
+    @property
+    def results_queue(self) -> str:
+        """Durable queue of raw results (bound with ``result.#``): enrichment consumes it.
+        Declared by the publisher too, so that no result is ever unroutable."""
+        return f"{self.namespace}.results.raw"
+
     # -- Redis ---------------------------------------------------------------------------
     def sweep_live(self, sweep_id: str) -> str:
         """Hash of live counters of a sweep (probes, open, hits:<proto>, status:<s>)."""

@@ -34,7 +34,7 @@ class Dispatcher:
     """One scheduler process."""
 
     def __init__(self, settings: Settings, app: Celery, *, max_queued: int = 8,
-                 interval: float = 0.5) -> None:
+                 interval: float = 0.2) -> None:
         self.settings = settings
         self.names = settings.names()
         self.app = app

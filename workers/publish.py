@@ -98,6 +98,8 @@ class ResultPublisher:
     :param confirm_timeout: seconds a round waits for its confirms; after that the
         connection is treated as dead and the unconfirmed messages are published again.
     :param connect_timeout: seconds allowed to one connection attempt.
+    :param declare_queue: also declare the durable raw results queue and bind it, so that
+        nothing published is ever unroutable (off only to test returns).
     """
 
     def __init__(
@@ -111,11 +113,13 @@ class ResultPublisher:
         retry_budget: float = 60.0,
         confirm_timeout: float = 30.0,
         connect_timeout: float = 10.0,
+        declare_queue: bool = True,
     ) -> None:
         if batch_size < 1 or max_pending < 1:
             raise ValueError("batch_size and max_pending must be at least 1")
         self.url = url
         self.exchange_name = names.results_exchange
+        self.queue_name = names.results_queue if declare_queue else None
         self.batch_size = batch_size
         self.max_pending = max_pending
         self.flush_interval = flush_interval
@@ -398,6 +402,11 @@ class ResultPublisher:
             self._exchange = await channel.declare_exchange(
                 self.exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
             )
+            # The raw results queue, durable: results wait there until enrichment takes
+            # them, even when no consumer runs yet (never unroutable, never dropped).
+            if self.queue_name is not None:
+                queue = await channel.declare_queue(self.queue_name, durable=True)
+                await queue.bind(self._exchange, "result.#")
 
     async def _disconnect(self) -> None:
         connection, self._connection, self._exchange = self._connection, None, None

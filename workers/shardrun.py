@@ -78,6 +78,12 @@ class WorkerContext:
         return self._redis
 
     async def publisher(self) -> ResultPublisher:
+        if self._publisher is not None and self._publisher.error is not None:
+            failed, self._publisher = self._publisher, None  # a failed publisher stays failed
+            try:
+                await failed.close()
+            except PublisherError:
+                pass  # its unconfirmed results belong to shards that will run again
         if self._publisher is None:
             publisher = ResultPublisher(self.settings.results_url, self.names)
             await publisher.start()

@@ -79,7 +79,7 @@ class Fleet:
         async with connection:
             channel = await connection.channel()
             for queue in (self.results_queue, f"{self.namespace}.probe",
-                          f"{self.namespace}.probe-tls"):
+                          f"{self.namespace}.probe-tls", f"{self.namespace}.results.raw"):
                 await channel.queue_delete(queue)
             for exchange in (f"{self.namespace}.results", f"{self.namespace}.tasks"):
                 await channel.exchange_delete(exchange)

@@ -266,7 +266,7 @@ async def test_stall_beyond_the_retry_budget_fails_flush_clearly(
 async def test_returned_and_nacked_messages_are_retried(
     collector: Collector, names: Names
 ) -> None:
-    publisher = ResultPublisher(RABBIT, names, batch_size=20)
+    publisher = ResultPublisher(RABBIT, names, batch_size=20, declare_queue=False)
     await publisher.start()  # declares the exchange; nothing is bound to it yet
     results = make_results(20)
     try:

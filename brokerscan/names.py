@@ -47,6 +47,26 @@ class Names:
         Declared by the publisher too, so that no result is ever unroutable."""
         return f"{self.namespace}.results.raw"
 
+    @property
+    def enriched_exchange(self) -> str:
+        """Durable topic exchange of enriched results (same routing keys as raw ones)."""
+        return f"{self.namespace}.enriched"
+
+    @property
+    def enriched_queue(self) -> str:
+        """Durable queue of enriched results (bound with ``result.#``): storage consumes it."""
+        return f"{self.namespace}.results.enriched"
+
+    @property
+    def dead_letter_exchange(self) -> str:
+        """Where a result that fails validation goes, with the reason in its headers."""
+        return f"{self.namespace}.dead"
+
+    @property
+    def dead_letter_queue(self) -> str:
+        """Durable queue of dead letters: counted, visible, never silently dropped."""
+        return f"{self.namespace}.results.dead"
+
     # -- Redis ---------------------------------------------------------------------------
     def sweep_live(self, sweep_id: str) -> str:
         """Hash of live counters of a sweep (probes, open, hits:<proto>, status:<s>)."""

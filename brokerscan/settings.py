@@ -35,11 +35,18 @@ class Settings(BaseSettings):
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"  # Celery tasks
     results_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"  # results exchange
     database_url: str | None = None  # postgresql://... ; unset: the embedded store
+    # The store results are written to: postgresql://..., or sqlite:///path (the embedded
+    # default, sqlite:///brokerscan.db in the working directory, when neither is set).
+    store_url: str | None = None
+    # Enrichment sources, by URL, tried in order: "builtin:" (the compact ASN/country file
+    # shipped with brokerscan), "mmdb:///path/GeoLite2-ASN.mmdb", "mmdb:///path/City.mmdb".
+    enrichment_sources: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["builtin:"])
 
     def names(self) -> Names:
         return Names(self.namespace)
 
-    @field_validator("scope", "blocklist_files", mode="before")
+    @field_validator("scope", "blocklist_files", "enrichment_sources", mode="before")
     @classmethod
     def _split_scope(cls, value: object) -> object:
         if isinstance(value, str):

@@ -211,6 +211,9 @@ class ScanResult(_Frozen):
 
     schema_version: Literal[1] = SCHEMA_VERSION
     sweep_id: str | None = None
+    # When the sweep (or local scan) began: the same for every record of it, so storage can
+    # partition on it and keep (sweep_started_at, sweep_id, ip, port) unique across re-runs.
+    sweep_started_at: datetime | None = None
     ip: str
     port: int = Field(ge=0, le=65535)
     transport: Transport

@@ -19,6 +19,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -214,6 +215,7 @@ async def _start_cmd(args: argparse.Namespace, settings: Settings) -> int:
     spec = _spec(args, settings)
     if not spec.name:
         spec = spec.model_copy(update={"name": _default_name(spec)})
+    spec = spec.model_copy(update={"started_at": datetime.now(UTC)})
     plan = _plan(spec)
     names = settings.names()
     url = _database(settings)

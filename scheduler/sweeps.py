@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from datetime import datetime
 from functools import cached_property
 from typing import Any
 
@@ -47,6 +48,7 @@ class SweepSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = ""
+    started_at: datetime | None = None  # set by `sweep start`; stamped on every result
     targets: list[str]  # target specs, as given (CIDRs, addresses, ranges)
     ports: str = "1883,8883,5672,5671"
     probe: str | None = None

@@ -46,6 +46,7 @@ class ScanConfig:
     concurrency: int = 1000  # connections in flight, connects and probes together
     rate: float = 10_000.0  # new connections per second (each one SYN); 0 = unlimited
     sweep_id: str | None = None
+    sweep_started_at: datetime | None = None
     emit_failures: bool = False  # also emit results for refused/timed-out connects
     probe: ProbeOptions = field(default_factory=ProbeOptions)
 
@@ -182,7 +183,8 @@ class Engine:
         self.stats.statuses[status.value] += 1
         if self.config.emit_failures or status not in _CLOSED:
             self._emit(ScanResult(
-                sweep_id=self.config.sweep_id, ip=_ip_text(ip), port=spec.port,
+                sweep_id=self.config.sweep_id, sweep_started_at=self.config.sweep_started_at,
+                ip=_ip_text(ip), port=spec.port,
                 transport=Transport.TLS if spec.tls else Transport.TCP, observed_at=_now(),
                 status=status, error=message))
         self._release()
@@ -249,7 +251,8 @@ class Engine:
         assert outcome is not None
         self.stats.statuses[outcome.status.value] += 1
         self._emit(ScanResult(
-            sweep_id=cfg.sweep_id, ip=address, port=spec.port,
+            sweep_id=cfg.sweep_id, sweep_started_at=cfg.sweep_started_at, ip=address,
+            port=spec.port,
             transport=Transport.TLS if spec.tls else Transport.TCP, observed_at=observed_at,
             duration_ms=round((time.monotonic() - started) * 1000, 3),
             status=outcome.status, protocol=outcome.protocol, probes=tried,

@@ -123,6 +123,7 @@ def _config(spec: SweepSpec, sweep_id: str) -> ScanConfig:
         total_timeout=spec.total_timeout,
         tls_handshake_timeout=min(spec.io_timeout, spec.total_timeout),
         concurrency=spec.concurrency, rate=spec.rate, sweep_id=sweep_id,
+        sweep_started_at=spec.started_at,
         emit_failures=spec.emit_failures,
         probe=ProbeOptions(client_id_prefix=spec.client_id_prefix,
                            mqtt_levels=spec.mqtt_levels))

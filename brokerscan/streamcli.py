@@ -1,0 +1,205 @@
+"""The results-stream commands: ``enrich-worker``, ``store-worker`` and ``stream status``.
+
+Each worker checks everything it needs before it consumes anything (the enrichment files,
+the store and its migrations, the broker), so a bad setting or a service that is down ends
+in one line on stderr and a non-zero exit (2: bad configuration, 1: a service is
+unreachable). Once running, a worker rides out broker and database outages by itself and
+stops cleanly on SIGTERM or SIGINT (the batch in hand is finished or left unacked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from brokerscan.settings import Settings
+from storage.deadletter import StreamConsumer, StreamError, StreamStatus, describe, stream_status
+
+__all__ = ["DEFAULT_STORE_URL", "add_commands", "main", "run_command", "status_dict", "store_url"]
+
+EXIT_BAD_INPUT = 2
+EXIT_UNAVAILABLE = 1
+#: The embedded store when neither ``store_url`` nor ``database_url`` is set.
+DEFAULT_STORE_URL = "sqlite:///brokerscan.db"
+_STATS_EVERY = 10.0  # seconds between the counter lines a worker logs
+
+log = logging.getLogger("brokerscan.stream")
+
+
+class _CommandError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def add_commands(sub: Any) -> None:
+    """Add ``enrich-worker``, ``store-worker`` and ``stream`` to the top-level parser."""
+    enrich = sub.add_parser("enrich-worker", help="enrich raw results (ASN, geolocation)")
+    enrich.add_argument("--prefetch", type=int, default=500,
+                        help="raw results in hand at once (default: %(default)s)")
+    store = sub.add_parser("store-worker", help="write enriched results to the store")
+    store.add_argument("--batch-size", type=int, default=2000,
+                       help="results per committed write (default: %(default)s)")
+    store.add_argument("--max-delay", type=float, default=0.5,
+                       help="seconds a batch waits to fill (default: %(default)s)")
+    stream = sub.add_parser("stream", help="the results stream")
+    verbs = stream.add_subparsers(dest="verb", required=True, parser_class=type(stream))
+    status = verbs.add_parser("status", help="queue depths and the first dead letters")
+    status.add_argument("--peek", type=int, default=5, help="dead letters to show")
+    status.add_argument("--format", choices=("text", "json"), default="text")
+
+
+def store_url(settings: Settings) -> str:
+    """The store results are written to: ``store_url``, else ``database_url``, else the
+    embedded SQLite file."""
+    return settings.store_url or settings.database_url or DEFAULT_STORE_URL
+
+
+def run_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Run one of the stream commands; one line on stderr and an exit code on error."""
+    try:
+        if args.command == "enrich-worker":
+            return asyncio.run(_enrich_worker(args, settings))
+        if args.command == "store-worker":
+            return asyncio.run(_store_worker(args, settings))
+        return asyncio.run(_status(args, settings))
+    except _CommandError as exc:
+        sys.stderr.write(f"brokerscan: error: {exc}\n")
+        return exc.code
+    except StreamError as exc:
+        sys.stderr.write(f"brokerscan: error: {exc}\n")
+        return EXIT_UNAVAILABLE
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+async def _enrich_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from enrichment.lookup import EnrichmentError, open_enricher
+
+    from enrichment.consumer import EnrichmentWorker
+
+    _setup_logging()
+    if not 1 <= args.prefetch <= 65535:
+        raise _CommandError("--prefetch must be in 1..65535", EXIT_BAD_INPUT)
+    try:
+        enricher = open_enricher(settings.enrichment_sources)
+    except (EnrichmentError, OSError, ValueError) as exc:
+        raise _CommandError(f"enrichment sources: {describe(exc)}", EXIT_BAD_INPUT) from None
+    worker = EnrichmentWorker(settings, enricher, prefetch=args.prefetch)
+    await worker.check()
+    await _serve(worker, lambda: f"consumed {worker.consumed} enriched {worker.enriched} "
+                                 f"dead-lettered {worker.dead_lettered} "
+                                 f"requeued {worker.requeued} reconnects {worker.reconnects}")
+    return 0
+
+
+async def _store_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from storage.consumer import StoreWriter
+    from storage.store import open_store
+
+    _setup_logging()
+    if not 1 <= args.batch_size <= 32767 or args.max_delay < 0:
+        raise _CommandError("--batch-size must be in 1..32767 and --max-delay >= 0",
+                            EXIT_BAD_INPUT)
+    url = store_url(settings)
+    try:
+        store = await open_store(url)
+    except Exception as exc:  # the store says why in one line; we add where
+        code = EXIT_BAD_INPUT if "migrat" in str(exc).lower() else EXIT_UNAVAILABLE
+        raise _CommandError(f"store: {describe(exc)}", code) from None
+    try:
+        writer = StoreWriter(settings, store, batch_size=args.batch_size,
+                             max_delay=args.max_delay)
+        await writer.check()
+        await _serve(writer, lambda: f"consumed {writer.consumed} written {writer.written} "
+                                     f"new {writer.new_rows} batches {writer.batches} "
+                                     f"dead-lettered {writer.dead_lettered} "
+                                     f"write-failures {writer.write_failures} "
+                                     f"reconnects {writer.reconnects}")
+    finally:
+        with contextlib.suppress(Exception):
+            await store.close()
+    return 0
+
+
+async def _serve(consumer: StreamConsumer, stats: Callable[[], str]) -> None:
+    """Run ``consumer`` until SIGTERM/SIGINT, logging its counters now and then."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, consumer.stop)
+    runner = loop.create_task(consumer.run())
+    try:
+        last = ""
+        while not runner.done():
+            await asyncio.wait([runner], timeout=_STATS_EVERY)
+            line = stats()
+            if line != last:
+                log.info("%s: %s", consumer.stage, line)
+                last = line
+        await runner
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def _status(args: argparse.Namespace, settings: Settings) -> int:
+    status = await stream_status(settings.results_url, settings.names(),
+                                 peek=max(0, args.peek))
+    if args.format == "json":
+        _out(json.dumps(status_dict(status), indent=2))
+        return 0
+    for label, depth in (("raw", status.raw), ("enriched", status.enriched),
+                         ("dead", status.dead)):
+        if depth.messages is None:
+            _out(f"{label:<9} {depth.name}: not declared yet")
+        else:
+            _out(f"{label:<9} {depth.messages:>10,} waiting  {depth.consumers} consumer(s)"
+                  f"  {depth.name}")
+    for letter in status.dead_letters:
+        _out(f"  dead: {letter.message_id or '-'} [{letter.stage or '?'}] "
+              f"{letter.routing_key or '-'}: {letter.reason or '(no reason)'}")
+    return 0
+
+
+def _out(line: str) -> None:
+    sys.stdout.write(line + "\n")
+
+
+def status_dict(status: StreamStatus) -> dict[str, Any]:
+    """``stream status --format json``: depths and dead letters (body as text, cut)."""
+    def depth(d: Any) -> dict[str, Any]:
+        return {"queue": d.name, "messages": d.messages, "consumers": d.consumers}
+
+    return {"raw": depth(status.raw), "enriched": depth(status.enriched),
+            "dead": depth(status.dead),
+            "dead_letters": [{"message_id": d.message_id, "routing_key": d.routing_key,
+                              "stage": d.stage, "reason": d.reason,
+                              "body": d.body[:500].decode(errors="replace")}
+                             for d in status.dead_letters]}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m brokerscan.streamcli ...``: the same commands without the main CLI."""
+    parser = argparse.ArgumentParser(prog="brokerscan")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings()
+    except ValueError as exc:
+        sys.stderr.write(f"brokerscan: error: settings: {' '.join(str(exc).split())}\n")
+        return EXIT_BAD_INPUT
+    return run_command(args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -81,6 +81,9 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
 def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The store writer says "database unreachable" once per state change; asyncpg's pool
+    # would add a traceback every few seconds for as long as the outage lasts.
+    logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)
 
 
 async def _enrich_worker(args: argparse.Namespace, settings: Settings) -> int:

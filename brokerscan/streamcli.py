@@ -87,9 +87,8 @@ def _setup_logging() -> None:
 
 
 async def _enrich_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from enrichment.lookup import EnrichmentError, open_enricher
-
     from enrichment.consumer import EnrichmentWorker
+    from enrichment.lookup import EnrichmentError, open_enricher
 
     _setup_logging()
     if not 1 <= args.prefetch <= 65535:

@@ -22,8 +22,10 @@ from typing import Any
 from brokerscan.settings import Settings
 from storage.deadletter import StreamConsumer, StreamError, StreamStatus, describe, stream_status
 
-__all__ = ["DEFAULT_STORE_URL", "add_commands", "main", "run_command", "status_dict", "store_url"]
+__all__ = ["COMMANDS", "DEFAULT_STORE_URL", "add_commands", "main", "run_command", "status_dict", "store_url"]
 
+#: The top-level commands :func:`add_commands` adds (for the dispatch in brokerscan.cli).
+COMMANDS = frozenset({"enrich-worker", "store-worker", "stream"})
 EXIT_BAD_INPUT = 2
 EXIT_UNAVAILABLE = 1
 #: The embedded store when neither ``store_url`` nor ``database_url`` is set.

@@ -22,7 +22,8 @@ from typing import Any
 from brokerscan.settings import Settings
 from storage.deadletter import StreamConsumer, StreamError, StreamStatus, describe, stream_status
 
-__all__ = ["COMMANDS", "DEFAULT_STORE_URL", "add_commands", "main", "run_command", "status_dict", "store_url"]
+__all__ = ["COMMANDS", "DEFAULT_STORE_URL", "add_commands", "main", "run_command", "status_dict",
+           "store_url"]
 
 #: The top-level commands :func:`add_commands` adds (for the dispatch in brokerscan.cli).
 COMMANDS = frozenset({"enrich-worker", "store-worker", "stream"})

@@ -13,8 +13,10 @@ seed) are looked up with:
   naive way; over 2,000 of the builtin's ranges only, or it would take all day; its rate
   falls linearly with the table size, ours does not).
 
-Also printed: the time to open ``builtin:`` (load and check the shipped file). Best and
-median of ``--repeat`` runs; the machine may be shared, so trust the best.
+With ``--mmdb PATH``, also ``builtin:`` followed by that MaxMind file (two sources
+merged: the cost of a City file on top). Also printed: the time to open ``builtin:``
+(load and check the shipped file). Best and median of ``--repeat`` runs; the machine may
+be shared, so trust the best.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--mmdb", metavar="PATH",
+                        help="also measure builtin: followed by this .mmdb (e.g. a City file)")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
@@ -92,6 +96,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     run("enricher.lookup(int)", each(lookup, ints), len(ints))  # type: ignore[arg-type]
     run("enricher.enrich(ScanResult)", each(enricher.enrich, results),  # type: ignore[arg-type]
         len(results))
+
+    if args.mmdb:
+        both = open_enricher(["builtin:", f"mmdb://{Path(args.mmdb).resolve()}"])
+        run("enricher.lookup(str), builtin: + mmdb", each(both.lookup, texts),  # type: ignore[arg-type]
+            len(texts))
 
     try:
         import geoip2fast as g2f  # type: ignore[import-untyped]

@@ -81,17 +81,19 @@ def _fill(current: _Info | None, new: _Info | None, key: str,
     """``current`` with its empty ``fields`` taken from ``new`` when both agree on ``key``."""
     if current is None:
         return new
-    if new is None or getattr(new, key) != getattr(current, key):
+    if new is None:
         return current
-    update: dict[str, object] = {f: getattr(new, f) for f in fields
-                                 if getattr(current, f) is None
-                                 and getattr(new, f) is not None}
+    ours, theirs = current.__dict__, new.__dict__
+    if ours[key] != theirs[key]:
+        return current
+    update = {f: theirs[f] for f in fields if ours[f] is None and theirs[f] is not None}
     if not update:
         return current
     if new.source != current.source:
         update["source"] = f"{current.source}+{new.source}"
         update["source_date"] = f"{current.source_date}+{new.source_date}"
-    return current.model_copy(update=update)
+    # A fresh (validated) model is cheaper than model_copy() here.
+    return type(current)(**(ours | update))
 
 
 class Enricher:

@@ -10,21 +10,26 @@ fails at start-up.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
 from brokerscan.model import AsnInfo, GeoInfo
-from enrichment.sources import EnrichmentError
+from enrichment.sources import EnrichmentError, int_to_ip
 
 __all__ = ["MmdbSource"]
 
 
-def _get(record: dict[str, Any], *paths: str) -> Any:
-    """The first value found at any of ``paths`` (dotted keys), or ``None``."""
+_COUNTRY = (("country", "iso_code"), ("country_code",))
+_CITY = (("city", "names", "en"), ("city",))
+_LATITUDE = (("location", "latitude"), ("latitude",))
+_LONGITUDE = (("location", "longitude"), ("longitude",))
+
+
+def _get(record: dict[str, Any], paths: tuple[tuple[str, ...], ...]) -> Any:
+    """The first value found at any of ``paths`` (GeoLite2 nesting, then flat), or None."""
     for path in paths:
         value: Any = record
-        for key in path.split("."):
+        for key in path:
             value = value.get(key) if isinstance(value, dict) else None
         if value is not None:
             return value
@@ -66,7 +71,7 @@ class MmdbSource:
 
     def lookup(self, ip: int) -> tuple[AsnInfo | None, GeoInfo | None]:
         """Answer for ``ip``; ``None`` for what the file does not hold."""
-        found, prefix = self._reader.get_with_prefix_len(IPv4Address(ip))
+        found, prefix = self._reader.get_with_prefix_len(int_to_ip(ip))
         if not isinstance(found, dict):
             return None, None
         record: dict[str, Any] = found
@@ -77,13 +82,13 @@ class MmdbSource:
             org = record.get("autonomous_system_organization")
             base = (ip >> (32 - prefix) << (32 - prefix)) if prefix else 0
             asn = AsnInfo(number=number, organization=org if isinstance(org, str) else None,
-                          network=f"{IPv4Address(base)}/{prefix}",
+                          network=f"{int_to_ip(base)}/{prefix}",
                           source=self.name, source_date=self.date)
-        country = _get(record, "country.iso_code", "country_code")
+        country = _get(record, _COUNTRY)
         if isinstance(country, str) and country:
-            city = _get(record, "city.names.en", "city")
-            lat = _get(record, "location.latitude", "latitude")
-            lon = _get(record, "location.longitude", "longitude")
+            city = _get(record, _CITY)
+            lat = _get(record, _LATITUDE)
+            lon = _get(record, _LONGITUDE)
             geo = GeoInfo(
                 country=country, city=city if isinstance(city, str) and city else None,
                 latitude=float(lat) if isinstance(lat, int | float) else None,

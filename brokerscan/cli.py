@@ -80,9 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="start local brokers on 127.x, scan them, report")
     demo.add_argument("--format", choices=("text", "json"), default="text")
     demo.add_argument("-o", "--output", metavar="FILE", help="also write results as JSONL")
+    from brokerscan import streamcli
     from brokerscan.sweepcli import add_commands
 
     add_commands(sub, add_target_options)
+    streamcli.add_commands(sub)
     return parser
 
 
@@ -142,8 +144,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from brokerscan.demo import run_demo
             return run_demo(args, settings)
+        from brokerscan import streamcli
         from brokerscan.sweepcli import run_command
 
+        if args.command in streamcli.COMMANDS:
+            return streamcli.run_command(args, settings)
         return run_command(args, settings)
     except UsageError as exc:
         print(f"brokerscan: error: {exc}", file=sys.stderr)

@@ -37,7 +37,7 @@ from enrichment.sources import (
     tables_from_csv,
 )
 
-__all__ = ["KNOWN_ADDRESSES", "build", "crosscheck", "main"]
+__all__ = ["KNOWN_ADDRESSES", "build", "crosscheck", "main", "similar_names"]
 
 # Well-known public addresses used as data (never dialled) for the known-answer sample.
 KNOWN_ADDRESSES = (

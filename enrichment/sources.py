@@ -40,6 +40,7 @@ from brokerscan.model import AsnInfo, GeoInfo
 
 __all__ = [
     "MAGIC",
+    "MAX_IP",
     "RESERVED",
     "AddressError",
     "EnrichmentError",
@@ -48,6 +49,7 @@ __all__ = [
     "Tables",
     "int_to_ip",
     "ip_to_int",
+    "iter_ranges",
     "network_around",
     "read_csv_ranges",
     "tables_from_csv",

@@ -1,0 +1,188 @@
+"""Pure mapping from a :class:`~brokerscan.model.ScanResult` to a stored row.
+
+One row per observation, the same for every backend: :data:`COLUMNS` names the columns
+of ``observations`` in order and :func:`observation_row` gives the values, as Python
+objects that asyncpg's binary COPY encodes directly. :func:`sqlite_row` turns them into
+what the stdlib ``sqlite3`` stores (text timestamps that sort, 0/1 booleans).
+
+Derived dimensions, defined here once:
+
+- ``day``: the UTC date of ``sweep_started_at`` (a sweep counts on the day it started);
+- ``tls``: the service was probed over TLS (``transport == "tls"``), whatever the outcome;
+- ``anonymous``: the MQTT CONNACK verdict (true, false, or unknown); AMQP results carry
+  no such verdict and are unknown;
+- ``asn``/``org``/``country``: from enrichment, unknown when absent.
+
+Addresses are stored in canonical form (``2001:db8::``, not ``2001:db8::0``), so one host
+is one host in every backend.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
+from typing import Final
+
+from brokerscan.model import ScanResult
+
+__all__ = [
+    "COLUMNS",
+    "SERVICE_KEY",
+    "TIME_FORMAT",
+    "as_utc",
+    "check_writable",
+    "day_of",
+    "dimension_values",
+    "format_time",
+    "observation_row",
+    "parse_time",
+    "sqlite_row",
+]
+
+#: The columns of ``observations``, in the order of :func:`observation_row`.
+COLUMNS: Final = (
+    "sweep_started_at",
+    "sweep_id",
+    "ip",
+    "port",
+    "transport",
+    "observed_at",
+    "day",
+    "status",
+    "protocol",
+    "tls",
+    "anonymous",
+    "duration_ms",
+    "mqtt_level",
+    "mqtt_return_code",
+    "amqp_family",
+    "amqp_product",
+    "amqp_version",
+    "tls_version",
+    "tls_handshake",
+    "cert_sha256",
+    "cert_self_signed",
+    "cert_expired",
+    "asn",
+    "org",
+    "country",
+    "error",
+    "record",
+)
+
+#: What identifies a service in the current view.
+SERVICE_KEY: Final = ("ip", "port", "transport")
+
+#: Timestamps as SQLite stores them: fixed width, UTC, so text order is time order.
+TIME_FORMAT: Final = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+_Row = tuple[object, ...]
+
+
+def as_utc(moment: datetime) -> datetime:
+    """The same instant in UTC; a naive datetime is taken to be UTC already."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def format_time(moment: datetime) -> str:
+    """*moment* as fixed-width UTC text (:data:`TIME_FORMAT`)."""
+    return as_utc(moment).strftime(TIME_FORMAT)
+
+
+def parse_time(text: str) -> datetime:
+    """The inverse of :func:`format_time` (an aware UTC datetime)."""
+    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
+
+
+def day_of(moment: datetime) -> date:
+    """The UTC day of *moment*: the ``day`` dimension of a sweep that started then."""
+    return as_utc(moment).date()
+
+
+def check_writable(result: ScanResult) -> tuple[str, datetime]:
+    """Refuse a result the stores cannot key deterministically.
+
+    :returns: ``(sweep_id, sweep_started_at)``
+    :raises ValueError: ``sweep_id`` or ``sweep_started_at`` is missing
+    """
+    if result.sweep_id is None or result.sweep_started_at is None:
+        missing = "sweep_id" if result.sweep_id is None else "sweep_started_at"
+        raise ValueError(
+            f"result for {result.ip}:{result.port} has no {missing}: stores key every "
+            "observation by (sweep_started_at, sweep_id, ip, port)"
+        )
+    return result.sweep_id, result.sweep_started_at
+
+
+def dimension_values(result: ScanResult) -> dict[str, object]:
+    """The value of every count dimension for *result* (as :meth:`Store.counts` sees it)."""
+    _, started = check_writable(result)
+    return {
+        "day": day_of(started),
+        "protocol": None if result.protocol is None else result.protocol.value,
+        "port": result.port,
+        "transport": result.transport.value,
+        "tls": result.transport.value == "tls",
+        "anonymous": None if result.mqtt is None else result.mqtt.anonymous,
+        "country": None if result.geo is None else result.geo.country,
+        "asn": None if result.asn is None else result.asn.number,
+        "status": result.status.value,
+        "sweep_id": result.sweep_id,
+    }
+
+
+def observation_row(result: ScanResult) -> _Row:
+    """The row of *result* in ``observations``, in :data:`COLUMNS` order.
+
+    :raises ValueError: the result has no ``sweep_id`` or ``sweep_started_at``
+    """
+    sweep_id, started = check_writable(result)
+    dims = dimension_values(result)
+    mqtt, amqp, tls = result.mqtt, result.amqp, result.tls
+    props = None if amqp is None else amqp.server_properties
+    cert = None if tls is None else tls.certificate
+    return (
+        as_utc(started),
+        sweep_id,
+        str(ipaddress.ip_address(result.ip)),  # canonical text, as PostgreSQL's inet prints
+        result.port,
+        result.transport.value,
+        as_utc(result.observed_at),
+        dims["day"],
+        result.status.value,
+        dims["protocol"],
+        dims["tls"],
+        dims["anonymous"],
+        result.duration_ms,
+        None if mqtt is None else mqtt.protocol_level,
+        None if mqtt is None else mqtt.return_code,
+        None if amqp is None else amqp.family,
+        None if props is None else props.product,
+        None if props is None else props.version,
+        None if tls is None else tls.version,
+        None if tls is None else tls.handshake_completed,
+        None if cert is None else cert.sha256,
+        None if cert is None else cert.self_signed,
+        None if cert is None else cert.expired,
+        dims["asn"],
+        None if result.asn is None else result.asn.organization,
+        dims["country"],
+        result.error,
+        result.to_json(),
+    )
+
+
+def sqlite_row(row: Sequence[object]) -> _Row:
+    """An :func:`observation_row` as SQLite stores it (times and days as sortable text)."""
+    out: list[object] = []
+    for value in row:
+        if isinstance(value, datetime):
+            out.append(format_time(value))
+        elif isinstance(value, date):
+            out.append(value.isoformat())
+        else:
+            out.append(value)
+    return tuple(out)

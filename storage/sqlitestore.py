@@ -1,0 +1,259 @@
+"""The embedded store: one SQLite file (WAL mode) through the stdlib ``sqlite3``.
+
+The same tables as PostgreSQL without partitions: ``observations`` (UNIQUE(sweep_id, ip,
+port); a sweep id names one sweep, so its start time is not needed for uniqueness here),
+``services`` and ``rollup``. A write runs in a worker thread (``asyncio.to_thread``), in
+one ``BEGIN IMMEDIATE`` transaction: ``INSERT OR IGNORE`` each row, and for each row that
+was new (``rowcount == 1``) add to the rollup and upsert the service. One connection,
+used by one thread at a time (an asyncio lock), so the async API is safe to share.
+
+Timestamps are stored as fixed-width UTC text (they sort), days as ``YYYY-MM-DD``,
+booleans as 0/1; reads turn them back into Python values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import unquote, urlsplit
+
+from brokerscan.model import ScanResult
+from storage.queries import (
+    Dialect,
+    compile_counts,
+    compile_hosts,
+    compile_services,
+    decode_cursor,
+    encode_cursor,
+    sort_counts,
+)
+from storage.rows import COLUMNS, format_time, observation_row, parse_time, sqlite_row
+from storage.store import Service, StoreError
+
+__all__ = ["SQLITE", "SqliteStore", "path_of"]
+
+SQLITE: Final = Dialect(positional=False, encode_date=date.isoformat, encode_time=format_time)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS observations (
+    sweep_started_at TEXT NOT NULL, sweep_id TEXT NOT NULL, ip TEXT NOT NULL,
+    port INTEGER NOT NULL, transport TEXT NOT NULL, observed_at TEXT NOT NULL,
+    day TEXT NOT NULL, status TEXT NOT NULL, protocol TEXT, tls INTEGER NOT NULL,
+    anonymous INTEGER, duration_ms REAL NOT NULL, mqtt_level INTEGER,
+    mqtt_return_code INTEGER, amqp_family TEXT, amqp_product TEXT, amqp_version TEXT,
+    tls_version TEXT, tls_handshake INTEGER, cert_sha256 TEXT, cert_self_signed INTEGER,
+    cert_expired INTEGER, asn INTEGER, org TEXT, country TEXT, error TEXT,
+    record TEXT NOT NULL,
+    UNIQUE (sweep_id, ip, port)
+);
+CREATE INDEX IF NOT EXISTS observations_order
+    ON observations (sweep_started_at, sweep_id, ip, port);
+CREATE TABLE IF NOT EXISTS services (
+    ip TEXT NOT NULL, port INTEGER NOT NULL, transport TEXT NOT NULL,
+    first_seen TEXT NOT NULL, last_seen TEXT NOT NULL, last_changed TEXT NOT NULL,
+    sweep_id TEXT NOT NULL, status TEXT NOT NULL, protocol TEXT, anonymous INTEGER,
+    product TEXT, cert_sha256 TEXT, country TEXT, asn INTEGER, latest TEXT NOT NULL,
+    PRIMARY KEY (ip, port, transport)
+);
+CREATE TABLE IF NOT EXISTS rollup (
+    day TEXT NOT NULL, sweep_id TEXT NOT NULL, protocol TEXT NOT NULL,
+    port INTEGER NOT NULL, tls INTEGER NOT NULL, anonymous INTEGER NOT NULL,
+    country TEXT NOT NULL, asn INTEGER NOT NULL, status TEXT NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (day, sweep_id, protocol, port, tls, anonymous, country, asn, status)
+);
+"""
+
+_INSERT = (
+    f"INSERT OR IGNORE INTO observations ({', '.join(COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(COLUMNS))})"
+)
+_ROLLUP = """
+INSERT INTO rollup (day, sweep_id, protocol, port, tls, anonymous, country, asn, status, n)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)
+ON CONFLICT (day, sweep_id, protocol, port, tls, anonymous, country, asn, status)
+DO UPDATE SET n = n + 1
+"""
+_LATEST = ("sweep_id", "status", "protocol", "anonymous", "product", "cert_sha256",
+           "country", "asn", "latest")
+_CHANGE = ("protocol", "status", "anonymous", "product", "cert_sha256")
+_NEWER = "excluded.last_seen > services.last_seen"
+_SERVICE = f"""
+INSERT INTO services (ip, port, transport, first_seen, last_seen, last_changed,
+                      {", ".join(_LATEST)})
+VALUES (?, ?, ?, ?, ?, ?, {", ".join("?" * len(_LATEST))})
+ON CONFLICT (ip, port, transport) DO UPDATE SET
+    first_seen = min(services.first_seen, excluded.first_seen),
+    last_seen = max(services.last_seen, excluded.last_seen),
+    last_changed = CASE WHEN {_NEWER} AND ({" OR ".join(
+        f"services.{c} IS NOT excluded.{c}" for c in _CHANGE)})
+        THEN excluded.last_seen ELSE services.last_changed END,
+    {", ".join(f"{c} = CASE WHEN {_NEWER} THEN excluded.{c} ELSE services.{c} END"
+               for c in _LATEST)}
+"""
+_I = {name: i for i, name in enumerate(COLUMNS)}
+
+
+def path_of(url: str) -> str:
+    """The file of ``sqlite:///path`` (``sqlite:////abs/path`` or ``sqlite:///rel/path``).
+
+    :raises StoreError: not a ``sqlite:///`` URL with a path
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite" or parts.netloc or not parts.path.lstrip("/"):
+        raise StoreError(
+            f"invalid SQLite store URL {url!r}: use sqlite:///relative/file.db, "
+            "sqlite:////absolute/file.db or sqlite:///:memory:"
+        )
+    return unquote(parts.path[1:])
+
+
+def _new_row(conn: sqlite3.Connection, row: tuple[Any, ...]) -> bool:
+    if conn.execute(_INSERT, row).rowcount != 1:
+        return False
+    anonymous = row[_I["anonymous"]]
+    conn.execute(_ROLLUP, (
+        row[_I["day"]], row[_I["sweep_id"]], row[_I["protocol"]] or "", row[_I["port"]],
+        row[_I["tls"]], -1 if anonymous is None else int(anonymous),
+        row[_I["country"]] or "", -1 if row[_I["asn"]] is None else row[_I["asn"]],
+        row[_I["status"]],
+    ))
+    seen = row[_I["observed_at"]]
+    conn.execute(_SERVICE, (
+        row[_I["ip"]], row[_I["port"]], row[_I["transport"]], seen, seen, seen,
+        *(row[_I[c]] for c in ("sweep_id", "status", "protocol", "anonymous",
+                               "amqp_product", "cert_sha256", "country", "asn", "record")),
+    ))
+    return True
+
+
+class SqliteStore:
+    """The results store in one SQLite file (see the module docstring)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, url: str) -> SqliteStore:
+        """Open (creating if needed) the file *url* names, in WAL mode.
+
+        :raises StoreError: a bad URL, or the file cannot be opened or written
+        """
+        path = path_of(url)
+        try:
+            conn = await asyncio.to_thread(cls._connect, path)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open SQLite store {path}: {exc}") from exc
+        return cls(conn)
+
+    @staticmethod
+    def _connect(path: str) -> sqlite3.Connection:
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across process crashes
+        conn.execute("PRAGMA busy_timeout=10000")
+        conn.executescript(_SCHEMA)
+        return conn
+
+    async def _run(self, sql: str, params: Sequence[object]) -> list[sqlite3.Row]:
+        def fetch() -> list[sqlite3.Row]:
+            cursor = self._conn.cursor()
+            cursor.row_factory = sqlite3.Row
+            return cursor.execute(sql, params).fetchall()
+
+        async with self._lock:
+            return await asyncio.to_thread(fetch)
+
+    def _write(self, rows: list[tuple[Any, ...]]) -> int:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            new = sum(_new_row(conn, row) for row in rows)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return new
+
+    async def write(self, results: Sequence[ScanResult]) -> int:
+        """See :meth:`storage.store.Store.write`."""
+        rows = [sqlite_row(observation_row(r)) for r in results]
+        if not rows:
+            return 0
+        async with self._lock:
+            return await asyncio.to_thread(self._write, rows)
+
+    async def counts(
+        self, *, by: Sequence[str], since: datetime | None = None,
+        until: datetime | None = None, sweep_id: str | None = None,
+        where: Mapping[str, object] | None = None, rollup: bool | None = None,
+    ) -> list[dict[str, object]]:
+        """See :meth:`storage.store.Store.counts`; *rollup* forces the source (tests)."""
+        query = compile_counts(SQLITE, by=by, where=where, since=since, until=until,
+                               sweep_id=sweep_id, rollup=rollup)
+        rows = await self._run(query.sql, query.params)
+        out = [{**{d: _decode(d, r[d]) for d in by}, "count": int(r["n"])} for r in rows]
+        return sort_counts(out, by)
+
+    async def hosts(
+        self, *, where: Mapping[str, object] | None = None, since: datetime | None = None,
+        until: datetime | None = None, sweep_id: str | None = None, limit: int = 100,
+        cursor: str | None = None,
+    ) -> tuple[list[ScanResult], str | None]:
+        """See :meth:`storage.store.Store.hosts`."""
+        after = None if cursor is None else decode_cursor(cursor, 4)
+        query = compile_hosts(SQLITE, where=where, since=since, until=until,
+                              sweep_id=sweep_id, limit=limit, after=after)
+        rows = await self._run(query.sql, query.params)
+        page = rows[:limit]
+        more = None
+        if len(rows) > limit:
+            last = page[-1]
+            more = encode_cursor([last["sweep_started_at"], last["sweep_id"], last["ip"],
+                                  last["port"]])
+        return [ScanResult.model_validate_json(r["record"]) for r in page], more
+
+    async def services(
+        self, *, where: Mapping[str, object] | None = None,
+        seen_since: datetime | None = None, limit: int = 100, cursor: str | None = None,
+    ) -> tuple[list[Service], str | None]:
+        """See :meth:`storage.store.Store.services`."""
+        after = None if cursor is None else decode_cursor(cursor, 3)
+        query = compile_services(SQLITE, where=where, seen_since=seen_since, limit=limit,
+                                 after=after)
+        rows = await self._run(query.sql, query.params)
+        page = [
+            Service(
+                ip=r["ip"], port=r["port"], transport=r["transport"],
+                first_seen=parse_time(r["first_seen"]), last_seen=parse_time(r["last_seen"]),
+                last_changed=parse_time(r["last_changed"]),
+                latest=ScanResult.model_validate_json(r["latest"]),
+            )
+            for r in rows[:limit]
+        ]
+        more = None
+        if len(rows) > limit:
+            last = page[-1]
+            more = encode_cursor([last.ip, last.port, last.transport])
+        return page, more
+
+    async def close(self) -> None:
+        """Close the file."""
+        async with self._lock:
+            await asyncio.to_thread(self._conn.close)
+
+
+def _decode(dimension: str, value: object) -> object:
+    if value is None:
+        return None
+    if dimension == "day":
+        return date.fromisoformat(str(value))
+    if dimension in ("tls", "anonymous"):
+        return bool(value)
+    return value

@@ -1,0 +1,157 @@
+"""The results store: one interface, a backend per URL scheme.
+
+``await open_store(url)`` picks the backend from :data:`BACKENDS` by the URL's scheme
+(``postgresql://`` / ``postgres://``: :class:`~storage.pgstore.PgStore`; ``sqlite:///path``:
+:class:`~storage.sqlitestore.SqliteStore`). Every backend passes the same conformance tests
+(``tests/integration/test_store.py``).
+
+What every backend promises:
+
+- ``write`` is durable when it returns and idempotent: an observation is identified by
+  (sweep_started_at, sweep_id, ip, port), so a redelivered result or a re-run shard (even
+  with another ``observed_at``) adds nothing and counts nothing twice;
+- ``counts`` groups observations by any of :data:`~storage.queries.DIMENSIONS`; time
+  ranges apply to ``sweep_started_at`` (``since`` inclusive, ``until`` exclusive) and
+  ``day`` is the UTC day the sweep started;
+- ``hosts`` pages through the observations behind any count, ``services`` through the
+  current view (one row per ip, port and transport).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from difflib import get_close_matches
+from typing import Final, Protocol
+from urllib.parse import urlsplit
+
+from brokerscan.model import ScanResult
+
+__all__ = ["BACKENDS", "Service", "Store", "StoreError", "open_store"]
+
+#: URL scheme -> "module:class" of the backend.
+BACKENDS: Final = {
+    "postgresql": "storage.pgstore:PgStore",
+    "postgres": "storage.pgstore:PgStore",
+    "sqlite": "storage.sqlitestore:SqliteStore",
+}
+
+
+class StoreError(Exception):
+    """The store cannot be opened or used; the message is one line for the operator."""
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """One service of the current view.
+
+    :ivar ip: address
+    :ivar port: port
+    :ivar transport: ``tcp`` or ``tls``
+    :ivar first_seen: earliest ``observed_at`` of any observation of it
+    :ivar last_seen: latest ``observed_at``
+    :ivar last_changed: when protocol, status, anonymous, product or certificate last
+        changed (``first_seen`` if never)
+    :ivar latest: the observation made at ``last_seen``
+    """
+
+    ip: str
+    port: int
+    transport: str
+    first_seen: datetime
+    last_seen: datetime
+    last_changed: datetime
+    latest: ScanResult
+
+
+class Store(Protocol):
+    """What every backend implements."""
+
+    async def write(self, results: Sequence[ScanResult]) -> int:
+        """Store a batch, in one transaction, committed on return.
+
+        :param results: the batch (every result has ``sweep_id`` and ``sweep_started_at``)
+        :returns: how many observations were new (the rest were already stored)
+        :raises ValueError: a result has no ``sweep_id`` or ``sweep_started_at``
+        """
+        ...
+
+    async def counts(
+        self, *, by: Sequence[str], since: datetime | None = None,
+        until: datetime | None = None, sweep_id: str | None = None,
+        where: Mapping[str, object] | None = None,
+    ) -> list[dict[str, object]]:
+        """Count observations grouped by dimensions.
+
+        :param by: dimensions to group by (none: one total)
+        :param since: only sweeps started at or after this
+        :param until: only sweeps started before this
+        :param sweep_id: only this sweep
+        :param where: ``{dimension: value}`` equality filters (``None`` matches unknown)
+        :returns: one dict per group, keys *by* then ``count``, sorted by *by*
+        :raises ValueError: an unknown dimension
+        """
+        ...
+
+    async def hosts(
+        self, *, where: Mapping[str, object] | None = None, since: datetime | None = None,
+        until: datetime | None = None, sweep_id: str | None = None, limit: int = 100,
+        cursor: str | None = None,
+    ) -> tuple[list[ScanResult], str | None]:
+        """The observations behind a count, one page at a time.
+
+        :param where: as for :meth:`counts`
+        :param since: as for :meth:`counts`
+        :param until: as for :meth:`counts`
+        :param sweep_id: as for :meth:`counts`
+        :param limit: most results in this page
+        :param cursor: the cursor returned with the previous page (``None``: first page)
+        :returns: the page and the cursor of the next one (``None`` after the last)
+        :raises ValueError: an unknown dimension or an invalid cursor
+        """
+        ...
+
+    async def services(
+        self, *, where: Mapping[str, object] | None = None,
+        seen_since: datetime | None = None, limit: int = 100, cursor: str | None = None,
+    ) -> tuple[list[Service], str | None]:
+        """The current view, one page at a time, ordered by (ip, port, transport).
+
+        :param where: equality filters on :data:`~storage.queries.SERVICE_DIMENSIONS`,
+            applied to the latest observation of each service
+        :param seen_since: only services seen at or after this
+        :param limit: most services in this page
+        :param cursor: as for :meth:`hosts`
+        :returns: the page and the cursor of the next one
+        :raises ValueError: an unknown dimension or an invalid cursor
+        """
+        ...
+
+    async def close(self) -> None:
+        """Release connections and files."""
+        ...
+
+
+async def open_store(url: str) -> Store:
+    """Open the store *url* names.
+
+    :param url: ``postgresql://user@host/db``, ``sqlite:///path/file.db`` or
+        ``sqlite:///:memory:``
+    :returns: the open store (PostgreSQL: migrations must be applied)
+    :raises StoreError: an unknown scheme, or the store cannot be opened
+    """
+    scheme = urlsplit(url).scheme if "://" in url else ""
+    target = BACKENDS.get(scheme)
+    if target is None:
+        close = get_close_matches(scheme, BACKENDS, n=1)
+        hint = f" (did you mean {close[0]}://?)" if close else ""
+        raise StoreError(
+            f"unknown store URL scheme {scheme or url[:20]!r}{hint}; use one of "
+            + ", ".join(f"{s}://" for s in BACKENDS)
+        )
+    module_name, class_name = target.split(":")
+    backend = getattr(importlib.import_module(module_name), class_name)
+    store: Store = await backend.open(url)
+    return store

@@ -1,0 +1,60 @@
+"""Row mapping (storage/rows.py): pure, no database."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from storage import rows
+from tests.unit.storage.gen import make_results
+
+
+def test_a_row_has_every_column_and_the_record() -> None:
+    for result in make_results(50, seed=1):
+        row = rows.observation_row(result)
+        assert len(row) == len(rows.COLUMNS)
+        named = dict(zip(rows.COLUMNS, row, strict=True))
+        assert named["record"] == result.to_json()
+        assert named["sweep_id"] == result.sweep_id and named["port"] == result.port
+        dims = rows.dimension_values(result)
+        for column in ("day", "protocol", "tls", "anonymous", "country", "asn", "status"):
+            assert named[column] == dims[column]
+        assert named["tls"] == (result.transport.value == "tls")
+
+
+def test_addresses_are_canonical() -> None:
+    result = make_results(1)[0].model_copy(update={"ip": "2001:DB8:0::0"})
+    assert rows.observation_row(result)[2] == "2001:db8::"
+
+
+def test_results_without_sweep_are_refused() -> None:
+    result = make_results(1)[0]
+    with pytest.raises(ValueError, match="no sweep_id"):
+        rows.observation_row(result.model_copy(update={"sweep_id": None}))
+    with pytest.raises(ValueError, match="no sweep_started_at"):
+        rows.dimension_values(result.model_copy(update={"sweep_started_at": None}))
+
+
+def test_day_is_the_utc_day_the_sweep_started() -> None:
+    cet = timezone(timedelta(hours=1))
+    assert rows.day_of(datetime(2026, 3, 2, 0, 30, tzinfo=cet)) == date(2026, 3, 1)
+    assert rows.day_of(datetime(2026, 3, 1, 23, 59, 59)) == date(2026, 3, 1)  # naive = UTC
+
+
+@given(st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(9998, 1, 1),
+                    timezones=st.sampled_from([UTC, timezone(timedelta(hours=-7))])))
+def test_sqlite_times_round_trip_and_sort(moment: datetime) -> None:
+    text = rows.format_time(moment)
+    assert rows.parse_time(text) == moment
+    later = rows.format_time(moment + timedelta(microseconds=1))
+    assert later > text and len(later) == len(text)
+
+
+def test_sqlite_row_turns_times_and_days_into_text() -> None:
+    row = rows.sqlite_row(rows.observation_row(make_results(1)[0]))
+    named = dict(zip(rows.COLUMNS, row, strict=True))
+    assert named["sweep_started_at"] == "2026-03-01T23:59:59.000000Z"
+    assert named["day"] == "2026-03-01"

@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_commands(sub, add_target_options)
     streamcli.add_commands(sub)
+    from enrichment.cli import add_lookup_command
+
+    add_lookup_command(sub)
     return parser
 
 
@@ -144,6 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from brokerscan.demo import run_demo
             return run_demo(args, settings)
+        if args.command == "lookup":
+            from enrichment.cli import run_lookup
+
+            return run_lookup(args, settings)
         from brokerscan import streamcli
         from brokerscan.sweepcli import run_command
 

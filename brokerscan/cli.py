@@ -8,21 +8,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
+import secrets
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import IO, NoReturn
 
 from pydantic import ValidationError
 
 from brokerscan import __version__
+from brokerscan.localsink import StoreSink
 from brokerscan.model import ScanResult
 from brokerscan.report import Report
 from brokerscan.settings import Settings
+from enrichment.lookup import Enricher, EnrichmentError, open_enricher
 from scheduler.blocklist import IPSet, default_blocklist, load_blocklist
 from scheduler.ports import PortError, PortSpec, parse_ports
 from scheduler.targets import TargetError, eligible, iter_targets, parse_target, read_targets
+from storage.db import DatabaseError
+from storage.store import Store, StoreError, open_store
 from workers.engine import Engine, ScanConfig, ScanStats
 from workers.probes.base import ProbeOptions
 from workers.transport import Scope
@@ -30,6 +37,7 @@ from workers.transport import Scope
 __all__ = ["main"]
 
 EXIT_BAD_INPUT = 2
+DEFAULT_STORE = "sqlite:///brokerscan.db"  # the embedded store, in the working directory
 
 
 class UsageError(Exception):
@@ -109,6 +117,10 @@ def add_target_options(parser: argparse.ArgumentParser) -> None:
 def _add_scan_options(scan: argparse.ArgumentParser) -> None:
     add_target_options(scan)
     scan.add_argument("-o", "--output", metavar="FILE", help="write results as JSONL (- = stdout)")
+    scan.add_argument("--store", metavar="URL",
+                      help="where results are stored: postgresql://... or sqlite:///FILE "
+                           f"(default: settings, else {DEFAULT_STORE})")
+    scan.add_argument("--no-store", action="store_true", help="do not store results")
     scan.add_argument("--all", dest="emit_failures", action="store_true",
                       help="also write results for closed and silent ports")
     scan.add_argument("--format", choices=("text", "json"), default="text",
@@ -239,15 +251,40 @@ def scan_config(args: argparse.Namespace, settings: Settings) -> ScanConfig:
 
 async def _scan(args: argparse.Namespace, settings: Settings) -> int:
     plan = plan_scan(args, settings)
+    try:
+        enricher = open_enricher(settings.enrichment_sources)
+    except EnrichmentError as exc:
+        raise UsageError(f"enrichment: {exc}") from None
+    store: Store | None = None
+    if not args.no_store:
+        url = args.store or settings.store_url or settings.database_url or DEFAULT_STORE
+        try:
+            store = await open_store(url)
+        except (StoreError, DatabaseError) as exc:
+            raise UsageError(f"store: {exc}") from None
     out = _open_output(args.output)
     report_stream = sys.stderr if out is sys.stdout else sys.stdout
     for note in plan.notes:
         print(f"brokerscan: {note}", file=sys.stderr)
-    stats = await run_scan(plan, scan_config(args, settings), Scope(settings.scope), out,
-                           progress=_want_progress(args.progress))
+    # Every local scan is a sweep of its own for storage: an id and a start time.
+    started = datetime.now(UTC)
+    config = dataclasses.replace(
+        scan_config(args, settings), sweep_started_at=started,
+        sweep_id=f"scan-{started:%Y%m%dT%H%M%S}-{secrets.token_hex(3)}")
+    sink = StoreSink(store) if store is not None else None
+    try:
+        stats = await run_scan(plan, config, Scope(settings.scope), out,
+                               progress=_want_progress(args.progress), enricher=enricher,
+                               store=sink)
+    finally:
+        if store is not None:
+            await store.close()
     if out is not None and out is not sys.stdout:
         out.close()
     _print_report(args.format, stats.report, stats.stats, report_stream)
+    if sink is not None:
+        print(f"brokerscan: {sink.new} new observations in the store (scan {config.sweep_id})",
+              file=sys.stderr)
     return 0
 
 
@@ -258,24 +295,34 @@ class ScanRun:
 
 
 async def run_scan(plan: ScanPlan, config: ScanConfig, scope: Scope, out: IO[str] | None,
-                   *, progress: bool) -> ScanRun:
-    """Run the engine over a plan, writing JSONL to ``out`` and counting a report."""
+                   *, progress: bool, enricher: Enricher | None = None,
+                   store: StoreSink | None = None) -> ScanRun:
+    """Run the engine over a plan: enrich each result, write it as JSONL to ``out`` and to
+    ``store``, and count it in the report."""
     report = Report()
-    engine = Engine(config, scope)
+    engine = Engine(config, scope, ready=store.ready if store is not None else None)
 
     def sink(result: ScanResult) -> None:
+        if enricher is not None:
+            result = enricher.enrich(result)
         report.add(result)
         if out is not None:
             out.write(result.model_dump_json())
             out.write("\n")
+        if store is not None:
+            store.add(result)
 
     ticker = asyncio.create_task(_progress(engine)) if progress else None
+    if store is not None:
+        store.start()
     try:
         stats = await engine.run(iter_targets(plan.ips, plan.ports), sink, total=plan.total)
     finally:
         if ticker is not None:
             ticker.cancel()
             print(file=sys.stderr)
+        if store is not None:
+            await store.close()
     if out is not None:
         out.flush()
     return ScanRun(report, stats)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import tempfile
 from collections.abc import Generator, Iterator
 from pathlib import Path
 
@@ -18,21 +19,25 @@ from tests import servers
 from tests.certs import Pki, make_pki
 
 SCOPE = "127.0.0.0/8"
-_saved_scope: list[str | None] = []
+_saved: list[dict[str, str | None]] = []
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    _saved_scope.append(os.environ.get("BROKERSCAN_SCOPE"))
-    os.environ["BROKERSCAN_SCOPE"] = SCOPE
+    # The scope every brokerscan process in the tests obeys, and an embedded store of the
+    # run's own (so that scans started by tests leave no brokerscan.db in the checkout).
+    store = Path(tempfile.mkdtemp(prefix="brokerscan-tests-")) / "store.db"
+    wanted = {"BROKERSCAN_SCOPE": SCOPE, "BROKERSCAN_STORE_URL": f"sqlite:///{store}"}
+    _saved.append({name: os.environ.get(name) for name in wanted})
+    os.environ.update(wanted)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if _saved_scope:
-        previous = _saved_scope.pop()
-        if previous is None:
-            os.environ.pop("BROKERSCAN_SCOPE", None)
-        else:
-            os.environ["BROKERSCAN_SCOPE"] = previous
+    if _saved:
+        for name, previous in _saved.pop().items():
+            if previous is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = previous
 
 
 @pytest.hookimpl(wrapper=True)

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import mmdb_writer  # test extras: never skipped silently
+import netaddr  # type: ignore[import-untyped]
 import pytest
 
 from enrichment.lookup import open_enricher
 from enrichment.sources import EnrichmentError
-
-mmdb_writer = pytest.importorskip("mmdb_writer")
-netaddr = pytest.importorskip("netaddr")
-pytest.importorskip("maxminddb")
 
 
 def write_mmdb(path: Path, database_type: str, networks: dict[str, dict[str, object]],

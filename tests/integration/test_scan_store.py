@@ -1,0 +1,70 @@
+"""``brokerscan scan`` writes enriched results to a store through the same interface the
+distributed storage writer uses: the embedded SQLite file, or PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from storage.migrate import migrate
+from storage.store import open_store
+from tests.pg import fresh_database
+
+pytestmark = pytest.mark.integration
+
+
+def scan(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "brokerscan.cli", "scan", "127.0.0.1",
+                           "--allow-reserved", "--format", "json", "--progress", "off", *args],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "BROKERSCAN_SCOPE": "127.0.0.0/8"})
+
+
+async def check_store(url: str, report: dict[str, object]) -> None:
+    store = await open_store(url)
+    try:
+        rows = await store.counts(by=["protocol"])
+        by_protocol = {r["protocol"]: r["count"] for r in rows}
+        mqtt = report["mqtt"]
+        amqp = report["amqp"]
+        assert isinstance(mqtt, dict) and isinstance(amqp, dict)
+        assert by_protocol.get("mqtt", 0) == mqtt["servers"] >= 1
+        assert by_protocol.get("amqp", 0) == amqp["services"] >= 1
+        hosts, _ = await store.hosts(where={"protocol": "mqtt"})
+        assert hosts and all(h.ip == "127.0.0.1" for h in hosts)
+        assert all(h.asn is not None and h.asn.reserved for h in hosts)  # enriched: loopback
+        assert all(h.sweep_id and h.sweep_id.startswith("scan-") for h in hosts)
+    finally:
+        await store.close()
+
+
+async def test_scan_into_the_embedded_store(tmp_path):
+    url = f"sqlite:///{tmp_path / 'scan.db'}"
+    proc = scan("--store", url)
+    assert proc.returncode == 0, proc.stderr
+    await check_store(url, json.loads(proc.stdout))
+    again = scan("--store", url)  # a second scan is a second sweep: new observations
+    assert again.returncode == 0 and "new observations" in again.stderr
+
+
+async def test_scan_into_postgresql():
+    async with fresh_database() as url:
+        await migrate(url)
+        proc = scan("--store", url)
+        assert proc.returncode == 0, proc.stderr
+        await check_store(url, json.loads(proc.stdout))
+
+
+@pytest.mark.parametrize(("store", "needle"), [
+    ("mongodb://127.0.0.1/x", "mongodb"),
+    ("postgresql://postgres@127.0.0.1:1/x", "127.0.0.1:1"),
+])
+def test_bad_store_is_one_line(store, needle):
+    proc = scan("--store", store)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr

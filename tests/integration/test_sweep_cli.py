@@ -86,6 +86,9 @@ def test_same_sweep_twice_and_finished_sweep(fleet: Fleet) -> None:
     one_line(fleet.cli("sweep", "pause", first, check=False), 2, "cancelled")
     listed = fleet.cli("sweep", "list").stdout
     assert first in listed and "cancelled" in listed
+    text = fleet.cli("sweep", "status", first).stdout
+    assert first in text and "[cancelled]" in text and "shards: done 0" in text
+    assert "workers alive: 0" in text and "%" in text
 
 
 @pytest.mark.parametrize(("variable", "value", "needle"), [

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     store_url: str | None = None
     # Enrichment sources, by URL, tried in order: "builtin:" (the compact ASN/country file
     # shipped with brokerscan), "mmdb:///path/GeoLite2-ASN.mmdb", "mmdb:///path/City.mmdb".
+    # Days of observations kept in PostgreSQL (older daily partitions are detached and
+    # dropped by `brokerscan db maintain` and hourly by the store worker); unset: forever.
+    retention_days: int | None = Field(default=None, gt=0)
     enrichment_sources: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["builtin:"])
 

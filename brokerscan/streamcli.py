@@ -122,6 +122,7 @@ async def _store_worker(args: argparse.Namespace, settings: Settings) -> int:
     except Exception as exc:  # the store says why in one line; we add where
         code = EXIT_BAD_INPUT if "migrat" in str(exc).lower() else EXIT_UNAVAILABLE
         raise _CommandError(f"store: {describe(exc)}", code) from None
+    upkeep = asyncio.create_task(_upkeep(store, settings.retention_days))
     try:
         writer = StoreWriter(settings, store, batch_size=args.batch_size,
                              max_delay=args.max_delay)
@@ -132,9 +133,26 @@ async def _store_worker(args: argparse.Namespace, settings: Settings) -> int:
                                      f"write-failures {writer.write_failures} "
                                      f"reconnects {writer.reconnects}")
     finally:
+        upkeep.cancel()
         with contextlib.suppress(Exception):
             await store.close()
     return 0
+
+
+async def _upkeep(store: object, retention_days: int | None) -> None:
+    """Partition upkeep of a PostgreSQL store: at start, then hourly (premake partitions,
+    drop those past retention, warn about rows in the default partition)."""
+    maintain = getattr(store, "maintain", None)
+    if maintain is None:  # the embedded store is not partitioned
+        return
+    while True:
+        try:
+            health = await maintain(retention_days=retention_days)
+            if health.default_rows:
+                log.warning("store: %d rows in the default partition", health.default_rows)
+        except Exception as exc:  # upkeep must never stop the writer; say it once an hour
+            log.warning("store: partition upkeep failed: %s", describe(exc))
+        await asyncio.sleep(3600)
 
 
 async def _serve(consumer: StreamConsumer, stats: Callable[[], str]) -> None:

@@ -90,7 +90,13 @@ def add_commands(sub: Any, add_target_options: Callable[[argparse.ArgumentParser
     sub.add_parser("scheduler", help="run the dispatch loop").add_argument(
         "--max-queued", type=int, default=8, help="queued shards per sweep")
     db = sub.add_parser("db", help="the PostgreSQL database")
-    db.add_subparsers(dest="verb", required=True).add_parser("migrate", help="apply migrations")
+    db_verbs = db.add_subparsers(dest="verb", required=True)
+    db_verbs.add_parser("migrate", help="apply migrations")
+    maintain = db_verbs.add_parser(
+        "maintain", help="premake partitions, drop those past retention, report health")
+    maintain.add_argument("--retention-days", type=int, default=None,
+                          help="drop daily partitions older than this (default: settings)")
+    maintain.add_argument("--format", choices=("text", "json"), default="text")
 
 
 def run_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -101,7 +107,8 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
         if args.command == "scheduler":
             return _run(_scheduler(args, settings))
         if args.command == "db":
-            return _run(_migrate(settings))
+            return _run(_migrate(settings) if args.verb == "migrate"
+                        else _maintain(args, settings))
         handler = _VERBS[args.verb]
         return _run(handler(args, settings))
     except CommandError as exc:
@@ -408,6 +415,33 @@ async def _migrate(settings: Settings) -> int:
 
     applied = await migrate(_database(settings))
     print("applied: " + ", ".join(applied) if applied else "database is up to date")
+    return 0
+
+
+async def _maintain(args: argparse.Namespace, settings: Settings) -> int:
+    from storage.pgstore import PgStore
+
+    retention = args.retention_days if args.retention_days is not None \
+        else settings.retention_days
+    if retention is not None and retention < 1:
+        raise CommandError(f"--retention-days must be at least 1, not {retention}")
+    store = await PgStore.open(_database(settings))
+    try:
+        health = await store.maintain(retention_days=retention)
+    finally:
+        await store.close()
+    data = {"partitions": health.partitions, "first_day": str(health.first_day),
+            "last_day": str(health.last_day), "days_ahead": health.days_ahead,
+            "default_rows": health.default_rows, "retention_days": retention}
+    if args.format == "json":
+        print(json.dumps(data, indent=2))
+    else:
+        print(f"{health.partitions} daily partitions, {health.first_day} .. {health.last_day}"
+              f" ({health.days_ahead} days ahead); retention "
+              f"{'none' if retention is None else f'{retention} days'}")
+    if health.default_rows:
+        print(f"brokerscan: warning: {health.default_rows} rows in the default partition",
+              file=sys.stderr)
     return 0
 
 

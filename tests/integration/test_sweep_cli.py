@@ -4,6 +4,7 @@ nothing half-created."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -132,3 +133,11 @@ def test_missing_migration_is_a_clear_error(fleet: Fleet) -> None:
         one_line(proc, 1, "migrate")
     finally:
         asyncio.run(drop())
+
+
+def test_db_maintain_premakes_partitions_and_reports(fleet: Fleet) -> None:
+    out = fleet.cli("db", "maintain", "--retention-days", "30", "--format", "json").stdout
+    data = json.loads(out)
+    assert data["partitions"] >= 8 and data["days_ahead"] >= 7
+    assert data["default_rows"] == 0 and data["retention_days"] == 30
+    one_line(fleet.cli("db", "maintain", "--retention-days", "0", check=False), 2, "retention")

@@ -1,6 +1,6 @@
-"""The stream consumers in-process against the real RabbitMQ: dead letters, store failures,
-poison results, acks. Enricher and store are small stand-ins here (the processes of
-test_stream_e2e.py use the real ones), so what is tested is the consumers' own logic."""
+"""The stream consumers in-process against the real RabbitMQ, the real enricher (the
+shipped data) and a real PostgreSQL store: dead letters, a store that goes away, a poison
+result PostgreSQL refuses, redelivery after a lost channel."""
 
 from __future__ import annotations
 
@@ -13,11 +13,16 @@ from datetime import UTC, datetime
 import aio_pika
 import pytest
 
-from brokerscan.model import AsnInfo, GeoInfo, ScanResult, Status, Transport
+from brokerscan.model import ScanResult, Status, Transport
 from brokerscan.settings import Settings
 from enrichment.consumer import EnrichmentWorker
+from enrichment.lookup import Enricher, open_enricher
 from storage.consumer import StoreWriter, is_unreachable
 from storage.deadletter import stream_status
+from storage.migrate import migrate
+from storage.pgstore import PgStore
+from tests.faultproxy import FaultProxy
+from tests.pg import fresh_database
 from workers.publish import ResultPublisher
 
 pytestmark = pytest.mark.integration
@@ -26,36 +31,29 @@ RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 STARTED = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
 
-class StandInEnricher:
-    def enrich(self, result: ScanResult) -> ScanResult:
-        return result.model_copy(update={"asn": AsnInfo(number=64512, source="test"),
-                                         "geo": GeoInfo(country="ZZ", source="test")})
+@pytest.fixture(scope="module")
+def enricher() -> Enricher:
+    return open_enricher(["builtin:"])
 
 
-class MemoryStore:
-    """Idempotent on (sweep_started_at, sweep_id, ip, port); can be made to fail."""
+@pytest.fixture
+async def pg() -> AsyncIterator[str]:
+    async with fresh_database() as url:
+        await migrate(url)
+        yield url
 
-    def __init__(self) -> None:
-        self.rows: dict[tuple[object, ...], ScanResult] = {}
-        self.fail_with: BaseException | None = None
-        self.poison_port: int | None = None
-        self.calls = 0
 
-    async def write(self, results: Sequence[ScanResult]) -> int:
-        self.calls += 1
-        if self.fail_with is not None:
-            raise self.fail_with
-        if any(r.port == self.poison_port for r in results):
-            raise RuntimeError("invalid byte sequence for encoding UTF8: 0x00")
-        new = 0
-        for r in results:
-            key = (r.sweep_started_at, r.sweep_id, r.ip, r.port)
-            new += key not in self.rows
-            self.rows[key] = r
-        return new
+@pytest.fixture
+async def store(pg: str) -> AsyncIterator[PgStore]:
+    opened = await PgStore.open(pg)
+    yield opened
+    await opened.close()
 
-    async def close(self) -> None:
-        pass
+
+async def stored(store: PgStore) -> int:
+    """Observations in the store (from the table, not the rollup)."""
+    rows = await store.counts(by=["sweep_id"], rollup=False)
+    return sum(int(str(r["count"])) for r in rows)
 
 
 def result(i: int, *, port: int = 1883) -> ScanResult:
@@ -100,6 +98,14 @@ async def publish_raw(settings: Settings, body: bytes, message_id: str, key: str
                                key, mandatory=True)
 
 
+async def until_stored(store: PgStore, count: int, limit: float = 60.0) -> None:
+    deadline = asyncio.get_running_loop().time() + limit
+    while await stored(store) < count:
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{await stored(store)} of {count} stored in time")
+        await asyncio.sleep(0.1)
+
+
 async def until(test: Callable[[], bool], limit: float = 30.0) -> None:
     deadline = asyncio.get_running_loop().time() + limit
     while not test():
@@ -108,9 +114,9 @@ async def until(test: Callable[[], bool], limit: float = 30.0) -> None:
         await asyncio.sleep(0.05)
 
 
-async def test_enrich_and_store_with_dead_letters(settings: Settings) -> None:
-    store = MemoryStore()
-    enrich = EnrichmentWorker(settings, StandInEnricher(), prefetch=100)
+async def test_enrich_and_store_with_dead_letters(settings: Settings, store: PgStore,
+                                                  enricher: Enricher) -> None:
+    enrich = EnrichmentWorker(settings, enricher, prefetch=100)
     write = StoreWriter(settings, store, batch_size=50, max_delay=0.05)
     await enrich.check()  # declares the whole topology
     await publish(settings, [result(i) for i in range(300)])
@@ -121,12 +127,16 @@ async def test_enrich_and_store_with_dead_letters(settings: Settings) -> None:
     await publish(settings, [result(i) for i in range(300, 400)])
     runners = [asyncio.create_task(enrich.run()), asyncio.create_task(write.run())]
     try:
-        await until(lambda: len(store.rows) == 400 and enrich.dead_lettered == 2)
+        await until(lambda: enrich.dead_lettered == 2)
+        await until_stored(store, 400)
     finally:
         enrich.stop()
         write.stop()
         await asyncio.gather(*runners)
-    assert all(r.asn is not None and r.asn.number == 64512 for r in store.rows.values())
+    assert await stored(store) == 400
+    hosts, _ = await store.hosts(limit=500)
+    assert len(hosts) == 400  # enriched on the way: loopback is reserved space
+    assert all(h.asn is not None and h.asn.reserved and h.geo is not None for h in hosts)
     status = await stream_status(settings.results_url, settings.names(), peek=5)
     assert (status.raw.messages, status.enriched.messages, status.dead.messages) == (0, 0, 2)
     by_id = {d.message_id: d for d in status.dead_letters}
@@ -139,48 +149,58 @@ async def test_enrich_and_store_with_dead_letters(settings: Settings) -> None:
     assert again.dead.messages == 2
 
 
-async def test_store_down_holds_batch_then_lands(settings: Settings) -> None:
-    store = MemoryStore()
-    store.fail_with = ConnectionRefusedError("connection refused")
-    assert is_unreachable(store.fail_with)
+async def test_store_down_holds_batch_then_lands(settings: Settings, pg: str,
+                                                 enricher: Enricher) -> None:
+    proxy = FaultProxy("127.0.0.1", 5432)
+    store = await PgStore.open(pg.replace("127.0.0.1:5432", f"{proxy.host}:{proxy.port}"))
     write = StoreWriter(settings, store, batch_size=100, max_delay=0.05)
     await write.check()
-    enrich = EnrichmentWorker(settings, StandInEnricher())
+    enrich = EnrichmentWorker(settings, enricher)
+    proxy.refuse_new(True)
+    proxy.cut()  # PostgreSQL is gone: every write fails to connect
     runners = [asyncio.create_task(enrich.run()), asyncio.create_task(write.run())]
     try:
         await publish(settings, [result(i) for i in range(1000)])
-        await until(lambda: store.calls >= 3)
-        status = await stream_status(settings.results_url, settings.names(), peek=0)
-        assert not store.rows and write.failing is not None
+        await until(lambda: write.write_failures >= 2)
+        assert write.written == 0 and write.failing is not None
         # Prefetch holds 200; the rest wait, ready, in the enriched queue.
         await until(lambda: enrich.enriched == 1000)
         status = await stream_status(settings.results_url, settings.names(), peek=0)
         assert status.enriched.messages is not None and status.enriched.messages >= 700
-        store.fail_with = None
-        await until(lambda: len(store.rows) == 1000, limit=40)
+        proxy.refuse_new(False)
+        await until(lambda: write.written == 1000, limit=60)
     finally:
         enrich.stop()
         write.stop()
         await asyncio.gather(*runners)
+        await store.close()
+        proxy.stop()
     assert write.failing is None and write.dead_lettered == 0
+    check = await PgStore.open(pg)
+    try:
+        assert await stored(check) == 1000
+    finally:
+        await check.close()
     status = await stream_status(settings.results_url, settings.names(), peek=0)
     assert status.enriched.messages == 0
 
 
-async def test_poison_result_is_isolated(settings: Settings) -> None:
-    store = MemoryStore()
-    store.poison_port = 6666
+async def test_poison_result_is_isolated(settings: Settings, store: PgStore,
+                                        enricher: Enricher) -> None:
     write = StoreWriter(settings, store, batch_size=64, max_delay=0.05)
-    enrich = EnrichmentWorker(settings, StandInEnricher())
+    enrich = EnrichmentWorker(settings, enricher)
     await write.check()
-    batch = [result(i) for i in range(200)] + [result(7, port=6666)] + [
+    # A NUL character is valid JSON and a valid result, but PostgreSQL refuses it in text
+    # and jsonb: one result the store can never take, in the middle of good ones.
+    poison = result(7, port=6666).model_copy(update={"error": "bad\x00byte"})
+    batch = [result(i) for i in range(200)] + [poison] + [
         result(i, port=1884) for i in range(50)]
     await publish(settings, batch)
     # and one result the store can never key: no sweep
     await publish(settings, [result(1).model_copy(update={"sweep_id": None})])
     runners = [asyncio.create_task(enrich.run()), asyncio.create_task(write.run())]
     try:
-        await until(lambda: len(store.rows) == 250 and write.dead_lettered == 2, limit=60)
+        await until(lambda: write.written >= 250 and write.dead_lettered == 2, limit=60)
     finally:
         enrich.stop()
         write.stop()
@@ -188,15 +208,16 @@ async def test_poison_result_is_isolated(settings: Settings) -> None:
     status = await stream_status(settings.results_url, settings.names(), peek=5)
     reasons = sorted(d.reason or "" for d in status.dead_letters)
     assert reasons[0].startswith("not storable: no sweep_id")
-    assert "store refused the result: RuntimeError: invalid byte sequence" in reasons[1]
+    assert reasons[1].startswith("store refused the result:")
+    assert await stored(store) == 250
     assert {d.stage for d in status.dead_letters} == {"store"}
     assert status.dead_letters[0].message_id is not None
 
 
-async def test_enricher_redelivers_after_connection_loss(settings: Settings) -> None:
-    """Kill the consumer's connection: unacked raw messages come back; nothing vanishes."""
-    store = MemoryStore()
-    enrich = EnrichmentWorker(settings, StandInEnricher(), prefetch=50)
+async def test_enricher_redelivers_after_connection_loss(settings: Settings, store: PgStore,
+                                                         enricher: Enricher) -> None:
+    """Kill the consumer's channel: unacked raw messages come back; nothing vanishes."""
+    enrich = EnrichmentWorker(settings, enricher, prefetch=50)
     write = StoreWriter(settings, store, batch_size=100, max_delay=0.05)
     await enrich.check()
     await publish(settings, [result(i) for i in range(2000)])
@@ -206,12 +227,13 @@ async def test_enricher_redelivers_after_connection_loss(settings: Settings) -> 
         # Close the channel under the worker, as a broker-side close would.
         assert enrich._channel is not None
         await enrich._channel.close()
-        await until(lambda: len(store.rows) == 2000, limit=60)
+        await until_stored(store, 2000)
     finally:
         enrich.stop()
         write.stop()
         await asyncio.gather(*runners)
     assert enrich.reconnects >= 1
+    assert await stored(store) == 2000  # redelivered duplicates added nothing
     status = await stream_status(settings.results_url, settings.names(), peek=0)
     assert (status.raw.messages, status.enriched.messages, status.dead.messages) == (0, 0, 0)
 

@@ -7,6 +7,8 @@ ports and replay recorded replies (tests/fixtures/amqp) or misbehave on purpose.
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -237,3 +239,58 @@ async def test_large_valid_frame_trickled_is_bounded_by_the_cap():
     assert outcome.status is Status.PROTOCOL_ERROR  # the frame never ends in 0xce
     assert len(outcome.raw) <= ProbeOptions().max_reply_bytes
     assert time.monotonic() - started < 3.0
+
+
+async def test_only_the_header_is_sent_then_a_polite_close():
+    """What the server receives from us: the 8-byte header, then nothing but our FIN."""
+    received: list[bytes] = []
+    start = fixture("rabbitmq-3.10.8-amqp-0-9-1.bin")
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.append(await reader.readexactly(8))
+        writer.write(start[:5])  # split across two writes: the driver reassembles
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(start[5:])
+        await writer.drain()
+        received.append(await reader.read())  # b"" once we close: no Start-Ok, no login
+
+    outcome = await probe(handle)
+    await asyncio.sleep(0.1)
+    assert received == [PROTOCOL_HEADER, b""]
+    assert outcome.status is Status.SUCCESS and outcome.raw == start
+
+
+async def test_one_byte_at_a_time_is_reassembled():
+    start = fixture("rabbitmq-3.10.8-amqp-0-9-1.bin")
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readexactly(8)
+        for i in range(len(start)):
+            writer.write(start[i:i + 1])
+            await writer.drain()
+            await asyncio.sleep(0)
+
+    outcome = await probe(handle)
+    assert outcome.status is Status.SUCCESS and outcome.raw == start
+
+
+async def test_reset_after_some_bytes_keeps_them():
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readexactly(8)
+        writer.write(b"\x01\x00")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # RST mid-frame
+
+    outcome = await probe(handle)
+    assert outcome.status in (Status.CONNECTION_RESET, Status.PROTOCOL_ERROR)
+    assert outcome.raw == b"\x01\x00"
+
+
+async def test_a_refused_dial_is_a_probe_error():
+    with pytest.raises(ProbeError) as info:
+        await probe_amqp(dialer(HOST, 9), ProbeOptions())  # nothing listens on port 9
+    assert info.value.status is Status.CONNECTION_REFUSED

@@ -67,6 +67,8 @@ def store_url(settings: Settings) -> str:
 
 def run_command(args: argparse.Namespace, settings: Settings) -> int:
     """Run one of the stream commands; one line on stderr and an exit code on error."""
+    # aiormq logs every failed connect itself; our own line says it once, with the URL.
+    logging.getLogger("aiormq").setLevel(logging.CRITICAL)
     try:
         if args.command == "enrich-worker":
             return asyncio.run(_enrich_worker(args, settings))

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -158,9 +159,10 @@ def _spec(args: argparse.Namespace, settings: Settings) -> SweepSpec:
             client_id_prefix=settings.client_id_prefix, **extra)
     except (TargetError, PortError) as exc:
         raise CommandError(str(exc)) from None
-    except ValueError as exc:  # pydantic: an impossible number
-        first = str(exc).splitlines()
-        raise CommandError(f"bad sweep setting: {' '.join(first[1:3]).strip()}") from None
+    except ValidationError as exc:  # an impossible number
+        error = exc.errors()[0]
+        field = str(error["loc"][0]).replace("_", "-") if error["loc"] else "setting"
+        raise CommandError(f"--{field}: {error['msg'].lower()}") from None
 
 
 def _plan(spec: SweepSpec) -> SweepPlan:

@@ -294,9 +294,11 @@ def test_bad_configuration_is_one_line(stream: Stream, tmp_path: Path) -> None:
     out = stream.cli("store-worker")
     assert out.returncode != 0 and out.stderr.count("\n") == 1, out.stderr
     env_rabbit = {**stream.env, "BROKERSCAN_RESULTS_URL": "amqp://guest:guest@127.0.0.1:1/"}
-    out = subprocess.run([sys.executable, "-m", "brokerscan.streamcli", "stream", "status"],
-                         env=env_rabbit, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 1 and "cannot reach the results broker" in out.stderr
+    for command in (["stream", "status"], ["enrich-worker"]):
+        out = subprocess.run([sys.executable, "-m", "brokerscan.cli", *command],
+                             env=env_rabbit, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 1 and "cannot reach the results broker" in out.stderr
+        assert out.stderr.count("\n") == 1, out.stderr  # aiormq's own log is kept quiet
     corrupt = tmp_path / "corrupt.mmdb"
     corrupt.write_bytes(b"not a maxmind database")
     env_bad = {**stream.env, "BROKERSCAN_ENRICHMENT_SOURCES": f"mmdb://{corrupt}"}

@@ -34,7 +34,7 @@ from storage.queries import (
     compile_hosts,
     compile_services,
     decode_cursor,
-    encode_cursor,
+    next_cursor,
     sort_counts,
 )
 from storage.rows import COLUMNS, day_of, observation_row
@@ -211,14 +211,9 @@ class PgStore:
         query = compile_hosts(PG, where=where, since=since, until=until, sweep_id=sweep_id,
                               limit=limit, after=after)
         rows = await self.pool.fetch(query.sql, *query.params)
-        page = rows[:limit]
-        results = [ScanResult.model_validate_json(r["record"]) for r in page]
-        more = None
-        if len(rows) > limit:
-            last = page[-1]
-            more = encode_cursor(
-                [last["sweep_started_at"], last["sweep_id"], str(last["ip"]), last["port"]]
-            )
+        results = [ScanResult.model_validate_json(r["record"]) for r in rows[:limit]]
+        more = next_cursor(rows, limit, lambda last: [
+            last["sweep_started_at"], last["sweep_id"], str(last["ip"]), last["port"]])
         return results, more
 
     async def services(
@@ -239,11 +234,8 @@ class PgStore:
             )
             for r in rows[:limit]
         ]
-        more = None
-        if len(rows) > limit:
-            last = page[-1]
-            more = encode_cursor([last.ip, last.port, last.transport])
-        return page, more
+        return page, next_cursor(rows, limit,
+                                 lambda last: [str(last["ip"]), last["port"], last["transport"]])
 
     async def maintain(self, *, retention_days: int | None = None) -> partitions.PartitionHealth:
         """Premake partitions, drop those past *retention_days* (if given), report health.

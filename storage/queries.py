@@ -18,11 +18,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from difflib import get_close_matches
-from typing import Final
+from typing import Final, TypeVar
 
 from storage.rows import as_utc
 
+T = TypeVar("T")
+
 __all__ = [
+    "next_cursor",
     "DIMENSIONS",
     "HOST_ORDER",
     "SERVICE_DIMENSIONS",
@@ -211,6 +214,12 @@ def encode_cursor(values: Sequence[object]) -> str:
     """An opaque cursor for the row whose sort key is *values*."""
     plain = [v.isoformat() if isinstance(v, datetime) else v for v in values]
     return base64.urlsafe_b64encode(json.dumps(plain).encode()).decode("ascii")
+
+
+def next_cursor(rows: Sequence[T], limit: int, key: Callable[[T], Sequence[object]]) -> str | None:
+    """The cursor of the next page: queries fetch ``limit + 1`` rows, and a row past the
+    page means there is more after the page's last row (whose sort key ``key`` gives)."""
+    return encode_cursor(key(rows[limit - 1])) if len(rows) > limit else None
 
 
 def decode_cursor(cursor: str, size: int) -> list[object]:

@@ -28,7 +28,7 @@ from storage.queries import (
     compile_hosts,
     compile_services,
     decode_cursor,
-    encode_cursor,
+    next_cursor,
     sort_counts,
 )
 from storage.rows import COLUMNS, format_time, observation_row, parse_time, sqlite_row
@@ -211,13 +211,9 @@ class SqliteStore:
         query = compile_hosts(SQLITE, where=where, since=since, until=until,
                               sweep_id=sweep_id, limit=limit, after=after)
         rows = await self._run(query.sql, query.params)
-        page = rows[:limit]
-        more = None
-        if len(rows) > limit:
-            last = page[-1]
-            more = encode_cursor([last["sweep_started_at"], last["sweep_id"], last["ip"],
-                                  last["port"]])
-        return [ScanResult.model_validate_json(r["record"]) for r in page], more
+        more = next_cursor(rows, limit, lambda last: [
+            last["sweep_started_at"], last["sweep_id"], last["ip"], last["port"]])
+        return [ScanResult.model_validate_json(r["record"]) for r in rows[:limit]], more
 
     async def services(
         self, *, where: Mapping[str, object] | None = None,
@@ -237,11 +233,8 @@ class SqliteStore:
             )
             for r in rows[:limit]
         ]
-        more = None
-        if len(rows) > limit:
-            last = page[-1]
-            more = encode_cursor([last.ip, last.port, last.transport])
-        return page, more
+        return page, next_cursor(rows, limit,
+                                 lambda last: [last["ip"], last["port"], last["transport"]])
 
     async def close(self) -> None:
         """Close the file."""

@@ -4,7 +4,8 @@
 2. Raw: ``copy_records_to_table('observations', ...)`` of prebuilt rows (storage.rows), in
    batches of ``--batch-size``: the ceiling for this table on this machine.
 3. Whole consumer: ``--count`` enriched results pre-filled into the enriched queue
-   (persistent, confirmed), then a :class:`~storage.consumer.StoreWriter` drains it:
+   (persistent, confirmed; batch messages of ``--per-message`` results, as the enrichment
+   worker sends them), then a :class:`~storage.consumer.StoreWriter` drains it:
    RabbitMQ delivery, validation, ``store.write`` (stage COPY + merge + services + rollup,
    committed), ack after commit. Timed from the first write to the last ack; the steady
    state rate is taken between 10 % and 100 % written.
@@ -26,6 +27,7 @@ import asyncpg
 from brokerscan.model import AsnInfo, GeoInfo, ScanResult, Status, Transport
 from brokerscan.names import Names
 from brokerscan.settings import Settings
+from brokerscan.wire import batch_id, batch_message
 from storage.consumer import StoreWriter
 from storage.deadletter import declare_stream
 from storage.migrate import migrate
@@ -60,18 +62,23 @@ async def raw_copy(url: str, rows: list[tuple[object, ...]], batch: int) -> floa
         await conn.close()
 
 
-async def prefill(names: Names, results: list[ScanResult]) -> None:
+async def prefill(names: Names, results: list[ScanResult], per_message: int) -> None:
+    """Publish *results* to the enriched exchange as the enrichment worker does: batch
+    messages of *per_message* results."""
     connection = await aio_pika.connect(RABBIT_URL)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         topology = await declare_stream(channel, names)
-        for i in range(0, len(results), 1000):
-            await asyncio.gather(*(topology.enriched.publish(aio_pika.Message(
-                r.model_dump_json().encode(), content_type="application/json",
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                message_id=f"{r.sweep_id}|{r.ip}|{r.port}",
-                headers={"schema_version": 1, "sweep_id": r.sweep_id or ""}),
-                "result.none.success") for r in results[i:i + 1000]))
+        messages = []
+        for i in range(0, len(results), per_message):
+            chunk = results[i:i + per_message]
+            messages.append(batch_message(
+                [r.model_dump_json().encode() for r in chunk],
+                message_id=batch_id(r.key for r in chunk),
+                headers={"schema_version": 1, "sweep_id": chunk[0].sweep_id or ""}))
+        for i in range(0, len(messages), 50):
+            await asyncio.gather(*(topology.enriched.publish(m, "result.none.success")
+                                   for m in messages[i:i + 50]))
 
 
 async def consume(settings: Settings, url: str, count: int, batch: int) -> tuple[float, float]:
@@ -99,6 +106,8 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=100_000)
     parser.add_argument("--batch-size", type=int, default=2000)
+    parser.add_argument("--per-message", type=int, default=500,
+                        help="results per AMQP message (the enrichment worker's default)")
     args = parser.parse_args()
     database = f"brokerscan_bench_{secrets.token_hex(5)}"
     url = f"postgresql://postgres@127.0.0.1:5432/{database}"
@@ -116,9 +125,9 @@ async def main() -> None:
               f"batches of {args.batch_size})")
         results = make_results(args.count, "bench-stream", started)
         began = time.perf_counter()
-        await prefill(names, results)
+        await prefill(names, results, args.per_message)
         print(f"prefill enriched queue     {args.count / (time.perf_counter() - began):>10,.0f}"
-              " msg/s (publisher confirms)")
+              f" results/s ({args.per_message} per message, publisher confirms)")
         overall, steady = await consume(settings, url, args.count, args.batch_size)
         print(f"StoreWriter end to end     {overall:>10,.0f} rows/s overall, {steady:,.0f} "
               f"rows/s steady (10-100 %)")

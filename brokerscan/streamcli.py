@@ -45,9 +45,15 @@ class _CommandError(Exception):
 def add_commands(sub: Any) -> None:
     """Add ``enrich-worker``, ``store-worker`` and ``stream`` to the top-level parser."""
     enrich = sub.add_parser("enrich-worker", help="enrich raw results (ASN, geolocation)")
-    enrich.add_argument("--prefetch", type=int, default=500,
-                        help="raw results in hand at once (default: %(default)s)")
+    enrich.add_argument("--prefetch", type=int, default=64,
+                        help="raw messages in hand at once, each a batch of results "
+                             "(default: %(default)s)")
+    enrich.add_argument("--per-message", type=int, default=500,
+                        help="most results in one enriched message (default: %(default)s)")
     store = sub.add_parser("store-worker", help="write enriched results to the store")
+    store.add_argument("--prefetch", type=int, default=64,
+                       help="messages in hand at once, each a batch of results "
+                            "(default: %(default)s)")
     store.add_argument("--batch-size", type=int, default=2000,
                        help="results per committed write (default: %(default)s)")
     store.add_argument("--max-delay", type=float, default=0.5,
@@ -96,13 +102,15 @@ async def _enrich_worker(args: argparse.Namespace, settings: Settings) -> int:
     from enrichment.lookup import EnrichmentError, open_enricher
 
     _setup_logging()
-    if not 1 <= args.prefetch <= 65535:
-        raise _CommandError("--prefetch must be in 1..65535", EXIT_BAD_INPUT)
+    if not 1 <= args.prefetch <= 65535 or not 1 <= args.per_message <= 100_000:
+        raise _CommandError("--prefetch must be in 1..65535 and --per-message in 1..100000",
+                            EXIT_BAD_INPUT)
     try:
         enricher = open_enricher(settings.enrichment_sources)
     except (EnrichmentError, OSError, ValueError) as exc:
         raise _CommandError(f"enrichment sources: {describe(exc)}", EXIT_BAD_INPUT) from None
-    worker = EnrichmentWorker(settings, enricher, prefetch=args.prefetch)
+    worker = EnrichmentWorker(settings, enricher, prefetch=args.prefetch,
+                              per_message=args.per_message)
     await worker.check()
     await _serve(worker, lambda: f"consumed {worker.consumed} enriched {worker.enriched} "
                                  f"dead-lettered {worker.dead_lettered} "
@@ -115,9 +123,10 @@ async def _store_worker(args: argparse.Namespace, settings: Settings) -> int:
     from storage.store import open_store
 
     _setup_logging()
-    if not 1 <= args.batch_size <= 32767 or args.max_delay < 0:
-        raise _CommandError("--batch-size must be in 1..32767 and --max-delay >= 0",
-                            EXIT_BAD_INPUT)
+    if not 1 <= args.batch_size <= 32767 or args.max_delay < 0 \
+            or not 1 <= args.prefetch <= 65535:
+        raise _CommandError("--batch-size must be in 1..32767, --max-delay >= 0 and "
+                            "--prefetch in 1..65535", EXIT_BAD_INPUT)
     url = store_url(settings)
     try:
         store = await open_store(url)
@@ -127,7 +136,7 @@ async def _store_worker(args: argparse.Namespace, settings: Settings) -> int:
     upkeep = asyncio.create_task(_upkeep(store, settings.retention_days))
     try:
         writer = StoreWriter(settings, store, batch_size=args.batch_size,
-                             max_delay=args.max_delay)
+                             max_delay=args.max_delay, prefetch=args.prefetch)
         await writer.check()
         await _serve(writer, lambda: f"consumed {writer.consumed} written {writer.written} "
                                      f"new {writer.new_rows} batches {writer.batches} "

@@ -1,19 +1,23 @@
 """The enrichment worker: raw results in, results with ASN and geolocation out.
 
-Consumes ``Names.results_queue`` with a prefetch, and for each batch of deliveries:
+Consumes ``Names.results_queue`` with a prefetch, and for each batch of deliveries (batch
+messages and single-result messages alike, :mod:`brokerscan.wire`):
 
-1. validates every body as a :class:`~brokerscan.model.ScanResult` (a body that fails, or
-   carries a schema version we do not know, becomes a dead letter with the reason);
+1. validates every result as a :class:`~brokerscan.model.ScanResult` (one that fails, or
+   comes under a schema version we do not know, becomes a dead letter of its own with the
+   reason, :func:`storage.deadletter.dead_letter_line`);
 2. enriches the valid ones (an :class:`~enrichment.lookup.EnrichmentError` for one result
    also makes a dead letter: that result cannot be enriched, the rest of the stream can);
-3. publishes every enriched result to ``Names.enriched_exchange`` (persistent, same message
-   id, headers and routing key) and every dead letter to ``Names.dead_letter_exchange``,
-   all at once, and awaits the publisher confirms together;
-4. acks each raw message whose outgoing message was confirmed, and nacks (requeue) any
-   whose publish was refused, so nothing is acked before it is safe downstream.
+3. publishes the enriched results to ``Names.enriched_exchange`` as batch messages
+   (persistent; grouped by the routing key and headers they came with, at most
+   ``per_message`` results each, message id :func:`brokerscan.wire.batch_id`) and the dead
+   letters to ``Names.dead_letter_exchange``, all at once, and awaits the publisher
+   confirms together;
+4. acks the whole batch when every publish was confirmed; if any was refused, nacks the
+   whole batch back to the queue (what was confirmed arrives again downstream, which the
+   idempotent store ignores), so nothing is acked before it is safe downstream.
 
-A lost connection drops the batch in hand (RabbitMQ redelivers it) and reconnects;
-duplicates downstream are harmless (same message id, idempotent store).
+A lost connection drops the batch in hand (RabbitMQ redelivers it) and reconnects.
 """
 
 from __future__ import annotations
@@ -27,13 +31,14 @@ import aio_pika.abc
 
 from brokerscan.model import ScanResult
 from brokerscan.settings import Settings
+from brokerscan.wire import COUNT_HEADER, batch_id, batch_message
 from storage.deadletter import (
     CONNECTION_ERRORS,
-    InvalidResult,
+    BadLine,
     StreamConsumer,
-    dead_letter,
+    dead_letter_line,
     describe,
-    parse_result,
+    parse_results,
 )
 
 __all__ = ["EnrichmentWorker", "ResultEnricher"]
@@ -50,23 +55,29 @@ class ResultEnricher(Protocol):
 class EnrichmentWorker(StreamConsumer):
     """Enrich the raw results stream, at least once, acking only after confirms.
 
-    Counters: ``consumed``, ``enriched`` (confirmed downstream), ``dead_lettered``,
-    ``requeued`` (publishes refused by the broker; the raw message is nacked back),
+    Counters: ``consumed`` (results), ``enriched`` (results confirmed downstream),
+    ``dead_lettered``, ``requeued`` (messages nacked back after a refused publish),
     ``reconnects``.
 
     :param settings: deployment settings (``results_url``, ``namespace``).
     :param enricher: fills ``asn`` and ``geo`` of a result.
-    :param prefetch: unacked raw messages in hand at once; also the largest batch.
+    :param prefetch: unacked raw messages in hand at once.
+    :param batch_size: most results handled (and published) together.
     :param batch_window: seconds a batch waits for more deliveries after its first one.
+    :param per_message: most results in one enriched message.
     """
 
-    def __init__(self, settings: Settings, enricher: ResultEnricher, *, prefetch: int = 500,
-                 batch_window: float = 0.02) -> None:
+    def __init__(self, settings: Settings, enricher: ResultEnricher, *, prefetch: int = 64,
+                 batch_size: int = 1000, batch_window: float = 0.02,
+                 per_message: int = 500) -> None:
         names = settings.names()
+        if batch_size < 1 or per_message < 1:
+            raise ValueError("batch_size and per_message must be at least 1")
         super().__init__(settings.results_url, names, names.results_queue, prefetch=prefetch,
-                         batch_size=prefetch, stage="enrich")
+                         batch_size=batch_size, stage="enrich")
         self.enricher = enricher
         self.batch_window = batch_window
+        self.per_message = per_message
         self.enriched = self.requeued = 0
         self._error_type: tuple[type[Exception], ...] = _enrichment_errors()
 
@@ -77,47 +88,64 @@ class EnrichmentWorker(StreamConsumer):
         """Enrich, publish, await the confirms together, then ack (see the module doc)."""
         topology = self.topology
         assert topology is not None
-        outgoing: list[tuple[aio_pika.abc.AbstractExchange, aio_pika.Message, str]] = []
+        dead: list[tuple[aio_pika.abc.AbstractExchange, aio_pika.Message, str]] = []
+        groups: dict[tuple[str, str], _Group] = {}
         for message in batch:
             key = message.routing_key or ""
-            try:
-                result = self.enricher.enrich(parse_result(message))
-            except InvalidResult as exc:
-                outgoing.append((topology.dead, dead_letter(message, str(exc), "enrich"), key))
-                continue
-            except self._error_type as exc:
-                reason = f"enrichment failed: {describe(exc)}"
-                outgoing.append((topology.dead, dead_letter(message, reason, "enrich"), key))
-                continue
-            outgoing.append((topology.enriched, aio_pika.Message(
-                result.model_dump_json().encode(), content_type="application/json",
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                message_id=message.message_id, headers=dict(message.headers or {}),
-                app_id="brokerscan"), key))
+            good, bad = parse_results(message)
+            for index, line, parsed in good:
+                try:
+                    result = self.enricher.enrich(parsed)
+                except self._error_type as exc:
+                    reason = f"enrichment failed: {describe(exc)}"
+                    bad.append(BadLine(index, line, reason))
+                    continue
+                headers = {k: v for k, v in (message.headers or {}).items()
+                           if k != COUNT_HEADER}
+                group = groups.setdefault((key, repr(sorted(headers.items()))),
+                                          _Group(key, headers))
+                group.results.append(result)
+            dead += [(topology.dead, dead_letter_line(message, b, "enrich"), key)
+                     for b in bad]
+        outgoing = list(dead)
+        counts = [0] * len(dead)
+        for group in groups.values():
+            for start in range(0, len(group.results), self.per_message):
+                chunk = group.results[start:start + self.per_message]
+                outgoing.append((topology.enriched, batch_message(
+                    [r.model_dump_json().encode() for r in chunk],
+                    message_id=batch_id(r.key for r in chunk), headers=group.headers),
+                    group.routing_key))
+                counts.append(len(chunk))
         outcomes = await self.publish_all(outgoing)
         if self.channel_lost():
             raise self.connection_lost("channel closed while awaiting confirms")
-        failed = [(m, o) for m, o in zip(batch, outcomes, strict=True) if o is not None]
+        failed = [o for o in outcomes if o is not None]
         try:
             if not failed:
                 await batch[-1].ack(multiple=True)  # one frame: the batch is all of it
             else:
-                for message, outcome in zip(batch, outcomes, strict=True):
-                    if outcome is None:
-                        await message.ack()
-                    else:
-                        await message.nack(requeue=True)
+                await batch[-1].nack(multiple=True, requeue=True)
         except CONNECTION_ERRORS as exc:
             raise self.connection_lost(f"ack failed: {describe(exc)}") from None
-        for (exchange, _, _), outcome in zip(outgoing, outcomes, strict=True):
-            if outcome is None and exchange is topology.dead:
-                self.dead_lettered += 1
-            elif outcome is None:
-                self.enriched += 1
         if failed:
-            self.requeued += len(failed)
-            log.warning("enrich: %d publish(es) refused (%s); raw messages requeued",
-                        len(failed), describe(failed[0][1]))
+            self.requeued += len(batch)
+            log.warning("enrich: %d of %d publish(es) refused (%s); the batch is requeued",
+                        len(failed), len(outgoing), describe(failed[0]))
+            return
+        self.dead_lettered += len(dead)
+        self.enriched += sum(counts)
+
+
+class _Group:
+    """Enriched results that leave under one routing key and one set of headers."""
+
+    __slots__ = ("headers", "results", "routing_key")
+
+    def __init__(self, routing_key: str, headers: dict[str, aio_pika.abc.FieldValue]) -> None:
+        self.routing_key = routing_key
+        self.headers = headers
+        self.results: list[ScanResult] = []
 
 
 def _enrichment_errors() -> tuple[type[Exception], ...]:

@@ -24,7 +24,7 @@ import contextlib
 import logging
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 
 import aio_pika
@@ -36,12 +36,21 @@ import yarl
 
 from brokerscan.model import SCHEMA_VERSION, ScanResult
 from brokerscan.names import Names
+from brokerscan.wire import (
+    BATCH_CONTENT_TYPE,
+    COUNT_HEADER,
+    SINGLE_CONTENT_TYPE,
+    message_lines,
+    result_count,
+)
 
 __all__ = [
     "ERROR_HEADER",
     "ROUTING_KEY_HEADER",
     "STAGE_HEADER",
+    "BadLine",
     "DeadLetter",
+    "GoodLine",
     "InvalidResult",
     "QueueDepth",
     "StreamConsumer",
@@ -49,9 +58,13 @@ __all__ = [
     "StreamStatus",
     "StreamTopology",
     "dead_letter",
+    "dead_letter_line",
     "declare_stream",
     "describe",
+    "parse_line",
     "parse_result",
+    "parse_results",
+    "parse_results_yielding",
     "redact",
     "stream_status",
 ]
@@ -111,17 +124,22 @@ def _one_line(text: str) -> str:
 
 
 def parse_result(message: aio_pika.abc.AbstractMessage) -> ScanResult:
-    """Validate a message body as a :class:`ScanResult` of a schema version we know.
+    """Validate a single-result message body as a :class:`ScanResult` we understand.
 
     :raises InvalidResult: with the one-line reason (unknown schema version, bad JSON, or
         the first validation error and how many there were).
     """
-    header = (message.headers or {}).get("schema_version")
-    if header is not None and header != SCHEMA_VERSION:
-        raise InvalidResult(f"unknown schema_version {header!r} (this brokerscan reads "
-                            f"{SCHEMA_VERSION})")
+    _check_schema_header(message)
+    return parse_line(message.body)
+
+
+def parse_line(body: bytes) -> ScanResult:
+    """Validate one JSON document as a :class:`ScanResult`.
+
+    :raises InvalidResult: with the one-line reason.
+    """
     try:
-        return ScanResult.model_validate_json(message.body)
+        return ScanResult.model_validate_json(body)
     except pydantic.ValidationError as exc:
         errors = exc.errors(include_url=False)
         first = errors[0]
@@ -134,6 +152,85 @@ def parse_result(message: aio_pika.abc.AbstractMessage) -> ScanResult:
         raise InvalidResult(_one_line(reason) + more) from None
 
 
+def _check_schema_header(message: aio_pika.abc.AbstractMessage) -> None:
+    header = (message.headers or {}).get("schema_version")
+    if header is not None and header != SCHEMA_VERSION:
+        raise InvalidResult(f"unknown schema_version {header!r} (this brokerscan reads "
+                            f"{SCHEMA_VERSION})")
+
+
+@dataclass(frozen=True, slots=True)
+class BadLine:
+    """A result document of a message that failed validation: its index in the message,
+    its bytes, and the one-line reason."""
+
+    index: int
+    line: bytes
+    reason: str
+
+
+#: A valid result of a message: its index in the message, its bytes, the result.
+GoodLine = tuple[int, bytes, ScanResult]
+
+
+def parse_results(message: aio_pika.abc.AbstractMessage,
+                  ) -> tuple[list[GoodLine], list[BadLine]]:
+    """Every result a message carries (:func:`brokerscan.wire.message_lines`), validated.
+
+    :returns: the valid results in order, and the lines that failed with their reasons
+        (a message whose ``schema_version`` header is unknown fails as a whole: every line;
+        a message without any result is one bad line, its whole body).
+    """
+    return _finish(_parsing(message, every=0))
+
+
+async def parse_results_yielding(message: aio_pika.abc.AbstractMessage, every: int = 64,
+                                 ) -> tuple[list[GoodLine], list[BadLine]]:
+    """:func:`parse_results`, yielding to the event loop every *every* results (so that
+    other work of the loop, such as a database write in flight, keeps moving)."""
+    steps = _parsing(message, every)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        await asyncio.sleep(0)
+
+
+_Parsed = tuple[list[GoodLine], list[BadLine]]
+
+
+def _parsing(message: aio_pika.abc.AbstractMessage, every: int,
+             ) -> Generator[None, None, _Parsed]:
+    """Parse every result of *message*, pausing (a bare ``yield``) every *every* lines
+    (never if 0); the generator's return value is :func:`parse_results`' answer."""
+    lines = message_lines(message)
+    if not lines:
+        return [], [BadLine(0, message.body, "empty message: no result in it")]
+    try:
+        _check_schema_header(message)
+    except InvalidResult as exc:
+        return [], [BadLine(i, line, str(exc)) for i, line in enumerate(lines)]
+    good: list[GoodLine] = []
+    bad: list[BadLine] = []
+    for index, line in enumerate(lines):
+        if every and index and not index % every:
+            yield
+        try:
+            good.append((index, line, parse_line(line)))
+        except InvalidResult as exc:
+            bad.append(BadLine(index, line, str(exc)))
+    return good, bad
+
+
+def _finish(steps: Generator[None, None, _Parsed]) -> _Parsed:
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+
 def dead_letter(message: aio_pika.abc.AbstractIncomingMessage, reason: str,
                 stage: str) -> aio_pika.Message:
     """The dead letter of ``message``: same body, id and headers, plus the reason."""
@@ -144,6 +241,27 @@ def dead_letter(message: aio_pika.abc.AbstractIncomingMessage, reason: str,
     return aio_pika.Message(
         message.body, content_type=message.content_type,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT, message_id=message.message_id,
+        headers=headers, app_id="brokerscan")
+
+
+def dead_letter_line(message: aio_pika.abc.AbstractIncomingMessage, bad: BadLine,
+                     stage: str) -> aio_pika.Message:
+    """The dead letter of one result of a message: that result's bytes alone (one
+    ``application/json`` document), the message's headers and reason as in
+    :func:`dead_letter`, message id ``<message id>#<index>`` when the message was a batch.
+    """
+    headers: dict[str, aio_pika.abc.FieldValue] = dict(message.headers or {})
+    headers.pop(COUNT_HEADER, None)
+    headers[ERROR_HEADER] = _one_line(bad.reason)
+    headers[STAGE_HEADER] = stage
+    headers[ROUTING_KEY_HEADER] = message.routing_key or ""
+    single = message.content_type != BATCH_CONTENT_TYPE
+    message_id = message.message_id
+    if not single:
+        message_id = f"{message_id or ''}#{bad.index}"
+    return aio_pika.Message(
+        bad.line, content_type=message.content_type if single else SINGLE_CONTENT_TYPE,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT, message_id=message_id,
         headers=headers, app_id="brokerscan")
 
 
@@ -281,7 +399,10 @@ class StreamConsumer(ABC):
     """Consume one queue of the stream in batches, reconnecting for ever.
 
     Subclasses implement :meth:`handle` (ack what they finished; raise or return without
-    acking what they did not) and may override :meth:`collect_window`.
+    acking what they did not) and may override :meth:`collect_window`. A subclass whose
+    ``handle`` leaves work running when it returns (the store writer's pipelined write)
+    overrides :meth:`drain`, :meth:`abandon` and :meth:`raise_failed`, and calls
+    :meth:`wake` when that work fails.
 
     :param url: AMQP URL of the results broker.
     :param names: the deployment's names.
@@ -310,6 +431,23 @@ class StreamConsumer(ABC):
     def collect_window(self) -> float:
         """Seconds to wait for more messages after the first of a batch."""
         return 0.0
+
+    async def drain(self) -> None:
+        """Finish work :meth:`handle` left running (called when the loop stops)."""
+        return None
+
+    def abandon(self) -> None:
+        """Drop work :meth:`handle` left running (the session ended in an error)."""
+        return None
+
+    def raise_failed(self) -> None:
+        """Raise the error of work :meth:`handle` left running, if it failed."""
+        return None
+
+    def wake(self) -> None:
+        """Make the loop look up from waiting for messages (to call :meth:`raise_failed`)."""
+        if self._inbox is not None:
+            self._inbox.put_nowait(None)
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish the batch in hand and return (signal-handler safe)."""
@@ -380,11 +518,14 @@ class StreamConsumer(ABC):
                      self.prefetch)
             while not self.stopping:
                 batch = await self._collect(inbox)
+                self.raise_failed()
                 if channel.is_closed:
                     raise _ConnectionLost("channel closed")
                 if batch:
                     await self.handle(batch)
+            await self.drain()
         finally:
+            self.abandon()
             self._inbox = self._channel = None
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2.0):
@@ -396,9 +537,10 @@ class StreamConsumer(ABC):
         if first is None:
             return []
         batch = [first]
+        size = result_count(first)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.collect_window()
-        while len(batch) < self.batch_size:
+        while size < self.batch_size:
             try:
                 item = inbox.get_nowait()
             except asyncio.QueueEmpty:
@@ -414,7 +556,8 @@ class StreamConsumer(ABC):
                 inbox.put_nowait(None)
                 break
             batch.append(item)
-        self.consumed += len(batch)
+            size += result_count(item)
+        self.consumed += size
         return batch
 
     def channel_lost(self) -> bool:

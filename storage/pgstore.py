@@ -20,8 +20,11 @@ Partitions a write needs are made first, in their own short transaction
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Final
 
@@ -37,7 +40,7 @@ from storage.queries import (
     next_cursor,
     sort_counts,
 )
-from storage.rows import COLUMNS, day_of, observation_row
+from storage.rows import COLUMNS, observation_row
 from storage.store import Service, StoreError
 
 __all__ = ["PG", "PgStore"]
@@ -99,17 +102,33 @@ SELECT count(*) FROM ins
 _MERGE: Final = _merge_sql()
 
 
-def _rounds(results: Sequence[ScanResult]) -> tuple[list[list[tuple[object, ...]]], set[date]]:
+#: Rows mapped between two yields to the event loop in :meth:`PgStore.prepare`.
+_PREPARE_SLICE: Final = 64
+
+
+def _pg_ip(ip: str) -> int | str:
+    """An address for asyncpg's ``inet`` encoder: IPv4 as an integer (encoded without
+    parsing text again), IPv6 as text."""
+    return ip if ":" in ip else int.from_bytes(socket.inet_aton(ip), "big")
+
+
+async def _rounds(results: Sequence[ScanResult], records: Sequence[str] | None,
+                  ) -> tuple[list[list[tuple[object, ...]]], set[date]]:
     """Rows split into rounds where each service occurs once, and the days they need.
 
     Exact duplicates within the batch are dropped here (the database would ignore them).
+    Yields to the event loop every :data:`_PREPARE_SLICE` rows, so that a write in flight
+    keeps moving while the next batch is prepared.
     """
     seen: set[tuple[object, ...]] = set()
     occurrences: dict[tuple[object, ...], int] = {}
     rounds: list[list[tuple[object, ...]]] = []
     days: set[date] = set()
-    for result in results:
-        row = observation_row(result)
+    for position, result in enumerate(results):
+        if position and not position % _PREPARE_SLICE:
+            await asyncio.sleep(0)
+        row = observation_row(result, None if records is None else records[position])
+        row = (row[0], row[1], _pg_ip(row[2]), *row[3:])  # type: ignore[arg-type]
         key = row[:4]
         if key in seen:
             continue
@@ -120,8 +139,14 @@ def _rounds(results: Sequence[ScanResult]) -> tuple[list[list[tuple[object, ...]
         if index == len(rounds):
             rounds.append([])
         rounds[index].append(row)
-        days.add(day_of(result.sweep_started_at))  # type: ignore[arg-type]
+        days.add(row[6])  # type: ignore[arg-type]
     return rounds, days
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    rounds: list[list[tuple[object, ...]]]
+    days: set[date]
 
 
 class PgStore:
@@ -170,7 +195,18 @@ class PgStore:
 
     async def write(self, results: Sequence[ScanResult]) -> int:
         """See :meth:`storage.store.Store.write`."""
-        rounds, days = _rounds(results)
+        return await self.write_prepared(await self.prepare(results))
+
+    async def prepare(self, results: Sequence[ScanResult],
+                      records: Sequence[str] | None = None) -> _Prepared:
+        """See :meth:`storage.store.Store.prepare`."""
+        return _Prepared(*await _rounds(results, records))
+
+    async def write_prepared(self, prepared: object) -> int:
+        """See :meth:`storage.store.Store.write_prepared`."""
+        if not isinstance(prepared, _Prepared):
+            raise TypeError("write_prepared() takes what this store's prepare() returned")
+        rounds, days = prepared.rounds, prepared.days
         if not rounds:
             return 0
         await self._need_days(days)

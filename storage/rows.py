@@ -20,8 +20,9 @@ is one host in every backend.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Final
 
 from brokerscan.model import ScanResult
@@ -31,6 +32,7 @@ __all__ = [
     "SERVICE_KEY",
     "TIME_FORMAT",
     "as_utc",
+    "canonical_ip",
     "check_writable",
     "day_of",
     "dimension_values",
@@ -78,11 +80,16 @@ SERVICE_KEY: Final = ("ip", "port", "transport")
 TIME_FORMAT: Final = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 _Row = tuple[object, ...]
+_ZERO: Final = timedelta(0)
 
 
 def as_utc(moment: datetime) -> datetime:
-    """The same instant in UTC; a naive datetime is taken to be UTC already."""
-    if moment.tzinfo is None:
+    """The same instant in UTC; a naive datetime is taken to be UTC already (one already
+    at offset zero is returned as it is)."""
+    zone = moment.tzinfo
+    if zone is UTC or (zone is not None and zone.utcoffset(moment) == _ZERO):
+        return moment
+    if zone is None:
         return moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC)
 
@@ -134,28 +141,46 @@ def dimension_values(result: ScanResult) -> dict[str, object]:
     }
 
 
-def observation_row(result: ScanResult) -> _Row:
+def canonical_ip(text: str) -> str:
+    """*text* as the canonical address text (what PostgreSQL's ``inet`` prints).
+
+    :raises ValueError: not an IPv4 or IPv6 address
+    """
+    try:  # the common case, cheaply: dotted-quad IPv4 already canonical
+        if socket.inet_ntoa(socket.inet_aton(text)) == text:
+            return text
+    except OSError:
+        pass
+    return str(ipaddress.ip_address(text))
+
+
+def observation_row(result: ScanResult, record: str | None = None) -> _Row:
     """The row of *result* in ``observations``, in :data:`COLUMNS` order.
 
-    :raises ValueError: the result has no ``sweep_id`` or ``sweep_started_at``
+    :param record: ``result.to_json()`` when the caller already has it (the stream carries
+        exactly that text from the enrichment worker); computed when None.
+    :raises ValueError: the result has no ``sweep_id`` or ``sweep_started_at``, or its
+        ``ip`` is not an address
     """
     sweep_id, started = check_writable(result)
-    dims = dimension_values(result)
-    mqtt, amqp, tls = result.mqtt, result.amqp, result.tls
+    started = as_utc(started)
+    mqtt, amqp, tls, asn = result.mqtt, result.amqp, result.tls, result.asn
     props = None if amqp is None else amqp.server_properties
     cert = None if tls is None else tls.certificate
+    transport = result.transport.value
+    protocol = result.protocol
     return (
-        as_utc(started),
+        started,
         sweep_id,
-        str(ipaddress.ip_address(result.ip)),  # canonical text, as PostgreSQL's inet prints
+        canonical_ip(result.ip),
         result.port,
-        result.transport.value,
+        transport,
         as_utc(result.observed_at),
-        dims["day"],
+        started.date(),
         result.status.value,
-        dims["protocol"],
-        dims["tls"],
-        dims["anonymous"],
+        None if protocol is None else protocol.value,
+        transport == "tls",
+        None if mqtt is None else mqtt.anonymous,
         result.duration_ms,
         None if mqtt is None else mqtt.protocol_level,
         None if mqtt is None else mqtt.return_code,
@@ -167,11 +192,11 @@ def observation_row(result: ScanResult) -> _Row:
         None if cert is None else cert.sha256,
         None if cert is None else cert.self_signed,
         None if cert is None else cert.expired,
-        dims["asn"],
-        None if result.asn is None else result.asn.organization,
-        dims["country"],
+        None if asn is None else asn.number,
+        None if asn is None else asn.organization,
+        None if result.geo is None else result.geo.country,
         result.error,
-        result.to_json(),
+        result.to_json() if record is None else record,
     )
 
 

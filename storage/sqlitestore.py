@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -130,6 +131,11 @@ def _new_row(conn: sqlite3.Connection, row: tuple[Any, ...]) -> bool:
     return True
 
 
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    rows: list[tuple[object, ...]]
+
+
 class SqliteStore:
     """The results store in one SQLite file (see the module docstring)."""
 
@@ -183,7 +189,21 @@ class SqliteStore:
 
     async def write(self, results: Sequence[ScanResult]) -> int:
         """See :meth:`storage.store.Store.write`."""
-        rows = [sqlite_row(observation_row(r)) for r in results]
+        return await self.write_prepared(await self.prepare(results))
+
+    async def prepare(self, results: Sequence[ScanResult],
+                      records: Sequence[str] | None = None) -> _Prepared:
+        """See :meth:`storage.store.Store.prepare`."""
+        if records is None:
+            return _Prepared([sqlite_row(observation_row(r)) for r in results])
+        return _Prepared([sqlite_row(observation_row(r, j))
+                          for r, j in zip(results, records, strict=True)])
+
+    async def write_prepared(self, prepared: object) -> int:
+        """See :meth:`storage.store.Store.write_prepared`."""
+        if not isinstance(prepared, _Prepared):
+            raise TypeError("write_prepared() takes what this store's prepare() returned")
+        rows = prepared.rows
         if not rows:
             return 0
         async with self._lock:

@@ -78,6 +78,24 @@ class Store(Protocol):
         """
         ...
 
+    async def prepare(self, results: Sequence[ScanResult],
+                      records: Sequence[str] | None = None) -> object:
+        """The CPU half of :meth:`write`, done ahead: rows for :meth:`write_prepared`.
+
+        ``write(r)`` is ``write_prepared(await prepare(r))``; a caller may prepare the next
+        batch while the database works on the previous one (``prepare`` yields to the
+        event loop now and then, so that the write in flight keeps moving).
+
+        :param records: ``result.to_json()`` of each result, when the caller has that
+            exact text already (saves serialising again); computed when None
+        :raises ValueError: as :meth:`write`
+        """
+        ...
+
+    async def write_prepared(self, prepared: object) -> int:
+        """:meth:`write` of what :meth:`prepare` returned (same promises)."""
+        ...
+
     async def counts(
         self, *, by: Sequence[str], since: datetime | None = None,
         until: datetime | None = None, sweep_id: str | None = None,

@@ -15,10 +15,11 @@ import pytest
 
 from brokerscan.model import ScanResult, Status, Transport
 from brokerscan.settings import Settings
+from brokerscan.wire import BATCH_CONTENT_TYPE, batch_id, batch_message, message_lines
 from enrichment.consumer import EnrichmentWorker
 from enrichment.lookup import Enricher, open_enricher
 from storage.consumer import StoreWriter, is_unreachable
-from storage.deadletter import stream_status
+from storage.deadletter import declare_stream, stream_status
 from storage.migrate import migrate
 from storage.pgstore import PgStore
 from tests.faultproxy import FaultProxy
@@ -106,6 +107,27 @@ async def until_stored(store: PgStore, count: int, limit: float = 60.0) -> None:
         await asyncio.sleep(0.1)
 
 
+async def until_drained(settings: Settings, enrich: EnrichmentWorker, write: StoreWriter,
+                        limit: float = 30.0) -> None:
+    """Until both queues are empty, everything enriched has been written (some enriched
+    results may be written twice: their raw message came back after a lost ack) and
+    nothing moved for three polls."""
+    deadline = asyncio.get_running_loop().time() + limit
+    quiet, last = 0, (-1, -1)
+    while True:
+        status = await stream_status(settings.results_url, settings.names(), peek=0)
+        now = (enrich.consumed, write.consumed)
+        idle = (status.raw.messages, status.enriched.messages) == (0, 0) \
+            and write.written >= enrich.enriched and now == last
+        quiet, last = (quiet + 1 if idle else 0), now
+        if quiet == 3:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"stream not drained: {status}, {enrich.enriched} enriched, "
+                                 f"{write.written} written")
+        await asyncio.sleep(0.1)
+
+
 async def until(test: Callable[[], bool], limit: float = 30.0) -> None:
     deadline = asyncio.get_running_loop().time() + limit
     while not test():
@@ -149,13 +171,58 @@ async def test_enrich_and_store_with_dead_letters(settings: Settings, store: PgS
     assert again.dead.messages == 2
 
 
+async def test_bad_lines_of_a_batch_are_dead_lettered_alone(settings: Settings, store: PgStore,
+                                                            enricher: Enricher) -> None:
+    """One batch message: good results, a line that is not JSON, a line of an unknown
+    schema version, an empty line. Each bad line becomes a dead letter of its own (its
+    bytes, the batch's headers, id ``<batch id>#<index>``); the good results go on, out of
+    the enricher as batch messages."""
+    good = [result(i) for i in range(10)]
+    wrong = json.dumps(result(99).model_dump(mode="json") | {"schema_version": 2}).encode()
+    lines = [r.to_json().encode() for r in good[:4]] + [b"{not json"] + \
+        [r.to_json().encode() for r in good[4:8]] + [wrong] + \
+        [r.to_json().encode() for r in good[8:]]
+    message = batch_message(lines, message_id="batch-1", headers={"shard": 3})
+    message.body = message.body.replace(b"\n{not", b"\n\n{not")  # an empty line, ignored
+    connection = await aio_pika.connect(settings.results_url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        topology = await declare_stream(channel, settings.names())
+        exchange = await channel.get_exchange(settings.names().results_exchange)
+        await exchange.publish(message, "result.none.success", mandatory=True)
+        enrich = EnrichmentWorker(settings, enricher)
+        runner = asyncio.create_task(enrich.run())
+        try:
+            await until(lambda: enrich.enriched == 10 and enrich.dead_lettered == 2)
+        finally:
+            enrich.stop()
+            await runner
+        out = await topology.enriched_queue.get(no_ack=True, timeout=5)
+        assert out.content_type == BATCH_CONTENT_TYPE and out.headers["results"] == 10
+        assert out.headers["shard"] == 3 and out.routing_key == "result.none.success"
+        enriched = [ScanResult.model_validate_json(line) for line in message_lines(out)]
+        assert [r.ip for r in enriched] == [r.ip for r in good]
+        assert all(r.asn is not None and r.asn.reserved for r in enriched)
+        assert out.message_id == batch_id(r.key for r in good)
+    status = await stream_status(settings.results_url, settings.names(), peek=5)
+    letters = {d.message_id: d for d in status.dead_letters}
+    assert set(letters) == {"batch-1#4", "batch-1#9"}
+    assert letters["batch-1#4"].body == b"{not json"
+    assert letters["batch-1#4"].reason is not None and "Invalid JSON" in letters["batch-1#4"].reason
+    assert letters["batch-1#9"].body == wrong
+    assert letters["batch-1#9"].reason == "unknown schema_version 2"
+    assert {d.stage for d in letters.values()} == {"enrich"}
+
+
 async def test_store_down_holds_batch_then_lands(settings: Settings, pg: str,
                                                  enricher: Enricher) -> None:
     proxy = FaultProxy("127.0.0.1", 5432)
     store = await PgStore.open(pg.replace("127.0.0.1:5432", f"{proxy.host}:{proxy.port}"))
-    write = StoreWriter(settings, store, batch_size=100, max_delay=0.05)
+    # Batches of two 50-result messages; in hand at most 4 messages: the batch being
+    # written and the next one, prepared and waiting behind it.
+    write = StoreWriter(settings, store, batch_size=100, max_delay=0.05, prefetch=4)
     await write.check()
-    enrich = EnrichmentWorker(settings, enricher)
+    enrich = EnrichmentWorker(settings, enricher, per_message=50)
     proxy.refuse_new(True)
     proxy.cut()  # PostgreSQL is gone: every write fails to connect
     runners = [asyncio.create_task(enrich.run()), asyncio.create_task(write.run())]
@@ -163,10 +230,10 @@ async def test_store_down_holds_batch_then_lands(settings: Settings, pg: str,
         await publish(settings, [result(i) for i in range(1000)])
         await until(lambda: write.write_failures >= 2)
         assert write.written == 0 and write.failing is not None
-        # Prefetch holds 200; the rest wait, ready, in the enriched queue.
+        # The writer holds 4 messages (200 results); the rest wait, ready, in the queue.
         await until(lambda: enrich.enriched == 1000)
         status = await stream_status(settings.results_url, settings.names(), peek=0)
-        assert status.enriched.messages is not None and status.enriched.messages >= 700
+        assert status.enriched.messages is not None and status.enriched.messages >= 16
         proxy.refuse_new(False)
         await until(lambda: write.written == 1000, limit=60)
     finally:
@@ -228,6 +295,8 @@ async def test_enricher_redelivers_after_connection_loss(settings: Settings, sto
         assert enrich._channel is not None
         await enrich._channel.close()
         await until_stored(store, 2000)
+        # Redelivered raw messages are enriched again: let those duplicates drain too.
+        await until_drained(settings, enrich, write)
     finally:
         enrich.stop()
         write.stop()

@@ -237,7 +237,9 @@ def test_database_unreachable_for_30_seconds(stream: Stream) -> None:
     n = 4000
     with FaultProxy("127.0.0.1", 5432) as proxy:
         stream.store_url = proxy.url("postgresql", "postgres", f"/{stream.database}")
-        stream.start_workers("--batch-size", "200", "--max-delay", "0.1")
+        stream.spawn("enrich", "enrich-worker", "--per-message", "50")
+        stream.spawn("store", "store-worker", "--batch-size", "200", "--max-delay", "0.1",
+                     "--prefetch", "4")
         stream.publish(results(n // 2, stream.started))
         stream.wait("first half", lambda: stream.counts()["rows"] == n // 2)
         proxy.refuse_new(True)
@@ -249,8 +251,9 @@ def test_database_unreachable_for_30_seconds(stream: Stream) -> None:
             depths.append(stream.depths()[1] or 0)
             time.sleep(2)
         assert stream.counts()["rows"] == n // 2  # (read directly, not through the proxy)
-        # Everything past the writer's prefetch waits, ready, in the enriched queue.
-        assert max(depths) >= n // 2 - 2 * 200
+        # Everything past the writer's prefetch (4 messages of at most 50 results) waits,
+        # ready, in the enriched queue.
+        assert max(depths) >= (n // 2) // 50 - 4
         log = stream.log("store", tail=1_000_000)
         assert log.count("database unreachable") == 1, log  # one line per state change
         proxy.refuse_new(False)

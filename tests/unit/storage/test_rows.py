@@ -58,3 +58,34 @@ def test_sqlite_row_turns_times_and_days_into_text() -> None:
     named = dict(zip(rows.COLUMNS, row, strict=True))
     assert named["sweep_started_at"] == "2026-03-01T23:59:59.000000Z"
     assert named["day"] == "2026-03-01"
+
+
+_ADDRESS_TEXT = st.one_of(
+    st.ip_addresses().map(str),
+    st.ip_addresses(v=4).map(lambda a: str(a).replace(".", ".0", 1)),  # a leading zero
+    st.integers(0, 2**32 - 1).map(str),  # "3232235777": inet_aton reads it, ipaddress not
+    st.lists(st.integers(0, 255), min_size=1, max_size=3).map(
+        lambda parts: ".".join(map(str, parts))),  # "127.1" and the like
+    st.text("0123456789abcdefx.: ", max_size=20),
+)
+
+
+@given(_ADDRESS_TEXT)
+def test_canonical_ip_agrees_with_ipaddress(text: str) -> None:
+    """The fast path gives exactly what ``ipaddress`` gives, and refuses what it refuses."""
+    import ipaddress
+
+    try:
+        expected = str(ipaddress.ip_address(text))
+    except ValueError:
+        with pytest.raises(ValueError):
+            rows.canonical_ip(text)
+        return
+    assert rows.canonical_ip(text) == expected
+
+
+def test_a_record_given_is_stored_as_given() -> None:
+    result = make_results(1)[0]
+    row = rows.observation_row(result, record=result.to_json())
+    assert row[rows.COLUMNS.index("record")] == result.to_json()
+    assert rows.observation_row(result, record="{}")[rows.COLUMNS.index("record")] == "{}"

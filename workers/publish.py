@@ -5,20 +5,28 @@ A shard task hands every :class:`~brokerscan.model.ScanResult` to :meth:`ResultP
 its Celery message is acked: ``flush()`` returns only when the broker has confirmed every
 result added so far. :meth:`ResultPublisher.wait_ready` is the engine's backpressure hook.
 
-Messages: persistent, ``content_type`` ``application/json``, body ``result.model_dump_json()``,
-``message_id`` = :func:`message_key` (``"sweep|ip|port"``, so a redelivered shard is
-recognisable downstream), routing key :func:`routing_key` (``result.<protocol|none>.<status>``),
-headers ``schema_version``, ``sweep_id`` and ``shard`` (each left out when unknown).
+Messages (the batch format of :mod:`brokerscan.wire`): persistent, ``content_type``
+``application/x-ndjson``, body one ``result.model_dump_json()`` per line, header ``results``
+= the number of lines, built by :func:`brokerscan.wire.batch_message`. Results are grouped so
+that every message is homogeneous: one routing key :func:`routing_key`
+(``result.<protocol|none>.<status>``), one ``schema_version``, ``sweep_id`` and ``shard``
+(headers; ``sweep_id`` and ``shard`` left out when unknown). A message carries at most
+``results_per_message`` results (and never more than ``batch_size``); its ``message_id`` is
+:func:`brokerscan.wire.batch_id` of the ``(sweep, ip, port)`` keys it carries, so a message
+published again has the same id. With ``results_per_message=1`` every message is a batch of
+one (the same content type: one format for consumers to read, not two). A group goes out when
+it is full, when it has waited ``flush_interval`` seconds, or when somebody flushes.
 
 Delivery (why it is written by hand rather than left to ``connect_robust``): a background task
-takes up to ``batch_size`` buffered results, issues all their publishes at once and awaits the
-confirms together (one-at-a-time confirm waits cost a round trip and an fsync batch each).
-Whatever was not acked in a round -- nacked, returned as unroutable, timed out, or lost with
-the channel or connection -- is published again after a backoff, on a new connection if the
-old one failed. A robust connection restores channels but never replays failed publishes, so
-the retry loop has to be ours anyway. Duplicates are possible (same ``message_id``); losses
-are not: if ``retry_budget`` seconds pass without a single confirm, the publisher fails and
-:meth:`flush`, :meth:`wait_ready` and :meth:`add` raise :class:`PublisherError`.
+takes whole messages, up to ``batch_size`` results in all, issues all their publishes at once
+and awaits the confirms together (one-at-a-time confirm waits cost a round trip and an fsync
+batch each). Whatever was not acked in a round -- nacked, returned as unroutable, timed out,
+or lost with the channel or connection -- is published again after a backoff, on a new
+connection if the old one failed. A robust connection restores channels but never replays
+failed publishes, so the retry loop has to be ours anyway. Duplicates are possible (a whole
+message again, same ``message_id``); losses are not: if ``retry_budget`` seconds pass without
+a single confirm, the publisher fails and :meth:`flush`, :meth:`wait_ready` and :meth:`add`
+raise :class:`PublisherError`.
 """
 
 from __future__ import annotations
@@ -28,7 +36,8 @@ import collections
 import contextlib
 import logging
 import random
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import aio_pika
 import aio_pika.abc
@@ -37,6 +46,7 @@ import yarl
 
 from brokerscan.model import ScanResult
 from brokerscan.names import Names
+from brokerscan.wire import batch_id, batch_message
 
 __all__ = ["PublisherError", "ResultPublisher", "message_key", "routing_key"]
 
@@ -51,7 +61,9 @@ class PublisherError(RuntimeError):
 
 
 def message_key(result: ScanResult) -> str:
-    """The deterministic message id of a result: ``"sweep|ip|port"`` (empty sweep if none).
+    """The deterministic key of a result: ``"sweep|ip|port"`` (empty sweep if none). What
+    consumers and tests count results by; a message's id is
+    :func:`brokerscan.wire.batch_id` of the keys of the results it carries.
 
     :param result: the result to name.
     :returns: the key, identical for every publish of the same observation.
@@ -70,29 +82,50 @@ def routing_key(result: ScanResult) -> str:
     return f"result.{protocol}.{result.status.value}"
 
 
+_GroupKey = tuple[str, int, str | None, int | None]  # routing key, schema, sweep, shard
+
+
+@dataclass(slots=True)
+class _Group:
+    """Results that will share one message, still open for more."""
+
+    routing_key: str
+    headers: dict[str, aio_pika.abc.FieldValue]
+    opened_at: float  # time.monotonic() of its first result
+    lines: list[bytes] = field(default_factory=list)
+    keys: list[tuple[str | None, str, int]] = field(default_factory=list)
+
+
 @dataclass(slots=True)
 class _Outgoing:
+    """A sealed message: published (again) until confirmed."""
+
     message: aio_pika.Message
     routing_key: str
+    results: int
     attempts: int = 0
 
 
 class ResultPublisher:
-    """Buffers results and publishes them in confirmed batches, at least once.
+    """Buffers results and publishes them, many to a message, confirmed, at least once.
 
     Use it from one event loop (the worker process's loop, created after fork); one
     publisher, and one connection, serves many shards.
 
-    Counters (cumulative): ``published`` (publishes issued, retries included), ``confirmed``
-    (results acked by the broker; each result counts once), ``republished`` (publishes that
-    were retries), ``nacked``, ``returned`` and ``timed_out`` (failed rounds by cause, per
-    message) and ``reconnects``.
+    Counters (cumulative), in results: ``added``, ``published`` (retries included),
+    ``republished`` (the retries), ``confirmed`` (acked by the broker; each result counts
+    once). In messages: ``messages`` (publishes issued, retries included), ``nacked``,
+    ``returned`` and ``timed_out`` (failed publishes by cause). And ``reconnects``.
 
     :param url: AMQP URL of the results broker (``Settings.results_url``).
     :param names: names of the deployment; the exchange is ``names.results_exchange``.
-    :param batch_size: publishes issued together before their confirms are awaited.
+    :param batch_size: results per round: a round takes whole messages up to this many
+        results, issues their publishes together and awaits their confirms together. A
+        message never carries more than this many results either.
+    :param results_per_message: the most results one message carries.
     :param max_pending: :meth:`wait_ready` blocks while this many results are unconfirmed.
-    :param flush_interval: seconds a partial batch waits for more results before it goes.
+    :param flush_interval: seconds a partial round (or a message not full) waits for more
+        results before it goes.
     :param retry_budget: seconds of failed rounds and reconnects, without any confirm,
         after which the publisher gives up with :class:`PublisherError`.
     :param confirm_timeout: seconds a round waits for its confirms; after that the
@@ -108,6 +141,7 @@ class ResultPublisher:
         names: Names,
         *,
         batch_size: int = 500,
+        results_per_message: int = 250,
         max_pending: int = 5000,
         flush_interval: float = 0.2,
         retry_budget: float = 60.0,
@@ -115,12 +149,15 @@ class ResultPublisher:
         connect_timeout: float = 10.0,
         declare_queue: bool = True,
     ) -> None:
-        if batch_size < 1 or max_pending < 1:
-            raise ValueError("batch_size and max_pending must be at least 1")
+        if min(batch_size, results_per_message, max_pending) < 1:
+            raise ValueError("batch_size, results_per_message and max_pending must be at "
+                             "least 1")
         self.url = url
         self.exchange_name = names.results_exchange
         self.queue_name = names.results_queue if declare_queue else None
         self.batch_size = batch_size
+        self.results_per_message = results_per_message
+        self._seal_at = min(results_per_message, batch_size)
         self.max_pending = max_pending
         self.flush_interval = flush_interval
         self.retry_budget = retry_budget
@@ -128,9 +165,12 @@ class ResultPublisher:
         self.connect_timeout = connect_timeout
 
         self.added = self.published = self.confirmed = self.republished = 0
-        self.nacked = self.returned = self.timed_out = self.reconnects = 0
+        self.messages = self.nacked = self.returned = self.timed_out = self.reconnects = 0
 
-        self._buffer: collections.deque[_Outgoing] = collections.deque()
+        self._groups: dict[_GroupKey, _Group] = {}  # open, oldest first
+        self._ready: collections.deque[_Outgoing] = collections.deque()  # sealed
+        self._ready_results = 0
+        self._buffered = 0  # results in open groups and sealed messages
         self._inflight = 0
         self._urgent = 0  # callers waiting in flush()/wait_ready(): do not linger
         self._wake = asyncio.Event()
@@ -146,7 +186,7 @@ class ResultPublisher:
     @property
     def pending(self) -> int:
         """Results added but not yet confirmed (buffered plus in flight)."""
-        return len(self._buffer) + self._inflight
+        return self._buffered + self._inflight
 
     @property
     def error(self) -> PublisherError | None:
@@ -187,22 +227,24 @@ class ResultPublisher:
             raise self._error
         if self._closing or self._runner is None:
             raise PublisherError("ResultPublisher.add() outside start()..close()")
-        headers: dict[str, aio_pika.abc.FieldValue] = {"schema_version": result.schema_version}
-        if result.sweep_id is not None:
-            headers["sweep_id"] = result.sweep_id
-        if shard is not None:
-            headers["shard"] = shard
-        message = aio_pika.Message(
-            result.model_dump_json().encode(),
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=message_key(result),
-            headers=headers,
-            app_id="brokerscan",
-        )
-        self._buffer.append(_Outgoing(message, routing_key(result)))
+        rkey = routing_key(result)
+        group_key = (rkey, result.schema_version, result.sweep_id, shard)
+        group = self._groups.get(group_key)
+        if group is None:
+            headers: dict[str, aio_pika.abc.FieldValue] = {
+                "schema_version": result.schema_version}
+            if result.sweep_id is not None:
+                headers["sweep_id"] = result.sweep_id
+            if shard is not None:
+                headers["shard"] = shard
+            group = self._groups[group_key] = _Group(rkey, headers, time.monotonic())
+        group.lines.append(result.model_dump_json().encode())
+        group.keys.append(result.key)
+        self._buffered += 1
         self.added += 1
-        if len(self._buffer) == 1 or len(self._buffer) >= self.batch_size:
+        if len(group.lines) >= self._seal_at:
+            self._seal(group_key)
+        if self._buffered == 1 or self._ready_results >= self.batch_size:
             self._wake.set()
 
     async def wait_ready(self) -> None:
@@ -263,10 +305,11 @@ class ResultPublisher:
     async def _run(self) -> None:
         while True:
             await self._wait_for_work()
-            if not self._buffer:
+            batch = self._take()
+            if not batch:
                 return  # closing
-            count = min(self.batch_size, len(self._buffer))
-            batch = [self._buffer.popleft() for _ in range(count)]
+            count = sum(item.results for item in batch)
+            self._buffered -= count
             self._inflight = count
             try:
                 await self._deliver(batch)
@@ -275,12 +318,12 @@ class ResultPublisher:
                 self._notify()
 
     async def _wait_for_work(self) -> None:
-        while not self._buffer and not self._closing:
+        while not self._buffered and not self._closing:
             self._wake.clear()
             await self._wake.wait()
-        # Let a partial batch fill up for a moment, unless somebody is waiting on us.
+        # Let a partial round fill up for a moment, unless somebody is waiting on us.
         deadline = asyncio.get_running_loop().time() + self.flush_interval
-        while len(self._buffer) < self.batch_size and not (self._urgent or self._closing):
+        while self._ready_results < self.batch_size and not (self._urgent or self._closing):
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 break
@@ -288,6 +331,43 @@ class ResultPublisher:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(remaining):
                     await self._wake.wait()
+
+    def _take(self) -> list[_Outgoing]:
+        """The messages of the next round: whole messages, up to ``batch_size`` results.
+
+        A full round of sealed messages leaves the open groups to fill, except those that
+        have waited ``flush_interval`` already (they go first, so that a rare routing key
+        is not held back by a busy one); a partial round (the wait is over, or somebody
+        flushes) seals and takes every group.
+        """
+        if self._ready_results >= self.batch_size:
+            too_old = time.monotonic() - self.flush_interval
+            for key in [k for k, g in self._groups.items() if g.opened_at <= too_old]:
+                self._seal(key, first=True)
+        else:
+            for key in list(self._groups):
+                self._seal(key)
+        batch: list[_Outgoing] = []
+        count = 0
+        while self._ready and count + self._ready[0].results <= self.batch_size:
+            item = self._ready.popleft()
+            batch.append(item)
+            count += item.results
+        self._ready_results -= count
+        return batch
+
+    def _seal(self, key: _GroupKey, *, first: bool = False) -> None:
+        """Close the open group ``key`` into a message ready to publish (next, if
+        ``first``)."""
+        group = self._groups.pop(key)
+        message = batch_message(group.lines, message_id=batch_id(group.keys),
+                                headers=group.headers)
+        outgoing = _Outgoing(message, group.routing_key, len(group.lines))
+        if first:
+            self._ready.appendleft(outgoing)
+        else:
+            self._ready.append(outgoing)
+        self._ready_results += len(group.lines)
 
     async def _deliver(self, batch: list[_Outgoing]) -> None:
         """Publish ``batch`` until every message is confirmed, or fail the publisher."""
@@ -302,7 +382,8 @@ class ResultPublisher:
                 await self._disconnect()
                 last_error = await self._reconnect(failing_since, last_error)
             failed, last_error_now = await self._round(todo)
-            progress = len(todo) - len(failed)
+            unconfirmed = sum(item.results for item in failed)
+            progress = sum(item.results for item in todo) - unconfirmed
             self.confirmed += progress
             self._inflight -= progress
             self._notify()
@@ -311,7 +392,7 @@ class ResultPublisher:
             last_error = last_error_now
             if progress or failing_since is None:
                 failing_since, attempt = loop.time(), 0
-            self._check_budget(failing_since, len(failed), last_error)
+            self._check_budget(failing_since, unconfirmed, last_error)
             await asyncio.sleep(_backoff(attempt))
             attempt += 1
             todo = failed
@@ -325,9 +406,10 @@ class ResultPublisher:
         assert exchange is not None
         for item in todo:
             if item.attempts:
-                self.republished += 1
+                self.republished += item.results
             item.attempts += 1
-        self.published += len(todo)
+            self.published += item.results
+        self.messages += len(todo)
         loop = asyncio.get_running_loop()
         tasks = [
             loop.create_task(exchange.publish(item.message, item.routing_key, mandatory=True))

@@ -24,6 +24,10 @@ from typing import Any
 import aio_pika
 import asyncpg
 
+from brokerscan.model import ScanResult
+from brokerscan.wire import message_lines
+from workers.publish import message_key
+
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
@@ -173,7 +177,8 @@ class Fleet:
         return asyncio.run(fetch())
 
     def results(self) -> Counter[str]:
-        """Drain the results queue: how many times each message id arrived."""
+        """Drain the results queue: how many times each result arrived, by its key
+        ``"sweep|ip|port"`` (every message unpacked, every line validated)."""
         async def drain() -> Counter[str]:
             seen: Counter[str] = Counter()
             connection = await aio_pika.connect(RABBIT_URL)
@@ -185,6 +190,7 @@ class Fleet:
                     message = await queue.get(no_ack=True, fail=False, timeout=5)
                     if message is None:
                         return seen
-                    seen[str(message.message_id)] += 1
+                    seen.update(message_key(ScanResult.model_validate_json(line))
+                                for line in message_lines(message))
 
         return asyncio.run(drain())

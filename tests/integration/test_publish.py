@@ -1,7 +1,10 @@
 """ResultPublisher against the machine's RabbitMQ, directly and through the fault proxy.
 
 Every test runs in its own namespace, binds its consumer queue (exclusive, so it goes with
-the connection) before publishing, and deletes the durable exchange it declared.
+the connection) before publishing, and deletes the durable exchange it declared. The
+consumer unpacks every batch message (:func:`brokerscan.wire.message_lines`) and checks it
+as it comes (homogeneous routing key and headers, count header, message id); the tests then
+count results by key.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import collections
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from uuid import uuid4
 
@@ -20,6 +24,7 @@ import pytest
 
 from brokerscan.model import Protocol, ScanResult, Status, Transport
 from brokerscan.names import Names
+from brokerscan.wire import BATCH_CONTENT_TYPE, COUNT_HEADER, batch_id, message_lines
 from tests import servers
 from tests.faultproxy import FaultProxy
 from workers.publish import PublisherError, ResultPublisher, message_key, routing_key
@@ -31,11 +36,13 @@ OBSERVED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 _STATUSES = [Status.SUCCESS, Status.CONNECTION_REFUSED, Status.CONNECTION_TIMEOUT]
 
 
-def make_results(count: int, sweep: str = "sweep-1") -> list[ScanResult]:
-    """``count`` distinct results (keys differ in ip/port); data only, never dialled."""
+def make_results(count: int, sweep: str | None = "sweep-1",
+                 statuses: list[Status] = _STATUSES, first: int = 0) -> list[ScanResult]:
+    """``count`` distinct results (keys differ in ip/port, the ``first``-th onwards),
+    statuses in turn; data only, never dialled."""
     out = []
-    for i in range(count):
-        status = _STATUSES[i % 3]
+    for i in range(first, first + count):
+        status = statuses[i % len(statuses)]
         out.append(ScanResult(
             sweep_id=sweep, ip=f"127.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}",
             port=1883 + (i >> 24), transport=Transport.TCP, observed_at=OBSERVED,
@@ -45,16 +52,34 @@ def make_results(count: int, sweep: str = "sweep-1") -> list[ScanResult]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class Received:
+    """One message as the collector saw it, its results parsed."""
+
+    message_id: str
+    routing_key: str
+    headers: dict[str, object]  # all but the count
+    shard: int | None
+    body: bytes
+    results: list[ScanResult]
+
+
 class Collector:
-    """A consumer on its own connection: an exclusive queue bound to the results exchange."""
+    """A consumer on its own connection: an exclusive queue bound to the results exchange.
+
+    Checks every message as it arrives (so a test fails on the first bad one): persistent,
+    the batch content type, one routing key for all its results, headers that match them,
+    the count header equal to the number of lines, and the message id of its keys.
+    """
 
     def __init__(self, channel: aio_pika.abc.AbstractChannel, names: Names) -> None:
         self.channel = channel
         self.names = names
-        self.ids: collections.Counter[str] = collections.Counter()
-        self.first: aio_pika.abc.AbstractIncomingMessage | None = None
+        self.keys: collections.Counter[str] = collections.Counter()
+        self.messages: list[Received] = []
         self.queue: aio_pika.abc.AbstractQueue | None = None
         self.durable = False
+        self.errors: list[str] = []
         self._changed = asyncio.Event()
 
     async def bind(self, pattern: str = "result.#", *, consume: bool = True, durable: bool = False,
@@ -77,21 +102,55 @@ class Collector:
         await self.queue.consume(self._on_message, no_ack=True)
 
     async def _on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        if self.first is None:
-            self.first = message
-        assert message.message_id is not None
-        self.ids[message.message_id] += 1
+        try:
+            received = check_message(message)
+        except AssertionError as exc:  # raised here it would only be logged by aio-pika
+            self.errors.append(f"{message.message_id}: {exc}")
+        else:
+            self.messages.append(received)
+            self.keys.update(message_key(r) for r in received.results)
         self._changed.set()
 
     @property
     def duplicates(self) -> int:
-        return sum(self.ids.values()) - len(self.ids)
+        """Results received more than once (counting every extra copy)."""
+        return sum(self.keys.values()) - len(self.keys)
+
+    def bodies_by_id(self) -> dict[str, set[bytes]]:
+        out: dict[str, set[bytes]] = collections.defaultdict(set)
+        for received in self.messages:
+            out[received.message_id].add(received.body)
+        return out
 
     async def wait_for(self, expected: set[str], timeout: float = 30.0) -> None:  # noqa: ASYNC109
         async with asyncio.timeout(timeout):
-            while not expected <= self.ids.keys():
+            while not expected <= self.keys.keys():
+                assert not self.errors, self.errors[:3]
                 self._changed.clear()
                 await self._changed.wait()
+        assert not self.errors, self.errors[:3]
+
+
+def check_message(message: aio_pika.abc.AbstractIncomingMessage) -> Received:
+    """Unpack one message and check that it is a well-formed, homogeneous batch."""
+    assert message.content_type == BATCH_CONTENT_TYPE
+    assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    assert message.routing_key is not None and message.message_id is not None
+    results = [ScanResult.model_validate_json(line) for line in message_lines(message)]
+    assert results, "an empty batch"
+    assert {routing_key(r) for r in results} == {message.routing_key}
+    headers: dict[str, object] = dict(message.headers or {})
+    assert headers.pop(COUNT_HEADER) == len(results)
+    shard = headers.get("shard")
+    assert shard is None or isinstance(shard, int)
+    sweep = results[0].sweep_id
+    assert all(r.sweep_id == sweep for r in results)
+    assert headers == {"schema_version": 1,
+                       **({} if sweep is None else {"sweep_id": sweep}),
+                       **({} if shard is None else {"shard": shard})}
+    assert message.message_id == batch_id(r.key for r in results)
+    return Received(message.message_id, message.routing_key, headers, shard, message.body,
+                    results)
 
 
 @pytest.fixture
@@ -168,18 +227,105 @@ async def test_every_result_arrives_once_confirmed(collector: Collector, names: 
         assert publisher.pending == 0 and publisher.republished == 0
     finally:
         await publisher.close()
-    expected = {message_key(r) for r in results}
-    await collector.wait_for(expected)
-    assert len(collector.ids) == 20_000 and collector.duplicates == 0
+    await collector.wait_for({message_key(r) for r in results})
+    assert len(collector.keys) == 20_000 and collector.duplicates == 0
+    assert len(collector.messages) == publisher.messages
+    # Three routing keys, at most 250 a message: about 20,000 / 250 messages, not 20,000.
+    assert 80 <= publisher.messages < 200
+    assert max(len(m.results) for m in collector.messages) == 250
+    sent = {message_key(r): r for r in results}
+    for received in collector.messages:
+        assert received.headers == {"schema_version": 1, "sweep_id": "sweep-1", "shard": 7}
+        assert received.shard == 7
+        assert all(sent[message_key(r)] == r for r in received.results)
 
-    first = collector.first
-    assert first is not None and first.message_id is not None
-    sent = next(r for r in results if message_key(r) == first.message_id)
-    assert ScanResult.model_validate_json(first.body) == sent
-    assert first.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
-    assert first.content_type == "application/json"
-    assert first.routing_key == routing_key(sent)
-    assert first.headers == {"schema_version": 1, "sweep_id": "sweep-1", "shard": 7}
+
+async def test_messages_split_by_size_routing_key_sweep_and_shard(
+    collector: Collector, names: Names
+) -> None:
+    """Every message holds one (routing key, sweep, shard) and at most results_per_message
+    results; the same results published again give the same message ids."""
+    await collector.bind()
+    # 3 statuses (two of them share protocol none) x 3 sweeps (one unknown) x 2 shards
+    # (one unknown), 23 results each: ceil(23 / 7) = 4 messages each, 72 in all.
+    groups: dict[tuple[str, str | None, int | None], list[ScanResult]] = {}
+    for sweep in ("sweep-a", "sweep-b", None):
+        for shard in (3, None):
+            for status in _STATUSES:
+                part = make_results(23, sweep=sweep, statuses=[status], first=23 * len(groups))
+                groups[(routing_key(part[0]), sweep, shard)] = part
+    ids_per_run: list[collections.Counter[str]] = []
+    for _ in range(2):
+        seen = len(collector.messages)
+        publisher = ResultPublisher(RABBIT, names, results_per_message=7)
+        await publisher.start()
+        try:
+            for (_, _, shard), part in groups.items():
+                for result in part:
+                    publisher.add(result, shard)
+            await publisher.flush()
+            assert publisher.confirmed == 18 * 23 and publisher.messages == 72
+        finally:
+            await publisher.close()
+        await until(lambda: len(collector.messages) >= seen + 72)  # noqa: B023
+        run = collector.messages[seen:]
+        for received in run:
+            assert 1 <= len(received.results) <= 7
+            sweep = received.results[0].sweep_id
+            group = groups[(received.routing_key, sweep, received.shard)]  # one known group
+            assert {r.key for r in received.results} <= {r.key for r in group}
+        # Each group in order, cut at 7: sizes 7, 7, 7 and 2.
+        for key, group in groups.items():
+            parts = [m.results for m in run
+                     if (m.routing_key, m.results[0].sweep_id, m.shard) == key]
+            assert parts == [group[0:7], group[7:14], group[14:21], group[21:23]]
+        ids_per_run.append(collections.Counter(m.message_id for m in run))
+    assert ids_per_run[0] == ids_per_run[1] and len(ids_per_run[0]) == 72
+    assert sum(collector.keys.values()) == 2 * 18 * 23 and len(collector.keys) == 18 * 23
+
+
+async def test_one_result_per_message_still_works(collector: Collector, names: Names) -> None:
+    await collector.bind()
+    results = make_results(300, sweep=None)
+    publisher = ResultPublisher(RABBIT, names, results_per_message=1)
+    await publisher.start()
+    try:
+        await publish_all(publisher, results, shard=None)
+        assert publisher.confirmed == publisher.messages == 300
+    finally:
+        await publisher.close()
+    await collector.wait_for({message_key(r) for r in results})
+    assert len(collector.messages) == 300 and collector.duplicates == 0
+    first = collector.messages[0]
+    assert first.headers == {"schema_version": 1} and first.shard is None
+    assert first.message_id == f"|{first.results[0].ip}|1883+1|" + first.message_id[-16:]
+
+
+async def test_a_small_group_is_not_held_back_by_a_busy_one(
+    collector: Collector, names: Names
+) -> None:
+    """A result of a rare routing key goes out within about ``flush_interval`` while
+    full messages of another key keep every round busy."""
+    await collector.bind()
+    rare = make_results(1, sweep="rare")[0]
+    busy = make_results(100_000, sweep="busy", statuses=[Status.CONNECTION_REFUSED])
+    publisher = ResultPublisher(RABBIT, names, flush_interval=0.2)
+    await publisher.start()
+    try:
+        publisher.add(rare)
+        started = time.monotonic()
+        behind = 0
+        while message_key(rare) not in collector.keys:
+            assert behind < len(busy), "the rare result went only at the end"
+            await publisher.wait_ready()
+            publisher.add(busy[behind])
+            behind += 1
+        took = time.monotonic() - started
+        await publisher.flush()
+    finally:
+        await publisher.close()
+    assert took < 2.0
+    report(f"a rare result arrived after {took:.2f} s, {behind:,} busy results behind it")
 
 
 async def test_flush_and_wait_ready_block_while_the_broker_is_stalled(
@@ -209,32 +355,48 @@ async def test_flush_and_wait_ready_block_while_the_broker_is_stalled(
     finally:
         await publisher.close()
     await collector.wait_for({message_key(r) for r in results})
+    # batch_size caps a message too: never more than 100 results in one.
+    assert max(len(m.results) for m in collector.messages) == 100
 
 
 async def test_connection_cut_mid_stream_loses_nothing(
     collector: Collector, names: Names, proxy: FaultProxy
 ) -> None:
+    """Three cuts, each with a round in flight: the proxy stalls, a round goes out and
+    waits for its confirms, the connection is reset, the proxy flows again."""
     await collector.bind()
     results = make_results(20_000)
     publisher = ResultPublisher(proxy.url(), names)
     await publisher.start()
     try:
-        sender = asyncio.create_task(publish_all(publisher, results))
-        for threshold in (3_000, 9_000, 15_000):
-            await until(confirmed_at_least(publisher, threshold))
-            assert await asyncio.to_thread(proxy.cut) == 1
-        async with asyncio.timeout(60):
-            await sender
+        for start in range(0, 20_000, 5_000):
+            chunk = results[start:start + 5_000]
+            if start:
+                proxy.stall()
+                issued = publisher.messages
+                for result in chunk[:1_000]:
+                    publisher.add(result)
+                await until(lambda: publisher.messages > issued)  # noqa: B023
+                assert publisher.pending == 1_000
+                assert await asyncio.to_thread(proxy.cut) == 1
+                proxy.resume()
+                chunk = chunk[1_000:]
+            async with asyncio.timeout(60):
+                await publish_all(publisher, chunk)
         assert publisher.confirmed == publisher.added == 20_000
         assert publisher.reconnects == 3 and proxy.accepted == 4
+        assert publisher.republished >= 3 * 500  # at least the round in flight, each time
     finally:
         await publisher.close()
     await collector.wait_for({message_key(r) for r in results})
-    assert len(collector.ids) == 20_000
-    # Every duplicate comes from a republish whose first copy had arrived unconfirmed.
+    assert len(collector.keys) == 20_000
+    # Every duplicate comes from a republish whose first copy had arrived unconfirmed...
     assert collector.duplicates <= publisher.republished
-    report(f"3 cuts in 20,000: republished {publisher.republished}, "
-           f"duplicates delivered {collector.duplicates}, reconnects {publisher.reconnects}")
+    # ...and a message published again is the same message: same id, same body.
+    assert all(len(bodies) == 1 for bodies in collector.bodies_by_id().values())
+    report(f"3 cuts in 20,000: republished {publisher.republished} results in "
+           f"{publisher.messages} messages, duplicates delivered {collector.duplicates}, "
+           f"reconnects {publisher.reconnects}")
 
 
 async def test_stall_beyond_the_retry_budget_fails_flush_clearly(
@@ -256,7 +418,8 @@ async def test_stall_beyond_the_retry_budget_fails_flush_clearly(
             await publisher.wait_ready()
         with pytest.raises(PublisherError):
             publisher.add(make_results(1)[0])
-        assert publisher.confirmed == 0 and publisher.timed_out == 50
+        # 50 results of three routing keys: three messages, each timed out once.
+        assert publisher.confirmed == 0 and publisher.timed_out == publisher.messages == 3
         assert "guest:***@" in str(pytest.raises(PublisherError, publisher.add,
                                                  make_results(1)[0]).value)
     finally:
@@ -266,28 +429,29 @@ async def test_stall_beyond_the_retry_budget_fails_flush_clearly(
 async def test_returned_and_nacked_messages_are_retried(
     collector: Collector, names: Names
 ) -> None:
-    publisher = ResultPublisher(RABBIT, names, batch_size=20, declare_queue=False)
+    publisher = ResultPublisher(RABBIT, names, results_per_message=4, declare_queue=False)
     await publisher.start()  # declares the exchange; nothing is bound to it yet
-    results = make_results(20)
+    results = make_results(24)  # 8 of each routing key: 6 messages of 4
     try:
         for result in results:
             publisher.add(result)
         flusher = asyncio.create_task(publisher.flush())
-        await until(lambda: publisher.returned >= 20)
-        assert not flusher.done()
+        await until(lambda: publisher.returned >= 6)
+        assert not flusher.done() and publisher.messages % 6 == 0
         # A queue that rejects what it has no room for: the broker nacks those publishes...
         await collector.bind(consume=False,
-                             arguments={"x-max-length": 5, "x-overflow": "reject-publish"})
-        await until(lambda: publisher.nacked >= 15)
-        assert not flusher.done() and publisher.confirmed == 5
+                             arguments={"x-max-length": 2, "x-overflow": "reject-publish"})
+        await until(lambda: publisher.nacked >= 4)
+        assert not flusher.done() and publisher.confirmed == 8  # two messages of 4
         await collector.consume()  # ...until a consumer makes room
         async with asyncio.timeout(30):
             await flusher
     finally:
         await publisher.close()
     await collector.wait_for({message_key(r) for r in results})
-    assert publisher.returned >= 20 and publisher.nacked >= 15
-    assert publisher.confirmed == 20 and publisher.republished >= 20
+    assert publisher.returned >= 6 and publisher.nacked >= 4
+    assert publisher.confirmed == 24 and publisher.republished >= 24
+    assert max(len(m.results) for m in collector.messages) == 4
 
 
 async def test_unreachable_broker_at_start_is_one_clear_error(names: Names) -> None:
@@ -297,34 +461,3 @@ async def test_unreachable_broker_at_start_is_one_clear_error(names: Names) -> N
     with pytest.raises(PublisherError, match=r"cannot open the results exchange") as info:
         await publisher.start()
     assert "secret" not in str(info.value)
-
-
-@pytest.mark.parametrize("durable", [False, True], ids=["transient-queue", "durable-queue"])
-async def test_throughput_batched_vs_one_by_one(
-    collector: Collector, names: Names, durable: bool
-) -> None:
-    """Measured, not asserted: confirms awaited per batch of 500 vs one at a time.
-
-    With a durable queue the broker confirms a persistent message only after writing it to
-    disk, as in production; with a transient one it confirms on routing.
-    """
-    await collector.bind(durable=durable)
-    figures = {}
-    runs: tuple[tuple[str, int, int, float], ...] = (
-        ("batched (500)", 20_000, 500, 0.2), ("one-by-one", 2_000, 1, 0.0))
-    for label, count, batch_size, interval in runs:
-        results = make_results(count, sweep=f"bench-{label}")
-        publisher = ResultPublisher(RABBIT, names, batch_size=batch_size,
-                                    flush_interval=interval)
-        await publisher.start()
-        try:
-            started = time.perf_counter()
-            await publish_all(publisher, results)
-            figures[label] = count / (time.perf_counter() - started)
-        finally:
-            await publisher.close()
-        await collector.wait_for({message_key(r) for r in results}, timeout=60)
-    queue = "durable" if durable else "transient"
-    report(f"{queue} queue: "
-           + ", ".join(f"{label}: {rate:,.0f} results/s" for label, rate in figures.items())
-           + f" (ratio {figures['batched (500)'] / figures['one-by-one']:.1f}x)")

@@ -16,6 +16,11 @@ and cities from the second). A field filled from a later source joins both names
 dates with ``+`` in ``source``/``source_date``. Every source is opened and checked when
 the enricher is made, so a missing or corrupt file fails at start-up.
 
+Answers are frozen models, and making one costs more than finding it, so sources keep the
+models they made (``builtin:`` its AS answer per network, ``mmdb:`` what each record says)
+and the enricher its merged geo answers, each memo bounded (about 130 MB in all when
+full); :mod:`enrichment.mmdb` says what a City file behind ``builtin:`` costs.
+
 Addresses in IANA special-purpose space (loopback, RFC 1918, CGNAT, link-local,
 documentation, multicast, class E, ...) get ``reserved=True`` answers whose ``network``
 is the reserved block; no source is consulted for them.
@@ -26,6 +31,7 @@ from __future__ import annotations
 import bisect
 import functools
 from array import array
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final, TypeVar
@@ -38,10 +44,14 @@ from enrichment.sources import (
     RESERVED,
     AddressError,
     EnrichmentError,
+    GeoValues,
     Source,
     Tables,
     TableSource,
+    ValuesSource,
     ip_to_int,
+    remember,
+    shareable,
     tables_from_csv,
 )
 
@@ -60,6 +70,9 @@ RESERVED_SOURCE: Final = "iana-special-purpose"
 RESERVED_DATE: Final = "2026-11-25"  # when RESERVED was last checked against the registry
 
 _Info = TypeVar("_Info", AsnInfo, GeoInfo)
+# _fill's key and fields, for each kind of answer
+_ASN_FILL: Final = ("number", ("organization", "network"))
+_GEO_FILL: Final = ("country", ("city", "latitude", "longitude"))
 
 
 def _reserved_table() -> tuple[array[int], array[int], list[str]]:
@@ -110,6 +123,15 @@ class Enricher:
         self._single = first if len(self.sources) == 1 else None
         self._no_asn = AsnInfo(source=first.name, source_date=first.date)
         self._no_geo = GeoInfo(source=first.name, source_date=first.date)
+        # Sources that answer geo with values (ValuesSource) are merged from those.
+        self._plan: tuple[tuple[Source, ValuesSource | None], ...] = tuple(
+            (source, source if isinstance(source, ValuesSource) else None)
+            for source in self.sources)
+        # Merged geo answers by the identity of the earlier answer and the values merged
+        # into it. An entry keeps that answer, so while it lives no other object can
+        # have its id; the earlier answers are few (one per country for builtin:).
+        self._merged: OrderedDict[tuple[int, GeoValues], tuple[GeoInfo, GeoInfo]] = \
+            OrderedDict()
 
     def lookup(self, ip: str | int) -> tuple[AsnInfo, GeoInfo]:
         """ASN and geolocation for one IPv4 address.
@@ -132,11 +154,30 @@ class Enricher:
             asn, geo = self._single.lookup(n)
         else:
             asn = geo = None
-            for source in self.sources:
-                more_asn, more_geo = source.lookup(n)
-                asn = _fill(asn, more_asn, "number", ("organization", "network"))
-                geo = _fill(geo, more_geo, "country", ("city", "latitude", "longitude"))
+            for source, by_values in self._plan:
+                if by_values is not None and geo is not None:
+                    more_asn, values = by_values.lookup_values(n)
+                    if values is not None and values[0] == geo.country:
+                        geo = self._fill_geo(geo, values, by_values)
+                else:
+                    more_asn, more_geo = source.lookup(n)
+                    if more_geo is not None:
+                        geo = more_geo if geo is None else _fill(geo, more_geo, *_GEO_FILL)
+                if more_asn is not None:
+                    asn = more_asn if asn is None else _fill(asn, more_asn, *_ASN_FILL)
         return asn or self._no_asn, geo or self._no_geo
+
+    def _fill_geo(self, geo: GeoInfo, values: GeoValues, source: ValuesSource) -> GeoInfo:
+        """:func:`_fill` of ``geo`` from ``source``'s answer with ``values``, remembered
+        (see ``_merged``): the same answer, without making ``source``'s model each time."""
+        key = (id(geo), values)
+        hit = self._merged.get(key)
+        if hit is not None:
+            return hit[1]
+        merged = _fill(geo, source.geo_of(values), *_GEO_FILL) or geo
+        if shareable(values):
+            remember(self._merged, key, (geo, merged))
+        return merged
 
     @staticmethod
     @functools.lru_cache(maxsize=len(RESERVED))

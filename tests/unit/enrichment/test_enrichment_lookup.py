@@ -7,6 +7,7 @@ The known answers were checked in both the shipped data (ip-location-db) and Geo
 from __future__ import annotations
 
 import ipaddress
+from collections import OrderedDict
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,7 +17,13 @@ from hypothesis import strategies as st
 
 from brokerscan.model import AsnInfo, GeoInfo, ScanResult, Status, Transport
 from enrichment.lookup import BUILTIN_PATH, RESERVED_SOURCE, Enricher, open_enricher
-from enrichment.sources import RESERVED, EnrichmentError
+from enrichment.sources import (
+    MEMO_SIZE,
+    RESERVED,
+    EnrichmentError,
+    TableSource,
+    remember,
+)
 
 BUILTIN = open_enricher(["builtin:"])
 
@@ -98,6 +105,27 @@ def test_any_address_looks_up(n: int) -> None:
     assert GeoInfo.model_validate(geo.model_dump()) == geo
     if asn.network is not None:
         assert ipaddress.IPv4Address(n) in ipaddress.IPv4Network(asn.network)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(min_value=0, max_value=2**32 - 1))
+def test_remembered_as_answers_are_the_answers_for_the_address(n: int) -> None:
+    """The shared source has answered many neighbours before; a new one has not."""
+    warm: TableSource = BUILTIN.sources[0]  # type: ignore[assignment]
+    for near in (n ^ 1, n ^ 0xFF, n ^ 0xFFFF, n):
+        warm.lookup(near)
+    asn, geo = warm.lookup(n)
+    assert (asn, geo) == TableSource(warm.tables).lookup(n)
+    if asn is not None:
+        assert ipaddress.IPv4Address(n) in ipaddress.IPv4Network(asn.network or "")
+
+
+def test_remember_drops_the_oldest_at_the_bound() -> None:
+    memo: OrderedDict[int, str] = OrderedDict()
+    for key in range(MEMO_SIZE + 10):
+        assert remember(memo, key, str(key)) == str(key)
+    assert len(memo) == MEMO_SIZE
+    assert next(iter(memo)) == 10 and memo[MEMO_SIZE + 9] == str(MEMO_SIZE + 9)
 
 
 def test_edges_of_the_address_space() -> None:

@@ -2,24 +2,37 @@
 
 1. A fresh database, migrated; the PostgreSQL store opened on it.
 2. Raw: ``copy_records_to_table('observations', ...)`` of prebuilt rows (storage.rows), in
-   batches of ``--batch-size``: the ceiling for this table on this machine.
+   batches of ``--batch-size``, with triggers off for that session
+   (``session_replication_role = replica``), so without the rollup and services upkeep:
+   the ceiling for this table on this machine.
 3. Whole consumer: ``--count`` enriched results pre-filled into the enriched queue
    (persistent, confirmed; batch messages of ``--per-message`` results, as the enrichment
    worker sends them), then a :class:`~storage.consumer.StoreWriter` drains it:
-   RabbitMQ delivery, validation, ``store.write`` (stage COPY + merge + services + rollup,
-   committed), ack after commit. Timed from the first write to the last ack; the steady
-   state rate is taken between 10 % and 100 % written.
+   RabbitMQ delivery, validation, ``store.prepare`` and ``store.write_prepared`` (COPY
+   into observations, the trigger's rollup and services upkeep, commit), ack after
+   commit. Timed from the first write to the last ack; the steady state rate is taken
+   between 10 % and 100 % written.
 
-Usage: ``python -m bench.ingest [--count 100000] [--batch-size 2000]``
+Rounds alternate (raw, then stream, with new rows each time, so the table grows alike for
+both) and the median ratio is reported: this machine is noisy. Each run also reports CPU
+per row, of this process (client) and of its PostgreSQL backends (server, from /proc):
+the CPU ratio (raw CPU a row / stream CPU a row) is what the rows/s ratio comes to when
+the machine gives no second core for the writer and the database to work in parallel.
+
+Usage: ``python -m bench.ingest [--count 60000] [--batch-size 2000] [--rounds 3]``
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import secrets
+import statistics
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import aio_pika
 import asyncpg
@@ -27,6 +40,7 @@ import asyncpg
 from brokerscan.model import AsnInfo, GeoInfo, ScanResult, Status, Transport
 from brokerscan.names import Names
 from brokerscan.settings import Settings
+from brokerscan.streamcli import tune_gc
 from brokerscan.wire import batch_id, batch_message
 from storage.consumer import StoreWriter
 from storage.deadletter import declare_stream
@@ -49,15 +63,53 @@ def make_results(count: int, sweep_id: str, started: datetime) -> list[ScanResul
             for i in range(count)]
 
 
-async def raw_copy(url: str, rows: list[tuple[object, ...]], batch: int) -> float:
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _backend_cpu(pids: set[int]) -> dict[int, float]:
+    """CPU seconds (user + system) each PostgreSQL backend has used, from /proc."""
+    out = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone, or not on this machine
+        out[pid] = (int(fields[11]) + int(fields[12])) / _TICK
+    return out
+
+
+async def _backends(admin: asyncpg.Connection, database: str) -> set[int]:
+    rows = await admin.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1", database)
+    return {r["pid"] for r in rows}
+
+
+@dataclass
+class Run:
+    """One timed run: rows/s, and CPU per row of this process and of the database."""
+
+    rate: float
+    client_us: float
+    server_us: float
+
+
+async def raw_copy(url: str, rows: list[tuple[object, ...]], batch: int) -> Run:
     conn = await asyncpg.connect(url)
     try:
+        # The table's bare cost: without the trigger that keeps the rollup and services
+        # (a superuser setting; this database is the bench's own).
+        await conn.execute("SET session_replication_role = replica")
+        pid = conn.get_server_pid()
+        server = _backend_cpu({pid})
+        client = time.process_time()
         began = time.perf_counter()
         for i in range(0, len(rows), batch):
             async with conn.transaction():
                 await conn.copy_records_to_table("observations", records=rows[i:i + batch],
                                                  columns=COLUMNS)
-        return len(rows) / (time.perf_counter() - began)
+        took = time.perf_counter() - began
+        client = time.process_time() - client
+        used = _backend_cpu({pid}).get(pid, 0.0) - server.get(pid, 0.0)
+        return Run(len(rows) / took, client / len(rows) * 1e6, used / len(rows) * 1e6)
     finally:
         await conn.close()
 
@@ -81,9 +133,15 @@ async def prefill(names: Names, results: list[ScanResult], per_message: int) -> 
                                    for m in messages[i:i + 50]))
 
 
-async def consume(settings: Settings, url: str, count: int, batch: int) -> tuple[float, float]:
+async def consume(settings: Settings, url: str, admin: asyncpg.Connection, database: str,
+                  count: int, batch: int) -> tuple[float, Run]:
+    """Drain the enriched queue through a StoreWriter: overall rows/s, and the steady state
+    (from 10 % written) with CPU per row over the whole drain."""
     store = await open_store(url)
     writer = StoreWriter(settings, store, batch_size=batch, max_delay=0.1)
+    before_pids = await _backends(admin, database)
+    server = _backend_cpu(before_pids)
+    client = time.process_time()
     runner = asyncio.create_task(writer.run())
     marks: list[tuple[float, int]] = []
     try:
@@ -92,20 +150,26 @@ async def consume(settings: Settings, url: str, count: int, batch: int) -> tuple
                 marks.append((time.perf_counter(), writer.written))
             await asyncio.sleep(0.01)
         end = time.perf_counter()
+        client = time.process_time() - client
+        after = _backend_cpu(await _backends(admin, database))
     finally:
         writer.stop()
         await runner
         await store.close()
+    used = sum(cpu - server.get(pid, 0.0) for pid, cpu in after.items())
     first = marks[0]
     steady = next(m for m in marks if m[1] >= count // 10)
     overall = (count - first[1]) / (end - first[0])
-    return overall, (count - steady[1]) / (end - steady[0])
+    rate = (count - steady[1]) / (end - steady[0])
+    return overall, Run(rate, client / count * 1e6, used / count * 1e6)
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=100_000)
+    parser.add_argument("--count", type=int, default=60_000)
     parser.add_argument("--batch-size", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="raw and stream runs, alternating, new rows each time")
     parser.add_argument("--per-message", type=int, default=500,
                         help="results per AMQP message (the enrichment worker's default)")
     args = parser.parse_args()
@@ -119,19 +183,34 @@ async def main() -> None:
         await migrate(url)
         started = datetime.now(UTC).replace(microsecond=0)
         await (await open_store(url)).close()  # premakes today's partition
-        rows = [observation_row(r) for r in make_results(args.count, "bench-raw", started)]
-        raw = await raw_copy(url, rows, args.batch_size)
-        print(f"raw copy_records_to_table  {raw:>10,.0f} rows/s  ({args.count:,} rows, "
-              f"batches of {args.batch_size})")
-        results = make_results(args.count, "bench-stream", started)
-        began = time.perf_counter()
-        await prefill(names, results, args.per_message)
-        print(f"prefill enriched queue     {args.count / (time.perf_counter() - began):>10,.0f}"
-              f" results/s ({args.per_message} per message, publisher confirms)")
-        overall, steady = await consume(settings, url, args.count, args.batch_size)
-        print(f"StoreWriter end to end     {overall:>10,.0f} rows/s overall, {steady:,.0f} "
-              f"rows/s steady (10-100 %)")
-        print(f"ratio (steady / raw COPY)  {steady / raw:>10.2f}x  (target >= 0.5x)")
+        ratios, cpu_ratios = [], []
+        for round_ in range(1, args.rounds + 1):
+            rows = [observation_row(r) for r in
+                    make_results(args.count, f"bench-raw-{round_}", started)]
+            raw = await raw_copy(url, rows, args.batch_size)
+            del rows  # what the writer's process would not hold
+            results = make_results(args.count, f"bench-stream-{round_}", started)
+            began = time.perf_counter()
+            await prefill(names, results, args.per_message)
+            filled = args.count / (time.perf_counter() - began)
+            del results
+            tune_gc()  # as ``brokerscan store-worker`` does once started
+            overall, stream = await consume(settings, url, admin, database, args.count,
+                                            args.batch_size)
+            ratios.append(stream.rate / raw.rate)
+            raw_cpu = raw.client_us + raw.server_us
+            stream_cpu = stream.client_us + stream.server_us
+            cpu_ratios.append(raw_cpu / stream_cpu)
+            print(f"round {round_}: raw COPY {raw.rate:,.0f} rows/s ({raw.client_us:.1f} + "
+                  f"{raw.server_us:.1f} us CPU a row, client + server); StoreWriter "
+                  f"{stream.rate:,.0f} rows/s steady, {overall:,.0f} overall "
+                  f"({stream.client_us:.1f} + {stream.server_us:.1f} us); ratio "
+                  f"{stream.rate / raw.rate:.2f}x, CPU ratio {raw_cpu / stream_cpu:.2f}x "
+                  f"(prefill {filled:,.0f} results/s)")
+        print(f"median ratio (steady rows/s / raw COPY) {statistics.median(ratios):.2f}x, "
+              f"median CPU ratio {statistics.median(cpu_ratios):.2f}x, over {args.rounds} "
+              f"rounds of {args.count:,} rows, batches of {args.batch_size}, "
+              f"{args.per_message} results a message  (target >= 0.5x)")
     finally:
         connection = await aio_pika.connect(RABBIT_URL)
         async with connection:

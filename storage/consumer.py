@@ -186,7 +186,7 @@ class StoreWriter(StreamConsumer):
         records: list[str] | None = []
         dead: Dead = []
         for message in batch:
-            good, bad = await parse_results_yielding(message)
+            good, bad = await parse_results_yielding(message, every=16)
             dead += [(message, b) for b in bad]
             # brokerscan's own messages carry each result as ``to_json()`` made it: stored
             # as it came instead of serialised again.

@@ -26,11 +26,14 @@ if TYPE_CHECKING:
 
     Conn: TypeAlias = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
     Pool: TypeAlias = asyncpg.Pool[asyncpg.Record]
+    PooledConn: TypeAlias = PoolConnectionProxy[asyncpg.Record]
 else:  # asyncpg's classes are not generic at run time
     Conn = asyncpg.Connection | PoolConnectionProxy
     Pool = asyncpg.Pool
+    PooledConn = PoolConnectionProxy
 
-__all__ = ["Conn", "DatabaseError", "MigrationError", "Pool", "connect", "create_pool"]
+__all__ = ["Conn", "DatabaseError", "MigrationError", "Pool", "PooledConn", "connect",
+           "create_pool"]
 
 CONNECT_TIMEOUT = 10.0
 _SCHEMES = ("postgresql", "postgres")

@@ -1,18 +1,25 @@
-"""The PostgreSQL store: binary COPY into a staging table, then one merging statement.
+"""The PostgreSQL store: binary COPY straight into ``observations``; the database keeps the
+rollup and the current view.
 
-A write, in one transaction:
+The rollup and ``services`` are maintained by a statement-level trigger on
+``observations`` (migration 0003) from exactly the rows each INSERT or COPY added (its
+transition table). A write, in one transaction on the store's writer connection (kept out
+of the pool, so a write is begin, copy, commit):
 
-1. ``copy_records_to_table`` into ``observations_stage`` (a temporary table of the
-   connection, emptied at commit);
-2. one statement: ``INSERT INTO observations SELECT ... FROM observations_stage ON
-   CONFLICT DO NOTHING RETURNING ...``, and in data-modifying CTEs over exactly those
-   returned (new) rows, add to ``rollup`` and upsert ``services``.
+1. fast path: ``copy_records_to_table("observations", ...)``; the trigger adds to the
+   rollup and upserts ``services`` from the same rows;
+2. if some observation of the batch is stored already (a redelivery, a re-run shard), that
+   COPY fails on the unique key and the transaction is rolled back; the batch is then
+   merged instead: COPY into ``observations_stage`` (a temporary table of the connection,
+   made once, emptied at commit), then ``INSERT INTO observations SELECT ... FROM
+   observations_stage ON CONFLICT DO NOTHING``, and the trigger sees only the rows that
+   insert really added.
 
-So a redelivered or re-run observation returns nothing from the insert and touches neither
-the rollup nor the current view: the rollup stays exact under duplicates. ``ON CONFLICT DO
-UPDATE`` cannot touch one row twice in a statement, so a batch holding a service twice
-(two sweeps of the same ip, port and transport) is merged in rounds, one occurrence of each
-service per round, in batch order.
+So a redelivered or re-run observation touches neither the rollup nor the current view:
+the rollup stays exact under duplicates. A batch holding a service twice (two sweeps of
+the same ip, port and transport) is one statement too: the trigger upserts services in
+rounds, in the order the observations were made. A failed write terminates the writer
+connection (its state is unknown); the next write opens another.
 
 Partitions a write needs are made first, in their own short transaction
 (:func:`storage.partitions.ensure_partitions`), and remembered for a while.
@@ -21,6 +28,7 @@ Partitions a write needs are made first, in their own short transaction
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import time
 from collections.abc import Mapping, Sequence
@@ -28,9 +36,11 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Final
 
+import asyncpg
+
 from brokerscan.model import ScanResult
 from storage import partitions
-from storage.db import DatabaseError, Pool, create_pool
+from storage.db import DatabaseError, Pool, PooledConn, create_pool
 from storage.queries import (
     Dialect,
     compile_counts,
@@ -51,59 +61,19 @@ _STAGE = "observations_stage"
 _STAGE_DDL = (
     f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (LIKE observations) ON COMMIT DELETE ROWS"
 )
-_ROLLUP_KEY = "day, sweep_id, protocol, port, tls, anonymous, country, asn, status"
-# Service columns taken from the newest observation: (services column, observations column).
-_LATEST = (
-    ("sweep_id", "sweep_id"), ("status", "status"), ("protocol", "protocol"),
-    ("anonymous", "anonymous"), ("product", "amqp_product"), ("cert_sha256", "cert_sha256"),
-    ("country", "country"), ("asn", "asn"), ("latest", "record"),
+_INSERT_NEW: Final = (
+    f"INSERT INTO observations ({', '.join(COLUMNS)}) SELECT {', '.join(COLUMNS)} "
+    f"FROM {_STAGE} ON CONFLICT DO NOTHING"
 )
-_CHANGE = ("protocol", "status", "anonymous", "product", "cert_sha256")
-_NEWER = "excluded.last_seen > s.last_seen"
 
 
-def _merge_sql() -> str:
-    cols = ", ".join(COLUMNS)
-    latest_set = ",\n        ".join(
-        f"{c} = CASE WHEN {_NEWER} THEN excluded.{c} ELSE s.{c} END" for c, _ in _LATEST
-    )
-    old = ", ".join(f"s.{c}" for c in _CHANGE)
-    new = ", ".join(f"excluded.{c}" for c in _CHANGE)
-    return f"""
-WITH ins AS (
-    INSERT INTO observations ({cols}) SELECT {cols} FROM {_STAGE}
-    ON CONFLICT DO NOTHING
-    RETURNING day, sweep_id, protocol, port, tls, anonymous, country, asn, status,
-              ip, transport, observed_at, amqp_product, cert_sha256, record
-), roll AS (
-    INSERT INTO rollup AS r ({_ROLLUP_KEY}, n)
-    SELECT day, sweep_id, coalesce(protocol, ''), port, tls,
-           CASE anonymous WHEN TRUE THEN 1 WHEN FALSE THEN 0 ELSE -1 END,
-           coalesce(country, ''), coalesce(asn, -1), status, count(*)
-    FROM ins GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
-    ON CONFLICT ({_ROLLUP_KEY}) DO UPDATE SET n = r.n + excluded.n
-), svc AS (
-    INSERT INTO services AS s (ip, port, transport, first_seen, last_seen, last_changed,
-                               {", ".join(c for c, _ in _LATEST)})
-    SELECT ip, port, transport, observed_at, observed_at, observed_at,
-           {", ".join(o for _, o in _LATEST)}
-    FROM ins
-    ON CONFLICT (ip, port, transport) DO UPDATE SET
-        first_seen = least(s.first_seen, excluded.first_seen),
-        last_seen = greatest(s.last_seen, excluded.last_seen),
-        last_changed = CASE WHEN {_NEWER} AND ({old}) IS DISTINCT FROM ({new})
-                            THEN excluded.last_seen ELSE s.last_changed END,
-        {latest_set}
-)
-SELECT count(*) FROM ins
-"""
-
-
-_MERGE: Final = _merge_sql()
-
+#: Attempts of a write that PostgreSQL chose as a deadlock victim. Concurrent writers can
+#: deadlock only on batches holding one service twice (the trigger's rounds lock services
+#: rows round by round); the victim's transaction is rolled back whole, so it is retried.
+_DEADLOCK_ATTEMPTS: Final = 5
 
 #: Rows mapped between two yields to the event loop in :meth:`PgStore.prepare`.
-_PREPARE_SLICE: Final = 64
+_PREPARE_SLICE: Final = 16
 
 
 def _pg_ip(ip: str) -> int | str:
@@ -112,40 +82,61 @@ def _pg_ip(ip: str) -> int | str:
     return ip if ":" in ip else int.from_bytes(socket.inet_aton(ip), "big")
 
 
-async def _rounds(results: Sequence[ScanResult], records: Sequence[str] | None,
-                  ) -> tuple[list[list[tuple[object, ...]]], set[date]]:
-    """Rows split into rounds where each service occurs once, and the days they need.
+async def _rows(results: Sequence[ScanResult], records: Sequence[str] | None,
+                ) -> list[tuple[object, ...]]:
+    """The rows of a batch, each observation once (an exact duplicate inside the batch would
+    fail the COPY on the unique key; the database would ignore it anyway).
 
-    Exact duplicates within the batch are dropped here (the database would ignore them).
     Yields to the event loop every :data:`_PREPARE_SLICE` rows, so that a write in flight
     keeps moving while the next batch is prepared.
     """
     seen: set[tuple[object, ...]] = set()
-    occurrences: dict[tuple[object, ...], int] = {}
-    rounds: list[list[tuple[object, ...]]] = []
-    days: set[date] = set()
+    rows: list[tuple[object, ...]] = []
     for position, result in enumerate(results):
         if position and not position % _PREPARE_SLICE:
             await asyncio.sleep(0)
         row = observation_row(result, None if records is None else records[position])
         row = (row[0], row[1], _pg_ip(row[2]), *row[3:])  # type: ignore[arg-type]
         key = row[:4]
-        if key in seen:
-            continue
-        seen.add(key)
-        service = row[2:5]  # (ip, port, transport), the ip canonical
-        index = occurrences.get(service, 0)
-        occurrences[service] = index + 1
-        if index == len(rounds):
-            rounds.append([])
-        rounds[index].append(row)
-        days.add(row[6])  # type: ignore[arg-type]
-    return rounds, days
+        if key not in seen:
+            seen.add(key)
+            rows.append(row)
+    return rows
+
+
+def _usable(conn: PooledConn) -> bool:
+    """False once the connection is closed, or was handed back to the pool (asyncpg does
+    that by itself when the server side goes away)."""
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:
+        return False
+
+
+#: Bytes of COPY data a writer connection may queue before asyncpg waits for the socket.
+_COPY_AHEAD: Final = 64 * 1024 * 1024
+
+
+def _let_copy_run_ahead(conn: PooledConn) -> None:
+    """Raise the writer connection's transport buffer limit (asyncio's default: 64 KiB).
+
+    With the default, ``copy_records_to_table`` stops every 64 KiB until the socket
+    drains, and resumes only when the event loop gets round to it; while the next batch is
+    being prepared on the same loop that is every few hundred microseconds, so a COPY of a
+    few MB crawls. With room for a whole batch, the COPY data is encoded and queued in one
+    go, and PostgreSQL takes it while the loop prepares the next batch. (asyncpg has no
+    public setting for this: reached through its private ``_transport``, skipped if that
+    ever goes away.)
+    """
+    raw = getattr(conn, "_con", conn)
+    transport = getattr(raw, "_transport", None)
+    if isinstance(transport, asyncio.WriteTransport):
+        transport.set_write_buffer_limits(high=_COPY_AHEAD)
 
 
 @dataclass(frozen=True, slots=True)
 class _Prepared:
-    rounds: list[list[tuple[object, ...]]]
+    rows: list[tuple[object, ...]]
     days: set[date]
 
 
@@ -163,6 +154,8 @@ class PgStore:
         self.days_ahead = days_ahead
         self._days: set[date] = set()
         self._days_checked = float("-inf")
+        self._writer: PooledConn | None = None
+        self._writing = asyncio.Lock()  # one write at a time on the writer connection
 
     @classmethod
     async def open(
@@ -200,25 +193,73 @@ class PgStore:
     async def prepare(self, results: Sequence[ScanResult],
                       records: Sequence[str] | None = None) -> _Prepared:
         """See :meth:`storage.store.Store.prepare`."""
-        return _Prepared(*await _rounds(results, records))
+        rows = await _rows(results, records)
+        return _Prepared(rows, {row[6] for row in rows})  # type: ignore[misc]
 
     async def write_prepared(self, prepared: object) -> int:
         """See :meth:`storage.store.Store.write_prepared`."""
         if not isinstance(prepared, _Prepared):
             raise TypeError("write_prepared() takes what this store's prepare() returned")
-        rounds, days = prepared.rounds, prepared.days
-        if not rounds:
+        rows = prepared.rows
+        if not rows:
             return 0
-        await self._need_days(days)
-        new = 0
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(_STAGE_DDL)
-            for index, rows in enumerate(rounds):
-                if index:
-                    await conn.execute(f"DELETE FROM {_STAGE}")
-                await conn.copy_records_to_table(_STAGE, records=rows, columns=COLUMNS)
-                new += int(await conn.fetchval(_MERGE))
-        return new
+        await self._need_days(prepared.days)
+        for attempt in range(1, _DEADLOCK_ATTEMPTS + 1):
+            try:
+                return await self._write_rows(rows)
+            except asyncpg.DeadlockDetectedError:
+                if attempt == _DEADLOCK_ATTEMPTS:
+                    raise
+                await asyncio.sleep(random.uniform(0.01, 0.1) * attempt)
+        raise AssertionError("unreachable")
+
+    async def _write_rows(self, rows: list[tuple[object, ...]]) -> int:
+        async with self._writing:
+            conn = await self._writer_connection()
+            try:
+                try:
+                    async with conn.transaction():
+                        await conn.copy_records_to_table("observations", records=rows,
+                                                         columns=COLUMNS)
+                    return len(rows)
+                except asyncpg.UniqueViolationError:
+                    pass  # some of it is stored already: merge, adding only what is new
+                async with conn.transaction():
+                    await conn.copy_records_to_table(_STAGE, records=rows, columns=COLUMNS)
+                    status = await conn.execute(_INSERT_NEW)  # "INSERT 0 <added>"
+                return int(status.rsplit(" ", 1)[-1])
+            except BaseException:
+                self._drop_writer()  # a fresh connection next time, whatever broke
+                raise
+
+    async def _writer_connection(self) -> PooledConn:
+        """The connection writes go through: kept out of the pool between writes (no reset
+        round trip after each), its staging table made once."""
+        if self._writer is not None and not _usable(self._writer):
+            self._writer = None  # lost with its server; the pool took it back already
+        if self._writer is None:
+            conn = await self.pool.acquire()
+            try:
+                await conn.execute(_STAGE_DDL)
+            except BaseException:
+                await self.pool.release(conn)
+                raise
+            _let_copy_run_ahead(conn)
+            self._writer = conn
+        return self._writer
+
+    def _drop_writer(self) -> None:
+        """Close the writer connection at once (after a failure its state is unknown: an
+        operation may still be in progress, and handing it back to the pool could wait for
+        ever); the pool notices and replaces it."""
+        conn, self._writer = self._writer, None
+        if conn is not None and _usable(conn):
+            conn.terminate()
+
+    async def _release_writer(self) -> None:
+        conn, self._writer = self._writer, None
+        if conn is not None and _usable(conn):
+            await self.pool.release(conn, timeout=5.0)
 
     async def counts(
         self, *, by: Sequence[str], since: datetime | None = None,
@@ -288,4 +329,5 @@ class PgStore:
 
     async def close(self) -> None:
         """Close the pool."""
+        await self._release_writer()
         await self.pool.close()

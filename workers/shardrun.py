@@ -7,9 +7,10 @@ The steps, each idempotent so that a redelivered or retried shard is harmless:
 2. Rebuild the sweep's plan from its spec (cached per sweep) and walk the shard.
 3. Run the engine with the fleet's rate budget (Redis), publishing every result to the
    results exchange (``ResultPublisher``: persistent, confirmed, many results a message,
-   each keyed by (sweep, ip, port), see :mod:`brokerscan.wire`); every half second look at the sweep's control state and flush
-   live counters to Redis; stop early when the sweep is paused or cancelled, or when the
-   shard has run for ``max_seconds`` (the rest of it is handed back).
+   each keyed by (sweep, ip, port), see :mod:`brokerscan.wire`); every half second look
+   at the sweep's control state and flush live counters to Redis; stop early when the
+   sweep is paused or cancelled, or when the shard has run for ``max_seconds`` (the rest
+   of it is handed back).
 4. Wait until every result is confirmed, then ``finish_shard`` (done, or paused /
    pending with the exponent reached), and only then return: the Celery task acks after.
 

@@ -139,15 +139,15 @@ async def test_writer_killed_mid_batch_leaves_nothing(store: PgStore, url: str) 
     try:
         assert (await proc.stdout.readline()).strip() == b"ready"
         pid = None
-        for _ in range(3000):  # until the merging statement runs inside its transaction
+        for _ in range(3000):  # until the COPY (and its trigger) runs in its transaction
             pid = await conn.fetchval(
                 """SELECT pid FROM pg_stat_activity WHERE datname = current_database()
                    AND application_name = 'brokerscan' AND state = 'active'
-                   AND query LIKE '%WITH ins AS%'""")
+                   AND query LIKE 'COPY %observations%'""")
             if pid is not None:
                 break
             await asyncio.sleep(0.005)
-        assert pid is not None, "the writer never reached its merge"
+        assert pid is not None, "the writer never reached its COPY"
         proc.send_signal(signal.SIGKILL)
         await proc.wait()
         assert b"committed" not in await proc.stdout.read()  # killed before the commit

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -233,3 +234,28 @@ async def test_bad_input_is_refused(store: Store) -> None:
     with pytest.raises(ValueError, match="no sweep_id"):
         await store.write([good[0], bad])
     assert await store.counts(by=[]) == [{"count": 0}]
+
+
+async def test_concurrent_writers_with_overlapping_batches_count_once() -> None:
+    """Two PostgreSQL stores (two connections) write overlapping batches at the same time:
+    one of them meets the other's keys (its COPY waits, then fails on the unique key and
+    the batch is merged; a deadlock victim is written again), yet every observation,
+    rollup count and service counts once."""
+    results = make_results(3000, seed=21)
+    async with fresh_database() as url:
+        await migrate.migrate(url)
+        one, two = await PgStore.open(url), await PgStore.open(url)
+        try:
+            batches = [results[i:i + 500] for i in range(0, 3000, 250)]  # each row twice
+            added = await asyncio.gather(*(
+                (one if n % 2 else two).write(batch) for n, batch in enumerate(batches)))
+            assert sum(added) == 3000
+            assert (await one.counts(by=[]))[0]["count"] == 3000
+            assert (await one.counts(by=[], rollup=False))[0]["count"] == 3000
+            assert as_pairs(await one.counts(by=["port", "status"]), ["port", "status"]) == \
+                python_counts(results, ["port", "status"])
+            services, _ = await one.services(limit=5000)
+            assert len(services) == len({(r.ip, r.port, r.transport.value) for r in results})
+        finally:
+            await one.close()
+            await two.close()

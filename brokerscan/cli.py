@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import IO, NoReturn
 
+import asyncpg
 from pydantic import ValidationError
 
 from brokerscan import __version__
@@ -42,6 +43,10 @@ DEFAULT_STORE = "sqlite:///brokerscan.db"  # the embedded store, in the working 
 
 class UsageError(Exception):
     """A mistake in what the user asked for: one line, exit 2."""
+
+
+class StoreFailed(Exception):
+    """The store failed during a scan (a full disk, the database gone): one line, exit 1."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -172,6 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"brokerscan: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except StoreFailed as exc:
+        print(f"brokerscan: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("brokerscan: interrupted", file=sys.stderr)
         return 130
@@ -276,11 +284,19 @@ async def _scan(args: argparse.Namespace, settings: Settings) -> int:
         stats = await run_scan(plan, config, Scope(settings.scope), out,
                                progress=_want_progress(args.progress), enricher=enricher,
                                store=sink)
+    except (StoreError, DatabaseError, asyncpg.PostgresError) as exc:
+        assert sink is not None  # nothing else raises these
+        kept = f"; all {sink.added} are in {args.output}" \
+            if args.output and args.output != "-" else ""
+        why = str(exc) if isinstance(exc, StoreError | DatabaseError) \
+            else f"{type(exc).__name__}: {exc}"
+        raise StoreFailed(f"store: {' '.join(why.split())}; {sink.written} of {sink.added} "
+                          f"results stored (scan {config.sweep_id}){kept}") from None
     finally:
+        if out is not None and out is not sys.stdout:
+            out.close()
         if store is not None:
             await store.close()
-    if out is not None and out is not sys.stdout:
-        out.close()
     _print_report(args.format, stats.report, stats.stats, report_stream)
     if sink is not None:
         print(f"brokerscan: {sink.new} new observations in the store (scan {config.sweep_id})",

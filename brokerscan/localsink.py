@@ -26,6 +26,7 @@ class StoreSink:
         self.batch_size = batch_size
         self.max_buffer = max_buffer
         self.interval = interval
+        self.added = 0
         self.written = 0
         self.new = 0
         self._buffer: list[ScanResult] = []
@@ -39,6 +40,7 @@ class StoreSink:
 
     def add(self, result: ScanResult) -> None:
         self._buffer.append(result)
+        self.added += 1
         if len(self._buffer) >= self.batch_size:
             self._wake.set()
 

@@ -139,8 +139,9 @@ class _Prepared:
 class SqliteStore:
     """The results store in one SQLite file (see the module docstring)."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: str = ":memory:") -> None:
         self._conn = conn
+        self._path = path
         self._lock = asyncio.Lock()
 
     @classmethod
@@ -154,7 +155,7 @@ class SqliteStore:
             conn = await asyncio.to_thread(cls._connect, path)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite store {path}: {exc}") from exc
-        return cls(conn)
+        return cls(conn, path)
 
     @staticmethod
     def _connect(path: str) -> sqlite3.Connection:
@@ -177,14 +178,20 @@ class SqliteStore:
             return await asyncio.to_thread(fetch)
 
     def _write(self, rows: list[tuple[Any, ...]]) -> int:
+        """One transaction; a failure of SQLite itself (a full disk, an I/O error, a
+        locked file) rolls it back and becomes a one-line :class:`StoreError`."""
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            new = sum(_new_row(conn, row) for row in rows)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                new = sum(_new_row(conn, row) for row in rows)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"cannot write to SQLite store {self._path}: {exc}") from exc
         return new
 
     async def write(self, results: Sequence[ScanResult]) -> int:

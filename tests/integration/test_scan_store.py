@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -68,3 +69,28 @@ def test_bad_store_is_one_line(store, needle):
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_a_full_disk_is_one_line_and_the_results_are_in_the_output(tmp_path):
+    """The embedded store on a real, full file system (a 200 KiB tmpfs in a private mount
+    namespace): one line naming the store and saying how much was stored, exit 1, and
+    every result still in the ``-o`` file."""
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.fail("this test needs root and unshare(1) to mount a small tmpfs privately")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    output = tmp_path / "results.jsonl"
+    script = (f"mount -t tmpfs -o size=200k tmpfs {mount} && exec {sys.executable} -m "
+              f"brokerscan.cli scan 127.66.0.0/22 --ports 1883 --allow-reserved --all "
+              f"--progress off --connect-timeout 0.5 --store sqlite:///{mount}/store.db "
+              f"-o {output}")
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True,
+                          text=True, timeout=120,
+                          env={**os.environ, "BROKERSCAN_SCOPE": "127.0.0.0/8"})
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith(f"brokerscan: error: store: cannot write to SQLite store "
+                               f"{mount}/store.db: database or disk is full; ")
+    assert lines[0].endswith(f"; all 1024 are in {output}")
+    assert len(output.read_text().splitlines()) == 1024  # one record per probed port (--all)

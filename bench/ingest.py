@@ -43,7 +43,7 @@ from brokerscan.settings import Settings
 from brokerscan.streamcli import tune_gc
 from brokerscan.wire import batch_id, batch_message
 from storage.consumer import StoreWriter
-from storage.deadletter import declare_stream
+from storage.deadletter import declare_stream, delete_stream
 from storage.migrate import migrate
 from storage.rows import COLUMNS, observation_row
 from storage.store import open_store
@@ -173,6 +173,10 @@ async def main() -> None:
     parser.add_argument("--per-message", type=int, default=500,
                         help="results per AMQP message (the enrichment worker's default)")
     args = parser.parse_args()
+    if args.rounds < 1 or args.count < 100 or not 1 <= args.batch_size <= 32767 \
+            or args.per_message < 1:
+        parser.error("need --rounds >= 1, --count >= 100, --batch-size in 1..32767 and "
+                     "--per-message >= 1")
     database = f"brokerscan_bench_{secrets.token_hex(5)}"
     url = f"postgresql://postgres@127.0.0.1:5432/{database}"
     names = Names(f"b{secrets.token_hex(5)}")
@@ -212,14 +216,7 @@ async def main() -> None:
               f"rounds of {args.count:,} rows, batches of {args.batch_size}, "
               f"{args.per_message} results a message  (target >= 0.5x)")
     finally:
-        connection = await aio_pika.connect(RABBIT_URL)
-        async with connection:
-            channel = await connection.channel()
-            for queue in (names.results_queue, names.enriched_queue, names.dead_letter_queue):
-                await channel.queue_delete(queue)
-            for exchange in (names.results_exchange, names.enriched_exchange,
-                             names.dead_letter_exchange):
-                await channel.exchange_delete(exchange)
+        await delete_stream(RABBIT_URL, names)
         await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         await admin.close()
 

@@ -46,15 +46,13 @@ class _CommandError(Exception):
 def add_commands(sub: Any) -> None:
     """Add ``enrich-worker``, ``store-worker`` and ``stream`` to the top-level parser."""
     enrich = sub.add_parser("enrich-worker", help="enrich raw results (ASN, geolocation)")
-    enrich.add_argument("--prefetch", type=int, default=64,
-                        help="raw messages in hand at once, each a batch of results "
-                             "(default: %(default)s)")
+    store = sub.add_parser("store-worker", help="write enriched results to the store")
+    for worker in (enrich, store):
+        worker.add_argument("--prefetch", type=int, default=64,
+                            help="messages in hand at once, each a batch of results "
+                                 "(default: %(default)s)")
     enrich.add_argument("--per-message", type=int, default=500,
                         help="most results in one enriched message (default: %(default)s)")
-    store = sub.add_parser("store-worker", help="write enriched results to the store")
-    store.add_argument("--prefetch", type=int, default=64,
-                       help="messages in hand at once, each a batch of results "
-                            "(default: %(default)s)")
     store.add_argument("--batch-size", type=int, default=2000,
                        help="results per committed write (default: %(default)s)")
     store.add_argument("--max-delay", type=float, default=0.5,

@@ -92,7 +92,7 @@ class EnrichmentWorker(StreamConsumer):
         groups: dict[tuple[str, str], _Group] = {}
         for message in batch:
             key = message.routing_key or ""
-            good, bad = parse_results(message)
+            good, bad = await parse_results(message)
             for index, line, parsed in good:
                 try:
                     result = self.enricher.enrich(parsed)

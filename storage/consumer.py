@@ -51,7 +51,7 @@ from storage.deadletter import (
     StreamConsumer,
     dead_letter_line,
     describe,
-    parse_results_yielding,
+    parse_results,
 )
 
 __all__ = ["ResultStore", "StoreWriter", "is_unreachable"]
@@ -186,7 +186,7 @@ class StoreWriter(StreamConsumer):
         records: list[str] | None = []
         dead: Dead = []
         for message in batch:
-            good, bad = await parse_results_yielding(message, every=16)
+            good, bad = await parse_results(message, every=16)
             dead += [(message, b) for b in bad]
             # brokerscan's own messages carry each result as ``to_json()`` made it: stored
             # as it came instead of serialised again.

@@ -24,7 +24,7 @@ import contextlib
 import logging
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import aio_pika
@@ -60,11 +60,11 @@ __all__ = [
     "dead_letter",
     "dead_letter_line",
     "declare_stream",
+    "delete_stream",
     "describe",
     "parse_line",
     "parse_result",
     "parse_results",
-    "parse_results_yielding",
     "redact",
     "stream_status",
 ]
@@ -173,37 +173,16 @@ class BadLine:
 GoodLine = tuple[int, bytes, ScanResult]
 
 
-def parse_results(message: aio_pika.abc.AbstractMessage,
-                  ) -> tuple[list[GoodLine], list[BadLine]]:
+async def parse_results(message: aio_pika.abc.AbstractMessage, *, every: int = 0,
+                        ) -> tuple[list[GoodLine], list[BadLine]]:
     """Every result a message carries (:func:`brokerscan.wire.message_lines`), validated.
 
+    :param every: if not 0, yield to the event loop every *every* results (so that other
+        work of the loop, such as a database write in flight, keeps moving).
     :returns: the valid results in order, and the lines that failed with their reasons
         (a message whose ``schema_version`` header is unknown fails as a whole: every line;
         a message without any result is one bad line, its whole body).
     """
-    return _finish(_parsing(message, every=0))
-
-
-async def parse_results_yielding(message: aio_pika.abc.AbstractMessage, every: int = 64,
-                                 ) -> tuple[list[GoodLine], list[BadLine]]:
-    """:func:`parse_results`, yielding to the event loop every *every* results (so that
-    other work of the loop, such as a database write in flight, keeps moving)."""
-    steps = _parsing(message, every)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-        await asyncio.sleep(0)
-
-
-_Parsed = tuple[list[GoodLine], list[BadLine]]
-
-
-def _parsing(message: aio_pika.abc.AbstractMessage, every: int,
-             ) -> Generator[None, None, _Parsed]:
-    """Parse every result of *message*, pausing (a bare ``yield``) every *every* lines
-    (never if 0); the generator's return value is :func:`parse_results`' answer."""
     lines = message_lines(message)
     if not lines:
         return [], [BadLine(0, message.body, "empty message: no result in it")]
@@ -215,20 +194,12 @@ def _parsing(message: aio_pika.abc.AbstractMessage, every: int,
     bad: list[BadLine] = []
     for index, line in enumerate(lines):
         if every and index and not index % every:
-            yield
+            await asyncio.sleep(0)
         try:
             good.append((index, line, parse_line(line)))
         except InvalidResult as exc:
             bad.append(BadLine(index, line, str(exc)))
     return good, bad
-
-
-def _finish(steps: Generator[None, None, _Parsed]) -> _Parsed:
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
 
 
 def dead_letter(message: aio_pika.abc.AbstractIncomingMessage, reason: str,
@@ -291,6 +262,19 @@ async def declare_stream(channel: aio_pika.abc.AbstractChannel, names: Names) ->
     dead_queue = await channel.declare_queue(names.dead_letter_queue, durable=True)
     await dead_queue.bind(dead, "#")
     return StreamTopology(results_queue, enriched, enriched_queue, dead, dead_queue)
+
+
+async def delete_stream(url: str, names: Names) -> None:
+    """Delete every queue and exchange of the results stream of *names* (their messages
+    too): for throwaway namespaces (tests, benchmarks), never a deployment's own."""
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        for queue in (names.results_queue, names.enriched_queue, names.dead_letter_queue):
+            await channel.queue_delete(queue)
+        for exchange in (names.results_exchange, names.enriched_exchange,
+                         names.dead_letter_exchange):
+            await channel.exchange_delete(exchange)
 
 
 # --------------------------------------------------------------------------- status

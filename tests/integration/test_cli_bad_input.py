@@ -1,4 +1,4 @@
-"""Bad input to ``brokerscan scan``: one clear line on stderr, exit 2, nothing scanned.
+"""Bad input to the `brokerscan` commands: one clear line on stderr, exit 2, nothing done.
 
 Each case runs the real command in a child process inside a private network namespace
 with only loopback (``unshare -n``), so even a bug could not send a packet anywhere else.
@@ -55,6 +55,10 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str)
     (["scan", "127.10.0.1", "--allow-reserved", "-o", "/nonexistent/dir/out.jsonl"],
      ["/nonexistent/dir/out.jsonl"]),
     (["frobnicate"], ["frobnicate"]),
+    (["enrich-worker", "--per-message", "0"], ["--per-message"]),
+    (["enrich-worker", "--prefetch", "70000"], ["--prefetch"]),
+    (["store-worker", "--prefetch", "0"], ["--prefetch"]),
+    (["store-worker", "--batch-size", "many"], ["many"]),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, needles):
     assert_one_line_error(run_isolated(*args), *needles)

@@ -19,7 +19,7 @@ from brokerscan.wire import BATCH_CONTENT_TYPE, batch_id, batch_message, message
 from enrichment.consumer import EnrichmentWorker
 from enrichment.lookup import Enricher, open_enricher
 from storage.consumer import StoreWriter, is_unreachable
-from storage.deadletter import declare_stream, stream_status
+from storage.deadletter import declare_stream, delete_stream, stream_status
 from storage.migrate import migrate
 from storage.pgstore import PgStore
 from tests.faultproxy import FaultProxy
@@ -68,15 +68,7 @@ async def settings() -> AsyncIterator[Settings]:
     """A namespace of its own; every queue and exchange of it deleted afterwards."""
     s = Settings(namespace=f"t{secrets.token_hex(5)}", results_url=RABBIT_URL)
     yield s
-    names = s.names()
-    connection = await aio_pika.connect(RABBIT_URL)
-    async with connection:
-        channel = await connection.channel()
-        for queue in (names.results_queue, names.enriched_queue, names.dead_letter_queue):
-            await channel.queue_delete(queue)
-        for exchange in (names.results_exchange, names.enriched_exchange,
-                         names.dead_letter_exchange):
-            await channel.exchange_delete(exchange)
+    await delete_stream(RABBIT_URL, s.names())
 
 
 async def publish(settings: Settings, results: Sequence[ScanResult]) -> None:

@@ -27,7 +27,7 @@ import pytest
 
 from brokerscan.model import ScanResult, Status, Transport
 from brokerscan.names import Names
-from storage.deadletter import stream_status
+from storage.deadletter import delete_stream, stream_status
 from storage.migrate import migrate
 from tests.faultproxy import FaultProxy
 from workers.publish import ResultPublisher
@@ -79,15 +79,7 @@ class Stream:
             self.stop(name)
 
         async def cleanup() -> None:
-            connection = await aio_pika.connect(RABBIT_URL)
-            async with connection:
-                channel = await connection.channel()
-                n = self.names
-                for queue in (n.results_queue, n.enriched_queue, n.dead_letter_queue):
-                    await channel.queue_delete(queue)
-                for exchange in (n.results_exchange, n.enriched_exchange,
-                                 n.dead_letter_exchange):
-                    await channel.exchange_delete(exchange)
+            await delete_stream(RABBIT_URL, self.names)
             admin = await asyncpg.connect(ADMIN_URL)
             try:
                 await admin.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')

@@ -40,10 +40,10 @@ import asyncpg
 from brokerscan.model import AsnInfo, GeoInfo, ScanResult, Status, Transport
 from brokerscan.names import Names
 from brokerscan.settings import Settings
-from brokerscan.streamcli import tune_gc
-from brokerscan.wire import batch_id, batch_message
+from brokerscan.stream.consumer import tune_gc
+from brokerscan.stream.topology import declare_stream, delete_stream
+from brokerscan.stream.wire import batch_id, batch_message
 from storage.consumer import StoreWriter
-from storage.deadletter import declare_stream, delete_stream
 from storage.migrate import migrate
 from storage.rows import COLUMNS, observation_row
 from storage.store import open_store

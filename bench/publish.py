@@ -2,12 +2,13 @@
 
     .venv/bin/python bench/publish.py [--count 50000] [--per-message 1,250] [--rounds 2]
 
-A started :class:`~workers.publish.ResultPublisher` on the local RabbitMQ (127.0.0.1:5672,
-guest) publishes ``--count`` results the way a shard task does (``wait_ready()`` before each
-``add()``, ``flush()`` at the end), for each ``results_per_message`` of ``--per-message``:
-``1`` is the baseline (one AMQP message per result, as before batches), the others batch.
-Everything else is the publisher's defaults, so the raw results queue is durable and
-persistent messages are confirmed only once on disk, as in production.
+A started :class:`~brokerscan.stream.publisher.ResultPublisher` on the local RabbitMQ
+(127.0.0.1:5672, guest) publishes ``--count`` results the way a shard task does
+(``wait_ready()`` before each ``add()``, ``flush()`` at the end), for each
+``results_per_message`` of ``--per-message``: ``1`` is the baseline (one AMQP message per
+result, as before batches), the others batch. Everything else is the publisher's defaults,
+so the raw results queue is durable and persistent messages are confirmed only once on disk,
+as in production.
 
 The results are made before the clock starts, one shard of one sweep, statuses mixed as
 in a sweep where most addresses are silent or closed (60 % connection-timeout, 35 %
@@ -33,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from brokerscan.model import Protocol, ScanResult, Status, Transport
 from brokerscan.names import Names
-from workers.publish import ResultPublisher
+from brokerscan.stream.publisher import ResultPublisher
 
 RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 

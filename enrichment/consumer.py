@@ -1,16 +1,16 @@
 """The enrichment worker: raw results in, results with ASN and geolocation out.
 
 Consumes ``Names.results_queue`` with a prefetch, and for each batch of deliveries (batch
-messages and single-result messages alike, :mod:`brokerscan.wire`):
+messages and single-result messages alike, :mod:`brokerscan.stream.wire`):
 
 1. validates every result as a :class:`~brokerscan.model.ScanResult` (one that fails, or
    comes under a schema version we do not know, becomes a dead letter of its own with the
-   reason, :func:`storage.deadletter.dead_letter_line`);
+   reason, :func:`brokerscan.stream.deadletters.dead_letter_line`);
 2. enriches the valid ones (an :class:`~enrichment.lookup.EnrichmentError` for one result
    also makes a dead letter: that result cannot be enriched, the rest of the stream can);
 3. publishes the enriched results to ``Names.enriched_exchange`` as batch messages
    (persistent; grouped by the routing key and headers they came with, at most
-   ``per_message`` results each, message id :func:`brokerscan.wire.batch_id`) and the dead
+   ``per_message`` results each, message id :func:`brokerscan.stream.wire.batch_id`) and the dead
    letters to ``Names.dead_letter_exchange``, all at once, and awaits the publisher
    confirms together;
 4. acks the whole batch when every publish was confirmed; if any was refused, nacks the
@@ -30,16 +30,12 @@ import aio_pika
 import aio_pika.abc
 
 from brokerscan.model import ScanResult
+from brokerscan.oneline import describe
 from brokerscan.settings import Settings
-from brokerscan.wire import COUNT_HEADER, batch_id, batch_message
-from storage.deadletter import (
-    CONNECTION_ERRORS,
-    BadLine,
-    StreamConsumer,
-    dead_letter_line,
-    describe,
-    parse_results,
-)
+from brokerscan.stream.connection import CONNECTION_ERRORS
+from brokerscan.stream.consumer import StreamConsumer
+from brokerscan.stream.deadletters import BadLine, dead_letter_line, parse_results
+from brokerscan.stream.wire import COUNT_HEADER, batch_id, batch_message
 
 __all__ = ["EnrichmentWorker", "ResultEnricher"]
 

@@ -16,6 +16,9 @@ The compact file (``enrichment/data/ipv4.bin``) is::
 
 :class:`TableSource` answers lookups from a :class:`Tables`, read from that file
 (``builtin:``) or from the raw ip-location-db CSVs (``csv:///path``).
+
+Why one piece: the compact file's format, its reader and writer and the table source
+that answers from it share the :class:`Tables` layout; the format is defined once.
 """
 
 from __future__ import annotations

@@ -15,6 +15,10 @@ in PostgreSQL. Every key comes from :class:`~brokerscan.names.Names`:
     one hash per live worker process, kept alive by :class:`Heartbeat` with a TTL.
 ``scheduler_heartbeat``
     a JSON string with a TTL, refreshed by the dispatch loop.
+
+Why one piece: it is every Redis key of a sweep's live state (counters, control,
+heartbeats) with the Lua scripts that keep them, so that names, TTLs and atomicity are
+checked in one place.
 """
 
 from __future__ import annotations
@@ -141,17 +145,23 @@ async def add_counts(redis: Redis, names: Names, sweep_id: str, *, probes: int, 
 
 
 def probes_per_second(samples: Mapping[int, int], now: int, window: int = 10) -> float | None:
-    """The probe rate from per-second samples: the complete seconds of the last ``window``.
+    """The probe rate from per-second samples: the complete seconds of the last ``window``,
+    from the first of them that has a sample.
+
+    Seconds without probes before that first sample are left out: they are a pause (or the
+    sweep not yet started), and counting them would drag the rate, and so stretch the ETA,
+    for a whole window after a resume. A sweep that probes nothing for a whole window (it
+    is paused) has no rate at all.
 
     :param samples: probes flushed in each unix second.
     :param now: the current unix second (partial, so left out).
-    :returns: probes per second, or ``None`` when no complete second has a sample yet.
+    :returns: probes per second, or ``None`` when no complete second of the window has a
+        sample.
     """
-    if not samples:
+    recent = [s for s, v in samples.items() if now - window <= s < now and v]
+    if not recent:
         return None
-    start = max(now - window, min(samples))
-    if start >= now:
-        return None
+    start = min(recent)
     return sum(v for s, v in samples.items() if start <= s < now) / (now - start)
 
 

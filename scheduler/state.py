@@ -12,6 +12,9 @@ pool). The rules they keep:
 - The counts of a shard (probes, open, hits, statuses) cover exactly the exponents
   ``[first_exponent, position)``: :func:`checkpoint_shard` and :func:`finish_shard` *add*
   what was counted since the previous checkpoint, together with the new position.
+
+Why one piece: every statement on ``sweeps`` and ``sweep_shards``, so that the state
+machine's transitions and the counts they carry are read, and kept consistent, together.
 """
 
 from __future__ import annotations

@@ -55,7 +55,8 @@ class SweepSpec(BaseModel):
     allow_reserved: bool = False
     optout: list[str] = Field(default_factory=list)  # opt-out CIDRs (from files, resolved)
     scope: list[str] = Field(default_factory=lambda: ["0.0.0.0/0"])
-    rate: float = Field(default=10_000.0, gt=0)  # new connections per second, whole fleet
+    # New connections per second for the whole fleet; 0 = no limit.
+    rate: float = Field(default=10_000.0, ge=0)
     seed: int = 0
     shard_size: int = Field(default=DEFAULT_SHARD_SIZE, gt=0)
     shards: int | None = Field(default=None, gt=0, le=MAX_SHARDS)  # per port group
@@ -106,9 +107,10 @@ class SweepPlan:
         return sum(len(g.shards) for g in self.groups)
 
     @property
-    def seconds(self) -> float:
-        """How long the sweep takes at its rate (one connection per target at least)."""
-        return self.targets / self.spec.rate
+    def seconds(self) -> float | None:
+        """How long the sweep takes at its rate (one connection per target at least);
+        ``None`` when the rate is not limited (the fleet's speed decides)."""
+        return self.targets / self.spec.rate if self.spec.rate else None
 
     def shard_ids(self) -> Iterator[tuple[PortGroup, Shard, int]]:
         """Every shard with its group and its sweep-wide index (groups one after another)."""
@@ -189,6 +191,6 @@ def describe_plan(plan: SweepPlan, names: Names) -> dict[str, Any]:
         "shards": plan.shard_count,
         "queues": {g.queue(names): len(g.shards) for g in plan.groups},
         "rate": plan.spec.rate,
-        "seconds": round(plan.seconds, 1),
+        "seconds": None if plan.seconds is None else round(plan.seconds, 1),
         "first_address": format_ip(plan.ips.nth(0)) if plan.ips.size else None,
     }

@@ -1,7 +1,7 @@
 """The storage writer: enriched results from RabbitMQ into the store, acked after commit.
 
 Consumes ``Names.enriched_queue`` (batch messages and single-result messages alike,
-:mod:`brokerscan.wire`) with a prefetch of messages, and for each batch, bounded by
+:mod:`brokerscan.stream.wire`) with a prefetch of messages, and for each batch, bounded by
 ``batch_size`` results and ``max_delay`` seconds after its first message:
 
 1. validates every result; an invalid one becomes a dead letter of its own (confirmed)
@@ -43,16 +43,12 @@ import aio_pika.abc
 import asyncpg
 
 from brokerscan.model import ScanResult
+from brokerscan.oneline import describe
 from brokerscan.settings import Settings
+from brokerscan.stream.connection import CONNECTION_ERRORS
+from brokerscan.stream.consumer import StreamConsumer
+from brokerscan.stream.deadletters import BadLine, dead_letter_line, parse_results
 from storage.db import DatabaseError
-from storage.deadletter import (
-    CONNECTION_ERRORS,
-    BadLine,
-    StreamConsumer,
-    dead_letter_line,
-    describe,
-    parse_results,
-)
 
 __all__ = ["ResultStore", "StoreWriter", "is_unreachable"]
 

@@ -14,37 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 
-# What the storage and state functions accept: a connection, or one taken from a pool.
-if TYPE_CHECKING:
-    from typing import TypeAlias
-
-    Conn: TypeAlias = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
-    Pool: TypeAlias = asyncpg.Pool[asyncpg.Record]
-    PooledConn: TypeAlias = PoolConnectionProxy[asyncpg.Record]
-else:  # asyncpg's classes are not generic at run time
-    Conn = asyncpg.Connection | PoolConnectionProxy
-    Pool = asyncpg.Pool
-    PooledConn = PoolConnectionProxy
+from storage.pgtypes import Conn, DatabaseError, MigrationError, Pool, PooledConn
+from storage.schema import require_current
 
 __all__ = ["Conn", "DatabaseError", "MigrationError", "Pool", "PooledConn", "connect",
            "create_pool"]
 
 CONNECT_TIMEOUT = 10.0
 _SCHEMES = ("postgresql", "postgres")
-
-
-class DatabaseError(Exception):
-    """The database cannot be used; the message is one line meant for the operator."""
-
-
-class MigrationError(DatabaseError):
-    """The schema is not the one this brokerscan needs (or a migration was edited)."""
 
 
 def _where(url: str) -> tuple[str, str, str]:
@@ -139,7 +120,7 @@ async def connect(
         raise _explain(exc, url) from exc
     if check:
         try:
-            await _require_current(conn)
+            await require_current(conn)
         except BaseException:
             await conn.close()
             raise
@@ -179,15 +160,8 @@ async def create_pool(
     if check:
         try:
             async with pool.acquire() as conn:
-                await _require_current(conn)
+                await require_current(conn)
         except BaseException:
             await pool.close()
             raise
     return pool
-
-
-async def _require_current(conn: Conn) -> None:
-    # Imported here because storage.migrate imports this module (for connect and errors).
-    from storage.migrate import require_current
-
-    await require_current(conn)

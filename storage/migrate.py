@@ -16,14 +16,20 @@ was applied anywhere is never edited.
 
 from __future__ import annotations
 
-import hashlib
-import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from functools import lru_cache
-from importlib import resources
+from collections.abc import Sequence
 
-from storage.db import Conn, MigrationError, connect
+from storage.db import connect
+from storage.pgtypes import Conn
+from storage.schema import (
+    Migration,
+    applied_migrations,
+    current_version,
+    latest_version,
+    migration_files,
+    pending,
+    require_current,
+    verify,
+)
 
 __all__ = [
     "LOCK_KEY",
@@ -38,9 +44,6 @@ __all__ = [
 
 #: The advisory lock every migration transaction holds ("brksmigr" as a 64-bit integer).
 LOCK_KEY = int.from_bytes(b"brksmigr", "big")
-PACKAGE = "storage.migrations"
-_FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-
 _CREATE_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
     version    integer     PRIMARY KEY,
@@ -49,104 +52,6 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     checksum   text        NOT NULL
 )
 """
-
-
-@dataclass(frozen=True, slots=True)
-class Migration:
-    """One migration file.
-
-    :ivar version: the number in front of the file name
-    :ivar name: the file name without ``.sql`` (``0001_sweeps``)
-    :ivar sql: the statements, run as one script
-    :ivar checksum: SHA-256 of the file's bytes, in hex
-    """
-
-    version: int
-    name: str
-    sql: str
-    checksum: str
-
-    @classmethod
-    def from_bytes(cls, file_name: str, data: bytes) -> Migration:
-        """Build a migration from a file's name and contents.
-
-        :raises MigrationError: if the name is not ``NNNN_name.sql``
-        """
-        match = _FILE_NAME.match(file_name)
-        if match is None:
-            raise MigrationError(
-                f"migration file {file_name!r} is not named NNNN_name.sql (lower case)"
-            )
-        return cls(
-            version=int(match.group(1)),
-            name=file_name.removesuffix(".sql"),
-            sql=data.decode("utf-8"),
-            checksum=hashlib.sha256(data).hexdigest(),
-        )
-
-
-@lru_cache(maxsize=1)
-def _load() -> tuple[Migration, ...]:
-    # importlib.resources finds the files in an editable install (the source directory)
-    # and in a wheel, provided package-data lists migrations/*.sql.
-    folder = resources.files(PACKAGE)
-    found = sorted(
-        (
-            Migration.from_bytes(entry.name, entry.read_bytes())
-            for entry in folder.iterdir()
-            if entry.name.endswith(".sql")
-        ),
-        key=lambda m: m.version,
-    )
-    for expected, migration in enumerate(found, start=1):
-        if migration.version != expected:
-            raise MigrationError(
-                f"migration files must be numbered 0001, 0002, ... without gaps or "
-                f"duplicates: found {migration.name} where {expected:04d} was expected"
-            )
-    return tuple(found)
-
-
-def migration_files() -> list[Migration]:
-    """The migrations this brokerscan ships, in order.
-
-    :returns: one :class:`Migration` per ``.sql`` file of ``storage.migrations``
-    :raises MigrationError: a file is misnamed, or the versions are not 1, 2, 3, ...
-    """
-    return list(_load())
-
-
-def latest_version() -> int:
-    """The schema version this brokerscan needs (that of its last migration)."""
-    files = _load()
-    return files[-1].version if files else 0
-
-
-async def _applied(conn: Conn) -> dict[int, tuple[str, str]]:
-    """Applied migrations as ``{version: (name, checksum)}``; empty before the first."""
-    if await conn.fetchval("SELECT to_regclass('schema_migrations')") is None:
-        return {}
-    rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
-    return {int(r["version"]): (str(r["name"]), str(r["checksum"])) for r in rows}
-
-
-def _verify(applied: Mapping[int, tuple[str, str]], files: Sequence[Migration]) -> None:
-    """Refuse a database whose applied migrations differ from the files."""
-    by_version = {m.version: m for m in files}
-    for version in sorted(applied):
-        name, checksum = applied[version]
-        migration = by_version.get(version)
-        if migration is None:
-            raise MigrationError(
-                f"the database has migration {name}, which this brokerscan does not know: "
-                "upgrade brokerscan"
-            )
-        if migration.checksum != checksum:
-            raise MigrationError(
-                f"migration {migration.name} was changed after it was applied (sha256 "
-                f"{checksum[:12]} in the database, {migration.checksum[:12]} on disk): "
-                "restore the file and put the change in a new migration"
-            )
 
 
 def _quote_ident(name: str) -> str:
@@ -190,8 +95,8 @@ async def _migrate(conn: Conn, files: Sequence[Migration], schema: str | None) -
                 await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote_ident(schema)}")
                 await conn.execute("SELECT set_config('search_path', $1, true)", schema)
             await conn.execute(_CREATE_TABLE)
-            applied = await _applied(conn)
-            _verify(applied, files)
+            applied = await applied_migrations(conn)
+            verify(applied, files)
             if migration is None or migration.version in applied:
                 continue
             await conn.execute(migration.sql)
@@ -203,40 +108,3 @@ async def _migrate(conn: Conn, files: Sequence[Migration], schema: str | None) -
             )
         done.append(migration.name)
     return done
-
-
-async def pending(conn: Conn, *, migrations: Sequence[Migration] | None = None) -> list[str]:
-    """Names of the migrations not yet applied, in order.
-
-    :param conn: an open connection (its ``search_path`` picks the schema)
-    :param migrations: as for :func:`migrate`
-    :raises MigrationError: an applied file changed, or the database is newer
-    """
-    files = list(migration_files() if migrations is None else migrations)
-    applied = await _applied(conn)
-    _verify(applied, files)
-    return [m.name for m in files if m.version not in applied]
-
-
-async def current_version(conn: Conn) -> int:
-    """The highest applied version; 0 for a database that was never migrated."""
-    applied = await _applied(conn)
-    return max(applied, default=0)
-
-
-async def require_current(
-    conn: Conn, *, migrations: Sequence[Migration] | None = None
-) -> None:
-    """Check that the database is exactly at the version this brokerscan needs.
-
-    :raises MigrationError: behind (``run brokerscan db migrate``), ahead, or edited
-    """
-    files = list(migration_files() if migrations is None else migrations)
-    applied = await _applied(conn)
-    _verify(applied, files)
-    have = max(applied, default=0)
-    need = files[-1].version if files else 0
-    if len(applied) < len(files):
-        raise MigrationError(
-            f"database is at version {have}, brokerscan needs {need}: run brokerscan db migrate"
-        )

@@ -28,8 +28,10 @@ from typing import Final, Protocol
 from urllib.parse import urlsplit
 
 from brokerscan.model import ScanResult
+from brokerscan.settings import Settings
 
-__all__ = ["BACKENDS", "Service", "Store", "StoreError", "open_store"]
+__all__ = ["BACKENDS", "DEFAULT_STORE_URL", "Service", "Store", "StoreError", "open_store",
+           "store_url"]
 
 #: URL scheme -> "module:class" of the backend.
 BACKENDS: Final = {
@@ -37,6 +39,16 @@ BACKENDS: Final = {
     "postgres": "storage.pgstore:PgStore",
     "sqlite": "storage.sqlitestore:SqliteStore",
 }
+
+
+#: The embedded store, in the working directory, when no setting names another.
+DEFAULT_STORE_URL: Final = "sqlite:///brokerscan.db"
+
+
+def store_url(settings: Settings, explicit: str | None = None) -> str:
+    """Where results are stored: *explicit* (a ``--store`` option), else the
+    ``store_url`` setting, else ``database_url``, else :data:`DEFAULT_STORE_URL`."""
+    return explicit or settings.store_url or settings.database_url or DEFAULT_STORE_URL
 
 
 class StoreError(Exception):

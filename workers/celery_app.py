@@ -26,10 +26,10 @@ from celery import Celery
 from kombu.entity import Exchange, Queue
 
 from brokerscan.settings import Settings
+from workers.shardrun import MAX_SHARD_SECONDS
 
-__all__ = ["MAX_SHARD_SECONDS", "make_app"]
+__all__ = ["make_app"]
 
-MAX_SHARD_SECONDS = 900.0  # a shard runs at most this long, then hands its rest back
 
 
 def make_app(settings: Settings) -> Celery:

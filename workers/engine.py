@@ -25,8 +25,8 @@ from typing import cast
 
 from brokerscan.model import Protocol, ScanResult, Status, TlsInfo, Transport
 from scheduler.ports import PortSpec
-from workers.probes import PROBES
 from workers.probes.base import ProbeOptions, ProbeOutcome
+from workers.probes.registry import PROBES
 from workers.ratebudget import LocalRateLimiter, RateLimiter
 from workers.transport import Connector, ProbeError, Scope, Stream, TlsOptions, dial, status_of
 

@@ -7,7 +7,7 @@ The steps, each idempotent so that a redelivered or retried shard is harmless:
 2. Rebuild the sweep's plan from its spec (cached per sweep) and walk the shard.
 3. Run the engine with the fleet's rate budget (Redis), publishing every result to the
    results exchange (``ResultPublisher``: persistent, confirmed, many results a message,
-   each keyed by (sweep, ip, port), see :mod:`brokerscan.wire`); every half second look
+   each keyed by (sweep, ip, port), see :mod:`brokerscan.stream.wire`); every half second look
    at the sweep's control state and flush live counters to Redis; stop early when the
    sweep is paused or cancelled, or when the shard has run for ``max_seconds`` (the rest
    of it is handed back).
@@ -29,18 +29,21 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from brokerscan.settings import Settings
+from brokerscan.stream.publisher import PublisherError, ResultPublisher
 from scheduler import live, state
 from scheduler.shards import Shard
 from scheduler.sweeps import SweepPlan, SweepSpec, exponent_after, plan_sweep
 from storage.db import DatabaseError, Pool, create_pool
-from workers.celery_app import MAX_SHARD_SECONDS
 from workers.engine import Engine, ScanConfig, ScanStats
 from workers.probes.base import ProbeOptions
-from workers.publish import PublisherError, ResultPublisher
 from workers.ratebudget import FleetRateLimiter
 from workers.transport import Scope
 
-__all__ = ["MAX_ATTEMPTS", "TransientError", "WorkerContext", "run_shard"]
+__all__ = ["MAX_ATTEMPTS", "MAX_SHARD_SECONDS", "TransientError", "WorkerContext", "run_shard"]
+
+#: A shard runs at most this long, then hands the rest of its work back (Celery's time
+#: limits in :mod:`workers.celery_app` are set above it).
+MAX_SHARD_SECONDS = 900.0
 
 MAX_ATTEMPTS = 5  # deliveries of one shard before it is marked failed
 _CHECK_EVERY = 0.5  # seconds between looks at the control state (and counter flushes)

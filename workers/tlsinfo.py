@@ -20,6 +20,9 @@ Spec sheet:
 ``trust_error`` values: ``no-certificate``, ``unparseable``, ``self-signed``,
 ``self-signed-in-chain``, ``unknown-issuer``, ``bad-signature``, ``not-a-ca``,
 ``path-too-long``, ``expired``, ``not-yet-valid``, ``no-roots``.
+
+Why one piece (for now): describing, judging and watching a handshake share the parsed
+certificates and the verdict cache; the bounded trust check of issue 8 splits it.
 """
 
 from __future__ import annotations

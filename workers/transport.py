@@ -13,6 +13,9 @@ Both return a :class:`Stream`: ``send``/``receive``/``aclose``, per-operation ti
 and TLS started inside it when asked (verification off; what the handshake showed is
 kept in :attr:`Stream.tls`). Every OS, TLS and timeout error is mapped to a
 :class:`~brokerscan.model.Status` in :func:`status_of`, the one place that does it.
+
+Why one piece: the house rule is that exactly one module opens sockets and does TLS, with
+the scope check in front of every connection and one mapping of errors to statuses.
 """
 
 from __future__ import annotations

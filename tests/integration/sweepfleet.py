@@ -25,8 +25,8 @@ import aio_pika
 import asyncpg
 
 from brokerscan.model import ScanResult
-from brokerscan.wire import message_lines
-from workers.publish import message_key
+from brokerscan.stream.publisher import message_key
+from brokerscan.stream.wire import message_lines
 
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"

@@ -91,7 +91,8 @@ def test_rate_estimate_from_samples():
     samples = {s: 1000 for s in range(40, 101)}
     samples[100] = 5  # the current second is left out
     assert probes_per_second(samples, now=100, window=10) == 1000
-    assert probes_per_second({50: 10_000, 95: 100}, now=100, window=10) == 10  # old ones out
+    # old ones out, and the quiet seconds before 95 (a pause) do not drag the rate (issue 8)
+    assert probes_per_second({50: 10_000, 95: 100}, now=100, window=10) == 20
     counts = LiveCounts(probes=1000, probes_per_second=100.0)
     assert counts.eta(total=3000) == 20.0
     assert LiveCounts(probes=1).eta(total=10) is None

@@ -1,8 +1,4 @@
-"""``brokerscan lookup`` as a child process: text, JSON, bad input. Offline lookups only.
-
-Runs ``brokerscan.cli lookup`` once the lead has wired the sub-command in, and always
-``enrichment.cli lookup`` (the same code, standalone).
-"""
+"""``brokerscan lookup`` as a child process: text, JSON, bad input. Offline lookups only."""
 
 from __future__ import annotations
 
@@ -15,18 +11,9 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
-def _entry_points() -> list[str]:
-    modules = ["enrichment.cli"]
-    probe = subprocess.run([sys.executable, "-m", "brokerscan.cli", "lookup", "--help"],
-                           capture_output=True, text=True, timeout=60)
-    if probe.returncode == 0:
-        modules.append("brokerscan.cli")
-    return modules
-
-
-@pytest.fixture(params=_entry_points())
-def module(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+@pytest.fixture
+def module() -> str:
+    return "brokerscan.cli"
 
 
 def lookup(module: str, *args: str) -> subprocess.CompletedProcess[str]:

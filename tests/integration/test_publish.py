@@ -2,7 +2,7 @@
 
 Every test runs in its own namespace, binds its consumer queue (exclusive, so it goes with
 the connection) before publishing, and deletes the durable exchange it declared. The
-consumer unpacks every batch message (:func:`brokerscan.wire.message_lines`) and checks it
+consumer unpacks every batch message (:func:`brokerscan.stream.wire.message_lines`) and checks it
 as it comes (homogeneous routing key and headers, count header, message id); the tests then
 count results by key.
 """
@@ -24,10 +24,10 @@ import pytest
 
 from brokerscan.model import Protocol, ScanResult, Status, Transport
 from brokerscan.names import Names
-from brokerscan.wire import BATCH_CONTENT_TYPE, COUNT_HEADER, batch_id, message_lines
+from brokerscan.stream.publisher import PublisherError, ResultPublisher, message_key, routing_key
+from brokerscan.stream.wire import BATCH_CONTENT_TYPE, COUNT_HEADER, batch_id, message_lines
 from tests import servers
 from tests.faultproxy import FaultProxy
-from workers.publish import PublisherError, ResultPublisher, message_key, routing_key
 
 pytestmark = pytest.mark.integration
 

@@ -15,16 +15,17 @@ import pytest
 
 from brokerscan.model import ScanResult, Status, Transport
 from brokerscan.settings import Settings
-from brokerscan.wire import BATCH_CONTENT_TYPE, batch_id, batch_message, message_lines
+from brokerscan.stream.publisher import ResultPublisher
+from brokerscan.stream.status import stream_status
+from brokerscan.stream.topology import declare_stream, delete_stream
+from brokerscan.stream.wire import BATCH_CONTENT_TYPE, batch_id, batch_message, message_lines
 from enrichment.consumer import EnrichmentWorker
 from enrichment.lookup import Enricher, open_enricher
 from storage.consumer import StoreWriter, is_unreachable
-from storage.deadletter import declare_stream, delete_stream, stream_status
 from storage.migrate import migrate
 from storage.pgstore import PgStore
 from tests.faultproxy import FaultProxy
 from tests.pg import fresh_database
-from workers.publish import ResultPublisher
 
 pytestmark = pytest.mark.integration
 

@@ -27,10 +27,11 @@ import pytest
 
 from brokerscan.model import ScanResult, Status, Transport
 from brokerscan.names import Names
-from storage.deadletter import delete_stream, stream_status
+from brokerscan.stream.publisher import ResultPublisher
+from brokerscan.stream.status import stream_status
+from brokerscan.stream.topology import delete_stream
 from storage.migrate import migrate
 from tests.faultproxy import FaultProxy
-from workers.publish import ResultPublisher
 
 pytestmark = pytest.mark.integration
 
@@ -95,13 +96,13 @@ class Stream:
                 "BROKERSCAN_DATABASE_URL": self.database_url}
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "brokerscan.streamcli", *args],
+        return subprocess.run([sys.executable, "-m", "brokerscan.cli", *args],
                               env=self.env, capture_output=True, text=True, timeout=60)
 
     def spawn(self, name: str, *args: str) -> None:
         log = open(self.workdir / f"{name}.log", "ab")
         self.processes[name] = subprocess.Popen(
-            [sys.executable, "-m", "brokerscan.streamcli", *args], env=self.env,
+            [sys.executable, "-m", "brokerscan.cli", *args], env=self.env,
             stdout=log, stderr=subprocess.STDOUT)
         log.close()
 
@@ -297,6 +298,6 @@ def test_bad_configuration_is_one_line(stream: Stream, tmp_path: Path) -> None:
     corrupt = tmp_path / "corrupt.mmdb"
     corrupt.write_bytes(b"not a maxmind database")
     env_bad = {**stream.env, "BROKERSCAN_ENRICHMENT_SOURCES": f"mmdb://{corrupt}"}
-    out = subprocess.run([sys.executable, "-m", "brokerscan.streamcli", "enrich-worker"],
+    out = subprocess.run([sys.executable, "-m", "brokerscan.cli", "enrich-worker"],
                          env=env_bad, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr

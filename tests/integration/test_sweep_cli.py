@@ -60,8 +60,20 @@ def test_plan_full_ipv4_is_a_dry_run(fleet: Fleet) -> None:
     assert sweep_count(fleet) == 0
 
 
+def test_rate_zero_means_no_limit_as_for_scan(fleet: Fleet) -> None:
+    """``--rate`` means the same for ``scan`` and ``sweep`` (issue 8): 0 is no limit."""
+    proc = fleet.cli("sweep", "plan", "127.57.0.0/20", "--allow-reserved", "--rate", "0",
+                     "--format", "json")
+    assert json.loads(proc.stdout)["rate"] == 0 and json.loads(proc.stdout)["seconds"] is None
+    text = fleet.cli("sweep", "plan", "127.57.0.0/20", "--allow-reserved", "--rate", "0.5")
+    assert "0.5/s" in text.stdout  # not "0/s"
+    for command in (("sweep", "start"), ("scan",)):  # argparse wraps help: compare words
+        assert "0 = no limit" in " ".join(fleet.cli(*command, "--help").stdout.split())
+
+
 @pytest.mark.parametrize(("args", "needle"), [
-    (["sweep", "plan", "127.57.0.0/20", "--allow-reserved", "--rate", "0"], "rate"),
+    (["sweep", "plan", "127.57.0.0/20", "--allow-reserved", "--rate", "nan"], "rate"),
+    (["sweep", "plan", "127.57.0.0/20", "--allow-reserved", "--rate", "1e9"], "rate"),
     (["sweep", "plan", "127.57.0.0/20", "--allow-reserved", "--rate", "-3"], "rate"),
     (["sweep", "plan", "127.57.0.0/33", "--allow-reserved"], "127.57.0.0/33"),
     (["sweep", "plan", "127.57.0.0/20", "--allow-reserved", "-p", "mqttz"], "mqttz"),

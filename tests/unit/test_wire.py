@@ -1,4 +1,4 @@
-"""The batch message format (brokerscan/wire.py): pure, no broker."""
+"""The batch message format (brokerscan/stream/wire.py): pure, no broker."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import aio_pika
 from hypothesis import given
 from hypothesis import strategies as st
 
-from brokerscan.wire import (
+from brokerscan.stream.wire import (
     BATCH_CONTENT_TYPE,
     COUNT_HEADER,
     batch_id,

@@ -20,6 +20,9 @@ Spec sheet
   and any other packet are returned as such, so the driver can tell them apart.
 
 References: OASIS MQTT 3.1.1 (section 3.1, 3.2) and 5.0 (sections 1.5, 2.2, 3.1, 3.2, 3.14).
+
+Why one piece: one codec for three protocol levels that share the fixed header, the
+variable-length integers and the property reader; apart, each level would repeat them.
 """
 
 from __future__ import annotations

@@ -8,21 +8,28 @@ import json
 
 import pytest
 
+from brokerscan.cli.errors import CliError
+from brokerscan.cli.lookup import add_commands, format_text
+from brokerscan.cli.lookup import run as run_lookup
 from brokerscan.model import AsnInfo, GeoInfo
 from brokerscan.settings import Settings
-from enrichment.cli import add_lookup_command, format_text, run_lookup
 
 
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="brokerscan")
-    add_lookup_command(parser.add_subparsers(dest="command", required=True))
+    add_commands(parser.add_subparsers(dest="command", required=True))
     return parser.parse_args(["lookup", *argv])
 
 
-def run(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = run_lookup(parse(*argv), Settings(), out=out, err=err)
-    return code, out.getvalue(), err.getvalue()
+def run(*argv: str, settings: Settings | None = None) -> tuple[int, str, str]:
+    """Run ``lookup`` in-process as ``brokerscan.cli.main`` does: a CliError is its one line
+    on stderr and its exit code."""
+    out = io.StringIO()
+    try:
+        code, err = run_lookup(parse(*argv), settings or Settings(), out=out), ""
+    except CliError as exc:
+        code, err = exc.code, f"brokerscan: error: {exc}\n"
+    return code, out.getvalue(), err
 
 
 def test_text() -> None:
@@ -58,9 +65,9 @@ def test_bad_source_is_one_line_and_exit_2() -> None:
 
 def test_settings_choose_the_sources(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BROKERSCAN_ENRICHMENT_SOURCES", "csv:///nonexistent.csv")
-    out, err = io.StringIO(), io.StringIO()
-    assert run_lookup(parse("8.8.8.8"), Settings(), out=out, err=err) == 2
-    assert "nonexistent.csv" in err.getvalue()
+    code, _, err = run("8.8.8.8", settings=Settings())
+    assert code == 2
+    assert "nonexistent.csv" in err
 
 
 def test_format_text_with_city() -> None:

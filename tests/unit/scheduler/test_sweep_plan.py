@@ -85,7 +85,13 @@ def test_bad_specs_fail_with_our_errors(change, error):
         plan_sweep(SweepSpec(**{"targets": ["127.10.0.0/24"], **change}))
 
 
-@pytest.mark.parametrize("change", [{"rate": 0}, {"rate": -5}, {"shards": 0},
+def test_rate_zero_is_no_limit():
+    spec = SweepSpec(targets=["127.10.0.0/24"], allow_reserved=True, rate=0)
+    assert plan_sweep(spec).seconds is None
+    assert plan_sweep(spec.model_copy(update={"rate": 256.0})).seconds == 4.0
+
+
+@pytest.mark.parametrize("change", [{"rate": -5}, {"shards": 0},
                                     {"shards": 10**6}, {"surprise": 1}])
 def test_impossible_specs_are_refused(change):
     with pytest.raises(ValidationError):

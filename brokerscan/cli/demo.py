@@ -1,7 +1,7 @@
 """``brokerscan demo``: start a small zoo of brokers on 127.77.0.x, scan it, print the report.
 
 Real Mosquitto is used where it is installed (anonymous, authenticated and TLS listeners);
-brokerscan's own minimal servers (:mod:`brokerscan.minibrokers`) stand in otherwise, and
+brokerscan's own minimal servers (:mod:`brokerscan.cli.minibrokers`) stand in otherwise, and
 always provide the AMQP 0-9-1 and 1.0 servers and an HTTP server on an MQTT port. A
 RabbitMQ or Mosquitto already listening on 127.0.0.1 is scanned too.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import os
 import shutil
 import socket
 import ssl
@@ -27,7 +28,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from brokerscan import minibrokers as mini
+from brokerscan.cli import minibrokers as mini
+from brokerscan.cli.scan import ScanPlan, open_output, print_report, run_scan, want_progress
 from brokerscan.settings import Settings
 from scheduler.blocklist import IPSet
 from scheduler.ports import parse_ports
@@ -35,15 +37,23 @@ from workers.engine import ScanConfig
 from workers.probes.base import ProbeOptions
 from workers.transport import Scope
 
-__all__ = ["DEMO_NET", "run_demo"]
+__all__ = ["COMMANDS", "DEMO_NET", "add_commands", "run"]
+
+COMMANDS = frozenset({"demo"})
 
 DEMO_NET = "127.77.0.0/28"
 _H = "127.77.0."
 
 
-def run_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from brokerscan.cli import ScanPlan, _open_output, _print_report, _want_progress, run_scan
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``demo``."""
+    demo = sub.add_parser("demo", help="start local brokers on 127.x, scan them, report")
+    demo.add_argument("--format", choices=("text", "json"), default="text")
+    demo.add_argument("-o", "--output", metavar="FILE", help="also write results as JSONL")
 
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run ``demo``: start the brokers, scan them, print the report, stop them."""
     with tempfile.TemporaryDirectory(prefix="brokerscan-demo-") as tmp, ExitStack() as stack:
         cert, key = _self_signed(Path(tmp))
         tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -81,12 +91,12 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
         config = ScanConfig(connect_timeout=2.0, io_timeout=2.0, total_timeout=8.0,
                             concurrency=100, rate=0,
                             probe=ProbeOptions(client_id_prefix=settings.client_id_prefix))
-        out = _open_output(args.output)
+        out = open_output(args.output)
         run = asyncio.run(run_scan(plan, config, Scope(["127.0.0.0/8"]), out,
-                                   progress=_want_progress("auto")))
+                                   progress=want_progress("auto")))
         if out is not None and out is not sys.stdout:
             out.close()
-    _print_report(args.format, run.report, run.stats,
+    print_report(args.format, run.report, run.stats,
                   sys.stderr if out is sys.stdout else sys.stdout)
     return 0
 
@@ -118,7 +128,6 @@ def _start_mosquitto(binary: str, tmp: Path, cert: str, key: str) -> Callable[[]
 
 
 def _is_root() -> bool:
-    import os
     return os.geteuid() == 0
 
 

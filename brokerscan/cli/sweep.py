@@ -1,8 +1,8 @@
-"""The distributed half of the command line: ``sweep``, ``worker``, ``scheduler``, ``db``.
+"""``brokerscan sweep``: plan, start, steer and watch distributed sweeps.
 
-Every command checks what it needs (the plan, then PostgreSQL, Redis and the broker)
-before it changes anything, so a mistake or a service that is down ends in one line and a
-non-zero exit with nothing half-created.
+Every verb checks what it needs (the plan, then PostgreSQL, Redis and the broker) before it
+changes anything, so a mistake or a service that is down ends in one line and a non-zero
+exit with nothing half-created.
 """
 
 from __future__ import annotations
@@ -13,45 +13,36 @@ import base64
 import hashlib
 import ipaddress
 import json
-import os
 import secrets
-import socket
 import sys
 import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from brokerscan.cli.errors import CliError
+from brokerscan.cli.options import add_rate_option, add_target_options
+from brokerscan.cli.services import check_broker, database_url, run_async
+from brokerscan.cli.text import format_duration, format_rate
 from brokerscan.settings import Settings
 from scheduler import live, state
 from scheduler.blocklist import IPSet, format_ip, load_blocklist
 from scheduler.ports import PortError
 from scheduler.sweeps import SweepPlan, SweepSpec, describe_plan, plan_sweep
 from scheduler.targets import TargetError, read_targets
-from storage.db import DatabaseError, connect
+from storage.db import connect
 
-__all__ = ["add_commands", "run_command"]
+__all__ = ["COMMANDS", "add_commands", "run"]
 
-EXIT_BAD_INPUT = 2
-EXIT_UNAVAILABLE = 1
-MAX_RATE = 10_000_000.0
+COMMANDS = frozenset({"sweep"})
 
 
-class CommandError(Exception):
-    """One line for the user, and an exit code."""
-
-    def __init__(self, message: str, code: int = EXIT_BAD_INPUT) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def add_commands(sub: Any, add_target_options: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Add ``sweep``, ``worker``, ``scheduler`` and ``db`` to the top-level parser."""
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``sweep`` and its verbs."""
     sweep = sub.add_parser("sweep", help="distributed sweeps: plan, start, steer, watch")
     verbs = sweep.add_subparsers(dest="verb", required=True, parser_class=type(sweep))
     for verb, text in (("plan", "dry run: counts, shards, duration; sends nothing"),
@@ -59,8 +50,7 @@ def add_commands(sub: Any, add_target_options: Callable[[argparse.ArgumentParser
         p = verbs.add_parser(verb, help=text)
         p.add_argument("targets", nargs="*", metavar="TARGET")
         add_target_options(p)
-        p.add_argument("--rate", type=float, default=10_000.0,
-                       help="new connections per second for the whole fleet")
+        add_rate_option(p, "the whole fleet")
         p.add_argument("--seed", type=int, default=None, help="order of the permutation")
         p.add_argument("--shards", type=int, default=None, help="shards per port group")
         p.add_argument("--shard-size", type=int, default=250_000)
@@ -83,56 +73,17 @@ def add_commands(sub: Any, add_target_options: Callable[[argparse.ArgumentParser
     verbs.add_parser("list", help="recent sweeps").add_argument(
         "--format", choices=("text", "json"), default="text")
 
-    worker = sub.add_parser("worker", help="run a Celery worker for the probe queues")
-    worker.add_argument("--queues", default="probe,probe-tls",
-                        help="probe, probe-tls (comma list)")
-    worker.add_argument("--concurrency", type=int, default=None, help="processes")
-    worker.add_argument("--pool", choices=("prefork", "solo"), default="prefork")
-    sub.add_parser("scheduler", help="run the dispatch loop").add_argument(
-        "--max-queued", type=int, default=8, help="queued shards per sweep")
-    db = sub.add_parser("db", help="the PostgreSQL database")
-    db_verbs = db.add_subparsers(dest="verb", required=True)
-    db_verbs.add_parser("migrate", help="apply migrations")
-    maintain = db_verbs.add_parser(
-        "maintain", help="premake partitions, drop those past retention, report health")
-    maintain.add_argument("--retention-days", type=int, default=None,
-                          help="drop daily partitions older than this (default: settings)")
-    maintain.add_argument("--format", choices=("text", "json"), default="text")
 
-
-def run_command(args: argparse.Namespace, settings: Settings) -> int:
-    """Run ``sweep``/``worker``/``scheduler``/``db``; one line and an exit code on error."""
-    try:
-        if args.command == "worker":
-            return _worker(args, settings)
-        if args.command == "scheduler":
-            return _run(_scheduler(args, settings))
-        if args.command == "db":
-            return _run(_migrate(settings) if args.verb == "migrate"
-                        else _maintain(args, settings))
-        handler = _VERBS[args.verb]
-        return _run(handler(args, settings))
-    except CommandError as exc:
-        print(f"brokerscan: error: {exc}", file=sys.stderr)
-        return exc.code
-
-
-def _run(coro: Coroutine[Any, Any, int]) -> int:
-    try:
-        return asyncio.run(coro)
-    except DatabaseError as exc:
-        raise CommandError(str(exc), EXIT_UNAVAILABLE) from None
-    except (RedisError, OSError) as exc:
-        raise CommandError(f"cannot reach Redis: {exc}", EXIT_UNAVAILABLE) from None
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run a ``sweep`` verb."""
+    return run_async(_VERBS[args.verb](args, settings))
 
 
 # -- plan and start ----------------------------------------------------------------------
 
 def _spec(args: argparse.Namespace, settings: Settings) -> SweepSpec:
-    if not 0 < args.rate <= MAX_RATE:
-        raise CommandError(f"impossible rate {args.rate:g}: give 0 < rate <= {MAX_RATE:g}")
     if not args.targets and not args.target_files:
-        raise CommandError("no targets given (a CIDR, an address, a range, -iL FILE or -)")
+        raise CliError("no targets given (a CIDR, an address, a range, -iL FILE or -)")
     try:
         specs = list(args.targets)
         if "-" in specs or args.target_files:  # resolve files now: the sweep keeps its list
@@ -158,20 +109,20 @@ def _spec(args: argparse.Namespace, settings: Settings) -> SweepSpec:
             shard_size=args.shard_size, shards=args.shards,
             client_id_prefix=settings.client_id_prefix, **extra)
     except (TargetError, PortError) as exc:
-        raise CommandError(str(exc)) from None
+        raise CliError(str(exc)) from None
     except ValidationError as exc:  # an impossible number
         error = exc.errors()[0]
         field = str(error["loc"][0]).replace("_", "-") if error["loc"] else "setting"
-        raise CommandError(f"--{field}: {error['msg'].lower()}") from None
+        raise CliError(f"--{field}: {error['msg'].lower()}") from None
 
 
 def _plan(spec: SweepSpec) -> SweepPlan:
     try:
         plan = plan_sweep(spec)
     except (TargetError, PortError) as exc:
-        raise CommandError(str(exc)) from None
+        raise CliError(str(exc)) from None
     if plan.targets == 0:
-        raise CommandError(f"nothing to sweep: {plan.exclusions.describe()}")
+        raise CliError(f"nothing to sweep: {plan.exclusions.describe()}")
     return plan
 
 
@@ -189,7 +140,7 @@ async def _plan_cmd(args: argparse.Namespace, settings: Settings) -> int:
               f"excluded           {info['excluded']}\n"
               f"shards             {info['shards']:>16,}  "
               + ", ".join(f"{q}: {n:,}" for q, n in info["queues"].items()) + "\n"
-              f"duration at {plan.spec.rate:,.0f}/s  {_duration(plan.seconds)}")
+              + _duration_line(plan))
     return 0
 
 
@@ -203,23 +154,6 @@ def _default_name(spec: SweepSpec) -> str:
     return f"sweep-{digest}"
 
 
-def _check_broker(url: str) -> None:
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 5672
-    try:
-        socket.create_connection((host, port), timeout=3).close()
-    except OSError as exc:
-        raise CommandError(f"cannot reach the task broker at {host}:{port}: "
-                           f"{exc.strerror or exc}", EXIT_UNAVAILABLE) from None
-
-
-def _database(settings: Settings) -> str:
-    if not settings.database_url:
-        raise CommandError("sweeps need PostgreSQL: set BROKERSCAN_DATABASE_URL",
-                           EXIT_UNAVAILABLE)
-    return settings.database_url
-
-
 async def _start_cmd(args: argparse.Namespace, settings: Settings) -> int:
     spec = _spec(args, settings)
     if not spec.name:
@@ -227,8 +161,8 @@ async def _start_cmd(args: argparse.Namespace, settings: Settings) -> int:
     spec = spec.model_copy(update={"started_at": datetime.now(UTC)})
     plan = _plan(spec)
     names = settings.names()
-    url = _database(settings)
-    _check_broker(settings.broker_url)
+    url = database_url(settings)
+    check_broker(settings.broker_url)
     redis = Redis.from_url(settings.redis_url)
     try:
         await redis.ping()
@@ -244,7 +178,7 @@ async def _start_cmd(args: argparse.Namespace, settings: Settings) -> int:
                                          spec=spec.model_dump(mode="json"),
                                          target_count=plan.targets, shards=rows)
             except state.SweepExists as exc:
-                raise CommandError(str(exc)) from None
+                raise CliError(str(exc)) from None
         finally:
             await conn.close()
         await live.set_control(redis, names, sweep_id, "running")
@@ -257,22 +191,34 @@ async def _start_cmd(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(info, indent=2))
     else:
         print(f"{sweep_id}  {spec.name}: {plan.targets:,} targets in {plan.shard_count:,} "
-              f"shards at {spec.rate:,.0f}/s ({_duration(plan.seconds)})")
+              f"shards, rate {format_rate(spec.rate)} ({_duration_text(plan)})")
     if not scheduler:
         print("brokerscan: note: no scheduler is running; start one with "
               "`brokerscan scheduler`", file=sys.stderr)
     return 0
 
 
+def _duration_text(plan: SweepPlan) -> str:
+    if plan.seconds is None:
+        return "as fast as the fleet goes"
+    return format_duration(plan.seconds)
+
+
+def _duration_line(plan: SweepPlan) -> str:
+    if plan.seconds is None:
+        return "duration           no rate limit: as fast as the fleet goes"
+    return f"duration at {format_rate(plan.spec.rate)}  {_duration_text(plan)}"
+
+
 # -- steering and watching -----------------------------------------------------------------
 
 async def _steer(args: argparse.Namespace, settings: Settings) -> int:
     target = {"pause": "paused", "resume": "running", "cancel": "cancelled"}[args.verb]
-    conn = await connect(_database(settings))
+    conn = await connect(database_url(settings))
     try:
         row = await state.set_sweep_state(conn, args.sweep_id, target)  # type: ignore[arg-type]
     except (state.UnknownSweep, state.BadTransition) as exc:
-        raise CommandError(str(exc)) from None
+        raise CliError(str(exc)) from None
     finally:
         await conn.close()
     redis = Redis.from_url(settings.redis_url)
@@ -289,17 +235,17 @@ async def _steer(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _status_data(settings: Settings, sweep_id: str | None) -> dict[str, Any]:
     names = settings.names()
-    conn = await connect(_database(settings))
+    conn = await connect(database_url(settings))
     redis = Redis.from_url(settings.redis_url)
     try:
         if sweep_id is None:
             recent = await state.list_sweeps(conn, limit=1)
             if not recent:
-                raise CommandError("no sweeps yet")
+                raise CliError("no sweeps yet")
             sweep_id = recent[0].id
         sweep = await state.get_sweep(conn, sweep_id)
         if sweep is None:
-            raise CommandError(f"no sweep {sweep_id}")
+            raise CliError(f"no sweep {sweep_id}")
         shards = await state.shard_counts(conn, sweep_id)
         counts = await live.read_counts(redis, names, sweep_id)
         workers = await live.live_workers(redis, names)
@@ -313,7 +259,8 @@ async def _status_data(settings: Settings, sweep_id: str | None) -> dict[str, An
         "targets": sweep.target_count, "probes": probes,
         "progress": round(min(1.0, probes / sweep.target_count), 4) if sweep.target_count
         else 1.0,
-        "probes_per_second": round(counts.probes_per_second or 0.0, 1),
+        "probes_per_second": round(counts.probes_per_second or 0.0, 1)
+        if sweep.state == "running" else 0.0,
         "eta_seconds": None if sweep.state != "running" else counts.eta(sweep.target_count),
         "hits": counts.hits or shards.hits, "open": max(counts.open, shards.open),
         "statuses": counts.statuses or shards.statuses,
@@ -327,7 +274,7 @@ async def _status_data(settings: Settings, sweep_id: str | None) -> dict[str, An
 def _render_status(d: dict[str, Any]) -> str:
     width = 30
     filled = int(width * d["progress"])
-    eta = "--" if d["eta_seconds"] is None else _duration(d["eta_seconds"])
+    eta = "--" if d["eta_seconds"] is None else format_duration(d["eta_seconds"])
     shards = d["shards"]
     hits = ", ".join(f"{k} {v:,}" for k, v in sorted(d["hits"].items())) or "none yet"
     return "\n".join([
@@ -357,7 +304,7 @@ async def _status_cmd(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _list_cmd(args: argparse.Namespace, settings: Settings) -> int:
-    conn = await connect(_database(settings))
+    conn = await connect(database_url(settings))
     try:
         rows = await state.list_sweeps(conn, limit=50)
     finally:
@@ -380,74 +327,3 @@ _VERBS: dict[str, Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, i
 }
 
 
-# -- long-running processes ---------------------------------------------------------------
-
-def _worker(args: argparse.Namespace, settings: Settings) -> int:
-    from workers.celery_app import make_app
-
-    names = settings.names()
-    queues = {"probe": names.probe_queue, "probe-tls": names.probe_tls_queue}
-    try:
-        chosen = [queues[q.strip()] for q in args.queues.split(",") if q.strip()]
-    except KeyError as exc:
-        raise CommandError(f"unknown queue {exc.args[0]!r} (use probe, probe-tls)") from None
-    _check_broker(settings.broker_url)
-    app = make_app(settings)
-    argv = ["worker", "-Q", ",".join(chosen), "-P", args.pool, "--loglevel", "INFO",
-            "-n", f"brokerscan-{os.getpid()}@{socket.gethostname()}", "--without-gossip",
-            "--without-mingle", "--without-heartbeat"]
-    if args.concurrency:
-        argv += ["-c", str(args.concurrency)]
-    app.worker_main(argv)
-    return 0
-
-
-async def _scheduler(args: argparse.Namespace, settings: Settings) -> int:
-    from scheduler.dispatch import Dispatcher
-    from workers.celery_app import make_app
-
-    _database(settings)
-    _check_broker(settings.broker_url)
-    await Dispatcher(settings, make_app(settings), max_queued=args.max_queued).run()
-    return 0
-
-
-async def _migrate(settings: Settings) -> int:
-    from storage.migrate import migrate
-
-    applied = await migrate(_database(settings))
-    print("applied: " + ", ".join(applied) if applied else "database is up to date")
-    return 0
-
-
-async def _maintain(args: argparse.Namespace, settings: Settings) -> int:
-    from storage.pgstore import PgStore
-
-    retention = args.retention_days if args.retention_days is not None \
-        else settings.retention_days
-    if retention is not None and retention < 1:
-        raise CommandError(f"--retention-days must be at least 1, not {retention}")
-    store = await PgStore.open(_database(settings))
-    try:
-        health = await store.maintain(retention_days=retention)
-    finally:
-        await store.close()
-    data = {"partitions": health.partitions, "first_day": str(health.first_day),
-            "last_day": str(health.last_day), "days_ahead": health.days_ahead,
-            "default_rows": health.default_rows, "retention_days": retention}
-    if args.format == "json":
-        print(json.dumps(data, indent=2))
-    else:
-        print(f"{health.partitions} daily partitions, {health.first_day} .. {health.last_day}"
-              f" ({health.days_ahead} days ahead); retention "
-              f"{'none' if retention is None else f'{retention} days'}")
-    if health.default_rows:
-        print(f"brokerscan: warning: {health.default_rows} rows in the default partition",
-              file=sys.stderr)
-    return 0
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    days, rest = divmod(seconds, 86400)
-    return (f"{days} d " if days else "") + time.strftime("%H:%M:%S", time.gmtime(rest))

@@ -1,9 +1,8 @@
 """``brokerscan lookup ADDRESS...``: what enrichment attaches to each address.
 
-Wired into ``brokerscan/cli.py`` with :func:`add_lookup_command` and
-:func:`run_lookup`; also runnable alone as ``python -m enrichment.cli lookup ...``.
-A malformed address, or a source that cannot be opened, is one line on stderr and exit
-code 2, before anything is printed on stdout.
+A malformed address, or a source that cannot be opened, is a
+:class:`~brokerscan.cli.errors.CliError` (one line, exit 2) before anything is printed on
+stdout.
 """
 
 from __future__ import annotations
@@ -11,20 +10,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
-from typing import IO, Any
+from typing import IO
 
+from brokerscan.cli.errors import CliError
 from brokerscan.model import AsnInfo, GeoInfo
 from brokerscan.settings import Settings
 from enrichment.lookup import open_enricher
 from enrichment.sources import EnrichmentError, ip_to_int
 
-__all__ = ["add_lookup_command", "format_text", "main", "run_lookup"]
+__all__ = ["COMMANDS", "add_commands", "format_text", "run"]
 
-EXIT_BAD_INPUT = 2
+COMMANDS = frozenset({"lookup"})
 
 
-def add_lookup_command(subparsers: Any) -> argparse.ArgumentParser:
+def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+                 ) -> argparse.ArgumentParser:
     """Add the ``lookup`` sub-command.
 
     :param subparsers: what ``ArgumentParser.add_subparsers()`` returned
@@ -65,30 +65,26 @@ def format_text(ip: str, asn: AsnInfo, geo: GeoInfo) -> str:
     return "  ".join(parts)
 
 
-def run_lookup(args: argparse.Namespace, settings: Settings,
-               out: IO[str] | None = None, err: IO[str] | None = None) -> int:
+def run(args: argparse.Namespace, settings: Settings, out: IO[str] | None = None) -> int:
     """Run ``lookup``.
 
     :param args: parsed arguments of the ``lookup`` sub-command
     :param settings: deployment settings (``enrichment_sources`` when no ``--source``)
     :param out: where answers go (default: stdout)
-    :param err: where the one-line error goes (default: stderr)
-    :returns: 0, or 2 for a malformed address or an unusable source
+    :returns: 0
+    :raises CliError: a malformed address or an unusable source (exit 2)
     """
     out = out or sys.stdout
-    err = err or sys.stderr
     addresses: list[str] = args.addresses
     for address in addresses:
         try:
             ip_to_int(address)
         except ValueError as exc:
-            err.write(f"brokerscan lookup: error: {exc}\n")
-            return EXIT_BAD_INPUT
+            raise CliError(str(exc)) from None
     try:
         enricher = open_enricher(args.sources or settings.enrichment_sources)
     except EnrichmentError as exc:
-        err.write(f"brokerscan lookup: error: {exc}\n")
-        return EXIT_BAD_INPUT
+        raise CliError(str(exc)) from None
     try:
         for address in addresses:
             asn, geo = enricher.lookup(address)
@@ -101,15 +97,3 @@ def run_lookup(args: argparse.Namespace, settings: Settings,
     finally:
         enricher.close()
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m enrichment.cli lookup ADDRESS...`` (the same as ``brokerscan lookup``)."""
-    parser = argparse.ArgumentParser(prog="brokerscan")
-    add_lookup_command(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return run_lookup(args, Settings())
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,35 +12,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
+from brokerscan.cli.errors import EXIT_BAD_INPUT, EXIT_UNAVAILABLE, CliError
+from brokerscan.oneline import describe
 from brokerscan.settings import Settings
-from storage.deadletter import StreamConsumer, StreamError, StreamStatus, describe, stream_status
+from brokerscan.stream.connection import StreamError
+from brokerscan.stream.consumer import StreamConsumer, tune_gc
+from brokerscan.stream.status import StreamStatus, stream_status
+from storage.store import store_url
 
-__all__ = ["COMMANDS", "DEFAULT_STORE_URL", "add_commands", "main", "run_command", "status_dict",
-           "store_url", "tune_gc"]
+__all__ = ["COMMANDS", "add_commands", "run", "status_dict"]
 
-#: The top-level commands :func:`add_commands` adds (for the dispatch in brokerscan.cli).
+#: The top-level commands :func:`add_commands` adds.
 COMMANDS = frozenset({"enrich-worker", "store-worker", "stream"})
-EXIT_BAD_INPUT = 2
-EXIT_UNAVAILABLE = 1
-#: The embedded store when neither ``store_url`` nor ``database_url`` is set.
-DEFAULT_STORE_URL = "sqlite:///brokerscan.db"
 _STATS_EVERY = 10.0  # seconds between the counter lines a worker logs
 
 log = logging.getLogger("brokerscan.stream")
-
-
-class _CommandError(Exception):
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def add_commands(sub: Any) -> None:
@@ -64,14 +57,11 @@ def add_commands(sub: Any) -> None:
     status.add_argument("--format", choices=("text", "json"), default="text")
 
 
-def store_url(settings: Settings) -> str:
-    """The store results are written to: ``store_url``, else ``database_url``, else the
-    embedded SQLite file."""
-    return settings.store_url or settings.database_url or DEFAULT_STORE_URL
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run one of the stream commands.
 
-
-def run_command(args: argparse.Namespace, settings: Settings) -> int:
-    """Run one of the stream commands; one line on stderr and an exit code on error."""
+    :raises CliError: bad configuration (2) or a service that is unreachable (1)
+    """
     # aiormq logs every failed connect itself; our own line says it once, with the URL.
     logging.getLogger("aiormq").setLevel(logging.CRITICAL)
     try:
@@ -80,27 +70,8 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
         if args.command == "store-worker":
             return asyncio.run(_store_worker(args, settings))
         return asyncio.run(_status(args, settings))
-    except _CommandError as exc:
-        sys.stderr.write(f"brokerscan: error: {exc}\n")
-        return exc.code
     except StreamError as exc:
-        sys.stderr.write(f"brokerscan: error: {exc}\n")
-        return EXIT_UNAVAILABLE
-
-
-def tune_gc() -> None:
-    """Garbage collection for a stream worker, called once start-up is done.
-
-    A worker allocates many small containers per result (models, rows, tuples), nearly all
-    freed again without cycles, while start-up left a large heap of long-lived objects
-    (modules, pydantic schemas, the enrichment tables). With the default thresholds the
-    collector runs every 700 allocations and walks that heap over and over: about a third
-    of the store writer's CPU (``bench/ingest.py``). So: freeze what start-up made (never
-    traversed again) and collect the young generation every 50,000 allocations.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
+        raise CliError(str(exc), EXIT_UNAVAILABLE) from None
 
 
 def _setup_logging() -> None:
@@ -117,12 +88,12 @@ async def _enrich_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     _setup_logging()
     if not 1 <= args.prefetch <= 65535 or not 1 <= args.per_message <= 100_000:
-        raise _CommandError("--prefetch must be in 1..65535 and --per-message in 1..100000",
+        raise CliError("--prefetch must be in 1..65535 and --per-message in 1..100000",
                             EXIT_BAD_INPUT)
     try:
         enricher = open_enricher(settings.enrichment_sources)
     except (EnrichmentError, OSError, ValueError) as exc:
-        raise _CommandError(f"enrichment sources: {describe(exc)}", EXIT_BAD_INPUT) from None
+        raise CliError(f"enrichment sources: {describe(exc)}", EXIT_BAD_INPUT) from None
     worker = EnrichmentWorker(settings, enricher, prefetch=args.prefetch,
                               per_message=args.per_message)
     await worker.check()
@@ -140,14 +111,14 @@ async def _store_worker(args: argparse.Namespace, settings: Settings) -> int:
     _setup_logging()
     if not 1 <= args.batch_size <= 32767 or args.max_delay < 0 \
             or not 1 <= args.prefetch <= 65535:
-        raise _CommandError("--batch-size must be in 1..32767, --max-delay >= 0 and "
+        raise CliError("--batch-size must be in 1..32767, --max-delay >= 0 and "
                             "--prefetch in 1..65535", EXIT_BAD_INPUT)
     url = store_url(settings)
     try:
         store = await open_store(url)
     except Exception as exc:  # the store says why in one line; we add where
         code = EXIT_BAD_INPUT if "migrat" in str(exc).lower() else EXIT_UNAVAILABLE
-        raise _CommandError(f"store: {describe(exc)}", code) from None
+        raise CliError(f"store: {describe(exc)}", code) from None
     upkeep = asyncio.create_task(_upkeep(store, settings.retention_days))
     try:
         writer = StoreWriter(settings, store, batch_size=args.batch_size,
@@ -236,20 +207,3 @@ def status_dict(status: StreamStatus) -> dict[str, Any]:
                               "stage": d.stage, "reason": d.reason,
                               "body": d.body[:500].decode(errors="replace")}
                              for d in status.dead_letters]}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m brokerscan.streamcli ...``: the same commands without the main CLI."""
-    parser = argparse.ArgumentParser(prog="brokerscan")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        settings = Settings()
-    except ValueError as exc:
-        sys.stderr.write(f"brokerscan: error: settings: {' '.join(str(exc).split())}\n")
-        return EXIT_BAD_INPUT
-    return run_command(args, settings)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,10 @@
-"""The ``brokerscan`` command line: ``scan`` and ``demo`` (sweeps come with the scheduler).
+"""``brokerscan scan``: probe addresses and ports now, in this process.
 
-Bad input (a malformed target, an unknown port name, an unreadable file, a target that is
-blocklisted or out of scope) ends in one line on stderr and exit code 2, before any packet.
+Targets, ports, blocklists and scope are resolved and checked before any packet
+(:func:`plan_scan`); a mistake is a :class:`~brokerscan.cli.errors.CliError` (exit 2). The
+engine's results are enriched, written as JSONL (``-o``), stored (the embedded SQLite store
+by default) and counted into the census report, which ends the run. A store that fails
+during the scan is one line and exit 1; the ``-o`` file keeps every result.
 """
 
 from __future__ import annotations
@@ -12,16 +15,19 @@ import dataclasses
 import json
 import secrets
 import sys
-import time
-from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import IO, NoReturn
+from typing import IO
 
 import asyncpg
-from pydantic import ValidationError
 
-from brokerscan import __version__
-from brokerscan.localsink import StoreSink
+from brokerscan.cli.errors import EXIT_UNAVAILABLE, CliError
+from brokerscan.cli.options import (
+    add_rate_option,
+    add_target_options,
+    mqtt_levels,
+    non_negative,
+)
+from brokerscan.cli.text import format_duration, redraw
 from brokerscan.model import ScanResult
 from brokerscan.report import Report
 from brokerscan.settings import Settings
@@ -30,93 +36,24 @@ from scheduler.blocklist import IPSet, default_blocklist, load_blocklist
 from scheduler.ports import PortError, PortSpec, parse_ports
 from scheduler.targets import TargetError, eligible, iter_targets, parse_target, read_targets
 from storage.db import DatabaseError
-from storage.store import Store, StoreError, open_store
+from storage.sink import StoreSink
+from storage.store import Store, StoreError, open_store, store_url
 from workers.engine import Engine, ScanConfig, ScanStats
 from workers.probes.base import ProbeOptions
 from workers.transport import Scope
 
-__all__ = ["main"]
+__all__ = ["COMMANDS", "ScanPlan", "add_commands", "open_output", "plan_scan", "print_report",
+           "progress_line", "run", "run_scan", "want_progress"]
 
-EXIT_BAD_INPUT = 2
-DEFAULT_STORE = "sqlite:///brokerscan.db"  # the embedded store, in the working directory
-
-
-class UsageError(Exception):
-    """A mistake in what the user asked for: one line, exit 2."""
+COMMANDS = frozenset({"scan"})
 
 
-class StoreFailed(Exception):
-    """The store failed during a scan (a full disk, the database gone): one line, exit 1."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _positive(kind: type[float] | type[int]) -> Callable[[str], float | int]:
-    def convert(text: str) -> float | int:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
-        return value
-    convert.__name__ = kind.__name__
-    return convert
-
-
-def _levels(text: str) -> tuple[int, ...]:
-    names = {"3": 3, "3.1": 3, "4": 4, "3.1.1": 4, "5": 5, "5.0": 5}
-    try:
-        levels = tuple(names[item.strip()] for item in text.split(",") if item.strip())
-    except KeyError as exc:
-        raise argparse.ArgumentTypeError(
-            f"unknown MQTT level {exc.args[0]!r} (use 3.1, 3.1.1, 5.0)") from None
-    if not levels:
-        raise argparse.ArgumentTypeError("no MQTT level given")
-    return levels
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="brokerscan",
-                     description="Find and measure exposed MQTT and AMQP brokers.")
-    parser.add_argument("--version", action="version", version=f"brokerscan {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``scan``."""
     scan = sub.add_parser("scan", help="scan addresses and ports now, in this process")
     scan.add_argument("targets", nargs="*", metavar="TARGET",
                       help="CIDR, address, range (a.b.c.d-e.f.g.h or a.b.c.d-N), or - for stdin")
     _add_scan_options(scan)
-
-    demo = sub.add_parser("demo", help="start local brokers on 127.x, scan them, report")
-    demo.add_argument("--format", choices=("text", "json"), default="text")
-    demo.add_argument("-o", "--output", metavar="FILE", help="also write results as JSONL")
-    from brokerscan import streamcli
-    from brokerscan.sweepcli import add_commands
-
-    add_commands(sub, add_target_options)
-    streamcli.add_commands(sub)
-    from enrichment.cli import add_lookup_command
-
-    add_lookup_command(sub)
-    return parser
-
-
-def add_target_options(parser: argparse.ArgumentParser) -> None:
-    """What to probe: shared by ``scan`` and ``sweep plan/start``."""
-    parser.add_argument("-iL", dest="target_files", action="append", default=[],
-                        metavar="FILE", help="read targets from FILE, one per line")
-    parser.add_argument("-p", "--ports", default="1883,8883,5672,5671",
-                        help="ports: numbers or mqtt, mqtts, amqp, amqps; PORT/tls or "
-                             "PORT/tcp picks the transport (default: %(default)s)")
-    parser.add_argument("--probe", choices=("mqtt", "amqp"),
-                        help="use only this probe (default: by port; both on other ports)")
-    parser.add_argument("--allow-reserved", action="store_true",
-                        help="lift the built-in IANA blocklist (loopback, private, ...)")
-    parser.add_argument("--blocklist", action="append", default=[], metavar="FILE",
-                        help="an extra opt-out list in ZMap format (always applied)")
 
 
 def _add_scan_options(scan: argparse.ArgumentParser) -> None:
@@ -124,21 +61,21 @@ def _add_scan_options(scan: argparse.ArgumentParser) -> None:
     scan.add_argument("-o", "--output", metavar="FILE", help="write results as JSONL (- = stdout)")
     scan.add_argument("--store", metavar="URL",
                       help="where results are stored: postgresql://... or sqlite:///FILE "
-                           f"(default: settings, else {DEFAULT_STORE})")
+                           "(default: BROKERSCAN_STORE_URL, else the database, else "
+                           "sqlite:///brokerscan.db)")
     scan.add_argument("--no-store", action="store_true", help="do not store results")
     scan.add_argument("--all", dest="emit_failures", action="store_true",
                       help="also write results for closed and silent ports")
     scan.add_argument("--format", choices=("text", "json"), default="text",
                       help="report format")
-    scan.add_argument("-r", "--rate", type=_positive(float), default=10_000.0,
-                      help="new connections per second, 0 = unlimited (default: %(default)s)")
-    scan.add_argument("-c", "--concurrency", type=_positive(int), default=1000,
+    add_rate_option(scan, "this scan")
+    scan.add_argument("-c", "--concurrency", type=non_negative(int), default=1000,
                       help="connections in flight (default: %(default)s)")
-    scan.add_argument("--connect-timeout", type=_positive(float), default=3.0)
-    scan.add_argument("--io-timeout", type=_positive(float), default=5.0)
-    scan.add_argument("--timeout", type=_positive(float), default=20.0,
+    scan.add_argument("--connect-timeout", type=non_negative(float), default=3.0)
+    scan.add_argument("--io-timeout", type=non_negative(float), default=5.0)
+    scan.add_argument("--timeout", type=non_negative(float), default=20.0,
                       help="total seconds per target, fall-backs included")
-    scan.add_argument("--mqtt-levels", type=_levels, default=(5, 4, 3),
+    scan.add_argument("--mqtt-levels", type=mqtt_levels, default=(5, 4, 3),
                       help="MQTT levels to try in order (default: 5.0,3.1.1,3.1)")
     scan.add_argument("--mqtt-all-levels", action="store_true",
                       help="try every MQTT level, not just until one answers")
@@ -148,41 +85,9 @@ def _add_scan_options(scan: argparse.ArgumentParser) -> None:
                       help="live progress on stderr (auto: when stderr is a terminal)")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        print(f"brokerscan: error: settings: {first['loc'][0]}: {first['msg']}",
-              file=sys.stderr)
-        return EXIT_BAD_INPUT
-    try:
-        if args.command == "scan":
-            return asyncio.run(_scan(args, settings))
-        if args.command == "demo":
-            from brokerscan.demo import run_demo
-            return run_demo(args, settings)
-        if args.command == "lookup":
-            from enrichment.cli import run_lookup
-
-            return run_lookup(args, settings)
-        from brokerscan import streamcli
-        from brokerscan.sweepcli import run_command
-
-        if args.command in streamcli.COMMANDS:
-            return streamcli.run_command(args, settings)
-        return run_command(args, settings)
-    except UsageError as exc:
-        print(f"brokerscan: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except StoreFailed as exc:
-        print(f"brokerscan: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("brokerscan: interrupted", file=sys.stderr)
-        return 130
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run ``scan``."""
+    return asyncio.run(_scan(args, settings))
 
 
 class ScanPlan:
@@ -201,12 +106,12 @@ class ScanPlan:
 def plan_scan(args: argparse.Namespace, settings: Settings) -> ScanPlan:
     """Parse and check targets, ports, blocklists and scope.
 
-    :raises UsageError: anything wrong, as one line.
+    :raises CliError: anything wrong, as one line.
     """
     try:
         ports = parse_ports(args.ports, args.probe)
         if not args.targets and not args.target_files:
-            raise UsageError("no targets given (a CIDR, an address, a range, -iL FILE or -)")
+            raise CliError("no targets given (a CIDR, an address, a range, -iL FILE or -)")
         stdin = sys.stdin if "-" in args.targets else None
         targets = read_targets(args.targets, args.target_files, stdin=stdin)
         optout = IPSet.empty()
@@ -223,12 +128,12 @@ def plan_scan(args: argparse.Namespace, settings: Settings) -> ScanPlan:
             single, _ = eligible(parse_target(spec), blocklist=blocklist, optout=optout,
                                  scope=scope, allow_reserved=args.allow_reserved)
             if single.size == 0:
-                raise UsageError(_why_excluded(spec, parse_target(spec), blocklist, optout,
+                raise CliError(_why_excluded(spec, parse_target(spec), blocklist, optout,
                                                scope, args.allow_reserved))
     except (TargetError, PortError) as exc:
-        raise UsageError(str(exc)) from None
+        raise CliError(str(exc)) from None
     if ips.size == 0:
-        raise UsageError(f"nothing to scan: {excluded.describe()}")
+        raise CliError(f"nothing to scan: {excluded.describe()}")
     notes = [f"excluded: {excluded.describe()}"] if excluded.total else []
     return ScanPlan(ips, ports, notes)
 
@@ -262,15 +167,15 @@ async def _scan(args: argparse.Namespace, settings: Settings) -> int:
     try:
         enricher = open_enricher(settings.enrichment_sources)
     except EnrichmentError as exc:
-        raise UsageError(f"enrichment: {exc}") from None
+        raise CliError(f"enrichment: {exc}") from None
     store: Store | None = None
     if not args.no_store:
-        url = args.store or settings.store_url or settings.database_url or DEFAULT_STORE
+        url = store_url(settings, args.store)
         try:
             store = await open_store(url)
         except (StoreError, DatabaseError) as exc:
-            raise UsageError(f"store: {exc}") from None
-    out = _open_output(args.output)
+            raise CliError(f"store: {exc}") from None
+    out = open_output(args.output)
     report_stream = sys.stderr if out is sys.stdout else sys.stdout
     for note in plan.notes:
         print(f"brokerscan: {note}", file=sys.stderr)
@@ -282,7 +187,7 @@ async def _scan(args: argparse.Namespace, settings: Settings) -> int:
     sink = StoreSink(store) if store is not None else None
     try:
         stats = await run_scan(plan, config, Scope(settings.scope), out,
-                               progress=_want_progress(args.progress), enricher=enricher,
+                               progress=want_progress(args.progress), enricher=enricher,
                                store=sink)
     except (StoreError, DatabaseError, asyncpg.PostgresError) as exc:
         assert sink is not None  # nothing else raises these
@@ -290,14 +195,14 @@ async def _scan(args: argparse.Namespace, settings: Settings) -> int:
             if args.output and args.output != "-" else ""
         why = str(exc) if isinstance(exc, StoreError | DatabaseError) \
             else f"{type(exc).__name__}: {exc}"
-        raise StoreFailed(f"store: {' '.join(why.split())}; {sink.written} of {sink.added} "
-                          f"results stored (scan {config.sweep_id}){kept}") from None
+        raise CliError(f"store: {why}; {sink.written} of {sink.added} results stored "
+                       f"(scan {config.sweep_id}){kept}", EXIT_UNAVAILABLE) from None
     finally:
         if out is not None and out is not sys.stdout:
             out.close()
         if store is not None:
             await store.close()
-    _print_report(args.format, stats.report, stats.stats, report_stream)
+    print_report(args.format, stats.report, stats.stats, report_stream)
     if sink is not None:
         print(f"brokerscan: {sink.new} new observations in the store (scan {config.sweep_id})",
               file=sys.stderr)
@@ -305,6 +210,8 @@ async def _scan(args: argparse.Namespace, settings: Settings) -> int:
 
 
 class ScanRun:
+    """What :func:`run_scan` ends with: the census report and the engine's counters."""
+
     def __init__(self, report: Report, stats: ScanStats) -> None:
         self.report = report
         self.stats = stats
@@ -344,7 +251,11 @@ async def run_scan(plan: ScanPlan, config: ScanConfig, scope: Scope, out: IO[str
     return ScanRun(report, stats)
 
 
-def _open_output(path: str | None) -> IO[str] | None:
+def open_output(path: str | None) -> IO[str] | None:
+    """The ``-o`` file (``-``: standard output; None: no file).
+
+    :raises CliError: it cannot be written
+    """
     if path is None:
         return None
     if path == "-":
@@ -352,17 +263,18 @@ def _open_output(path: str | None) -> IO[str] | None:
     try:
         return open(path, "w", encoding="utf-8", buffering=1 << 16)
     except OSError as exc:
-        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+        raise CliError(f"cannot write {path}: {exc.strerror}") from None
 
 
-def _want_progress(choice: str) -> bool:
+def want_progress(choice: str) -> bool:
+    """Whether to draw live progress for ``--progress auto|on|off``."""
     return choice == "on" or (choice == "auto" and sys.stderr.isatty())
 
 
 async def _progress(engine: Engine) -> None:
     while True:
         await asyncio.sleep(0.5)
-        print(f"\r{progress_line(engine.stats)}", end="", file=sys.stderr, flush=True)
+        redraw(sys.stderr, progress_line(engine.stats))
 
 
 def progress_line(stats: ScanStats) -> str:
@@ -370,22 +282,19 @@ def progress_line(stats: ScanStats) -> str:
     rate = stats.rate
     total = stats.total or 0
     hits = sum(stats.hits.values())
-    eta = (total - stats.done) / rate if rate > 0 and total else float("nan")
-    eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta == eta else "--:--:--"
+    eta = (total - stats.done) / rate if rate > 0 and total else None
     pct = 100.0 * stats.done / total if total else 0.0
     return (f"{rate:8.0f} probes/s  {stats.done}/{total} ({pct:5.1f}%)  "
             f"open {stats.open}  hits {hits} "
             f"(mqtt {stats.hits.get('mqtt', 0)}, amqp {stats.hits.get('amqp', 0)})  "
-            f"ETA {eta_text}")
+            f"ETA {format_duration(eta)}")
 
 
-def _print_report(fmt: str, report: Report, stats: ScanStats, stream: IO[str]) -> None:
+def print_report(fmt: str, report: Report, stats: ScanStats, stream: IO[str]) -> None:
+    """The census report as text or JSON."""
     if fmt == "json":
         stream.write(json.dumps(report.as_dict(stats), indent=2) + "\n")
     else:
         stream.write(report.render(stats))
     stream.flush()
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

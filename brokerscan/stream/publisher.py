@@ -5,14 +5,14 @@ A shard task hands every :class:`~brokerscan.model.ScanResult` to :meth:`ResultP
 its Celery message is acked: ``flush()`` returns only when the broker has confirmed every
 result added so far. :meth:`ResultPublisher.wait_ready` is the engine's backpressure hook.
 
-Messages (the batch format of :mod:`brokerscan.wire`): persistent, ``content_type``
+Messages (the batch format of :mod:`brokerscan.stream.wire`): persistent, ``content_type``
 ``application/x-ndjson``, body one ``result.model_dump_json()`` per line, header ``results``
-= the number of lines, built by :func:`brokerscan.wire.batch_message`. Results are grouped so
+= the number of lines, built by :func:`brokerscan.stream.wire.batch_message`. Results are grouped so
 that every message is homogeneous: one routing key :func:`routing_key`
 (``result.<protocol|none>.<status>``), one ``schema_version``, ``sweep_id`` and ``shard``
 (headers; ``sweep_id`` and ``shard`` left out when unknown). A message carries at most
 ``results_per_message`` results (and never more than ``batch_size``); its ``message_id`` is
-:func:`brokerscan.wire.batch_id` of the ``(sweep, ip, port)`` keys it carries, so a message
+:func:`brokerscan.stream.wire.batch_id` of the ``(sweep, ip, port)`` keys it carries, so a message
 published again has the same id. With ``results_per_message=1`` every message is a batch of
 one (the same content type: one format for consumers to read, not two). A group goes out when
 it is full, when it has waited ``flush_interval`` seconds, or when somebody flushes.
@@ -27,6 +27,10 @@ failed publishes, so the retry loop has to be ours anyway. Duplicates are possib
 message again, same ``message_id``); losses are not: if ``retry_budget`` seconds pass without
 a single confirm, the publisher fails and :meth:`flush`, :meth:`wait_ready` and :meth:`add`
 raise :class:`PublisherError`.
+
+Why one piece: buffering, sealing, delivery rounds and the retry budget all work on the
+same state (open groups, sealed messages, counters, the one connection); split apart, one
+state machine would be read across files.
 """
 
 from __future__ import annotations
@@ -35,18 +39,19 @@ import asyncio
 import collections
 import contextlib
 import logging
-import random
 import time
 from dataclasses import dataclass, field
 
 import aio_pika
 import aio_pika.abc
 import aio_pika.exceptions
-import yarl
 
 from brokerscan.model import ScanResult
 from brokerscan.names import Names
-from brokerscan.wire import batch_id, batch_message
+from brokerscan.oneline import describe, redact
+from brokerscan.stream.connection import backoff
+from brokerscan.stream.topology import declare_results
+from brokerscan.stream.wire import batch_id, batch_message
 
 __all__ = ["PublisherError", "ResultPublisher", "message_key", "routing_key"]
 
@@ -63,7 +68,7 @@ class PublisherError(RuntimeError):
 def message_key(result: ScanResult) -> str:
     """The deterministic key of a result: ``"sweep|ip|port"`` (empty sweep if none). What
     consumers and tests count results by; a message's id is
-    :func:`brokerscan.wire.batch_id` of the keys of the results it carries.
+    :func:`brokerscan.stream.wire.batch_id` of the keys of the results it carries.
 
     :param result: the result to name.
     :returns: the key, identical for every publish of the same observation.
@@ -153,8 +158,9 @@ class ResultPublisher:
             raise ValueError("batch_size, results_per_message and max_pending must be at "
                              "least 1")
         self.url = url
+        self.names = names
         self.exchange_name = names.results_exchange
-        self.queue_name = names.results_queue if declare_queue else None
+        self.declare_queue = declare_queue
         self.batch_size = batch_size
         self.results_per_message = results_per_message
         self._seal_at = min(results_per_message, batch_size)
@@ -209,7 +215,7 @@ class ResultPublisher:
             await self._disconnect()
             raise PublisherError(
                 f"cannot open the results exchange {self.exchange_name!r} at "
-                f"{_redact(self.url)}: {_describe(exc)}"
+                f"{redact(self.url)}: {describe(exc)}"
             ) from exc
         self._runner = asyncio.get_running_loop().create_task(
             self._run(), name=f"publish:{self.exchange_name}"
@@ -393,7 +399,7 @@ class ResultPublisher:
             if progress or failing_since is None:
                 failing_since, attempt = loop.time(), 0
             self._check_budget(failing_since, unconfirmed, last_error)
-            await asyncio.sleep(_backoff(attempt))
+            await asyncio.sleep(backoff(attempt, first=_BACKOFF_FIRST, cap=_BACKOFF_MAX))
             attempt += 1
             todo = failed
 
@@ -437,7 +443,7 @@ class ResultPublisher:
                 self.timed_out += 1
                 last_error, broken = f"no confirm within {self.confirm_timeout:g} s", True
             else:  # the channel or connection is gone
-                last_error, broken = _describe(exc), True
+                last_error, broken = describe(exc), True
         if broken:
             log.warning("results publisher: %d of %d unconfirmed (%s); reconnecting",
                         len(failed), len(todo), last_error)
@@ -453,21 +459,21 @@ class ResultPublisher:
             try:
                 await self._connect()
             except Exception as exc:
-                last_error = f"reconnect failed: {_describe(exc)}"
+                last_error = f"reconnect failed: {describe(exc)}"
                 log.warning("results publisher: %s", last_error)
                 await self._disconnect()
             else:
                 self.reconnects += 1
                 return last_error
             self._check_budget(since, self._inflight, last_error)
-            await asyncio.sleep(_backoff(attempt))
+            await asyncio.sleep(backoff(attempt, first=_BACKOFF_FIRST, cap=_BACKOFF_MAX))
             attempt += 1
 
     def _check_budget(self, since: float, unconfirmed: int, last_error: str) -> None:
         waited = asyncio.get_running_loop().time() - since
         if waited > self.retry_budget:
             raise PublisherError(
-                f"results exchange {self.exchange_name!r} at {_redact(self.url)}: "
+                f"results exchange {self.exchange_name!r} at {redact(self.url)}: "
                 f"{unconfirmed} result(s) still unconfirmed after retrying for "
                 f"{waited:.1f} s (budget {self.retry_budget:g} s); last error: {last_error}"
             )
@@ -481,14 +487,8 @@ class ResultPublisher:
         self._connection = connection
         async with asyncio.timeout(timeout):
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            self._exchange = await channel.declare_exchange(
-                self.exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
-            )
-            # The raw results queue, durable: results wait there until enrichment takes
-            # them, even when no consumer runs yet (never unroutable, never dropped).
-            if self.queue_name is not None:
-                queue = await channel.declare_queue(self.queue_name, durable=True)
-                await queue.bind(self._exchange, "result.#")
+            self._exchange = await declare_results(channel, self.names,
+                                                   with_queue=self.declare_queue)
 
     async def _disconnect(self) -> None:
         connection, self._connection, self._exchange = self._connection, None, None
@@ -524,19 +524,3 @@ class ResultPublisher:
     async def _wait_change(self) -> None:
         self._changed.clear()  # no await since the caller's check: no wake-up is lost
         await self._changed.wait()
-
-
-def _backoff(attempt: int) -> float:
-    delay: float = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2**attempt)
-    return delay * random.uniform(0.5, 1.0)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _redact(url: str) -> str:
-    """The URL without its password, for error messages."""
-    parsed = yarl.URL(url)
-    return str(parsed.with_password("***")) if parsed.password else url

@@ -17,7 +17,7 @@ them again. Idempotence does not rest on it (the store keys every observation); 
 people reading queues and dead letters.
 
 A line that fails validation is dead-lettered on its own (see
-:func:`storage.deadletter.dead_letter_line`); the rest of its batch goes on.
+:func:`brokerscan.stream.deadletters.dead_letter_line`); the rest of its batch goes on.
 """
 
 from __future__ import annotations

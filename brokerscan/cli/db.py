@@ -1,0 +1,65 @@
+"""``brokerscan db``: the PostgreSQL database (``migrate``, ``maintain``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from brokerscan.cli.errors import CliError
+from brokerscan.cli.services import database_url, run_async
+from brokerscan.settings import Settings
+from storage.migrate import migrate
+from storage.pgstore import PgStore
+
+__all__ = ["COMMANDS", "add_commands", "run"]
+
+COMMANDS = frozenset({"db"})
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``db migrate`` and ``db maintain``."""
+    db = sub.add_parser("db", help="the PostgreSQL database")
+    db_verbs = db.add_subparsers(dest="verb", required=True, parser_class=type(db))
+    db_verbs.add_parser("migrate", help="apply migrations")
+    maintain = db_verbs.add_parser(
+        "maintain", help="premake partitions, drop those past retention, report health")
+    maintain.add_argument("--retention-days", type=int, default=None,
+                          help="drop daily partitions older than this (default: settings)")
+    maintain.add_argument("--format", choices=("text", "json"), default="text")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run ``db migrate`` or ``db maintain``."""
+    return run_async(_migrate(settings) if args.verb == "migrate" else _maintain(args, settings))
+
+
+async def _migrate(settings: Settings) -> int:
+    applied = await migrate(database_url(settings))
+    print("applied: " + ", ".join(applied) if applied else "database is up to date")
+    return 0
+
+
+async def _maintain(args: argparse.Namespace, settings: Settings) -> int:
+    retention = args.retention_days if args.retention_days is not None \
+        else settings.retention_days
+    if retention is not None and retention < 1:
+        raise CliError(f"--retention-days must be at least 1, not {retention}")
+    store = await PgStore.open(database_url(settings))
+    try:
+        health = await store.maintain(retention_days=retention)
+    finally:
+        await store.close()
+    data = {"partitions": health.partitions, "first_day": str(health.first_day),
+            "last_day": str(health.last_day), "days_ahead": health.days_ahead,
+            "default_rows": health.default_rows, "retention_days": retention}
+    if args.format == "json":
+        print(json.dumps(data, indent=2))
+    else:
+        print(f"{health.partitions} daily partitions, {health.first_day} .. {health.last_day}"
+              f" ({health.days_ahead} days ahead); retention "
+              f"{'none' if retention is None else f'{retention} days'}")
+    if health.default_rows:
+        print(f"brokerscan: warning: {health.default_rows} rows in the default partition",
+              file=sys.stderr)
+    return 0

@@ -1,0 +1,82 @@
+"""Options and argument types that several commands share, defined once: what to probe
+(``scan`` and ``sweep plan/start``), the rate (the same meaning everywhere: new
+connections per second, ``0`` for no limit) and non-negative numbers."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Final
+
+__all__ = ["MAX_RATE", "add_rate_option", "add_target_options", "mqtt_levels", "non_negative",
+           "positive_int"]
+
+#: The highest rate any command accepts (a typo guard, far above what a fleet can do).
+MAX_RATE: Final = 10_000_000.0
+
+
+def non_negative(kind: type[float] | type[int]) -> Callable[[str], float | int]:
+    """An argparse type: a number of *kind* that is not negative."""
+    def convert(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value < 0 or value != value:  # NaN is not a number of anything
+            raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+        return value
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _rate(text: str) -> float:
+    value = float(non_negative(float)(text))
+    if value > MAX_RATE:
+        raise argparse.ArgumentTypeError(f"{text!r} is above the most allowed, {MAX_RATE:,.0f}")
+    return value
+
+
+def add_rate_option(parser: argparse.ArgumentParser, whom: str) -> None:
+    """``-r/--rate``: new connections per second for *whom*; 0 means no limit."""
+    parser.add_argument("-r", "--rate", type=_rate, default=10_000.0,
+                        help=f"new connections per second for {whom}; 0 = no limit "
+                             "(default: %(default)s)")
+
+
+def mqtt_levels(text: str) -> tuple[int, ...]:
+    """An argparse type: MQTT levels in the order to try them (``5.0,3.1.1,3.1``)."""
+    names = {"3": 3, "3.1": 3, "4": 4, "3.1.1": 4, "5": 5, "5.0": 5}
+    try:
+        levels = tuple(names[item.strip()] for item in text.split(",") if item.strip())
+    except KeyError as exc:
+        raise argparse.ArgumentTypeError(
+            f"unknown MQTT level {exc.args[0]!r} (use 3.1, 3.1.1, 5.0)") from None
+    if not levels:
+        raise argparse.ArgumentTypeError("no MQTT level given")
+    return levels
+
+
+def add_target_options(parser: argparse.ArgumentParser) -> None:
+    """What to probe: shared by ``scan`` and ``sweep plan/start``."""
+    parser.add_argument("-iL", dest="target_files", action="append", default=[],
+                        metavar="FILE", help="read targets from FILE, one per line")
+    parser.add_argument("-p", "--ports", default="1883,8883,5672,5671",
+                        help="ports: numbers or mqtt, mqtts, amqp, amqps; PORT/tls or "
+                             "PORT/tcp picks the transport (default: %(default)s)")
+    parser.add_argument("--probe", choices=("mqtt", "amqp"),
+                        help="use only this probe (default: by port; both on other ports)")
+    parser.add_argument("--allow-reserved", action="store_true",
+                        help="lift the built-in IANA blocklist (loopback, private, ...)")
+    parser.add_argument("--blocklist", action="append", default=[], metavar="FILE",
+                        help="an extra opt-out list in ZMap format (always applied)")

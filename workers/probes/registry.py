@@ -1,0 +1,18 @@
+"""Probe drivers by name: adding a protocol is one module and one line here."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from workers.probes.amqp import probe_amqp
+from workers.probes.base import Dial, ProbeOptions, ProbeOutcome
+from workers.probes.mqtt import probe_mqtt
+
+__all__ = ["PROBES", "ProbeFn"]
+
+ProbeFn = Callable[[Dial, ProbeOptions], Awaitable[ProbeOutcome]]
+
+PROBES: dict[str, ProbeFn] = {
+    "mqtt": probe_mqtt,
+    "amqp": probe_amqp,
+}

@@ -31,9 +31,9 @@ import asyncio
 import random
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date
 from typing import Final
 
 import asyncpg
@@ -41,21 +41,15 @@ import asyncpg
 from brokerscan.model import ScanResult
 from storage import partitions
 from storage.db import DatabaseError, Pool, PooledConn, create_pool
-from storage.queries import (
-    Dialect,
-    compile_counts,
-    compile_hosts,
-    compile_services,
-    decode_cursor,
-    next_cursor,
-    sort_counts,
-)
+from storage.queries import Dialect
+from storage.reader import Row, StoreReader
 from storage.rows import COLUMNS, observation_row
-from storage.store import Service, StoreError
+from storage.store import StoreError
 
 __all__ = ["PG", "PgStore"]
 
-PG: Final = Dialect(positional=True, encode_date=lambda d: d, encode_time=lambda t: t)
+PG: Final = Dialect(positional=True, encode_date=lambda d: d, encode_time=lambda t: t,
+                    decode_date=lambda d: d, decode_time=lambda t: t)
 
 _STAGE = "observations_stage"
 _STAGE_DDL = (
@@ -140,12 +134,13 @@ class _Prepared:
     days: set[date]
 
 
-class PgStore:
+class PgStore(StoreReader):
     """The results store in PostgreSQL (see the module docstring).
 
     :ivar pool: the asyncpg pool it writes and reads through
     """
 
+    dialect = PG
     #: How long the list of existing partitions is trusted, in seconds.
     PARTITION_CACHE_SECONDS: Final = 300.0
 
@@ -261,58 +256,9 @@ class PgStore:
         if conn is not None and _usable(conn):
             await self.pool.release(conn, timeout=5.0)
 
-    async def counts(
-        self, *, by: Sequence[str], since: datetime | None = None,
-        until: datetime | None = None, sweep_id: str | None = None,
-        where: Mapping[str, object] | None = None, rollup: bool | None = None,
-    ) -> list[dict[str, object]]:
-        """See :meth:`storage.store.Store.counts`; *rollup* forces the source (tests)."""
-        query = compile_counts(PG, by=by, where=where, since=since, until=until,
-                               sweep_id=sweep_id, rollup=rollup)
-        rows = await self.pool.fetch(query.sql, *query.params)
-        return sort_counts([{**{d: r[d] for d in by}, "count": int(r["n"])} for r in rows], by)
-
-    async def hosts(
-        self, *, where: Mapping[str, object] | None = None, since: datetime | None = None,
-        until: datetime | None = None, sweep_id: str | None = None, limit: int = 100,
-        cursor: str | None = None,
-    ) -> tuple[list[ScanResult], str | None]:
-        """See :meth:`storage.store.Store.hosts`."""
-        after = None
-        if cursor is not None:
-            after = decode_cursor(cursor, 4)
-            try:
-                after[0] = datetime.fromisoformat(str(after[0]))
-            except ValueError:
-                raise ValueError("invalid cursor: not a cursor of this listing") from None
-        query = compile_hosts(PG, where=where, since=since, until=until, sweep_id=sweep_id,
-                              limit=limit, after=after)
-        rows = await self.pool.fetch(query.sql, *query.params)
-        results = [ScanResult.model_validate_json(r["record"]) for r in rows[:limit]]
-        more = next_cursor(rows, limit, lambda last: [
-            last["sweep_started_at"], last["sweep_id"], str(last["ip"]), last["port"]])
-        return results, more
-
-    async def services(
-        self, *, where: Mapping[str, object] | None = None,
-        seen_since: datetime | None = None, limit: int = 100, cursor: str | None = None,
-    ) -> tuple[list[Service], str | None]:
-        """See :meth:`storage.store.Store.services`."""
-        after = None if cursor is None else decode_cursor(cursor, 3)
-        query = compile_services(PG, where=where, seen_since=seen_since, limit=limit,
-                                 after=after)
-        rows = await self.pool.fetch(query.sql, *query.params)
-        page = [
-            Service(
-                ip=str(r["ip"]), port=r["port"], transport=r["transport"],
-                first_seen=r["first_seen"], last_seen=r["last_seen"],
-                last_changed=r["last_changed"],
-                latest=ScanResult.model_validate_json(r["latest"]),
-            )
-            for r in rows[:limit]
-        ]
-        return page, next_cursor(rows, limit,
-                                 lambda last: [str(last["ip"]), last["port"], last["transport"]])
+    async def fetch(self, sql: str, params: Sequence[object]) -> list[Row]:
+        """See :meth:`storage.reader.StoreReader.fetch` (through the pool)."""
+        return list(await self.pool.fetch(sql, *params))
 
     async def maintain(self, *, retention_days: int | None = None) -> partitions.PartitionHealth:
         """Premake partitions, drop those past *retention_days* (if given), report health.

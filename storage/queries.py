@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from difflib import get_close_matches
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 from storage.rows import as_utc
 
@@ -76,11 +76,15 @@ class Dialect:
     :ivar positional: parameters are ``$1, $2, ...`` (PostgreSQL) rather than ``?``
     :ivar encode_date: a :class:`~datetime.date` as a parameter
     :ivar encode_time: a :class:`~datetime.datetime` as a parameter
+    :ivar decode_date: a stored day back as a :class:`~datetime.date`
+    :ivar decode_time: a stored timestamp back as an aware :class:`~datetime.datetime`
     """
 
     positional: bool
     encode_date: Callable[[date], object]
     encode_time: Callable[[datetime], object]
+    decode_date: Callable[[Any], date]
+    decode_time: Callable[[Any], datetime]
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,29 +15,24 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 from brokerscan.model import ScanResult
-from storage.queries import (
-    Dialect,
-    compile_counts,
-    compile_hosts,
-    compile_services,
-    decode_cursor,
-    next_cursor,
-    sort_counts,
-)
+from storage.queries import Dialect
+from storage.reader import Row, StoreReader
 from storage.rows import COLUMNS, format_time, observation_row, parse_time, sqlite_row
-from storage.store import Service, StoreError
+from storage.store import StoreError
 
 __all__ = ["SQLITE", "SqliteStore", "path_of"]
 
-SQLITE: Final = Dialect(positional=False, encode_date=date.isoformat, encode_time=format_time)
+SQLITE: Final = Dialect(positional=False, encode_date=date.isoformat, encode_time=format_time,
+                        decode_date=lambda text: date.fromisoformat(str(text)),
+                        decode_time=lambda text: parse_time(str(text)))
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS observations (
@@ -136,8 +131,10 @@ class _Prepared:
     rows: list[tuple[object, ...]]
 
 
-class SqliteStore:
+class SqliteStore(StoreReader):
     """The results store in one SQLite file (see the module docstring)."""
+
+    dialect = SQLITE
 
     def __init__(self, conn: sqlite3.Connection, path: str = ":memory:") -> None:
         self._conn = conn
@@ -168,8 +165,9 @@ class SqliteStore:
         conn.executescript(_SCHEMA)
         return conn
 
-    async def _run(self, sql: str, params: Sequence[object]) -> list[sqlite3.Row]:
-        def fetch() -> list[sqlite3.Row]:
+    async def fetch(self, sql: str, params: Sequence[object]) -> list[Row]:
+        """See :meth:`storage.reader.StoreReader.fetch` (in a worker thread)."""
+        def fetch() -> list[Row]:
             cursor = self._conn.cursor()
             cursor.row_factory = sqlite3.Row
             return cursor.execute(sql, params).fetchall()
@@ -216,64 +214,7 @@ class SqliteStore:
         async with self._lock:
             return await asyncio.to_thread(self._write, rows)
 
-    async def counts(
-        self, *, by: Sequence[str], since: datetime | None = None,
-        until: datetime | None = None, sweep_id: str | None = None,
-        where: Mapping[str, object] | None = None, rollup: bool | None = None,
-    ) -> list[dict[str, object]]:
-        """See :meth:`storage.store.Store.counts`; *rollup* forces the source (tests)."""
-        query = compile_counts(SQLITE, by=by, where=where, since=since, until=until,
-                               sweep_id=sweep_id, rollup=rollup)
-        rows = await self._run(query.sql, query.params)
-        out = [{**{d: _decode(d, r[d]) for d in by}, "count": int(r["n"])} for r in rows]
-        return sort_counts(out, by)
-
-    async def hosts(
-        self, *, where: Mapping[str, object] | None = None, since: datetime | None = None,
-        until: datetime | None = None, sweep_id: str | None = None, limit: int = 100,
-        cursor: str | None = None,
-    ) -> tuple[list[ScanResult], str | None]:
-        """See :meth:`storage.store.Store.hosts`."""
-        after = None if cursor is None else decode_cursor(cursor, 4)
-        query = compile_hosts(SQLITE, where=where, since=since, until=until,
-                              sweep_id=sweep_id, limit=limit, after=after)
-        rows = await self._run(query.sql, query.params)
-        more = next_cursor(rows, limit, lambda last: [
-            last["sweep_started_at"], last["sweep_id"], last["ip"], last["port"]])
-        return [ScanResult.model_validate_json(r["record"]) for r in rows[:limit]], more
-
-    async def services(
-        self, *, where: Mapping[str, object] | None = None,
-        seen_since: datetime | None = None, limit: int = 100, cursor: str | None = None,
-    ) -> tuple[list[Service], str | None]:
-        """See :meth:`storage.store.Store.services`."""
-        after = None if cursor is None else decode_cursor(cursor, 3)
-        query = compile_services(SQLITE, where=where, seen_since=seen_since, limit=limit,
-                                 after=after)
-        rows = await self._run(query.sql, query.params)
-        page = [
-            Service(
-                ip=r["ip"], port=r["port"], transport=r["transport"],
-                first_seen=parse_time(r["first_seen"]), last_seen=parse_time(r["last_seen"]),
-                last_changed=parse_time(r["last_changed"]),
-                latest=ScanResult.model_validate_json(r["latest"]),
-            )
-            for r in rows[:limit]
-        ]
-        return page, next_cursor(rows, limit,
-                                 lambda last: [last["ip"], last["port"], last["transport"]])
-
     async def close(self) -> None:
         """Close the file."""
         async with self._lock:
             await asyncio.to_thread(self._conn.close)
-
-
-def _decode(dimension: str, value: object) -> object:
-    if value is None:
-        return None
-    if dimension == "day":
-        return date.fromisoformat(str(value))
-    if dimension in ("tls", "anonymous"):
-        return bool(value)
-    return value

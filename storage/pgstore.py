@@ -42,8 +42,9 @@ from brokerscan.model import ScanResult
 from storage import partitions
 from storage.db import DatabaseError, Pool, PooledConn, create_pool
 from storage.queries import Dialect
-from storage.reader import Row, StoreReader
+from storage.reader import Row
 from storage.rows import COLUMNS, observation_row
+from storage.searcher import Searcher
 from storage.store import StoreError
 
 __all__ = ["PG", "PgStore"]
@@ -134,7 +135,7 @@ class _Prepared:
     days: set[date]
 
 
-class PgStore(StoreReader):
+class PgStore(Searcher):
     """The results store in PostgreSQL (see the module docstring).
 
     :ivar pool: the asyncpg pool it writes and reads through

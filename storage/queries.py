@@ -31,6 +31,7 @@ __all__ = [
     "SERVICE_DIMENSIONS",
     "SERVICE_ORDER",
     "Dialect",
+    "Params",
     "Query",
     "check_dimensions",
     "compile_counts",
@@ -101,7 +102,9 @@ class Query:
     rollup: bool = False
 
 
-class _Params:
+class Params:
+    """The parameters of one statement, in order; :meth:`add` returns the placeholder."""
+
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
         self.values: list[object] = []
@@ -144,7 +147,7 @@ def use_rollup(
 
 
 def _filters(
-    params: _Params, where: Mapping[str, object], rollup: bool, column: Callable[[str], str],
+    params: Params, where: Mapping[str, object], rollup: bool, column: Callable[[str], str],
 ) -> list[str]:
     clauses = []
     for name, value in where.items():
@@ -174,7 +177,7 @@ def compile_counts(
     where = dict(where or {})
     check_dimensions([*by, *where])
     roll = use_rollup(by, where, since, until) if rollup is None else rollup
-    params = _Params(dialect)
+    params = Params(dialect)
     clauses = _filters(params, where, roll, lambda n: n)
     if sweep_id is not None:
         clauses.append(f"sweep_id = {params.add(sweep_id)}")
@@ -242,7 +245,7 @@ def decode_cursor(cursor: str, size: int) -> list[object]:
 
 def _page(
     dialect: Dialect, table: str, select: str, order: Sequence[str], clauses: list[str],
-    params: _Params, after: Sequence[object] | None, limit: int,
+    params: Params, after: Sequence[object] | None, limit: int,
 ) -> Query:
     if limit < 1:
         raise ValueError(f"limit must be at least 1, not {limit}")
@@ -274,7 +277,7 @@ def compile_hosts(
     """
     where = dict(where or {})
     check_dimensions(list(where))
-    params = _Params(dialect)
+    params = Params(dialect)
     clauses = _filters(params, where, False, lambda n: n)
     if sweep_id is not None:
         clauses.append(f"sweep_id = {params.add(sweep_id)}")
@@ -297,7 +300,7 @@ def compile_services(
     """
     where = dict(where or {})
     check_dimensions(list(where), SERVICE_DIMENSIONS)
-    params = _Params(dialect)
+    params = Params(dialect)
     clauses = _filters(params, where, False, lambda n: _SERVICE_COLUMN.get(n, n))
     if seen_since is not None:
         clauses.append(f"last_seen >= {params.add(seen_since)}")

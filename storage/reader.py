@@ -38,6 +38,8 @@ class Row(Protocol):
 
     def __getitem__(self, key: str, /) -> Any: ...
 
+_BOOL_COLUMNS = frozenset({"tls", "anonymous", "cert_self_signed", "cert_expired",
+                           "cert_trusted", "tls_handshake"})
 _TIME_COLUMNS = frozenset({"sweep_started_at", "observed_at", "first_seen", "last_seen",
                            "last_changed"})
 
@@ -61,7 +63,7 @@ class StoreReader(ABC):
             return d.decode_time(value)
         if column == "day":
             return d.decode_date(value)
-        if column in ("tls", "anonymous"):
+        if column in _BOOL_COLUMNS:
             return bool(value)
         if column == "ip":
             return str(value)

@@ -20,6 +20,7 @@ is one host in every backend.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -38,7 +39,10 @@ __all__ = [
     "dimension_values",
     "format_time",
     "observation_row",
+    "ip_number",
+    "mechanisms_of",
     "parse_time",
+    "product_of",
     "sqlite_row",
 ]
 
@@ -59,13 +63,18 @@ COLUMNS: Final = (
     "mqtt_level",
     "mqtt_return_code",
     "amqp_family",
-    "amqp_product",
-    "amqp_version",
+    "product",
+    "version",
+    "amqp_mechanisms",
+    "mqtt_levels",
     "tls_version",
     "tls_handshake",
     "cert_sha256",
+    "cert_subject",
+    "cert_issuer",
     "cert_self_signed",
     "cert_expired",
+    "cert_trusted",
     "asn",
     "org",
     "country",
@@ -165,7 +174,6 @@ def observation_row(result: ScanResult, record: str | None = None) -> _Row:
     sweep_id, started = check_writable(result)
     started = as_utc(started)
     mqtt, amqp, tls, asn = result.mqtt, result.amqp, result.tls, result.asn
-    props = None if amqp is None else amqp.server_properties
     cert = None if tls is None else tls.certificate
     transport = result.transport.value
     protocol = result.protocol
@@ -185,19 +193,57 @@ def observation_row(result: ScanResult, record: str | None = None) -> _Row:
         None if mqtt is None else mqtt.protocol_level,
         None if mqtt is None else mqtt.return_code,
         None if amqp is None else amqp.family,
-        None if props is None else props.product,
-        None if props is None else props.version,
+        *product_of(result),
+        mechanisms_of(result),
+        None if mqtt is None or not mqtt.accepted_levels
+        else " ".join(str(level) for level in sorted(set(mqtt.accepted_levels))),
         None if tls is None else tls.version,
         None if tls is None else tls.handshake_completed,
         None if cert is None else cert.sha256,
+        None if cert is None else cert.subject,
+        None if cert is None else cert.issuer,
         None if cert is None else cert.self_signed,
         None if cert is None else cert.expired,
+        None if tls is None else tls.trusted,
         None if asn is None else asn.number,
         None if asn is None else asn.organization,
         None if result.geo is None else result.geo.country,
         result.error,
         result.to_json() if record is None else record,
     )
+
+
+def product_of(result: ScanResult) -> tuple[str | None, str | None]:
+    """The broker product and version a result names (the ``product`` and ``version``
+    columns): what an AMQP server announces in its server properties."""
+    amqp = result.amqp
+    props = None if amqp is None else amqp.server_properties
+    if props is None:
+        return None, None
+    return props.product, props.version
+
+
+_MECHANISM: Final = re.compile(r"[A-Z0-9_-]{1,64}")
+
+
+def mechanisms_of(result: ScanResult) -> str | None:
+    """The SASL mechanisms a server offers, upper case, one space between (the
+    ``amqp_mechanisms`` column); None when it offered none. A name that is not a SASL
+    mechanism name (RFC 4422: letters, digits, ``-``, ``_``) is left out: the record keeps
+    it as sent."""
+    if result.amqp is None:
+        return None
+    names = [m.upper() for m in result.amqp.mechanisms if _MECHANISM.fullmatch(m.upper())]
+    return " ".join(dict.fromkeys(names)) or None
+
+
+def ip_number(ip: str) -> int | None:
+    """An IPv4 address as an integer (the embedded store's ``ip_num``: ranges and CIDR
+    blocks compare numbers); None for IPv6."""
+    try:
+        return int.from_bytes(socket.inet_aton(ip), "big") if ":" not in ip else None
+    except OSError:
+        return None
 
 
 def sqlite_row(row: Sequence[object]) -> _Row:

@@ -24,8 +24,17 @@ from urllib.parse import unquote, urlsplit
 
 from brokerscan.model import ScanResult
 from storage.queries import Dialect
-from storage.reader import Row, StoreReader
-from storage.rows import COLUMNS, format_time, observation_row, parse_time, sqlite_row
+from storage.reader import Row
+from storage.rows import (
+    COLUMNS,
+    format_time,
+    ip_number,
+    observation_row,
+    parse_time,
+    sqlite_row,
+)
+from storage.searcher import Searcher
+from storage.sqliteschema import SchemaError, upgrade
 from storage.store import StoreError
 
 __all__ = ["SQLITE", "SqliteStore", "path_of"]
@@ -34,38 +43,10 @@ SQLITE: Final = Dialect(positional=False, encode_date=date.isoformat, encode_tim
                         decode_date=lambda text: date.fromisoformat(str(text)),
                         decode_time=lambda text: parse_time(str(text)))
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS observations (
-    sweep_started_at TEXT NOT NULL, sweep_id TEXT NOT NULL, ip TEXT NOT NULL,
-    port INTEGER NOT NULL, transport TEXT NOT NULL, observed_at TEXT NOT NULL,
-    day TEXT NOT NULL, status TEXT NOT NULL, protocol TEXT, tls INTEGER NOT NULL,
-    anonymous INTEGER, duration_ms REAL NOT NULL, mqtt_level INTEGER,
-    mqtt_return_code INTEGER, amqp_family TEXT, amqp_product TEXT, amqp_version TEXT,
-    tls_version TEXT, tls_handshake INTEGER, cert_sha256 TEXT, cert_self_signed INTEGER,
-    cert_expired INTEGER, asn INTEGER, org TEXT, country TEXT, error TEXT,
-    record TEXT NOT NULL,
-    UNIQUE (sweep_id, ip, port)
-);
-CREATE INDEX IF NOT EXISTS observations_order
-    ON observations (sweep_started_at, sweep_id, ip, port);
-CREATE TABLE IF NOT EXISTS services (
-    ip TEXT NOT NULL, port INTEGER NOT NULL, transport TEXT NOT NULL,
-    first_seen TEXT NOT NULL, last_seen TEXT NOT NULL, last_changed TEXT NOT NULL,
-    sweep_id TEXT NOT NULL, status TEXT NOT NULL, protocol TEXT, anonymous INTEGER,
-    product TEXT, cert_sha256 TEXT, country TEXT, asn INTEGER, latest TEXT NOT NULL,
-    PRIMARY KEY (ip, port, transport)
-);
-CREATE TABLE IF NOT EXISTS rollup (
-    day TEXT NOT NULL, sweep_id TEXT NOT NULL, protocol TEXT NOT NULL,
-    port INTEGER NOT NULL, tls INTEGER NOT NULL, anonymous INTEGER NOT NULL,
-    country TEXT NOT NULL, asn INTEGER NOT NULL, status TEXT NOT NULL, n INTEGER NOT NULL,
-    PRIMARY KEY (day, sweep_id, protocol, port, tls, anonymous, country, asn, status)
-);
-"""
-
+_OBSERVATION_COLUMNS: Final = (*COLUMNS, "ip_num")
 _INSERT = (
-    f"INSERT OR IGNORE INTO observations ({', '.join(COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(COLUMNS))})"
+    f"INSERT OR IGNORE INTO observations ({', '.join(_OBSERVATION_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_OBSERVATION_COLUMNS))})"
 )
 _ROLLUP = """
 INSERT INTO rollup (day, sweep_id, protocol, port, tls, anonymous, country, asn, status, n)
@@ -73,9 +54,13 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)
 ON CONFLICT (day, sweep_id, protocol, port, tls, anonymous, country, asn, status)
 DO UPDATE SET n = n + 1
 """
-_LATEST = ("sweep_id", "status", "protocol", "anonymous", "product", "cert_sha256",
-           "country", "asn", "latest")
-_CHANGE = ("protocol", "status", "anonymous", "product", "cert_sha256")
+#: What the current view keeps of its latest observation (every searchable column).
+_LATEST = ("sweep_id", "status", "protocol", "tls", "anonymous", "mqtt_level",
+           "mqtt_return_code", "mqtt_levels", "amqp_family", "product", "version",
+           "amqp_mechanisms", "tls_version", "cert_sha256", "cert_subject", "cert_issuer",
+           "cert_self_signed", "cert_expired", "cert_trusted", "asn", "org", "country",
+           "ip_num", "latest")
+_CHANGE = ("protocol", "status", "anonymous", "product", "version", "cert_sha256")
 _NEWER = "excluded.last_seen > services.last_seen"
 _SERVICE = f"""
 INSERT INTO services (ip, port, transport, first_seen, last_seen, last_changed,
@@ -90,7 +75,8 @@ ON CONFLICT (ip, port, transport) DO UPDATE SET
     {", ".join(f"{c} = CASE WHEN {_NEWER} THEN excluded.{c} ELSE services.{c} END"
                for c in _LATEST)}
 """
-_I = {name: i for i, name in enumerate(COLUMNS)}
+_I = {name: i for i, name in enumerate(_OBSERVATION_COLUMNS)}
+_I["latest"] = _I["record"]
 
 
 def path_of(url: str) -> str:
@@ -120,8 +106,7 @@ def _new_row(conn: sqlite3.Connection, row: tuple[Any, ...]) -> bool:
     seen = row[_I["observed_at"]]
     conn.execute(_SERVICE, (
         row[_I["ip"]], row[_I["port"]], row[_I["transport"]], seen, seen, seen,
-        *(row[_I[c]] for c in ("sweep_id", "status", "protocol", "anonymous",
-                               "amqp_product", "cert_sha256", "country", "asn", "record")),
+        *(row[_I[c]] for c in _LATEST),
     ))
     return True
 
@@ -131,7 +116,7 @@ class _Prepared:
     rows: list[tuple[object, ...]]
 
 
-class SqliteStore(StoreReader):
+class SqliteStore(Searcher):
     """The results store in one SQLite file (see the module docstring)."""
 
     dialect = SQLITE
@@ -150,7 +135,7 @@ class SqliteStore(StoreReader):
         path = path_of(url)
         try:
             conn = await asyncio.to_thread(cls._connect, path)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, SchemaError) as exc:
             raise StoreError(f"cannot open SQLite store {path}: {exc}") from exc
         return cls(conn, path)
 
@@ -162,7 +147,7 @@ class SqliteStore(StoreReader):
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across process crashes
         conn.execute("PRAGMA busy_timeout=10000")
-        conn.executescript(_SCHEMA)
+        upgrade(conn)
         return conn
 
     async def fetch(self, sql: str, params: Sequence[object]) -> list[Row]:
@@ -199,10 +184,10 @@ class SqliteStore(StoreReader):
     async def prepare(self, results: Sequence[ScanResult],
                       records: Sequence[str] | None = None) -> _Prepared:
         """See :meth:`storage.store.Store.prepare`."""
-        if records is None:
-            return _Prepared([sqlite_row(observation_row(r)) for r in results])
-        return _Prepared([sqlite_row(observation_row(r, j))
-                          for r, j in zip(results, records, strict=True)])
+        texts: Sequence[str | None] = records if records is not None else [None] * len(results)
+        return _Prepared([(*sqlite_row(row), ip_number(str(row[2])))
+                          for row in (observation_row(r, j)
+                                      for r, j in zip(results, texts, strict=True))])
 
     async def write_prepared(self, prepared: object) -> int:
         """See :meth:`storage.store.Store.write_prepared`."""

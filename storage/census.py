@@ -1,0 +1,185 @@
+"""Two questions over whole views, in either store: the census report (the counts
+:class:`brokerscan.report.Report` renders, counted in the store instead of in memory) and
+what changed between two sweeps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from storage.queries import Params
+from storage.reader import Row
+from storage.rows import ip_number
+from storage.search.compile import CURRENT, View, compile_where, source
+from storage.search.parse import parse
+from storage.search.tree import Node
+from storage.searcher import Searcher
+
+__all__ = ["Changed", "Diff", "census_report", "diff_sweeps"]
+
+
+@dataclass(frozen=True, slots=True)
+class Changed:
+    """A service seen in both sweeps whose exposure changed, and how."""
+
+    ip: str
+    port: int
+    changes: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Diff:
+    """What changed between sweep *a* and sweep *b* (services that answered, matching the
+    query on either side), as counts and as lists (each at most ``limit`` long)."""
+
+    a: str
+    b: str
+    new: list[tuple[str, int]]
+    gone: list[tuple[str, int]]
+    changed: list[Changed]
+    counts: dict[str, int]
+
+
+async def census_report(store: Searcher, view: View = CURRENT) -> dict[str, Any]:
+    """The census report (the shape :class:`brokerscan.report.Report` renders) of a
+    view, counted in the store."""
+    async def total(query: str) -> int:
+        return (await store.count(query, view=view)).total
+
+    def as_dict(rows: list[tuple[Any, ...]], name: Any = None) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for *keys, n in rows:
+            key = name(*keys) if name else str(keys[0])
+            out[key] = out.get(key, 0) + n
+        return out
+
+    def port_key(port: Any, transport: Any) -> str:
+        return f"{port}/{transport}"
+
+    mqtt, amqp = parse("protocol:mqtt"), parse("protocol:amqp")
+    done = parse("tls:true AND tls.version:*")
+    levels = await store.count(mqtt, view=view, facets=[("mqtt.level", 10)])
+    return {
+        "view": view.describe(),
+        "mqtt": {
+            "servers": await total("protocol:mqtt"),
+            "plaintext_on_1883": await total("protocol:mqtt port:1883 tls:false"),
+            "tls_on_8883": await total("protocol:mqtt port:8883 tls:true"),
+            "tls_any_port": await total("protocol:mqtt tls:true"),
+            "anonymous_accepted": await total("protocol:mqtt anonymous:true"),
+            "auth_required": await total("protocol:mqtt anonymous:false"),
+            "by_port": as_dict(await store.grouped(view, mqtt, ["port", "transport"]),
+                               port_key),
+            "by_return_code": as_dict(await store.grouped(
+                view, mqtt, [store.json_text(("mqtt", "return_code_name"))])),
+            "by_accepted_level": dict(levels.facets["mqtt.level"]),
+        },
+        "amqp": {
+            "services": await total("protocol:amqp"),
+            "by_port": as_dict(await store.grouped(view, amqp, ["port", "transport"]),
+                               port_key),
+            "by_product": as_dict(
+                await store.grouped(view, amqp, ["product", "version", "amqp_family"]),
+                lambda p, v, f: f"{p or '?'} {v or '?'}" if p or v
+                else f"(AMQP {f}, no Connection.Start)"),
+            "by_family": as_dict(await store.grouped(view, amqp, ["amqp_family"])),
+        },
+        "tls": {
+            "handshakes": await total("tls:true AND tls.version:*"),
+            "self_signed": await total("tls.version:* cert.self_signed:true"),
+            "expired": await total("tls.version:* cert.expired:true"),
+            "trusted": await total("tls.version:* cert.trusted:true"),
+            "client_certificate_required": sum(
+                n for value, n in await store.grouped(
+                    view, parse("tls:true"),
+                    [store.json_text(("tls", "client_certificate_required"))])
+                if str(value).lower() in ("true", "1")),
+            "by_version": as_dict(await store.grouped(view, done, ["tls_version"])),
+        },
+        "other_open": {
+            "ports": await total("status:protocol-error"),
+            "by_port": as_dict(await store.grouped(
+                view, parse("status:protocol-error"), ["port", "transport"]), port_key),
+        },
+    }
+
+
+async def diff_sweeps(store: Searcher, a: str, b: str, query: str | Node = "", *,
+                      limit: int = 1000) -> Diff:
+    """Services that answered in sweep *b* and not *a* (new), in *a* and not *b* (gone),
+    and in both with a change of exposure: anonymous access granted or withdrawn, TLS
+    added or removed, certificate replaced, product or version changed. A service is
+    (ip, port); the query has to match it on either side.
+
+    :raises QueryError: a malformed query
+    """
+    node = parse(query) if isinstance(query, str) else query
+    params = Params(store.dialect)
+    sides = []
+    for sweep in (a, b):
+        frm = source(store.dialect, params, View("sweep", sweep_id=sweep))
+        where = compile_where(store.dialect, params, node)
+        sides.append(
+            "SELECT ip, port, tls, anonymous, cert_sha256, product, version, "
+            f"CASE WHEN {where} THEN 1 ELSE 0 END AS hit FROM {frm} "
+            "WHERE status = 'success'")
+    sql = (
+        f"WITH a AS ({sides[0]}), b AS ({sides[1]}) "
+        "SELECT coalesce(a.ip, b.ip) AS ip, coalesce(a.port, b.port) AS port, "
+        "a.ip IS NOT NULL AS in_a, b.ip IS NOT NULL AS in_b, "
+        "a.tls AS a_tls, b.tls AS b_tls, a.anonymous AS a_anon, b.anonymous AS b_anon, "
+        "a.cert_sha256 AS a_cert, b.cert_sha256 AS b_cert, a.product AS a_product, "
+        "b.product AS b_product, a.version AS a_version, b.version AS b_version, "
+        "coalesce(a.hit, 0) AS a_hit, coalesce(b.hit, 0) AS b_hit "
+        "FROM a FULL OUTER JOIN b ON a.ip = b.ip AND a.port = b.port "
+        "WHERE coalesce(a.hit, 0) = 1 OR coalesce(b.hit, 0) = 1 "
+        "ORDER BY 2, 1")
+    rows = await store.fetch(sql, params.values)
+    new: list[tuple[str, int]] = []
+    gone: list[tuple[str, int]] = []
+    changed: list[Changed] = []
+    counts = {"new": 0, "gone": 0, "changed": 0, "anonymous_granted": 0,
+              "anonymous_withdrawn": 0, "tls_added": 0, "tls_removed": 0,
+              "certificate_replaced": 0, "product_changed": 0, "version_changed": 0}
+    for r in sorted(rows, key=lambda r: (ip_number(str(r["ip"])) or 0, r["port"])):
+        key = (str(r["ip"]), int(r["port"]))
+        if not r["in_a"]:
+            if r["b_hit"]:
+                counts["new"] += 1
+                if len(new) < limit:
+                    new.append(key)
+            continue
+        if not r["in_b"]:
+            if r["a_hit"]:
+                counts["gone"] += 1
+                if len(gone) < limit:
+                    gone.append(key)
+            continue
+        what = _changes(r)
+        if what:
+            counts["changed"] += 1
+            for change in what:
+                counts[change] += 1
+            if len(changed) < limit:
+                changed.append(Changed(key[0], key[1], what))
+    return Diff(a, b, new, gone, changed, counts)
+
+
+def _changes(r: Row) -> list[str]:
+    out = []
+    a_anon, b_anon = r["a_anon"], r["b_anon"]
+    if bool(b_anon) and not bool(a_anon) and b_anon is not None:
+        out.append("anonymous_granted")
+    elif bool(a_anon) and not bool(b_anon):
+        out.append("anonymous_withdrawn")
+    if bool(r["b_tls"]) and not bool(r["a_tls"]):
+        out.append("tls_added")
+    elif bool(r["a_tls"]) and not bool(r["b_tls"]):
+        out.append("tls_removed")
+    if r["a_cert"] is not None and r["b_cert"] is not None and r["a_cert"] != r["b_cert"]:
+        out.append("certificate_replaced")
+    if r["a_product"] != r["b_product"]:
+        out.append("product_changed")
+    if r["a_version"] != r["b_version"]:
+        out.append("version_changed")
+    return out

@@ -1,0 +1,336 @@
+"""Answering searches, in either store: the hosts behind a query, counts with facets, all
+of a result set for export, counts over time, one address's history, and what changed
+between two sweeps.
+
+Built on :class:`storage.reader.StoreReader` (a backend gives its dialect and how it fetches
+rows) and on the compiler of :mod:`storage.search.compile`; every value is a parameter.
+Results are ordered by (ip, port, transport) and paged by a cursor on that key, so a page is
+an index range scan however deep it is; an export walks the same pages, so its memory does
+not grow with the result set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from storage.queries import Params, decode_cursor, encode_cursor
+from storage.reader import Row, StoreReader
+from storage.rows import ip_number
+from storage.search.compile import (
+    CURRENT,
+    View,
+    compile_where,
+    group_expr,
+    source,
+    uses_rollup,
+)
+from storage.search.fields import Kind, lookup
+from storage.search.parse import Node, QueryError, parse
+
+__all__ = [
+    "EXPORT_COLUMNS",
+    "MAX_FACET",
+    "MAX_PAGE",
+    "CountResult",
+    "Hit",
+    "Page",
+    "Searcher",
+    "parse_facets",
+]
+
+MAX_PAGE: Final = 1000
+MAX_FACET: Final = 1000
+_EXPORT_CHUNK: Final = 5000
+
+#: The columns of a CSV export, in order (every searchable column, flat).
+EXPORT_COLUMNS: Final = (
+    "ip", "port", "transport", "protocol", "status", "tls", "anonymous", "mqtt_return_code",
+    "mqtt_levels", "product", "version", "amqp_family", "amqp_mechanisms", "tls_version",
+    "cert_subject", "cert_issuer", "cert_sha256", "cert_self_signed", "cert_expired",
+    "cert_trusted", "asn", "org", "country", "sweep_id", "first_seen", "last_seen",
+)
+_LEVEL_NAMES: Final = {"3": "3.1", "4": "3.1.1", "5": "5.0"}
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One service (or observation) behind a query.
+
+    :ivar values: the :data:`EXPORT_COLUMNS`, decoded
+    :ivar record: the stored record, as JSON text (a :class:`~brokerscan.model.ScanResult`)
+    """
+
+    values: dict[str, Any]
+    record: str
+
+    @property
+    def key(self) -> tuple[str, int, str]:
+        return (str(self.values["ip"]), int(self.values["port"]),
+                str(self.values["transport"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    hits: list[Hit]
+    cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CountResult:
+    """``total`` and, per facet, the top values with their counts (unknown values are not
+    a value); ``other`` per facet is the count of rows not shown, unknown ones included
+    (Censys's ``other_count``)."""
+
+    total: int
+    facets: dict[str, list[tuple[Any, int]]] = field(default_factory=dict)
+    other: dict[str, int] = field(default_factory=dict)
+    rollup: bool = False
+
+
+def parse_facets(text: str | None, *, default_size: int = 10) -> list[tuple[str, int]]:
+    """``country:10,asn:10,port`` as ``[(field name, size)]``.
+
+    :raises QueryError: an unknown field, a bad size, or a field that cannot be a facet
+    """
+    out: list[tuple[str, int]] = []
+    if not text:
+        return out
+    position = 0
+    for item in text.split(","):
+        name, _, size_text = item.strip().partition(":")
+        try:
+            field = lookup(name)
+        except KeyError as exc:
+            raise QueryError(f"facets: {exc.args[0]}", position) from None
+        if field.kind is Kind.IP:
+            raise QueryError(f"facets: cannot count by {field.name}: every address is its "
+                             "own group", position)
+        try:
+            size = int(size_text) if size_text else default_size
+        except ValueError:
+            raise QueryError(f"facets: {item.strip()!r}: the size must be a whole number",
+                             position) from None
+        if not 1 <= size <= MAX_FACET:
+            raise QueryError(f"facets: sizes go from 1 to {MAX_FACET}", position)
+        out.append((field.name, size))
+        position += len(item) + 1
+    return out
+
+
+def _node(query: str | Node) -> Node:
+    return parse(query) if isinstance(query, str) else query
+
+
+class Searcher(StoreReader):
+    """The search operations, for any :class:`~storage.reader.StoreReader`."""
+
+    # -- the hosts behind a query ------------------------------------------------------
+
+    def _order(self) -> tuple[str, ...]:
+        return ("ip", "port", "transport") if self.dialect.positional \
+            else ("ip_num", "ip", "port", "transport")
+
+    def _after(self, params: Params, cursor: str) -> str:
+        ip, port, transport = decode_cursor(cursor, 3)
+        if not isinstance(ip, str) or not isinstance(port, int) \
+                or not isinstance(transport, str) or ip_number(ip) is None:
+            raise ValueError("invalid cursor: not a cursor of this listing")
+        values: list[object] = [ip, port, transport]
+        if self.dialect.positional:
+            marks = [f"{params.add(ip)}::inet", params.add(port), params.add(transport)]
+        else:
+            values = [ip_number(ip), *values]
+            marks = [params.add(v) for v in values]
+        return f"({', '.join(self._order())}) > ({', '.join(marks)})"
+
+    def _select_hits(self, node: Node, view: View, limit: int, cursor: str | None,
+                     ) -> tuple[str, Params]:
+        params = Params(self.dialect)
+        frm = source(self.dialect, params, view)
+        where = [compile_where(self.dialect, params, node)]
+        if cursor is not None:
+            where.append(self._after(params, cursor))
+        columns = ", ".join((*EXPORT_COLUMNS, "record"))
+        sql = (f"SELECT {columns} FROM {frm} WHERE {' AND '.join(where)} "
+               f"ORDER BY {', '.join(self._order())} LIMIT {params.add(limit + 1)}")
+        return sql, params
+
+    def _hit(self, row: Row) -> Hit:
+        values = {c: self.decode(c, row[c]) for c in EXPORT_COLUMNS}
+        record = row["record"]
+        return Hit(values, record if isinstance(record, str) else str(record))
+
+    async def search(self, query: str | Node, *, view: View = CURRENT, limit: int = 100,
+                     cursor: str | None = None) -> Page:
+        """One page of the services (or observations) behind *query*.
+
+        :raises QueryError: a malformed query
+        :raises ValueError: a bad limit or cursor
+        """
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValueError(f"limit must be in 1..{MAX_PAGE}, not {limit}")
+        sql, params = self._select_hits(_node(query), view, limit, cursor)
+        rows = await self.fetch(sql, params.values)
+        hits = [self._hit(r) for r in rows[:limit]]
+        more = encode_cursor(list(hits[-1].key)) if len(rows) > limit else None
+        return Page(hits, more)
+
+    async def export(self, query: str | Node, *, view: View = CURRENT,
+                     chunk: int = _EXPORT_CHUNK) -> AsyncIterator[list[Hit]]:
+        """Every hit of *query*, a chunk at a time (constant memory, no cap)."""
+        node = _node(query)
+        cursor: str | None = None
+        while True:
+            sql, params = self._select_hits(node, view, chunk, cursor)
+            rows = await self.fetch(sql, params.values)
+            hits = [self._hit(r) for r in rows[:chunk]]
+            if hits:
+                yield hits
+            if len(rows) <= chunk:
+                return
+            cursor = encode_cursor(list(hits[-1].key))
+
+    # -- counts ------------------------------------------------------------------------
+
+    async def count(self, query: str | Node, *, view: View = CURRENT,
+                    facets: Sequence[tuple[str, int]] = ()) -> CountResult:
+        """How many match *query*, and the top values of each facet.
+
+        :raises QueryError: a malformed query or facet
+        """
+        node = _node(query)
+        rollup = uses_rollup(view, node, [name for name, _ in facets])
+        params = Params(self.dialect)
+        frm = source(self.dialect, params, view, rollup=rollup)
+        where = compile_where(self.dialect, params, node, rollup=rollup)
+        counted = "coalesce(sum(n), 0)" if rollup else "count(*)"
+        rows = await self.fetch(f"SELECT {counted} AS n FROM {frm} WHERE {where}",
+                                params.values)
+        total = int(rows[0]["n"])
+        out: dict[str, list[tuple[Any, int]]] = {}
+        other: dict[str, int] = {}
+        for name, size in facets:
+            values = await self._facet(node, view, name, size, rollup)
+            out[name] = values
+            if lookup(name).kind is not Kind.SET:
+                other[name] = max(0, total - sum(c for _, c in values))
+        return CountResult(total, out, other, rollup)
+
+    async def _facet(self, node: Node, view: View, name: str, size: int, rollup: bool,
+                     ) -> list[tuple[Any, int]]:
+        field = lookup(name)
+        params = Params(self.dialect)
+        frm = source(self.dialect, params, view, rollup=rollup)
+        where = compile_where(self.dialect, params, node, rollup=rollup)
+        counted = "coalesce(sum(n), 0)" if rollup else "count(*)"
+        if field.kind is Kind.SET:
+            column = field.column
+            if self.dialect.positional:
+                member = f"unnest(string_to_array({column}, ' '))"
+                sql = (f"SELECT m.value AS value, count(*) AS n FROM {frm}, "
+                       f"LATERAL {member} AS m(value) WHERE {where} AND {column} IS NOT NULL "
+                       f"GROUP BY 1")
+            else:
+                member = (f"json_each('[\"' || replace({column}, ' ', '\",\"') || '\"]')")
+                sql = (f"SELECT m.value AS value, count(*) AS n FROM {frm}, {member} AS m "
+                       f"WHERE {where} AND {column} IS NOT NULL GROUP BY 1")
+        else:
+            expr = group_expr(self.dialect, name, rollup=rollup)
+            sql = (f"SELECT {expr} AS value, {counted} AS n FROM {frm} WHERE {where} "
+                   f"AND {expr} IS NOT NULL GROUP BY 1")
+            if rollup:
+                sql += f" HAVING {counted} > 0"
+        sql += f" ORDER BY n DESC, value LIMIT {params.add(size)}"
+        rows = await self.fetch(sql, params.values)
+        return [(self._facet_value(field.column, r["value"]), int(r["n"])) for r in rows]
+
+    def _facet_value(self, column: str, value: Any) -> Any:
+        if column == "mqtt_levels":
+            return _LEVEL_NAMES.get(str(value), str(value))
+        if column in ("first_seen", "last_seen"):
+            return value
+        return self.decode(column, value)
+
+    async def trends(self, query: str | Node, *, interval: Literal["day", "sweep"] = "day",
+                     ) -> list[tuple[str, int]]:
+        """Counts of observations matching *query* per day (the day each sweep started) or
+        per sweep (in the order they started), from the history.
+
+        :raises QueryError: a malformed query
+        """
+        node = _node(query)
+        history = View("sweep", sweep_id="-")
+        rollup = uses_rollup(history, node)
+        params = Params(self.dialect)
+        where = compile_where(self.dialect, params, node, rollup=rollup)
+        if rollup:
+            table, counted, day = "rollup", "coalesce(sum(n), 0)", "day"
+        else:
+            table, counted, day = "(SELECT *, observed_at AS first_seen, observed_at AS " \
+                "last_seen FROM observations)", "count(*)", "day"
+        if interval == "day":
+            sql = (f"SELECT {day} AS bucket, {counted} AS n FROM {table} AS v WHERE {where} "
+                   "GROUP BY 1 ORDER BY 1")
+        else:
+            sql = (f"SELECT sweep_id AS bucket, {counted} AS n, min({day}) AS first_day "
+                   f"FROM {table} AS v WHERE {where} GROUP BY 1 ORDER BY 3, 1")
+        rows = await self.fetch(sql, params.values)
+        return [(str(r["bucket"]), int(r["n"])) for r in rows]
+
+    # -- one address -------------------------------------------------------------------
+
+    async def host(self, ip: str, *, limit: int = 1000) -> list[str]:
+        """Every observation of *ip* (newest first, at most *limit*), as JSON records.
+
+        :raises ValueError: *ip* is not an IPv4 address
+        """
+        number = ip_number(ip)
+        if number is None:
+            raise ValueError(f"{ip!r} is not an IPv4 address")
+        params = Params(self.dialect)
+        where = f"ip = {params.add(ip)}::inet" if self.dialect.positional \
+            else f"ip_num = {params.add(number)}"
+        rows = await self.fetch(
+            f"SELECT record FROM observations WHERE {where} "
+            f"ORDER BY observed_at DESC, port LIMIT {params.add(limit)}", params.values)
+        return [r["record"] if isinstance(r["record"], str) else str(r["record"]) for r in rows]
+
+    # -- sweeps --------------------------------------------------------------------------
+
+    async def sweeps_seen(self, *, limit: int = 200) -> list[dict[str, Any]]:
+        """The sweeps (and local scans) the history holds: id, start, day, observations and
+        hits by protocol, newest first (from the rollup)."""
+        params = Params(self.dialect)
+        rows = await self.fetch(
+            "SELECT sweep_id, min(day) AS day, sum(n) AS observations, "
+            "sum(CASE WHEN protocol = 'mqtt' THEN n ELSE 0 END) AS mqtt, "
+            "sum(CASE WHEN protocol = 'amqp' THEN n ELSE 0 END) AS amqp "
+            f"FROM rollup GROUP BY sweep_id ORDER BY 2 DESC, 1 DESC LIMIT {params.add(limit)}",
+            params.values)
+        return [{"id": r["sweep_id"], "day": str(self.decode("day", r["day"])),
+                 "observations": int(r["observations"]),
+                 "hits": {"mqtt": int(r["mqtt"]), "amqp": int(r["amqp"])}} for r in rows]
+
+    # -- grouped counts, for reports ----------------------------------------------------
+
+    async def grouped(self, view: View, node: Node, exprs: Sequence[str],
+                      ) -> list[tuple[Any, ...]]:
+        """Counts of *node* in *view* grouped by the SQL expressions *exprs* (columns of
+        the view), largest first: ``[(value, ..., count)]``."""
+        params = Params(self.dialect)
+        frm = source(self.dialect, params, view)
+        where = compile_where(self.dialect, params, node)
+        select = ", ".join(f"{e} AS g{i}" for i, e in enumerate(exprs))
+        group = ", ".join(str(i + 1) for i in range(len(exprs)))
+        rows = await self.fetch(
+            f"SELECT {select}, count(*) AS n FROM {frm} WHERE {where} GROUP BY {group} "
+            f"ORDER BY {len(exprs) + 1} DESC, {group}", params.values)
+        return [(*(r[f"g{i}"] for i in range(len(exprs))), int(r["n"])) for r in rows]
+
+    def json_text(self, path: Sequence[str]) -> str:
+        """The SQL expression of a text value inside the record (``path`` of keys)."""
+        if self.dialect.positional:
+            return f"(record #>> '{{{','.join(path)}}}')"
+        return f"json_extract(record, '$.{'.'.join(path)}')"

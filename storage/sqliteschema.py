@@ -1,0 +1,191 @@
+"""The embedded store's schema, versioned like the PostgreSQL migrations: ``PRAGMA
+user_version`` says which steps a file has, :func:`upgrade` applies the rest in one
+transaction each. A file made by an older brokerscan is upgraded when it is opened; a file
+from a newer one is refused.
+
+The tables mirror PostgreSQL's without partitions; ``ip_num`` (IPv4 as an integer) stands in
+for ``inet``, so that CIDR blocks and ranges compare numbers.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Final
+
+from storage.rows import ip_number
+
+__all__ = ["STEPS", "SchemaError", "upgrade", "version"]
+
+
+class SchemaError(Exception):
+    """The file's schema is newer than this brokerscan, or a step failed."""
+
+
+_V1: Final = """
+CREATE TABLE IF NOT EXISTS observations (
+    sweep_started_at TEXT NOT NULL, sweep_id TEXT NOT NULL, ip TEXT NOT NULL,
+    port INTEGER NOT NULL, transport TEXT NOT NULL, observed_at TEXT NOT NULL,
+    day TEXT NOT NULL, status TEXT NOT NULL, protocol TEXT, tls INTEGER NOT NULL,
+    anonymous INTEGER, duration_ms REAL NOT NULL, mqtt_level INTEGER,
+    mqtt_return_code INTEGER, amqp_family TEXT, amqp_product TEXT, amqp_version TEXT,
+    tls_version TEXT, tls_handshake INTEGER, cert_sha256 TEXT, cert_self_signed INTEGER,
+    cert_expired INTEGER, asn INTEGER, org TEXT, country TEXT, error TEXT,
+    record TEXT NOT NULL,
+    UNIQUE (sweep_id, ip, port)
+);
+CREATE INDEX IF NOT EXISTS observations_order
+    ON observations (sweep_started_at, sweep_id, ip, port);
+CREATE TABLE IF NOT EXISTS services (
+    ip TEXT NOT NULL, port INTEGER NOT NULL, transport TEXT NOT NULL,
+    first_seen TEXT NOT NULL, last_seen TEXT NOT NULL, last_changed TEXT NOT NULL,
+    sweep_id TEXT NOT NULL, status TEXT NOT NULL, protocol TEXT, anonymous INTEGER,
+    product TEXT, cert_sha256 TEXT, country TEXT, asn INTEGER, latest TEXT NOT NULL,
+    PRIMARY KEY (ip, port, transport)
+);
+CREATE TABLE IF NOT EXISTS rollup (
+    day TEXT NOT NULL, sweep_id TEXT NOT NULL, protocol TEXT NOT NULL,
+    port INTEGER NOT NULL, tls INTEGER NOT NULL, anonymous INTEGER NOT NULL,
+    country TEXT NOT NULL, asn INTEGER NOT NULL, status TEXT NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (day, sweep_id, protocol, port, tls, anonymous, country, asn, status)
+);
+"""
+
+_ROLLUP_KEY: Final = "protocol, port, tls, anonymous, country, asn, status"
+
+
+def _dims(prefix: str) -> str:
+    """The services_rollup key of a services row (sentinels as in PostgreSQL)."""
+    return (f"coalesce({prefix}.protocol, ''), {prefix}.port, {prefix}.tls, "
+            f"coalesce({prefix}.anonymous, -1), coalesce({prefix}.country, ''), "
+            f"coalesce({prefix}.asn, -1), {prefix}.status")
+
+
+# The read side (issue 9): what migration 0004 does to PostgreSQL.
+_V2: Final = f"""
+ALTER TABLE observations RENAME COLUMN amqp_product TO product;
+ALTER TABLE observations RENAME COLUMN amqp_version TO version;
+ALTER TABLE observations ADD COLUMN amqp_mechanisms TEXT;
+ALTER TABLE observations ADD COLUMN mqtt_levels TEXT;
+ALTER TABLE observations ADD COLUMN cert_subject TEXT;
+ALTER TABLE observations ADD COLUMN cert_issuer TEXT;
+ALTER TABLE observations ADD COLUMN cert_trusted INTEGER;
+ALTER TABLE observations ADD COLUMN ip_num INTEGER;
+UPDATE observations SET
+    amqp_mechanisms = (SELECT nullif(group_concat(upper(value), ' '), '')
+                       FROM json_each(json_extract(record, '$.amqp.mechanisms'))),
+    mqtt_levels = (SELECT nullif(group_concat(value, ' '), '') FROM
+                   (SELECT value FROM json_each(json_extract(record, '$.mqtt.accepted_levels'))
+                    ORDER BY value)),
+    cert_subject = json_extract(record, '$.tls.certificate.subject'),
+    cert_issuer = json_extract(record, '$.tls.certificate.issuer'),
+    cert_trusted = json_extract(record, '$.tls.trusted'),
+    ip_num = ip_number(ip);
+CREATE INDEX IF NOT EXISTS observations_sweep ON observations (sweep_id);
+CREATE INDEX IF NOT EXISTS observations_ip ON observations (ip_num);
+
+ALTER TABLE services ADD COLUMN tls INTEGER;
+ALTER TABLE services ADD COLUMN mqtt_level INTEGER;
+ALTER TABLE services ADD COLUMN mqtt_return_code INTEGER;
+ALTER TABLE services ADD COLUMN mqtt_levels TEXT;
+ALTER TABLE services ADD COLUMN amqp_family TEXT;
+ALTER TABLE services ADD COLUMN version TEXT;
+ALTER TABLE services ADD COLUMN amqp_mechanisms TEXT;
+ALTER TABLE services ADD COLUMN tls_version TEXT;
+ALTER TABLE services ADD COLUMN cert_subject TEXT;
+ALTER TABLE services ADD COLUMN cert_issuer TEXT;
+ALTER TABLE services ADD COLUMN cert_self_signed INTEGER;
+ALTER TABLE services ADD COLUMN cert_expired INTEGER;
+ALTER TABLE services ADD COLUMN cert_trusted INTEGER;
+ALTER TABLE services ADD COLUMN org TEXT;
+ALTER TABLE services ADD COLUMN ip_num INTEGER;
+UPDATE services SET (tls, mqtt_level, mqtt_return_code, mqtt_levels, amqp_family, version,
+                     amqp_mechanisms, tls_version, cert_subject, cert_issuer,
+                     cert_self_signed, cert_expired, cert_trusted, org, ip_num) = (
+    SELECT o.tls, o.mqtt_level, o.mqtt_return_code, o.mqtt_levels, o.amqp_family,
+           o.version, o.amqp_mechanisms, o.tls_version, o.cert_subject, o.cert_issuer,
+           o.cert_self_signed, o.cert_expired, o.cert_trusted, o.org, o.ip_num
+    FROM observations AS o
+    WHERE o.sweep_id = services.sweep_id AND o.ip = services.ip AND o.port = services.port);
+UPDATE services SET tls = (transport = 'tls') WHERE tls IS NULL;
+CREATE INDEX IF NOT EXISTS services_asn ON services (asn);
+CREATE INDEX IF NOT EXISTS services_country ON services (country);
+CREATE INDEX IF NOT EXISTS services_port ON services (port);
+CREATE INDEX IF NOT EXISTS services_ip ON services (ip_num);
+
+CREATE TABLE services_rollup (
+    protocol TEXT NOT NULL, port INTEGER NOT NULL, tls INTEGER NOT NULL,
+    anonymous INTEGER NOT NULL, country TEXT NOT NULL, asn INTEGER NOT NULL,
+    status TEXT NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY ({_ROLLUP_KEY})
+);
+INSERT INTO services_rollup ({_ROLLUP_KEY}, n)
+SELECT {_dims("services")}, count(*) FROM services GROUP BY 1, 2, 3, 4, 5, 6, 7;
+CREATE TRIGGER services_inserted AFTER INSERT ON services BEGIN
+    INSERT INTO services_rollup ({_ROLLUP_KEY}, n) VALUES ({_dims("new")}, 1)
+    ON CONFLICT ({_ROLLUP_KEY}) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER services_updated AFTER UPDATE ON services BEGIN
+    UPDATE services_rollup SET n = n - 1
+    WHERE ({_ROLLUP_KEY}) = ({_dims("old")});
+    INSERT INTO services_rollup ({_ROLLUP_KEY}, n) VALUES ({_dims("new")}, 1)
+    ON CONFLICT ({_ROLLUP_KEY}) DO UPDATE SET n = n + 1;
+END;
+
+CREATE TABLE api_tokens (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, role TEXT NOT NULL, hash TEXT NOT NULL,
+    created_at TEXT NOT NULL, revoked_at TEXT
+);
+"""
+
+#: The schema steps, in order; ``PRAGMA user_version`` is how many a file has.
+STEPS: Final = (_V1, _V2)
+
+
+def version(conn: sqlite3.Connection) -> int:
+    """The number of steps *conn*'s file has."""
+    row = conn.execute("PRAGMA user_version").fetchone()
+    return int(row[0])
+
+
+def upgrade(conn: sqlite3.Connection) -> list[int]:
+    """Apply the steps the file lacks, each in its own transaction.
+
+    :returns: the step numbers applied (1-based)
+    :raises SchemaError: the file is newer than this brokerscan
+    """
+    have = version(conn)
+    if have > len(STEPS):
+        raise SchemaError(f"the file has schema version {have}; this brokerscan knows "
+                          f"{len(STEPS)}: upgrade brokerscan")
+    applied = []
+    # Steps may compute what SQL cannot (an address as a number) with our own functions.
+    conn.create_function("ip_number", 1, ip_number, deterministic=True)
+    for number, script in enumerate(STEPS, start=1):
+        if number <= have:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(script):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        applied.append(number)
+    return applied
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of *script* (triggers hold semicolons: split on complete ones)."""
+    out: list[str] = []
+    current = ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            if current.strip():
+                out.append(current.strip())
+            current = ""
+    if current.strip():
+        out.append(current.strip())
+    return out

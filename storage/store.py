@@ -20,15 +20,20 @@ What every backend promises:
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from difflib import get_close_matches
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 from urllib.parse import urlsplit
 
 from brokerscan.model import ScanResult
 from brokerscan.settings import Settings
+
+if TYPE_CHECKING:  # the search types live beside the search; a store only names them
+    from storage.search.compile import View
+    from storage.search.tree import Node
+    from storage.searcher import CountResult, Hit, Page
 
 __all__ = ["BACKENDS", "DEFAULT_STORE_URL", "Service", "Store", "StoreError", "open_store",
            "store_url"]
@@ -157,6 +162,36 @@ class Store(Protocol):
         :returns: the page and the cursor of the next one
         :raises ValueError: an unknown dimension or an invalid cursor
         """
+        ...
+
+    # -- search (storage.searcher.Searcher implements these for every backend) -----------
+
+    async def search(self, query: str | Node, *, view: View = ...,
+                     limit: int = 100, cursor: str | None = None) -> Page:
+        """One page of the services (or observations) behind a search query."""
+        ...
+
+    def export(self, query: str | Node, *, view: View = ...,
+               chunk: int = 5000) -> AsyncIterator[list[Hit]]:
+        """Every hit of a query, a chunk at a time."""
+        ...
+
+    async def count(self, query: str | Node, *, view: View = ...,
+                    facets: Sequence[tuple[str, int]] = ()) -> CountResult:
+        """How many match a query, and the top values of each facet."""
+        ...
+
+    async def trends(self, query: str | Node, *,
+                     interval: Literal["day", "sweep"] = "day") -> list[tuple[str, int]]:
+        """Counts of matching observations per day or per sweep."""
+        ...
+
+    async def host(self, ip: str, *, limit: int = 1000) -> list[str]:
+        """Every observation of an address, newest first, as JSON records."""
+        ...
+
+    async def sweeps_seen(self, *, limit: int = 200) -> list[dict[str, Any]]:
+        """The sweeps and local scans the history holds."""
         ...
 
     async def close(self) -> None:

@@ -8,7 +8,8 @@ does the implicit import of each parent package (``import a.b.c`` runs ``a/__ini
 - the graph has no cycle;
 - the core (``brokerscan`` without ``brokerscan.cli``: the model, settings, names, the
   report and the results stream) imports no stage and no CLI module;
-- no stage imports the CLI; ``enrichment`` and ``storage`` import only the core (never each
+- no stage imports a face (the CLI, the REST API, the dashboard); ``enrichment`` and
+  ``storage`` import only the core (never each
   other, never ``workers``); ``scheduler`` may use ``storage`` (the durable sweep record);
   ``workers`` may use ``scheduler`` and ``storage``.
 """
@@ -31,7 +32,7 @@ ALLOWED: dict[str, set[str]] = {
     "storage": {"core"},
     "scheduler": {"core", "storage"},
     "workers": {"core", "scheduler", "storage"},
-    "cli": {"core", "enrichment", "storage", "scheduler", "workers"},
+    "faces": {"core", "enrichment", "storage", "scheduler", "workers"},
 }
 
 
@@ -50,9 +51,14 @@ def modules() -> dict[str, Path]:
     return found
 
 
+#: The faces: command line, REST API, web dashboard. They may import everything (and each
+#: other); nothing else imports them.
+FACES = ("brokerscan.cli", "brokerscan.api", "brokerscan.web")
+
+
 def layer(module: str) -> str:
-    if module == "brokerscan.cli" or module.startswith("brokerscan.cli."):
-        return "cli"
+    if any(module == face or module.startswith(face + ".") for face in FACES):
+        return "faces"
     top = module.split(".", 1)[0]
     return "core" if top == "brokerscan" else top
 
@@ -63,10 +69,21 @@ def _parents(module: str) -> Iterator[str]:
         yield ".".join(parts[:end])
 
 
+def _type_checking_only(tree: ast.AST) -> set[int]:
+    """ids of the import nodes under ``if TYPE_CHECKING:`` (never run)."""
+    skipped: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) \
+                and node.test.id == "TYPE_CHECKING":
+            for inner in node.body:
+                skipped.update(id(n) for n in ast.walk(inner))
+    return skipped
+
+
 def imports_of(module: str, source: str, known: set[str], *, is_package: bool = False,
-               ) -> set[str]:
+               runtime: bool = False) -> set[str]:
     """The product modules *module* (whose text is *source*) imports, resolved to modules,
-    their parent packages included."""
+    their parent packages included; with *runtime*, not those only type checkers see."""
     found: set[str] = set()
 
     def add(name: str) -> None:
@@ -77,7 +94,11 @@ def imports_of(module: str, source: str, known: set[str], *, is_package: bool = 
             found.add(name)
             found.update(p for p in _parents(name) if p in known and p != module)
 
-    for node in ast.walk(ast.parse(source, module)):
+    tree = ast.parse(source, module)
+    skipped = _type_checking_only(tree) if runtime else set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
         if isinstance(node, ast.Import):
             for alias in node.names:
                 add(alias.name)
@@ -94,11 +115,11 @@ def imports_of(module: str, source: str, known: set[str], *, is_package: bool = 
     return found
 
 
-def graph() -> dict[str, set[str]]:
+def graph(*, runtime: bool = False) -> dict[str, set[str]]:
     found = modules()
     known = set(found)
     return {name: imports_of(name, path.read_text(), known,
-                             is_package=path.name == "__init__.py")
+                             is_package=path.name == "__init__.py", runtime=runtime)
             for name, path in found.items()}
 
 
@@ -134,6 +155,9 @@ def test_the_walk_sees_every_kind_of_import() -> None:
     source = ("import a.b.c\nfrom a.b import c\nfrom . import d\n"
               "def f():\n    from x import name\n")
     assert imports_of("a.e", source, known) == {"a", "a.b", "a.b.c", "a.d", "x"}
+    typing_only = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import x\n"
+    assert imports_of("a.e", typing_only, known) == {"x"}
+    assert imports_of("a.e", typing_only, known, runtime=True) == set()
     # in a package's __init__, "from . import d" is relative to the package itself
     assert imports_of("a", "from . import d\n", known, is_package=True) == {"a.d"}
 
@@ -144,7 +168,8 @@ def test_find_cycle_finds_one_and_only_one() -> None:
 
 
 def test_no_import_cycles() -> None:
-    cycle = find_cycle(graph())
+    """No cycle among the imports that run (``if TYPE_CHECKING:`` ones only name types)."""
+    cycle = find_cycle(graph(runtime=True))
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from brokerscan.model import Protocol, ScanResult, Status
 
-__all__ = ["Report"]
+__all__ = ["Report", "render"]
 
 _TOP = 10
 
@@ -130,41 +130,45 @@ class Report:
 
     def render(self, stats: Any = None) -> str:
         """The report as text for a terminal."""
-        d = self.as_dict(stats)
-        m, a, t = d["mqtt"], d["amqp"], d["tls"]
-        lines = ["brokerscan report", ""]
-        if "scan" in d:
-            s = d["scan"]
-            lines += [f"targets probed       {s['probed']:>10}   open {s['open']}   "
-                      f"in {s['seconds']:.1f} s ({s['probes_per_second']:.0f} probes/s)", ""]
-        lines += [
-            f"MQTT servers         {m['servers']:>10}",
-            f"  on 1883 without TLS{m['plaintext_on_1883']:>10}",
-            f"  on 8883 with TLS   {m['tls_on_8883']:>10}",
-            f"  accepting anonymous{m['anonymous_accepted']:>10}",
-            f"  requiring auth     {m['auth_required']:>10}",
-        ]
-        lines += _section("  by port", m["by_port"])
-        lines += _section("  by CONNACK", m["by_return_code"])
-        lines += _section("  protocol levels accepted", m["by_accepted_level"])
-        lines += ["", f"AMQP services        {a['services']:>10}"]
-        lines += _section("  by port", a["by_port"])
-        lines += _section("  by product/version", a["by_product"])
-        lines += _section("  by protocol family", a["by_family"])
-        lines += [
-            "",
-            f"TLS handshakes       {t['handshakes']:>10}",
-            f"  self-signed        {t['self_signed']:>10}",
-            f"  expired            {t['expired']:>10}",
-            f"  trusted (system)   {t['trusted']:>10}",
-            f"  client cert needed {t['client_certificate_required']:>10}",
-        ]
-        lines += _section("  by version", t["by_version"])
-        lines += ["", f"open, neither MQTT nor AMQP {d['other_open']['ports']:>3}"]
-        lines += _section("  by port", d["other_open"]["by_port"])
-        if "scan" in d:
-            lines += [""] + _section("outcomes by status", d["scan"]["by_status"])
-        return "\n".join(lines) + "\n"
+        return render(self.as_dict(stats))
+
+
+def render(d: dict[str, Any]) -> str:
+    """A report (:meth:`Report.as_dict`'s shape, or a store's census report) as text."""
+    m, a, t = d["mqtt"], d["amqp"], d["tls"]
+    lines = ["brokerscan report" + (f": {d['view']}" if "view" in d else ""), ""]
+    if "scan" in d:
+        s = d["scan"]
+        lines += [f"targets probed       {s['probed']:>10}   open {s['open']}   "
+                  f"in {s['seconds']:.1f} s ({s['probes_per_second']:.0f} probes/s)", ""]
+    lines += [
+        f"MQTT servers         {m['servers']:>10}",
+        f"  on 1883 without TLS{m['plaintext_on_1883']:>10}",
+        f"  on 8883 with TLS   {m['tls_on_8883']:>10}",
+        f"  accepting anonymous{m['anonymous_accepted']:>10}",
+        f"  requiring auth     {m['auth_required']:>10}",
+    ]
+    lines += _section("  by port", m["by_port"])
+    lines += _section("  by CONNACK", m["by_return_code"])
+    lines += _section("  protocol levels accepted", m["by_accepted_level"])
+    lines += ["", f"AMQP services        {a['services']:>10}"]
+    lines += _section("  by port", a["by_port"])
+    lines += _section("  by product/version", a["by_product"])
+    lines += _section("  by protocol family", a["by_family"])
+    lines += [
+        "",
+        f"TLS handshakes       {t['handshakes']:>10}",
+        f"  self-signed        {t['self_signed']:>10}",
+        f"  expired            {t['expired']:>10}",
+        f"  trusted (system)   {t['trusted']:>10}",
+        f"  client cert needed {t['client_certificate_required']:>10}",
+    ]
+    lines += _section("  by version", t["by_version"])
+    lines += ["", f"open, neither MQTT nor AMQP {d['other_open']['ports']:>3}"]
+    lines += _section("  by port", d["other_open"]["by_port"])
+    if "scan" in d:
+        lines += [""] + _section("outcomes by status", d["scan"]["by_status"])
+    return "\n".join(lines) + "\n"
 
 
 _LEVEL_NAMES = {3: "3.1", 4: "3.1.1", 5: "5.0"}

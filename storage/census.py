@@ -117,8 +117,9 @@ async def diff_sweeps(store: Searcher, a: str, b: str, query: str | Node = "", *
     params = Params(store.dialect)
     sides = []
     for sweep in (a, b):
-        frm = source(store.dialect, params, View("sweep", sweep_id=sweep))
+        # in the text the condition comes before the FROM item: its parameters first
         where = compile_where(store.dialect, params, node)
+        frm = source(store.dialect, params, View("sweep", sweep_id=sweep))
         sides.append(
             "SELECT ip, port, tls, anonymous, cert_sha256, product, version, "
             f"CASE WHEN {where} THEN 1 ELSE 0 END AS hit FROM {frm} "

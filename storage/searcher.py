@@ -90,7 +90,8 @@ class CountResult:
 
 
 def parse_facets(text: str | None, *, default_size: int = 10) -> list[tuple[str, int]]:
-    """``country:10,asn:10,port`` as ``[(field name, size)]``.
+    """``country:10,asn:10,port`` as ``[(field name, size)]`` (a field without a size gets
+    *default_size*).
 
     :raises QueryError: an unknown field, a bad size, or a field that cannot be a facet
     """
@@ -103,17 +104,17 @@ def parse_facets(text: str | None, *, default_size: int = 10) -> list[tuple[str,
         try:
             field = lookup(name)
         except KeyError as exc:
-            raise QueryError(f"facets: {exc.args[0]}", position) from None
+            raise QueryError(exc.args[0], position) from None
         if field.kind is Kind.IP:
-            raise QueryError(f"facets: cannot count by {field.name}: every address is its "
-                             "own group", position)
+            raise QueryError(f"cannot count by {field.name}: every address is its own group",
+                             position)
         try:
             size = int(size_text) if size_text else default_size
         except ValueError:
-            raise QueryError(f"facets: {item.strip()!r}: the size must be a whole number",
+            raise QueryError(f"{item.strip()!r}: the size must be a whole number",
                              position) from None
         if not 1 <= size <= MAX_FACET:
-            raise QueryError(f"facets: sizes go from 1 to {MAX_FACET}", position)
+            raise QueryError(f"sizes go from 1 to {MAX_FACET}", position)
         out.append((field.name, size))
         position += len(item) + 1
     return out

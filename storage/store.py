@@ -20,14 +20,16 @@ What every backend promises:
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from difflib import get_close_matches
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from brokerscan.model import ScanResult
+from brokerscan.oneline import redact
 from brokerscan.settings import Settings
 
 if TYPE_CHECKING:  # the search types live beside the search; a store only names them
@@ -35,8 +37,8 @@ if TYPE_CHECKING:  # the search types live beside the search; a store only names
     from storage.search.tree import Node
     from storage.searcher import CountResult, Hit, Page
 
-__all__ = ["BACKENDS", "DEFAULT_STORE_URL", "Service", "Store", "StoreError", "open_store",
-           "store_url"]
+__all__ = ["BACKENDS", "DEFAULT_STORE_URL", "Service", "Store", "StoreError", "describe_store",
+           "open_store", "store_url"]
 
 #: URL scheme -> "module:class" of the backend.
 BACKENDS: Final = {
@@ -50,10 +52,23 @@ BACKENDS: Final = {
 DEFAULT_STORE_URL: Final = "sqlite:///brokerscan.db"
 
 
-def store_url(settings: Settings, explicit: str | None = None) -> str:
-    """Where results are stored: *explicit* (a ``--store`` option), else the
-    ``store_url`` setting, else ``database_url``, else :data:`DEFAULT_STORE_URL`."""
-    return explicit or settings.store_url or settings.database_url or DEFAULT_STORE_URL
+def store_url(settings: Settings, explicit: str | None = None, *,
+              fleet: bool = True) -> str:
+    """Which store a command uses: *explicit* (a ``--store`` option), else the ``store_url``
+    setting, else (for the fleet's roles and the read side, *fleet*) ``database_url``, else
+    :data:`DEFAULT_STORE_URL`. A local scan passes ``fleet=False``: it stores in the
+    embedded file unless told otherwise, whatever database a fleet uses."""
+    database = settings.database_url if fleet else None
+    return explicit or settings.store_url or database or DEFAULT_STORE_URL
+
+
+def describe_store(url: str) -> str:
+    """*url* for messages: a SQLite file with its absolute path, any password hidden."""
+    scheme = urlsplit(url).scheme if "://" in url else ""
+    if scheme == "sqlite":
+        path = unquote(urlsplit(url).path[1:])
+        return url if path == ":memory:" else f"sqlite:///{os.path.abspath(path)}"
+    return redact(url)
 
 
 class StoreError(Exception):

@@ -26,16 +26,22 @@ EXIT_INTERRUPTED: Final = 130
 
 
 class CliError(Exception):
-    """A command cannot go on: *message* is one line for the user, *code* the exit code."""
+    """A command cannot go on: *message* is one line for the user, *code* the exit code;
+    *context* (optional) is shown under it, indented: the query with a caret under a
+    mistake."""
 
-    def __init__(self, message: str, code: int = EXIT_BAD_INPUT) -> None:
+    def __init__(self, message: str, code: int = EXIT_BAD_INPUT, *,
+                 context: str | None = None) -> None:
         super().__init__(" ".join(message.split()))
         self.code = code
+        self.context = context
 
 
-def print_error(message: str) -> None:
-    """``brokerscan: error: <message>`` on stderr."""
+def print_error(message: str, context: str | None = None) -> None:
+    """``brokerscan: error: <message>`` on stderr, then the context lines, indented."""
     sys.stderr.write(f"brokerscan: error: {message}\n")
+    for line in (context or "").splitlines():
+        sys.stderr.write(f"    {line}\n")
     sys.stderr.flush()
 
 

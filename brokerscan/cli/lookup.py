@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from typing import IO
 
@@ -21,6 +22,20 @@ from enrichment.sources import EnrichmentError, ip_to_int
 __all__ = ["COMMANDS", "add_commands", "format_text", "run"]
 
 COMMANDS = frozenset({"lookup"})
+
+
+_AS_NUMBER = re.compile(r"(?i)^(?:AS)?(\d{1,10})$")
+
+
+def _search_hint(text: str) -> str:
+    """Point a question lookup cannot answer (an AS number, a field) to ``search``."""
+    match = _AS_NUMBER.match(text)
+    if match and "." not in text:
+        return (f"; lookup answers for addresses: for AS {match.group(1)} use "
+                f"brokerscan search 'asn:{match.group(1)}'")
+    if ":" in text:
+        return f"; lookup answers for addresses: for a question use brokerscan search {text!r}"
+    return ""
 
 
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -80,7 +95,7 @@ def run(args: argparse.Namespace, settings: Settings, out: IO[str] | None = None
         try:
             ip_to_int(address)
         except ValueError as exc:
-            raise CliError(str(exc)) from None
+            raise CliError(f"{exc}{_search_hint(address)}") from None
     try:
         enricher = open_enricher(args.sources or settings.enrichment_sources)
     except EnrichmentError as exc:

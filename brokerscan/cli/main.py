@@ -15,14 +15,14 @@ from types import ModuleType
 from pydantic import ValidationError
 
 from brokerscan import __version__
-from brokerscan.cli import db, demo, fleet, lookup, scan, stream, sweep
+from brokerscan.cli import db, demo, fleet, lookup, scan, search, stream, sweep
 from brokerscan.cli.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, CliError, Parser, print_error
 from brokerscan.settings import Settings
 
 __all__ = ["build_parser", "main"]
 
 #: Every command module, in the order ``--help`` lists their commands.
-MODULES: tuple[ModuleType, ...] = (scan, demo, sweep, fleet, stream, db, lookup)
+MODULES: tuple[ModuleType, ...] = (scan, demo, search, sweep, fleet, stream, db, lookup)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return code
         raise CliError(f"unknown command {args.command!r}", EXIT_BAD_INPUT)  # pragma: no cover
     except CliError as exc:
-        print_error(str(exc))
+        print_error(str(exc), exc.context)
         return exc.code
     except KeyboardInterrupt:
         sys.stderr.write("brokerscan: interrupted\n")

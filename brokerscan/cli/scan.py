@@ -37,7 +37,7 @@ from scheduler.ports import PortError, PortSpec, parse_ports
 from scheduler.targets import TargetError, eligible, iter_targets, parse_target, read_targets
 from storage.db import DatabaseError
 from storage.sink import StoreSink
-from storage.store import Store, StoreError, open_store, store_url
+from storage.store import Store, StoreError, describe_store, open_store, store_url
 from workers.engine import Engine, ScanConfig, ScanStats
 from workers.probes.base import ProbeOptions
 from workers.transport import Scope
@@ -61,8 +61,7 @@ def _add_scan_options(scan: argparse.ArgumentParser) -> None:
     scan.add_argument("-o", "--output", metavar="FILE", help="write results as JSONL (- = stdout)")
     scan.add_argument("--store", metavar="URL",
                       help="where results are stored: postgresql://... or sqlite:///FILE "
-                           "(default: BROKERSCAN_STORE_URL, else the database, else "
-                           "sqlite:///brokerscan.db)")
+                           "(default: BROKERSCAN_STORE_URL, else sqlite:///brokerscan.db)")
     scan.add_argument("--no-store", action="store_true", help="do not store results")
     scan.add_argument("--all", dest="emit_failures", action="store_true",
                       help="also write results for closed and silent ports")
@@ -169,8 +168,9 @@ async def _scan(args: argparse.Namespace, settings: Settings) -> int:
     except EnrichmentError as exc:
         raise CliError(f"enrichment: {exc}") from None
     store: Store | None = None
+    url = ""
     if not args.no_store:
-        url = store_url(settings, args.store)
+        url = store_url(settings, args.store, fleet=False)
         try:
             store = await open_store(url)
         except (StoreError, DatabaseError) as exc:
@@ -204,8 +204,8 @@ async def _scan(args: argparse.Namespace, settings: Settings) -> int:
             await store.close()
     print_report(args.format, stats.report, stats.stats, report_stream)
     if sink is not None:
-        print(f"brokerscan: {sink.new} new observations in the store (scan {config.sweep_id})",
-              file=sys.stderr)
+        print(f"brokerscan: stored {sink.written} results in {describe_store(url)} "
+              f"({sink.new} new observations, scan {config.sweep_id})", file=sys.stderr)
     return 0
 
 

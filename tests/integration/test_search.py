@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import date
+from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from storage import migrate
-from storage.census import census_report
+from storage.census import census_report, diff_sweeps
 from storage.pgstore import PgStore
 from storage.search.compile import View, uses_rollup
 from storage.search.fields import FIELDS
@@ -28,6 +29,7 @@ from storage.sqlitestore import SqliteStore
 from storage.store import open_store
 from tests.pg import fresh_database
 from tests.searchref import (
+    evaluate,
     make_search_results,
     reference_counts,
     reference_keys,
@@ -335,3 +337,35 @@ async def test_an_empty_store_answers_with_zeros(empty_sqlite: SqliteStore) -> N
     assert (await empty_sqlite.search("")).hits == []
     report = await census_report(empty_sqlite)
     assert report["mqtt"]["servers"] == 0 and report["amqp"]["by_product"] == {}
+
+
+@pytest.mark.parametrize("query", ["", "protocol:mqtt", "anonymous:true OR tls:true",
+                                   "NOT country:DE"])
+def test_diff_gives_the_reference_answer(stores: Stores, query: str) -> None:
+    node = parse(query)
+    side = {}
+    for sweep in ("sw-00", "sw-02"):
+        items = [i for i in view_items(RECORDS, View("sweep", sweep_id=sweep))
+                 if i.values["status"] == "success"]
+        side[sweep] = {(i.values["ip_text"], i.values["port"]): i for i in items}
+    a, b = side["sw-00"], side["sw-02"]
+    new = sorted((k for k in b.keys() - a.keys() if evaluate(node, b[k])), key=_by_address)
+    gone = sorted((k for k in a.keys() - b.keys() if evaluate(node, a[k])), key=_by_address)
+    for store in stores.both():
+        result = stores.run(diff_sweeps(store, "sw-00", "sw-02", query))
+        assert result.new == new and result.gone == gone, (store, query)
+        both = [k for k in a.keys() & b.keys()
+                if evaluate(node, a[k]) or evaluate(node, b[k])]
+        changed = {(c.ip, c.port) for c in result.changed}
+        assert changed <= set(both)
+        for key in both:
+            va, vb = a[key].values, b[key].values
+            differs = (bool(va["anonymous"]) != bool(vb["anonymous"]) or va["tls"] != vb["tls"]
+                       or va["product"] != vb["product"] or va["version"] != vb["version"]
+                       or (va["cert_sha256"] and vb["cert_sha256"]
+                           and va["cert_sha256"] != vb["cert_sha256"]))
+            assert (key in changed) == bool(differs), (store, query, key)
+
+
+def _by_address(key: tuple[str, int]) -> tuple[int, int]:
+    return int(ip_address(key[0])), key[1]

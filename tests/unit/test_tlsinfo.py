@@ -13,18 +13,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from brokerscan.model import TlsInfo
 from tests.certs import Issued, Pki, issue, make_ca, make_pki, name
+from workers.tlshooks import HandshakeWatch, peer_chain
 from workers.tlsinfo import (
-    HandshakeWatch,
-    RootStore,
     describe_certificate,
     describe_tls,
     failed_handshake_info,
     late_handshake_failure,
-    peer_chain,
-    system_roots,
-    trust_of,
-    verify_chain,
 )
+from workers.tlstrust import RootStore, system_roots, trust_of, verify_chain
 
 NOW = datetime.now(UTC)
 
@@ -162,8 +158,11 @@ def test_non_utf8_name_does_not_raise(tls_pki: Pki) -> None:
 
 def test_ca_as_root_trusts_its_leaves(tls_pki: Pki) -> None:
     roots = [tls_pki.ca.cert]
-    for issued in (tls_pki.server, tls_pki.ec, tls_pki.ed25519, tls_pki.client):
+    for issued in (tls_pki.server, tls_pki.ec, tls_pki.ed25519):
         assert verify_chain([issued.der], roots, NOW) == (True, None), issued.cert_path.name
+    # a clientAuth-only certificate is no server certificate (OpenSSL's purpose check and
+    # every Web PKI verifier refuse it; the path builder before cryptography's took it)
+    assert verify_chain([tls_pki.client.der], roots, NOW) == (False, "wrong-purpose")
     # the root sent along by the server changes nothing
     assert verify_chain([tls_pki.server.der, tls_pki.ca.der], roots, NOW) == (True, None)
 
@@ -265,13 +264,17 @@ def test_system_roots_load_and_do_not_trust_the_test_pki(tls_pki: Pki) -> None:
     assert trust_of([tls_pki.selfsigned.der], NOW) == (False, "self-signed")
 
 
-def test_a_system_root_verifies_against_the_system_store() -> None:
+def test_a_system_root_as_the_leaf_is_found_in_the_system_store() -> None:
+    # The root is found (no "unknown-issuer"), but a CA certificate without a
+    # subjectAltName is no server certificate under the Web PKI profile cryptography applies
+    # (the path builder before it called this trusted).
     root = system_roots()[0]
-    assert trust_of([_der(root)], NOW)[1] in (None, "expired")
+    assert trust_of([_der(root)], NOW) in ((False, "no-subject-alt-name"),
+                                           (False, "policy-violation"), (False, "expired"))
 
 
 def test_describe_tls_without_ssl_object() -> None:
-    info = describe_tls(None, "127.0.0.1", NOW)
+    info = describe_tls(None, NOW)
     assert info.handshake_completed and info.certificate is None
     assert peer_chain(None) == []
 

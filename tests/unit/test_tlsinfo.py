@@ -1,8 +1,10 @@
-"""Certificate description and offline chain verification (workers/tlsinfo.py), no network."""
+"""Certificate description, offline chain verification and the private-hook self-check
+(workers/tlsinfo.py, tlstrust.py, tlshooks.py), no network."""
 
 from __future__ import annotations
 
 import hashlib
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,8 +15,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from brokerscan.model import TlsInfo
 from tests.certs import Issued, Pki, issue, make_ca, make_pki, name
-from workers.tlshooks import HandshakeWatch, peer_chain
+from workers.tlshooks import HandshakeWatch, TlsSelfCheckError, check_hooks, peer_chain
 from workers.tlsinfo import (
+    Describer,
+    HandshakeFacts,
     describe_certificate,
     describe_tls,
     failed_handshake_info,
@@ -307,3 +311,43 @@ def test_late_alert_turns_into_failed_handshake() -> None:
     assert late_handshake_failure(done, "ECONNRESET") is None
     assert late_handshake_failure(done, ConnectionResetError()) is None
     assert late_handshake_failure(None, "tlsv13-alert-certificate-required") is None
+
+
+# --- the private ssl hooks and their self-check ---------------------------------------------
+
+
+def test_hook_self_check_passes_on_this_python() -> None:
+    check_hooks()  # a real handshake in memory: CertificateRequest seen, both certs read
+
+
+@pytest.mark.parametrize(("seam", "says"), [
+    ({"attribute": "_msg_callback_gone"}, "did not report the server's CertificateRequest"),
+    ({"method": "get_unverified_chain_gone"}, "gave 1 of the 2 certificates"),
+])
+def test_hook_self_check_fails_in_one_line_when_a_hook_is_gone(seam: dict[str, str],
+                                                               says: str) -> None:
+    # A renamed hook is what a future Python would look like: setting an unknown attribute
+    # on an SSLContext succeeds and does nothing, a missing getter leaves the leaf alone.
+    with pytest.raises(TlsSelfCheckError) as failed:
+        check_hooks(**seam)
+    message = str(failed.value)
+    assert says in message and "\n" not in message
+    assert next(iter(seam.values())) in message
+
+
+# --- off the event loop ----------------------------------------------------------------------
+
+
+async def test_describer_gives_up_after_its_timeout(tls_pki: Pki) -> None:
+    facts = HandshakeFacts("TLSv1.3", "TLS_AES_256_GCM_SHA384", None, (tls_pki.server.der,))
+    done = await Describer(timeout=5).describe(facts, NOW)
+    assert done.certificate is not None and done.trust_error == "unknown-issuer"
+    release = threading.Event()
+    busy = Describer.pool().submit(release.wait, 10)  # the one worker thread is taken
+    try:
+        late = await Describer(timeout=0.2).describe(facts, NOW)
+    finally:
+        release.set()
+        busy.result(timeout=10)
+    assert late.trust_error == "verdict-timeout" and late.trusted is None
+    assert late.certificate is None and late.chain_length == 1 and late.version == "TLSv1.3"

@@ -46,7 +46,8 @@ CONFIG = ScanConfig(connect_timeout=2.0, io_timeout=1.0, total_timeout=6.0,
 
 # chain -> the verdict it must end with
 HOSTILE = {
-    "duplicated-20": "self-signed",
+    "duplicated-ca-20": "self-signed",  # issue 8's server: `openssl req -x509` makes a CA
+    "duplicated-ca-100": "self-signed",
     "duplicated-100": "self-signed",
     "long-50": "path-too-long",
     "loop": "unknown-issuer",
@@ -56,7 +57,8 @@ HOSTILE = {
 
 
 def _chains() -> dict[str, Hostile]:
-    made = [certs.duplicated_leaf(20), certs.duplicated_leaf(100), certs.long_chain(50),
+    made = [certs.duplicated_ca(20), certs.duplicated_ca(100), certs.duplicated_leaf(100),
+            certs.long_chain(50),
             certs.loop_chain(), certs.mesh_chain(16), certs.many_sans(5000)]
     return {chain.name: chain for chain in made}
 
@@ -157,9 +159,9 @@ def _spec(port: int) -> PortSpec:
 
 def test_issue_8_reproduction_through_the_cli(tmp_path: Path) -> None:
     """``brokerscan scan HOST --ports 8883 --allow-reserved`` against a server sending its
-    self-signed certificate 20 times as its chain: >100 s of one core before, now done
+    self-signed CA certificate 20 times as its chain: >100 s of one core before, now done
     within the per-target timeout, the verdict recorded."""
-    chain = certs.duplicated_leaf(20)
+    chain = certs.duplicated_ca(20)
     out = tmp_path / "scan.jsonl"
     with _s_server(chain, tmp_path) as (host, _port):
         started = time.monotonic()

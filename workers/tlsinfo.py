@@ -37,7 +37,8 @@ from cryptography.x509.oid import NameOID
 
 from brokerscan.model import TlsCertificate, TlsInfo
 from workers.tlshooks import HandshakeWatch, peer_chain
-from workers.tlstrust import load_der, signed_by, trust_of
+from workers.tlspath import load_der, signed_by
+from workers.tlstrust import trust_of
 
 __all__ = [
     "Describer",

@@ -11,21 +11,21 @@ refuses an EE policy that does not require the SAN); ``build_client_verifier`` s
 but demands the clientAuth EKU of the leaf and of every CA. So we build a ServerVerifier
 whose subject is one of the leaf's *own* DNS/IP subjectAltNames: the question becomes "is
 this chain valid for one of the names it carries?", i.e. the Web PKI server profile
-(serverAuth EKU, a SAN, AKI, CA/B Forum key and signature algorithms, at most
-:data:`MAX_INTERMEDIATES` intermediates, validity at the observation time) with only the
-name match neutralised.
+(serverAuth EKU, a SAN, AKI, CA/B Forum key and signature algorithms, at most 8
+intermediates, validity at the observation time) with only the name match neutralised.
+That is stricter than OpenSSL's default chain check (which takes a CN-only or AKI-less
+leaf): fitting, since the anchors are the Web PKI roots of the system store.
 
-Bounds, whatever the server sends (issue 8):
+Bounds, whatever the server sends (issue 8); bench/tls_trust.py has the figures:
 
 * the presented chain is deduplicated (byte-identical copies count once) and at most
   :data:`MAX_PRESENTED` further certificates are parsed and considered;
 * certificates whose key makes one signature check expensive (an RSA public exponent above
   2^256, which CA/B Forum BR 6.1.6 forbids anyway; DSA) are not considered;
-* the library stops after 128 signature checks and :data:`MAX_INTERMEDIATES` (its own
-  budget, verified against hostile chains in tests/unit/test_tlstrust.py);
-* naming a failure is a depth-first search over the considered certificates with at most
-  :data:`MAX_SIGNATURE_CHECKS` signature checks (each pair checked once) and
-  :data:`MAX_STEPS` path extensions.
+* the library (cryptography >= 49) stops by itself after 128 signature checks and 8
+  intermediates; tests/unit/test_tlstrust.py holds it to that on raw hostile chains;
+* naming a failure (:class:`workers.tlspath.FailureNamer`) is a search with its own budget
+  of signature checks and steps.
 
 ``trust_error`` values (``docs/results.md`` has the same list):
 
@@ -38,21 +38,23 @@ Bounds, whatever the server sends (issue 8):
 ``unknown-issuer``         no presented certificate or anchor is named as the issuer
 ``bad-signature``          an issuer by name, but its key did not make the signature
 ``not-a-ca``               an issuer that may not issue (basicConstraints, keyUsage)
-``path-too-long``          a path needs more than :data:`MAX_INTERMEDIATES` intermediates,
-                           or breaks a pathLenConstraint
+``path-too-long``          a path needs more than 8 intermediates, or breaks a
+                           pathLenConstraint
 ``expired``                a certificate on the path has expired
 ``not-yet-valid``          a certificate on the path is not valid yet
 ``wrong-purpose``          the leaf's extendedKeyUsage does not allow serverAuth
 ``no-subject-alt-name``    the leaf has no DNS or IP subjectAltName a server could match
 ``policy-violation``       the path is sound by name, signature, CA flags and dates, but the
-                           Web PKI profile refuses it (e.g. no authorityKeyIdentifier, an
-                           Ed25519 or 1024-bit RSA key, SHA-1, a CA certificate as the leaf)
+                           Web PKI profile refuses it (e.g. no authorityKeyIdentifier, a
+                           1024-bit RSA key, a SHA-1 signature, a CA certificate as leaf)
 ``too-many-certificates``  more than :data:`MAX_PRESENTED` distinct certificates were sent,
-                           and no path was found among those considered
+                           and the search among those considered ended at an unknown issuer
 ``unsupported-key``        a presented certificate was left out for its key (see above),
-                           and no path was found without it
+                           and the search without it ended at an unknown issuer
 ``budget-exceeded``        naming the failure needed more signature checks or search steps
                            than allowed (the chain is built to be expensive)
+``verdict-timeout``        (set by :class:`workers.tlsinfo.Describer`) no verdict within the
+                           transport's wait; ``trusted`` is then null
 =========================  =================================================================
 """
 
@@ -65,36 +67,29 @@ import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import dsa, rsa
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.utils import CryptographyDeprecationWarning
-from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
+from workers.tlspath import MAX_INTERMEDIATES, FailureNamer, load_der, policy_reason
+
 __all__ = [
-    "MAX_INTERMEDIATES",
     "MAX_PRESENTED",
-    "MAX_SIGNATURE_CHECKS",
-    "MAX_STEPS",
     "RootStore",
-    "load_der",
     "system_roots",
     "trust_of",
     "verify_chain",
 ]
 
 MAX_PRESENTED = 16  # distinct certificates after the leaf that are parsed and considered
-MAX_INTERMEDIATES = 8  # the verifier's max_chain_depth; also where naming stops a path
-MAX_SIGNATURE_CHECKS = 64  # naming's budget (the library's own is 128)
-MAX_STEPS = 256  # naming's budget of path extensions
 MAX_SUBJECTS = 4  # subjectAltName entries tried as the verifier's subject
 MAX_RSA_EXPONENT = (1 << 256) - 1  # CA/B Forum BR 6.1.6
 TRUST_CACHE_SIZE = 4096  # verdicts kept per store
@@ -102,27 +97,6 @@ TRUST_CACHE_SIZE = 4096  # verdicts kept per store
 _SHA256 = SHA256()
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\s+(.+?)\s+-----END CERTIFICATE-----",
                        re.DOTALL)
-
-
-def load_der(der: bytes) -> x509.Certificate | None:
-    """Parse DER, or None. Negative serials warn in cryptography: still load them."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-            return x509.load_der_x509_certificate(der)
-    except Exception:
-        return None
-
-
-def signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    """Do ``issuer``'s name and key account for ``cert``'s issuer and signature?"""
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
-        return False
-    except Exception:
-        return False
-    return True
 
 
 # --- the store and its verdicts --------------------------------------------------------------
@@ -302,180 +276,6 @@ def _library_trusts(leaf: x509.Certificate, presented: list[x509.Certificate],
     return None
 
 
-# --- naming a failure ------------------------------------------------------------------------
-
-
-class _OutOfBudget(Exception):
-    pass
-
-
-def _valid_at(cert: x509.Certificate, now: datetime) -> str | None:
-    if now > cert.not_valid_after_utc:
-        return "expired"
-    if now < cert.not_valid_before_utc:
-        return "not-yet-valid"
-    return None
-
-
-def _can_issue(cert: x509.Certificate, below: int, anchor: bool) -> str | None:
-    """Why ``cert`` may not sign a certificate with ``below`` CA certificates under it."""
-    try:
-        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        # v1 roots predate extensions; a store that lists one trusts it as a CA.
-        return None if anchor and cert.version is x509.Version.v1 else "not-a-ca"
-    except Exception:
-        return "not-a-ca"
-    if not bc.ca:
-        return "not-a-ca"
-    if bc.path_length is not None and below > bc.path_length:
-        return "path-too-long"
-    try:
-        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        return None
-    except Exception:
-        return "not-a-ca"
-    return None if ku.key_cert_sign else "not-a-ca"
-
-
-def _self_issued(cert: x509.Certificate) -> bool:
-    try:
-        return cert.issuer == cert.subject
-    except Exception:
-        return False
-
-
-# Failures of path building, most telling first: when several paths fail, report this one.
-_RANK = ["expired", "not-yet-valid", "not-a-ca", "path-too-long", "bad-signature",
-         "self-signed-in-chain", "self-signed", "unknown-issuer"]
-
-
-@dataclass
-class _Namer:
-    """Why no path? A depth-first search over the considered certificates, bounded.
-
-    Each (certificate, issuer) signature is checked at most once; the search stops with
-    :class:`_OutOfBudget` after :data:`MAX_SIGNATURE_CHECKS` checks or
-    :data:`MAX_STEPS` extensions. ``complete`` is set when a path reaches an anchor with
-    every name, signature, CA flag and date in order (then the library's refusal is a
-    matter of policy).
-    """
-
-    roots: RootStore
-    presented: list[x509.Certificate]
-    now: datetime
-    errors: set[str] = field(default_factory=set)
-    complete: bool = False
-    signatures: int = MAX_SIGNATURE_CHECKS
-    steps: int = MAX_STEPS
-    by_subject: dict[x509.Name, list[x509.Certificate]] = field(default_factory=dict)
-    _checked: dict[tuple[int, int], bool] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for cert in self.presented:
-            try:
-                self.by_subject.setdefault(cert.subject, []).append(cert)
-            except Exception:
-                continue
-
-    def signed(self, cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-        pair = (id(cert), id(issuer))  # every certificate here lives as long as the search
-        known = self._checked.get(pair)
-        if known is None:
-            if self.signatures <= 0:
-                raise _OutOfBudget
-            self.signatures -= 1
-            known = self._checked[pair] = signed_by(cert, issuer)
-        return known
-
-    def self_signed(self, cert: x509.Certificate) -> bool:
-        return _self_issued(cert) and self.signed(cert, cert)
-
-    def extend(self, path: list[x509.Certificate]) -> bool:
-        """Can ``path`` (leaf first) be completed up to a trust anchor?"""
-        self.steps -= 1
-        if self.steps < 0:
-            raise _OutOfBudget
-        child = path[-1]
-        if len(path) - 1 > MAX_INTERMEDIATES:
-            self.errors.add("path-too-long")
-            return False
-        below = sum(1 for c in path[1:] if not _self_issued(c))  # for pathLenConstraint
-        try:
-            wanted = child.issuer
-        except Exception:
-            self.errors.add("unknown-issuer")
-            return False
-        named = False
-        for root in self.roots.by_subject.get(wanted, ()):
-            named = True
-            if not self.signed(child, root):
-                self.errors.add("bad-signature")
-                continue
-            problem = _can_issue(root, below, anchor=True) or self._times([*path, root])
-            if problem is None:
-                self.complete = True
-                return True
-            self.errors.add(problem)
-        for cand in self.by_subject.get(wanted, ()):
-            if any(cand is c for c in path):
-                continue
-            named = True
-            if not self.signed(child, cand):
-                self.errors.add("bad-signature")
-                continue
-            problem = _can_issue(cand, below, anchor=False)
-            if problem is not None:
-                self.errors.add(problem)
-                continue
-            if self.extend([*path, cand]):
-                return True
-        if not named:
-            if self.self_signed(child):
-                self.errors.add("self-signed" if len(path) == 1 else "self-signed-in-chain")
-            else:
-                self.errors.add("unknown-issuer")
-        return False
-
-    def _times(self, path: list[x509.Certificate]) -> str | None:
-        for cert in path:
-            problem = _valid_at(cert, self.now)
-            if problem is not None:
-                return problem
-        return None
-
-    def reason(self, leaf: x509.Certificate) -> str:
-        """The most telling reason no path exists ("" when one does, by these checks)."""
-        try:
-            if any(leaf == root for root in self.roots.by_subject.get(leaf.subject, ())):
-                problem = _valid_at(leaf, self.now)
-                if problem is not None:
-                    return problem
-                self.complete = True
-                return ""
-            if self.extend([leaf]):
-                return ""
-        except _OutOfBudget:
-            return "budget-exceeded"
-        return min(self.errors or {"unknown-issuer"},
-                   key=lambda e: _RANK.index(e) if e in _RANK else len(_RANK))
-
-
-def _policy_reason(leaf: x509.Certificate, asked: bool) -> str:
-    """Why the library refused a path that is sound by our checks."""
-    try:
-        eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        eku = None
-    except Exception:
-        return "policy-violation"
-    if eku is not None and ExtendedKeyUsageOID.SERVER_AUTH not in eku \
-            and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in eku:
-        return "wrong-purpose"
-    return "policy-violation" if asked else "no-subject-alt-name"
-
-
 # --- the verdict -----------------------------------------------------------------------------
 
 
@@ -513,11 +313,11 @@ def _judge(chain_der: Sequence[bytes], roots: RootStore, now: datetime) -> _Verd
         asked = _library_trusts(leaf, presented, roots, now)
         if asked:
             return _Verdict(True, None, since, until)
-        reason = _Namer(roots, presented, now).reason(leaf)
+        reason = FailureNamer(roots.by_subject, presented, now).reason(leaf)
     except Exception:  # belt and braces: odd certificates must not break a scan
         return _Verdict(False, "unparseable", since, until)
     if not reason:
-        reason = _policy_reason(leaf, asked is not None)
+        reason = policy_reason(leaf, asked is not None)
     if left_out is not None and reason == "unknown-issuer":
         reason = left_out  # the missing link may be among those left out
     return _Verdict(False, reason, since, until)

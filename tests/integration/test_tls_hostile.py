@@ -6,14 +6,15 @@ The hostile servers are real ``openssl s_server`` processes on 127.66.x.y (the
 Mosquitto TLS listener (``mosquitto_tls``). The engine, the scan path of the CLI and of the
 workers, probes them all together while a ticker task on the same event loop records the
 longest gap between its wake-ups. Before the fix one duplicated chain held the loop for
-more than 100 s; the bound here, :data:`STALL_BOUND`, is ten times the 13-25 ms measured
-(see docs/benchmarks.md), so that only a step that holds the loop for long fails.
+more than 100 s; the bound here, :data:`STALL_BOUND`, is over four times the 13-58 ms
+measured on a loaded 2-vCPU machine (see docs/benchmarks.md), so that only a step that
+holds the loop for long fails.
 
 What is left on the loop is OpenSSL's own handshake step (``SSLObject.do_handshake``
 parses every certificate sent: up to ~20 ms for the 100-copy chain, bounded by OpenSSL's
 100 KiB limit on the certificate message). Handshakes that finish in the same loop
 iteration add up, so connects are spread at 20 a second (the probes still overlap: each
-lasts a second or more); all at once, six hostile handshakes made gaps of 40-130 ms.
+lasts a second or more); all at once, the hostile handshakes made gaps of 40-130 ms.
 """
 
 from __future__ import annotations

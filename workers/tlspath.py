@@ -60,7 +60,6 @@ def signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     return True
 
 
-
 class OutOfBudget(Exception):
     """The search used up its signature checks or steps."""
 
@@ -113,16 +112,15 @@ class FailureNamer:
 
     Each (certificate, issuer) signature is checked at most once; the search stops with
     :class:`OutOfBudget` after :data:`MAX_SIGNATURE_CHECKS` checks or
-    :data:`MAX_STEPS` extensions. ``complete`` is set when a path reaches an anchor with
-    every name, signature, CA flag and date in order (then the library's refusal is a
-    matter of policy).
+    :data:`MAX_STEPS` extensions. :meth:`reason` is ``""`` when a path reaches an anchor
+    with every name, signature, CA flag and date in order: then the library's refusal is a
+    matter of policy (:func:`policy_reason`).
     """
 
     anchors: Mapping[x509.Name, list[x509.Certificate]]  # trust anchors by subject
     presented: list[x509.Certificate]
     now: datetime
     errors: set[str] = field(default_factory=set)
-    complete: bool = False
     signatures: int = MAX_SIGNATURE_CHECKS
     steps: int = MAX_STEPS
     by_subject: dict[x509.Name, list[x509.Certificate]] = field(default_factory=dict)
@@ -171,7 +169,6 @@ class FailureNamer:
                 continue
             problem = _can_issue(root, below, anchor=True) or self._times([*path, root])
             if problem is None:
-                self.complete = True
                 return True
             self.errors.add(problem)
         for cand in self.by_subject.get(wanted, ()):
@@ -206,10 +203,7 @@ class FailureNamer:
         try:
             if any(leaf == root for root in self.anchors.get(leaf.subject, ())):
                 problem = _valid_at(leaf, self.now)
-                if problem is not None:
-                    return problem
-                self.complete = True
-                return ""
+                return problem or ""
             if self.extend([leaf]):
                 return ""
         except OutOfBudget:

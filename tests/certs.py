@@ -109,6 +109,12 @@ def _hash_for(key: PrivateKey) -> hashes.SHA256 | None:
     return None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
 
 
+def _aki(signer: PrivateKey) -> x509.AuthorityKeyIdentifier:
+    # Web PKI validators (cryptography's among them) require it in end-entity certificates.
+    return x509.AuthorityKeyIdentifier.from_issuer_public_key(
+        signer.public_key())
+
+
 def _builder(subject: x509.Name, issuer: x509.Name, public_key: CertificatePublicKeyTypes,
              not_before: datetime, not_after: datetime) -> x509.CertificateBuilder:
     return (x509.CertificateBuilder()
@@ -144,6 +150,8 @@ def make_ca(cn: str, *, key: PrivateKey | None = None, parent: Issued | None = N
                                             decipher_only=False), critical=True)
                .add_extension(x509.SubjectKeyIdentifier.from_public_key(
                    key.public_key()), critical=False))
+    if parent is not None:
+        builder = builder.add_extension(_aki(parent.key), critical=False)
     return builder.sign(signer, _hash_for(signer)), key
 
 
@@ -175,6 +183,7 @@ def issue(cn: str, issuer: Issued | None, *, key: PrivateKey | None = None,
                                     critical=True)
     eku = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
     builder = builder.add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
+    builder = builder.add_extension(_aki(signer), critical=False)
     return builder.sign(signer, _hash_for(signer)), key
 
 
@@ -228,3 +237,133 @@ def make_pki(dirpath: Path | str) -> Pki:
     stranger = write_issued(d, "stranger", *issue("stranger.test", other_ca))
     return Pki(d, ca, inter, server, chained, client, selfsigned, expired, notyet, ec_leaf,
                ed_leaf, other_ca, stranger)
+
+
+# --- hostile chains: what a server may send to make a path search work hard ---------------
+
+
+@dataclass(frozen=True)
+class Hostile:
+    """A chain built to make trust evaluation expensive, as a server would send it.
+
+    :ivar name: what it is (``"duplicated-20"``, ``"long-50"``, ...).
+    :ivar certs: the certificates in the order sent, leaf first.
+    :ivar key: the leaf's private key (a server needs it to handshake).
+    """
+
+    name: str
+    certs: list[x509.Certificate]
+    key: PrivateKey
+
+    @property
+    def ders(self) -> list[bytes]:
+        return [c.public_bytes(serialization.Encoding.DER) for c in self.certs]
+
+    def write(self, dirpath: Path) -> tuple[Path, Path, Path]:
+        """Write ``<name>-leaf.pem``, ``<name>-chain.pem`` (the rest) and ``<name>.key``.
+
+        :returns: (leaf path, chain path, key path), as ``openssl s_server -cert -cert_chain
+            -key`` take them.
+        """
+        issued = write_issued(dirpath, self.name, self.certs[0], self.key)
+        leaf = dirpath / f"{self.name}-leaf.pem"
+        issued.cert_path.rename(leaf)
+        chain = dirpath / f"{self.name}-chain.pem"
+        chain.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM)
+                                   for c in self.certs[1:]))
+        return leaf, chain, issued.key_path
+
+
+def _ec() -> ec.EllipticCurvePrivateKey:
+    # P-256: fast to make, small on the wire (100 copies stay under OpenSSL's 100 KiB limit).
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _ca_cert(subject: x509.Name, issuer: x509.Name, key: PrivateKey,
+             signer: PrivateKey) -> x509.Certificate:
+    builder = (_builder(subject, issuer, key.public_key(), NOW - timedelta(days=1),
+                        NOW + timedelta(days=3650))
+               .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+               .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
+                                            key_encipherment=False, data_encipherment=False,
+                                            key_agreement=False, key_cert_sign=True,
+                                            crl_sign=True, encipher_only=False,
+                                            decipher_only=False), critical=True)
+               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                              critical=False)
+               .add_extension(_aki(signer), critical=False))
+    return builder.sign(signer, _hash_for(signer))
+
+
+def _leaf_under(cn: str, issuer_name: x509.Name, signer: PrivateKey, *,
+                key: PrivateKey | None = None,
+                sans: list[x509.GeneralName] | None = None
+                ) -> tuple[x509.Certificate, PrivateKey]:
+    """A Web PKI shaped server leaf (SAN, AKI, serverAuth); self-signed when ``signer`` is
+    ``key``."""
+    key = key or _ec()
+    builder = (_builder(name(cn), issuer_name, key.public_key(), NOW - timedelta(days=1),
+                        NOW + timedelta(days=365))
+               .add_extension(x509.SubjectAlternativeName(sans or [x509.DNSName(cn)]),
+                              critical=False)
+               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+               .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                              critical=False)
+               .add_extension(_aki(signer), critical=False))
+    return builder.sign(signer, _hash_for(signer)), key
+
+
+def duplicated_leaf(copies: int) -> Hostile:
+    """A self-signed leaf that also sends itself ``copies`` times as its chain."""
+    key = _ec()
+    leaf, _ = _leaf_under("duplicated.test", name("duplicated.test"), key, key=key)
+    return Hostile(f"duplicated-{copies}", [leaf] * (copies + 1), key)
+
+
+def duplicated_ca(copies: int) -> Hostile:
+    """A self-signed CA certificate used as the leaf, sent ``copies`` more times."""
+    key = _ec()
+    cert = _ca_cert(name("duplicated CA"), name("duplicated CA"), key, key)
+    return Hostile(f"duplicated-ca-{copies}", [cert] * (copies + 1), key)
+
+
+def long_chain(length: int) -> Hostile:
+    """A leaf under ``length`` distinct intermediates, the last issued by an absent root."""
+    root_key = _ec()
+    issuer_name, signer = name("hostile absent root"), root_key
+    above: list[x509.Certificate] = []
+    for level in range(length, 0, -1):
+        key = _ec()
+        subject = name(f"hostile intermediate {level}")
+        above.insert(0, _ca_cert(subject, issuer_name, key, signer))
+        issuer_name, signer = subject, key
+    leaf, leaf_key = _leaf_under("long.test", issuer_name, signer)
+    return Hostile(f"long-{length}", [leaf, *above], leaf_key)
+
+
+def loop_chain() -> Hostile:
+    """A signs B signs A: two CA certificates with swapped issuers, and a leaf under A."""
+    key_a, key_b = _ec(), _ec()
+    name_a, name_b = name("loop CA A"), name("loop CA B")
+    ca_a = _ca_cert(name_a, name_b, key_a, key_b)
+    ca_b = _ca_cert(name_b, name_a, key_b, key_a)
+    leaf, leaf_key = _leaf_under("loop.test", name_a, key_a)
+    return Hostile("loop", [leaf, ca_a, ca_b], leaf_key)
+
+
+def mesh_chain(size: int) -> Hostile:
+    """``size`` distinct CA certificates with one name and one key (each signs every other),
+    and a leaf under that name: the worst case for a path search that dedupes by content."""
+    key = _ec()
+    mesh_name = name("mesh CA")
+    cas = [_ca_cert(mesh_name, mesh_name, key, key) for _ in range(size)]
+    leaf, leaf_key = _leaf_under("mesh.test", mesh_name, key)
+    return Hostile(f"mesh-{size}", [leaf, *cas], leaf_key)
+
+
+def many_sans(count: int) -> Hostile:
+    """A self-signed leaf naming ``count`` hosts in its subjectAltName."""
+    key = _ec()
+    sans: list[x509.GeneralName] = [x509.DNSName(f"h{i}.t") for i in range(count)]
+    leaf, _ = _leaf_under("sans.test", name("sans.test"), key, key=key, sans=sans)
+    return Hostile(f"sans-{count}", [leaf], key)

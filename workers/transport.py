@@ -34,14 +34,14 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 from brokerscan.model import Status, TlsInfo
+from workers.tlshooks import HandshakeWatch, check_hooks_once, install_watch, watching
 from workers.tlsinfo import (
-    HandshakeWatch,
-    describe_tls,
+    Describer,
     failed_handshake_info,
-    install_watch,
+    handshake_facts,
     late_handshake_failure,
-    watching,
 )
+from workers.tlstrust import system_roots
 
 __all__ = [
     "Connector",
@@ -131,14 +131,22 @@ class Scope:
 class TlsOptions:
     """One client TLS context, shared: no verification (we record, we do not trust).
 
+    Making one checks, once per process, that the private ``ssl`` hooks we rely on work
+    (:func:`workers.tlshooks.check_hooks`; raises ``TlsSelfCheckError``, one line, if not)
+    and loads the system roots, so neither lands on the first probe.
+
     :param handshake_timeout: bound on the TLS handshake (a tarpit ends as io-timeout).
     :param verdict_timeout: the longest wait, after a TLS 1.3 handshake in which the server
         asked for a client certificate, for the server to accept (session ticket) or
         refuse (alert) it; the wait is also at most 3 handshake times and ``io_timeout``.
+    :param describe_timeout: the longest wait for the certificate description and trust
+        verdict, which run off the event loop (:class:`workers.tlsinfo.Describer`).
     """
 
-    def __init__(self, *, handshake_timeout: float = 10.0,
-                 verdict_timeout: float = 2.0) -> None:
+    def __init__(self, *, handshake_timeout: float = 10.0, verdict_timeout: float = 2.0,
+                 describe_timeout: float = 5.0) -> None:
+        check_hooks_once()
+        system_roots()
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
@@ -151,6 +159,7 @@ class TlsOptions:
         self.context = ctx
         self.handshake_timeout = handshake_timeout
         self.verdict_timeout = verdict_timeout
+        self.describer = Describer(describe_timeout)
 
 
 class Stream:
@@ -228,8 +237,13 @@ async def _wrap(sock: socket.socket, ip: str, io_timeout: float,
         except Exception as exc:
             sock.close()
             raise _failed_handshake(exc, status_of(exc, connected=True), watch) from None
-    ssl_object = writer.get_extra_info("ssl_object")
-    info = describe_tls(ssl_object, ip, datetime.now(UTC))
+    observed = datetime.now(UTC)
+    facts = handshake_facts(writer.get_extra_info("ssl_object"))  # cheap: on the loop
+    try:
+        info = await tls.describer.describe(facts, observed)  # parsing, trust: off the loop
+    except BaseException:
+        writer.transport.abort()  # cancelled (the probe's deadline): leave nothing open
+        raise
     stream = Stream(reader, writer, io_timeout, info)
     closed: str | None = None
     if watch.certificate_requested and info.version == "TLSv1.3" and watch.alert is None:

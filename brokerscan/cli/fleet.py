@@ -11,6 +11,7 @@ import socket
 from brokerscan.cli.errors import CliError
 from brokerscan.cli.services import check_broker, database_url, run_async
 from brokerscan.settings import Settings
+from workers.tlshooks import check_hooks
 
 __all__ = ["COMMANDS", "add_commands", "run"]
 
@@ -45,6 +46,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     except KeyError as exc:
         raise CliError(f"unknown queue {exc.args[0]!r} (use probe, probe-tls)") from None
     check_broker(settings.broker_url)
+    check_hooks()  # before "ready": a worker that would record TLS wrongly does not start
     app = make_app(settings)
     argv = ["worker", "-Q", ",".join(chosen), "-P", args.pool, "--loglevel", "INFO",
             "-n", f"brokerscan-{os.getpid()}@{socket.gethostname()}", "--without-gossip",

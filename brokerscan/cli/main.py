@@ -16,8 +16,16 @@ from pydantic import ValidationError
 
 from brokerscan import __version__
 from brokerscan.cli import db, demo, fleet, lookup, scan, search, stream, sweep
-from brokerscan.cli.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, CliError, Parser, print_error
+from brokerscan.cli.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_UNAVAILABLE,
+    CliError,
+    Parser,
+    print_error,
+)
 from brokerscan.settings import Settings
+from workers.tlshooks import TlsSelfCheckError
 
 __all__ = ["build_parser", "main"]
 
@@ -58,6 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print_error(str(exc), exc.context)
         return exc.code
+    except TlsSelfCheckError as exc:  # this Python's ssl lost a hook we rely on
+        print_error(str(exc))
+        return EXIT_UNAVAILABLE
     except KeyboardInterrupt:
         sys.stderr.write("brokerscan: interrupted\n")
         return EXIT_INTERRUPTED

@@ -1,8 +1,10 @@
-"""Certificate description and offline chain verification (workers/tlsinfo.py), no network."""
+"""Certificate description, offline chain verification and the private-hook self-check
+(workers/tlsinfo.py, tlstrust.py, tlshooks.py), no network."""
 
 from __future__ import annotations
 
 import hashlib
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,18 +15,16 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from brokerscan.model import TlsInfo
 from tests.certs import Issued, Pki, issue, make_ca, make_pki, name
+from workers.tlshooks import HandshakeWatch, TlsSelfCheckError, check_hooks, peer_chain
 from workers.tlsinfo import (
-    HandshakeWatch,
-    RootStore,
+    Describer,
+    HandshakeFacts,
     describe_certificate,
     describe_tls,
     failed_handshake_info,
     late_handshake_failure,
-    peer_chain,
-    system_roots,
-    trust_of,
-    verify_chain,
 )
+from workers.tlstrust import RootStore, system_roots, trust_of, verify_chain
 
 NOW = datetime.now(UTC)
 
@@ -162,8 +162,11 @@ def test_non_utf8_name_does_not_raise(tls_pki: Pki) -> None:
 
 def test_ca_as_root_trusts_its_leaves(tls_pki: Pki) -> None:
     roots = [tls_pki.ca.cert]
-    for issued in (tls_pki.server, tls_pki.ec, tls_pki.ed25519, tls_pki.client):
+    for issued in (tls_pki.server, tls_pki.ec, tls_pki.ed25519):
         assert verify_chain([issued.der], roots, NOW) == (True, None), issued.cert_path.name
+    # a clientAuth-only certificate is no server certificate (OpenSSL's purpose check and
+    # every Web PKI verifier refuse it; the path builder before cryptography's took it)
+    assert verify_chain([tls_pki.client.der], roots, NOW) == (False, "wrong-purpose")
     # the root sent along by the server changes nothing
     assert verify_chain([tls_pki.server.der, tls_pki.ca.der], roots, NOW) == (True, None)
 
@@ -265,13 +268,17 @@ def test_system_roots_load_and_do_not_trust_the_test_pki(tls_pki: Pki) -> None:
     assert trust_of([tls_pki.selfsigned.der], NOW) == (False, "self-signed")
 
 
-def test_a_system_root_verifies_against_the_system_store() -> None:
+def test_a_system_root_as_the_leaf_is_found_in_the_system_store() -> None:
+    # The root is found (no "unknown-issuer"), but a CA certificate without a
+    # subjectAltName is no server certificate under the Web PKI profile cryptography applies
+    # (the path builder before it called this trusted).
     root = system_roots()[0]
-    assert trust_of([_der(root)], NOW)[1] in (None, "expired")
+    assert trust_of([_der(root)], NOW) in ((False, "no-subject-alt-name"),
+                                           (False, "policy-violation"), (False, "expired"))
 
 
 def test_describe_tls_without_ssl_object() -> None:
-    info = describe_tls(None, "127.0.0.1", NOW)
+    info = describe_tls(None, NOW)
     assert info.handshake_completed and info.certificate is None
     assert peer_chain(None) == []
 
@@ -304,3 +311,43 @@ def test_late_alert_turns_into_failed_handshake() -> None:
     assert late_handshake_failure(done, "ECONNRESET") is None
     assert late_handshake_failure(done, ConnectionResetError()) is None
     assert late_handshake_failure(None, "tlsv13-alert-certificate-required") is None
+
+
+# --- the private ssl hooks and their self-check ---------------------------------------------
+
+
+def test_hook_self_check_passes_on_this_python() -> None:
+    check_hooks()  # a real handshake in memory: CertificateRequest seen, both certs read
+
+
+@pytest.mark.parametrize(("seam", "says"), [
+    ({"attribute": "_msg_callback_gone"}, "did not report the server's CertificateRequest"),
+    ({"method": "get_unverified_chain_gone"}, "gave 1 of the 2 certificates"),
+])
+def test_hook_self_check_fails_in_one_line_when_a_hook_is_gone(seam: dict[str, str],
+                                                               says: str) -> None:
+    # A renamed hook is what a future Python would look like: setting an unknown attribute
+    # on an SSLContext succeeds and does nothing, a missing getter leaves the leaf alone.
+    with pytest.raises(TlsSelfCheckError) as failed:
+        check_hooks(**seam)
+    message = str(failed.value)
+    assert says in message and "\n" not in message
+    assert next(iter(seam.values())) in message
+
+
+# --- off the event loop ----------------------------------------------------------------------
+
+
+async def test_describer_gives_up_after_its_timeout(tls_pki: Pki) -> None:
+    facts = HandshakeFacts("TLSv1.3", "TLS_AES_256_GCM_SHA384", None, (tls_pki.server.der,))
+    done = await Describer(timeout=5).describe(facts, NOW)
+    assert done.certificate is not None and done.trust_error == "unknown-issuer"
+    release = threading.Event()
+    busy = Describer.pool().submit(release.wait, 10)  # the one worker thread is taken
+    try:
+        late = await Describer(timeout=0.2).describe(facts, NOW)
+    finally:
+        release.set()
+        busy.result(timeout=10)
+    assert late.trust_error == "verdict-timeout" and late.trusted is None
+    assert late.certificate is None and late.chain_length == 1 and late.version == "TLSv1.3"

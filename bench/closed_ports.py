@@ -61,7 +61,12 @@ def _addresses(n: int) -> Iterator[int]:
     return iter(range(base, base + n))
 
 
-def run_engine(n: int) -> float:
+def run_engine(n: int, mode: str = "scan") -> float:
+    """The engine as a scan runs it (``scan``); as a shard runs it, with a ``ready`` hook
+    that looks at the clock before every batch of connects (``sweep``); the same with
+    metrics on (``sweep+metrics``: workers/metrics.py's connect-time hook on every target,
+    the rate-budget timer, a flush into prometheus_client every half second)."""
+    metrics = mode == "sweep+metrics"
     spec = PortSpec(port=PORT, tls=False, probes=("mqtt",), name=str(PORT))
     config = ScanConfig(rate=0, concurrency=CONCURRENCY, connect_timeout=5)
 
@@ -69,7 +74,33 @@ def run_engine(n: int) -> float:
         raise AssertionError("a closed port produced a result")
 
     async def go() -> float:
-        engine = Engine(config, Scope(["127.0.0.0/8"]))
+        meter = None
+        ready = None
+        limiter = None
+        if mode == "sweep":
+            last_look = [time.monotonic()]
+
+            async def ready() -> None:
+                now = time.monotonic()
+                if now - last_look[0] >= 0.5:
+                    last_look[0] = now
+
+        if metrics:
+            from workers.metrics import RateWaitMeter, ShardMeter
+            from workers.ratebudget import LocalRateLimiter
+
+            meter = ShardMeter("bench.probe", RateWaitMeter(LocalRateLimiter(0)))
+            limiter = meter.limiter
+            last = [time.monotonic()]
+
+            async def ready() -> None:
+                now = time.monotonic()
+                if now - last[0] >= 0.5:
+                    last[0] = now
+                    meter.flush(engine.stats, engine.in_flight, 0)
+
+        engine = Engine(config, Scope(["127.0.0.0/8"]), ready=ready, limiter=limiter,
+                        observe_connect=None if meter is None else meter.observe_connect)
         began = time.perf_counter()
         stats = await engine.run(((ip, spec) for ip in _addresses(n)), sink, total=n)
         elapsed = time.perf_counter() - began
@@ -129,6 +160,8 @@ def main() -> None:
     contenders: dict[str, Callable[[], float]] = {
         "ceiling": lambda: run_ceiling(binary, args.targets),
         "engine": lambda: run_engine(args.targets),
+        "engine (shard)": lambda: run_engine(args.targets, "sweep"),
+        "shard+metrics": lambda: run_engine(args.targets, "sweep+metrics"),
         "open_connection": lambda: run_open_connection(args.targets),
         "sock_connect": lambda: run_sock_connect(args.targets),
     }
@@ -142,6 +175,7 @@ def main() -> None:
     print(f"{'contender':<18}{'probes/s':>12}{'x ceiling':>12}")
     for name, rate in best.items():
         print(f"{name:<18}{rate:>12.0f}{rate / ceiling:>12.2f}")
+    print(f"metrics on / off (shard): {best['shard+metrics'] / best['engine (shard)']:.3f}")
 
 
 if __name__ == "__main__":

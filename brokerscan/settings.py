@@ -7,7 +7,7 @@ reads the environment at import time. Each external service is one URL.
 from __future__ import annotations
 
 import ipaddress
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -45,6 +45,16 @@ class Settings(BaseSettings):
     retention_days: int | None = Field(default=None, gt=0)
     enrichment_sources: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["builtin:"])
+    # Prometheus metrics and the /healthz, /readyz checks of a long-running process
+    # (scheduler, worker, enrich-worker, store-worker) on this port; unset: not served.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # The address that endpoint listens on (0.0.0.0: reachable by Prometheus and probes).
+    metrics_host: str = "0.0.0.0"
+    # Seconds before a shard whose dependency failed (Redis, PostgreSQL, RabbitMQ away) is
+    # tried again; doubles on each retry up to 60 s; the fifth failure gives it up.
+    shard_retry_seconds: float = Field(default=5.0, gt=0, le=60)
+    # Log lines as text (for people) or json (one object a line, for log pipelines).
+    log_format: Literal["text", "json"] = "text"
 
     def names(self) -> Names:
         return Names(self.namespace)

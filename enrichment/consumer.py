@@ -85,11 +85,15 @@ class EnrichmentWorker(StreamConsumer):
         topology = self.topology
         assert topology is not None
         dead: list[tuple[aio_pika.abc.AbstractExchange, aio_pika.Message, str]] = []
+        reasons: list[str] = []
         groups: dict[tuple[str, str], _Group] = {}
+        oldest = None
         for message in batch:
             key = message.routing_key or ""
             good, bad = await parse_results(message)
             for index, line, parsed in good:
+                if oldest is None or parsed.observed_at < oldest:
+                    oldest = parsed.observed_at
                 try:
                     result = self.enricher.enrich(parsed)
                 except self._error_type as exc:
@@ -103,6 +107,7 @@ class EnrichmentWorker(StreamConsumer):
                 group.results.append(result)
             dead += [(topology.dead, dead_letter_line(message, b, "enrich"), key)
                      for b in bad]
+            reasons += [b.reason for b in bad]
         outgoing = list(dead)
         counts = [0] * len(dead)
         for group in groups.values():
@@ -130,6 +135,8 @@ class EnrichmentWorker(StreamConsumer):
                         len(failed), len(outgoing), describe(failed[0]))
             return
         self.dead_lettered += len(dead)
+        self.note_dead(reasons)
+        self.note_lag(oldest)
         self.enriched += sum(counts)
 
 

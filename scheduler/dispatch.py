@@ -14,34 +14,68 @@ never queue a shard twice (``FOR UPDATE SKIP LOCKED``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import socket
 import time
+from collections import Counter
 from typing import Any
 
+import asyncpg
 from celery import Celery
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
+from brokerscan.oneline import describe
 from brokerscan.settings import Settings
 from scheduler import live, state
 from scheduler.sweeps import SweepSpec, plan_sweep
-from storage.db import Conn, Pool, create_pool
+from storage.db import Conn, DatabaseError, Pool, create_pool
 
 __all__ = ["Dispatcher"]
 
+log = logging.getLogger(__name__)
+
+#: What a round can fail with when a service is away: logged, counted, retried.
+_OUTAGES: tuple[type[BaseException], ...] = (
+    DatabaseError, OSError, TimeoutError, RedisError, asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError, asyncpg.CannotConnectNowError)
+_SUMMARY_EVERY = 10.0  # seconds between "shards sent" log lines
+_GAUGES_EVERY = 5.0  # seconds between refreshes of the fleet gauges (metrics on)
+
 
 class Dispatcher:
-    """One scheduler process."""
+    """One scheduler process.
+
+    :param metrics: refresh :mod:`scheduler.metrics` (shards, progress, workers, queues).
+    """
 
     def __init__(self, settings: Settings, app: Celery, *, max_queued: int = 8,
-                 interval: float = 0.2) -> None:
+                 interval: float = 0.2, metrics: bool = False) -> None:
         self.settings = settings
         self.names = settings.names()
         self.app = app
         self.max_queued = max_queued
         self.interval = interval
+        self.metrics = metrics
         self.sent = 0
+        #: monotonic time of the last round that completed (liveness)
+        self.last_tick = time.monotonic()
+        self._stopping = asyncio.Event()
         self._shard_dicts: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+        self._states: dict[str, str] = {}
+        self._sent_by_queue: Counter[str] = Counter()
+
+    def stop(self) -> None:
+        """Finish the round under way and return from :meth:`run` (signal-handler safe)."""
+        self._stopping.set()
+
+    def alive(self) -> str | None:
+        """Liveness: ``None`` while rounds keep completing or failing (the loop turns)."""
+        age = time.monotonic() - self.last_tick
+        limit = max(30.0, 50 * self.interval)
+        return None if age < limit else f"no dispatch round for {age:.0f} s"
 
     def _messages(self, sweep: state.SweepRow) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The sweep's spec and every shard's dict (planned once per sweep, then cached)."""
@@ -63,17 +97,36 @@ class Dispatcher:
         for sweep in sweeps:
             await live.set_control(redis, self.names, sweep.id, sweep.state)
             if sweep.state != "running":
+                self._note_state(sweep.id, sweep.state)
                 continue
             async with pool.acquire() as conn:
                 busy = await state.queued_or_running(conn, sweep.id)
                 if busy < self.max_queued:
                     sent += await self._send(conn, sweep, self.max_queued - busy)
-                await state.maybe_finish_sweep(conn, sweep.id)
+                if await state.maybe_finish_sweep(conn, sweep.id):
+                    ended = await state.get_sweep(conn, sweep.id)
+                    if ended is not None:
+                        self._note_state(sweep.id, ended.state, ended.failed_shards)
+                else:
+                    self._note_state(sweep.id, "running")
         await live.beat_scheduler(redis, self.names, {
             "hostname": socket.gethostname(), "pid": os.getpid(), "at": time.time(),
             "sweeps": [s.id for s in sweeps if s.state == "running"]})
         self.sent += sent
         return sent
+
+    def _note_state(self, sweep_id: str, new: str, failed: int = 0) -> None:
+        old = self._states.get(sweep_id)
+        if old == new:
+            return
+        self._states[sweep_id] = new
+        if new == "failed":
+            log.warning("sweep %s failed: %d shard(s) gave up (brokerscan sweep status %s; "
+                        "brokerscan sweep retry %s)", sweep_id, failed, sweep_id, sweep_id)
+        elif old is not None or new != "running":
+            log.info("sweep %s is %s", sweep_id, new)
+        else:
+            log.info("sweep %s: dispatching", sweep_id)
 
     async def _send(self, conn: Conn, sweep: state.SweepRow, room: int) -> int:
         spec, shards = self._messages(sweep)
@@ -85,23 +138,140 @@ class Dispatcher:
                     args=[sweep.id, row.index, spec, shards[row.index]], queue=row.queue,
                     task_id=f"{sweep.id}:{row.index}:{row.attempts}",
                     retry=True, retry_policy={"max_retries": 3, "interval_start": 0.5})
+        for row in rows:
+            self._sent_by_queue[row.queue] += 1
+        if self.metrics and rows:
+            from scheduler.metrics import DISPATCHED
+
+            for row in rows:
+                DISPATCHED.labels(_short(row.queue, self.names.namespace)).inc()
         return len(rows)
 
     async def run(self, *, until_idle: bool = False) -> None:
-        """Dispatch until cancelled (or, with ``until_idle``, until no sweep is unfinished)."""
+        """Dispatch until :meth:`stop` (or, with ``until_idle``, until no sweep is
+        unfinished). A round that fails because a service is away is logged once per
+        kind of failure and retried with a growing pause; the loop never dies of it."""
         if not self.settings.database_url:
             raise RuntimeError("no database: set BROKERSCAN_DATABASE_URL")
         pool = await create_pool(self.settings.database_url, max_size=2)
-        redis = Redis.from_url(self.settings.redis_url)
+        redis = Redis.from_url(self.settings.redis_url, socket_timeout=10,
+                               socket_connect_timeout=5)
+        log.info("scheduler: dispatching (at most %d shards queued per sweep)",
+                 self.max_queued)
+        failing: str | None = None
+        failures = 0
+        next_summary = next_gauges = time.monotonic()
         try:
-            while True:
-                await self.tick(pool, redis)
-                if until_idle:
-                    async with pool.acquire() as conn:
-                        if not any(s.state in ("running", "paused")
-                                   for s in await state.list_sweeps(conn, limit=1000)):
-                            return
-                await asyncio.sleep(self.interval)
+            while not self._stopping.is_set():
+                pause = self.interval
+                try:
+                    await self.tick(pool, redis)
+                    if self.metrics and time.monotonic() >= next_gauges:
+                        next_gauges = time.monotonic() + _GAUGES_EVERY
+                        await self._refresh_gauges(pool, redis)
+                    if failing is not None:
+                        log.info("scheduler: dispatching again after %d failed rounds",
+                                 failures)
+                    failing, failures = None, 0
+                    if until_idle:
+                        async with pool.acquire() as conn:
+                            if not any(s.state in ("running", "paused")
+                                       for s in await state.list_sweeps(conn, limit=1000)):
+                                return
+                except _OUTAGES as exc:
+                    kind = type(exc).__name__
+                    if self.metrics:
+                        from scheduler.metrics import ERRORS
+
+                        ERRORS.labels(kind).inc()
+                    if failing != kind:
+                        log.warning("scheduler: round failed (%s); retrying", describe(exc))
+                    failing = kind
+                    failures += 1
+                    pause = min(10.0, self.interval * 2 ** min(failures, 6))
+                self.last_tick = time.monotonic()
+                if self.metrics:
+                    from scheduler.metrics import TICKS
+
+                    TICKS.inc()
+                if time.monotonic() >= next_summary:
+                    next_summary = time.monotonic() + _SUMMARY_EVERY
+                    self._log_summary()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), pause)
         finally:
+            self._log_summary()
             await redis.aclose()
             await pool.close()
+            log.info("scheduler: stopped (%d shards sent in all)", self.sent)
+
+    def _log_summary(self) -> None:
+        if not self._sent_by_queue:
+            return
+        by_queue = ", ".join(f"{q}: {n}" for q, n in sorted(self._sent_by_queue.items()))
+        log.info("scheduler: sent %d shard(s) (%s)", sum(self._sent_by_queue.values()),
+                 by_queue)
+        self._sent_by_queue.clear()
+
+    async def _refresh_gauges(self, pool: Pool, redis: Redis) -> None:
+        from scheduler import metrics as m
+
+        async with pool.acquire() as conn:
+            sweeps = await state.list_sweeps(conn, limit=1000)
+            by_state = Counter(s.state for s in sweeps)
+            shards: Counter[str] = Counter()
+            m.SWEEP_PROGRESS.clear()
+            m.SWEEP_FAILED_SHARDS.clear()
+            for sweep in sweeps:
+                if sweep.state not in ("running", "paused"):
+                    continue
+                counts = await state.shard_counts(conn, sweep.id)
+                shards.update(counts.states)
+                m.SWEEP_PROGRESS.labels(sweep.id).set(
+                    min(1.0, counts.probes / sweep.target_count) if sweep.target_count
+                    else 1.0)
+                m.SWEEP_FAILED_SHARDS.labels(sweep.id).set(counts.states.get("failed", 0))
+        for name in ("running", "paused", "cancelled", "finished", "failed"):
+            m.SWEEPS.labels(name).set(by_state.get(name, 0))
+        for name in ("pending", "queued", "running", "done", "paused", "cancelled", "failed"):
+            m.SHARDS.labels(name).set(shards.get(name, 0))
+        workers = await live.live_workers(redis, self.names)
+        alive: Counter[str] = Counter()
+        for worker in workers:
+            for queue in worker.queues:
+                alive[_short(queue, self.names.namespace)] += 1
+        for queue in ("probe", "probe-tls"):
+            m.WORKERS_ALIVE.labels(queue).set(alive.get(queue, 0))
+        depths = await asyncio.to_thread(self._queue_depths)
+        for queue, (ready, consumers) in depths.items():
+            m.QUEUE_MESSAGES.labels(queue).set(ready)
+            m.QUEUE_CONSUMERS.labels(queue).set(consumers)
+
+    def _queue_depths(self) -> dict[str, tuple[int, int]]:
+        """Ready messages and consumers of the probe queues and the stream's queues."""
+        from kombu.connection import Connection
+
+        n = self.names
+        found: dict[str, tuple[int, int]] = {}
+        for url, queues in ((self.settings.broker_url, (n.probe_queue, n.probe_tls_queue)),
+                            (self.settings.results_url, (n.results_queue, n.enriched_queue,
+                                                         n.dead_letter_queue))):
+            try:
+                with Connection(url, connect_timeout=3) as connection:
+                    for queue in queues:
+                        channel = connection.channel()
+                        try:
+                            _, ready, consumers = channel.queue_declare(queue, passive=True)
+                            found[_short(queue, n.namespace)] = (int(ready), int(consumers))
+                        except Exception:  # not declared yet: nothing to show
+                            pass
+                        finally:
+                            with contextlib.suppress(Exception):
+                                channel.close()
+            except Exception as exc:
+                log.debug("queue depths from %s unavailable: %s", url, describe(exc))
+        return found
+
+
+def _short(queue: str, namespace: str) -> str:
+    return queue.removeprefix(namespace + ".")

@@ -31,7 +31,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from redis import Redis as SyncRedis
@@ -310,10 +310,13 @@ class Heartbeat:
         filled in when absent. Lists are stored comma-separated.
     :param ttl: seconds the key lives without a beat.
     :param every: seconds between beats.
+    :param on_beat: called by the thread at every turn, whether Redis answered or not (the
+        process's liveness: the thread runs).
     """
 
     def __init__(self, redis_url: str, names: Names, worker_id: str,
-                 info: Mapping[str, object], ttl: float = 10, every: float = 2) -> None:
+                 info: Mapping[str, object], ttl: float = 10, every: float = 2,
+                 on_beat: Callable[[], None] | None = None) -> None:
         if not 0 < every < ttl:
             raise ValueError(f"beat every {every} s must be shorter than the ttl {ttl} s")
         self.key = names.worker(worker_id)
@@ -322,6 +325,7 @@ class Heartbeat:
         self._fields: dict[str, object] = {"hostname": socket.gethostname(),
                                            "pid": os.getpid(), "started_at": time.time()}
         self._fields.update(info)
+        self._on_beat = on_beat
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = False
@@ -330,9 +334,20 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{worker_id}",
                                         daemon=True)
 
-    def start(self) -> Heartbeat:
-        """Beat once (errors propagate), then keep beating from the thread."""
-        self._beat()
+    def start(self, *, strict: bool = True) -> Heartbeat:
+        """Beat once, then keep beating from the thread.
+
+        :param strict: let a failed first beat raise; otherwise log it, and the thread
+            keeps trying.
+        """
+        try:
+            self._beat()
+        except RedisError:
+            if strict:
+                raise
+            log.warning("heartbeat of %s failed; retrying", self.key, exc_info=True)
+        if self._on_beat is not None:
+            self._on_beat()
         self._thread.start()
         return self
 
@@ -386,8 +401,10 @@ class Heartbeat:
                 return
             try:
                 self._beat()
-            except RedisError:
-                log.warning("heartbeat of %s failed; retrying", self.key, exc_info=True)
+            except RedisError as exc:
+                log.warning("heartbeat of %s failed (%s); retrying", self.key, exc)
+            if self._on_beat is not None:
+                self._on_beat()
 
 
 async def live_workers(redis: Redis, names: Names) -> list[WorkerInfo]:

@@ -31,16 +31,18 @@ __all__ = [
     "sweep_row",
 ]
 
-SweepState = Literal["running", "paused", "cancelled", "finished"]
+SweepState = Literal["running", "paused", "cancelled", "finished", "failed"]
 ShardState = Literal["pending", "queued", "running", "done", "paused", "cancelled", "failed"]
 
 _TRANSITIONS: dict[str, frozenset[str]] = {
-    "running": frozenset({"paused", "cancelled", "finished"}),
+    "running": frozenset({"paused", "cancelled", "finished", "failed"}),
     "paused": frozenset({"running", "cancelled"}),
     "cancelled": frozenset(),
     "finished": frozenset(),
+    "failed": frozenset({"cancelled"}),  # and back to running, by retry_failed alone
 }
-_VERBS = {"running": "resume", "paused": "pause", "cancelled": "cancel", "finished": "finish"}
+_VERBS = {"running": "resume", "paused": "pause", "cancelled": "cancel", "finished": "finish",
+          "failed": "fail"}
 
 
 class StateError(Exception):
@@ -82,6 +84,7 @@ class SweepRow:
     target_count: int
     shard_count: int
     failed_shards: int
+    retries: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +109,8 @@ class ShardRow:
     statuses: Mapping[str, int] = field(default_factory=dict)
     worker: str | None = None
     error: str | None = None
+    last_error: str | None = None
+    last_error_at: datetime | None = None
     queued_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -173,7 +178,7 @@ def sweep_row(r: Row) -> SweepRow:
         created_at=r["created_at"], started_at=r["started_at"],
         finished_at=r["finished_at"], updated_at=r["updated_at"],
         target_count=r["target_count"], shard_count=r["shard_count"],
-        failed_shards=r["failed_shards"],
+        failed_shards=r["failed_shards"], retries=r["retries"],
     )  # fmt: skip
 
 
@@ -184,6 +189,7 @@ def shard_row(r: Row) -> ShardRow:
         end_exponent=r["end_exponent"], position=r["position"], state=r["state"],
         attempts=r["attempts"], probes=r["probes"], open=r["open"], hits=_json(r["hits"]),
         statuses=_json(r["statuses"]), worker=r["worker"], error=r["error"],
+        last_error=r["last_error"], last_error_at=r["last_error_at"],
         queued_at=r["queued_at"], started_at=r["started_at"],
         finished_at=r["finished_at"], updated_at=r["updated_at"],
     )  # fmt: skip
@@ -191,7 +197,8 @@ def shard_row(r: Row) -> ShardRow:
 
 
 def check_transition(sweep_id: str, old: str, new: str) -> None:
-    """Allow running -> paused | cancelled | finished and paused -> running | cancelled.
+    """Allow running -> paused | cancelled | finished | failed, paused -> running |
+    cancelled and failed -> cancelled (failed -> running is :func:`retry_failed`'s).
 
     :raises ValueError: *new* is not a sweep state
     :raises BadTransition: anything else, e.g. ``sweep sw-abc is finished: cannot pause it``
@@ -200,4 +207,6 @@ def check_transition(sweep_id: str, old: str, new: str) -> None:
         raise ValueError(f"{new!r} is not a sweep state")
     if new not in _TRANSITIONS.get(old, frozenset()):
         already = "already " if old == new else ""
-        raise BadTransition(f"sweep {sweep_id} is {already}{old}: cannot {_VERBS[new]} it")
+        hint = " (sweep retry queues its failed shards again)" if old == "failed" else ""
+        raise BadTransition(f"sweep {sweep_id} is {already}{old}: cannot {_VERBS[new]} it"
+                            + hint)

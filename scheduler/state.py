@@ -3,8 +3,9 @@
 Every function is one short transaction over an asyncpg connection (or one taken from a
 pool). The rules they keep:
 
-- A sweep moves running -> paused | cancelled | finished and paused -> running | cancelled;
-  anything else is :class:`BadTransition`.
+- A sweep moves running -> paused | cancelled | finished | failed, paused -> running |
+  cancelled and failed -> cancelled; :func:`retry_failed` takes a failed sweep back to
+  running; anything else is :class:`BadTransition`.
 - A shard moves pending -> queued (:func:`claim_pending`) -> running (:func:`start_shard`)
   -> done | paused | cancelled | failed (:func:`finish_shard`); paused shards are queued
   again when their sweep runs again. Messages are delivered at least once, so a start or
@@ -63,8 +64,11 @@ __all__ = [
     "finish_shard",
     "get_sweep",
     "list_sweeps",
+    "failed_shards",
     "maybe_finish_sweep",
+    "note_shard_error",
     "queued_or_running",
+    "retry_failed",
     "set_sweep_state",
     "shard_counts",
     "start_shard",
@@ -166,7 +170,7 @@ async def set_sweep_state(conn: Conn, sweep_id: str, new_state: SweepState) -> S
             )
         row = await conn.fetchrow(
             "UPDATE sweeps SET state = $2, updated_at = now(),"
-            " finished_at = CASE WHEN $2 IN ('cancelled', 'finished') THEN now() END,"
+            " finished_at = CASE WHEN $2 IN ('cancelled', 'finished', 'failed') THEN now() END,"
             " failed_shards = (SELECT count(*) FROM sweep_shards"
             "                  WHERE sweep_id = $1 AND state = 'failed')"
             " WHERE id = $1 RETURNING *",
@@ -177,10 +181,11 @@ async def set_sweep_state(conn: Conn, sweep_id: str, new_state: SweepState) -> S
 
 
 async def maybe_finish_sweep(conn: Conn, sweep_id: str) -> bool:
-    """Mark a running sweep finished once none of its shards is pending, queued, running or
-    paused. Failed shards count as finished; their number is recorded in ``failed_shards``.
+    """End a running sweep once none of its shards is pending, queued, running or paused:
+    ``finished`` if every shard is done (or cancelled), ``failed`` if any shard failed
+    (their number is recorded in ``failed_shards``; :func:`retry_failed` runs them again).
 
-    :returns: whether the sweep is finished now (by this call or before)
+    :returns: whether the sweep is over now (by this call or before)
     :raises UnknownSweep: no such sweep
     """
     async with conn.transaction():
@@ -188,7 +193,7 @@ async def maybe_finish_sweep(conn: Conn, sweep_id: str) -> bool:
         if state is None:
             raise UnknownSweep(f"no sweep {sweep_id}")
         if state != "running":
-            return bool(state == "finished")
+            return bool(state in ("finished", "failed"))
         outstanding = await conn.fetchval(
             "SELECT EXISTS (SELECT 1 FROM sweep_shards WHERE sweep_id = $1"
             " AND state = ANY($2::text[]))",
@@ -196,8 +201,59 @@ async def maybe_finish_sweep(conn: Conn, sweep_id: str) -> bool:
         )  # fmt: skip
         if outstanding:
             return False
-        await set_sweep_state(conn, sweep_id, "finished")  # nested: a savepoint
+        failed = await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM sweep_shards WHERE sweep_id = $1 AND state = 'failed')",
+            sweep_id)
+        await set_sweep_state(conn, sweep_id,  # nested: a savepoint
+                              "failed" if failed else "finished")
     return True
+
+
+async def failed_shards(conn: Conn, sweep_id: str, limit: int = 20) -> list[ShardRow]:
+    """The failed shards of a sweep (lowest index first, at most *limit*), with their
+    errors: ``error`` (why it was given up) and ``last_error`` (the last run's failure)."""
+    rows = await conn.fetch(
+        "SELECT * FROM sweep_shards WHERE sweep_id = $1 AND state = 'failed'"
+        " ORDER BY shard_index LIMIT $2", sweep_id, limit)
+    return [shard_row(r) for r in rows]
+
+
+async def retry_failed(conn: Conn, sweep_id: str) -> tuple[SweepRow, int]:
+    """Queue a sweep's failed shards again (attempts from zero, each resumes at its last
+    checkpoint, so nothing is counted twice) and run the sweep again if it had ended
+    ``failed`` (or ``finished`` with failed shards, before migration 0005).
+
+    :returns: the sweep as it is now, and how many shards go again
+    :raises UnknownSweep: no such sweep
+    :raises BadTransition: the sweep is cancelled, or has no failed shard
+    :raises NameInUse: its name was taken by another sweep under way meanwhile
+    """
+    async with conn.transaction():
+        current = await conn.fetchval("SELECT state FROM sweeps WHERE id = $1 FOR UPDATE",
+                                      sweep_id)
+        if current is None:
+            raise UnknownSweep(f"no sweep {sweep_id}")
+        if current == "cancelled":
+            raise BadTransition(f"sweep {sweep_id} is cancelled: cannot retry it")
+        status = await conn.execute(
+            "UPDATE sweep_shards SET state = 'pending', attempts = 0, error = NULL,"
+            " finished_at = NULL, updated_at = now()"
+            " WHERE sweep_id = $1 AND state = 'failed'", sweep_id)
+        count = int(status.split()[-1])
+        if count == 0:
+            raise BadTransition(f"sweep {sweep_id} has no failed shard to retry")
+        try:
+            async with conn.transaction():
+                row = await conn.fetchrow(
+                    "UPDATE sweeps SET state = CASE WHEN state = 'paused' THEN 'paused'"
+                    " ELSE 'running' END, finished_at = NULL, failed_shards = 0,"
+                    " retries = retries + 1, updated_at = now() WHERE id = $1 RETURNING *",
+                    sweep_id)
+        except asyncpg.UniqueViolationError:
+            raise NameInUse(f"sweep {sweep_id}: its name is taken by a sweep under way; "
+                            "finish or cancel that one first") from None
+    assert row is not None
+    return sweep_row(row), count
 
 
 async def shard_counts(conn: Conn, sweep_id: str) -> ShardCounts:
@@ -290,7 +346,8 @@ async def start_shard(
     """
     async with conn.transaction():
         row = await conn.fetchrow(
-            "SELECT sh.state, sh.position, sh.end_exponent, sh.attempts, s.state AS sweep"
+            "SELECT sh.state, sh.position, sh.end_exponent, sh.attempts, sh.last_error,"
+            " s.state AS sweep"
             " FROM sweep_shards sh JOIN sweeps s ON s.id = sh.sweep_id"
             " WHERE sh.sweep_id = $1 AND sh.shard_index = $2 FOR UPDATE OF sh",
             sweep_id, index,
@@ -298,15 +355,18 @@ async def start_shard(
         if row is None:
             return ShardStart(False, "unknown shard", None, None, 0, 0, 0)
         shard, sweep, attempts = row["state"], row["sweep"], row["attempts"]
+        last_error = row["last_error"]
         new, reason, error = shard, "", None
         if shard in _FINAL:
             reason = f"shard is {shard} already"
         elif sweep in ("paused", "cancelled"):
             new, reason = sweep, f"sweep is {sweep}"
-        elif sweep == "finished":
-            reason = "sweep is finished"
+        elif sweep in ("finished", "failed"):
+            reason = f"sweep is {sweep}"
         elif attempts >= max_attempts:
             new, reason = "failed", f"gave up after {attempts} attempts"
+            if last_error:
+                reason += f"; last error: {last_error}"
             error = reason
         else:
             new, attempts = "running", attempts + 1
@@ -323,6 +383,14 @@ async def start_shard(
         run=not reason, reason=reason, sweep_state=sweep, shard_state=new,
         position=row["position"], end_exponent=row["end_exponent"], attempts=attempts,
     )  # fmt: skip
+
+
+async def note_shard_error(conn: Conn, sweep_id: str, index: int, error: str) -> None:
+    """Record why a run of the shard failed (``last_error``), kept when the shard is
+    given up so that the operator sees the cause, not only the count of attempts."""
+    await conn.execute(
+        "UPDATE sweep_shards SET last_error = $3, last_error_at = now(), updated_at = now()"
+        " WHERE sweep_id = $1 AND shard_index = $2", sweep_id, index, error[:2000])
 
 
 _ADD_COUNTS = """
@@ -399,8 +467,12 @@ async def finish_shard(
     from_states = ["pending", "queued", "running", "paused"]
     if state == "done":
         from_states += ["cancelled", "failed"]  # the work was done: count it
+    # A run that ends paused stopped cleanly (pause, time limit, worker shutdown): it was
+    # not a failed attempt, so it does not count towards the cap.
     status = await conn.execute(
         f"UPDATE sweep_shards SET {_ADD_COUNTS}, state = $3, error = $9,"
+        " attempts = CASE WHEN $3 = 'paused' THEN greatest(attempts - 1, 0)"
+        "   ELSE attempts END,"
         " position = CASE WHEN $3 = 'done' THEN end_exponent"
         "   ELSE greatest(position, least($10, end_exponent)) END,"
         " finished_at = CASE WHEN $3 = 'paused' THEN NULL ELSE now() END"

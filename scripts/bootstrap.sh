@@ -24,6 +24,9 @@ has_cmd rabbitmq-server || missing+=(rabbitmq-server)
 has_cmd redis-server || missing+=(redis-server)
 has_cmd pg_ctlcluster && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
 has_cmd openssl || missing+=(openssl)
+has_cmd systemd-analyze || missing+=(systemd)  # deploy/ units are verified by the tests
+# kubectl renders deploy/k8s (kubectl kustomize); Debian's kubernetes-client when absent
+has_cmd kubectl || missing+=(kubernetes-client)
 
 if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then

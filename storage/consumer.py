@@ -49,6 +49,7 @@ from brokerscan.stream.connection import CONNECTION_ERRORS
 from brokerscan.stream.consumer import StreamConsumer
 from brokerscan.stream.deadletters import BadLine, dead_letter_line, parse_results
 from storage.db import DatabaseError
+from storage.metrics import BATCH_SECONDS, ROWS, WRITE_FAILURES
 
 __all__ = ["ResultStore", "StoreWriter", "is_unreachable"]
 
@@ -231,6 +232,7 @@ class StoreWriter(StreamConsumer):
         if failed:  # not confirmed: ack nothing, let the whole batch come back
             raise self.connection_lost(f"dead letter not confirmed: {describe(failed[0])}")
         self.dead_lettered += len(dead)
+        self.note_dead(bad.reason for _, bad in dead)
 
     async def _write_until_done(self, items: list[Item], prepared: object | None) -> Dead:
         """Write ``items`` until they commit; returns poison results found on the way."""
@@ -263,12 +265,16 @@ class StoreWriter(StreamConsumer):
             attempt += 1
 
     async def _write(self, items: list[Item], prepared: object | None = None) -> None:
+        began = time.perf_counter()
         if prepared is None:
             new = await self.store.write([item[3] for item in items])
         else:
             new = await self.store.write_prepared(prepared)
+        BATCH_SECONDS.observe(time.perf_counter() - began)
+        ROWS.inc(new)
         self.written += len(items)
         self.new_rows += new
+        self.note_lag(min(item[3].observed_at for item in items))
 
     async def _bisect(self, items: list[Item], proven: bool = False) -> Dead | None:
         """Write halves to find the results the store refuses while it accepts others.
@@ -306,6 +312,7 @@ class StoreWriter(StreamConsumer):
 
     def _failed(self, exc: BaseException) -> None:
         self.write_failures += 1
+        WRITE_FAILURES.inc()
         kind = ("database unreachable" if is_unreachable(exc) else "write failed") + \
             f": {describe(exc)}"
         state = kind.split(":", 2)[0] + ":" + type(exc).__name__

@@ -76,11 +76,14 @@ def _load() -> tuple[Migration, ...]:
         ),
         key=lambda m: m.version,
     )
-    for expected, migration in enumerate(found, start=1):
-        if migration.version != expected:
+    # Numbers are handed out per branch (0004 read side, 0005 operations, ...), so one may
+    # land before the other: a gap is allowed, a duplicate is not. Each file is independent
+    # of the numbers it skips, and a skipped one that lands later is simply applied then.
+    for before, migration in zip(found, found[1:], strict=False):
+        if migration.version == before.version:
             raise MigrationError(
-                f"migration files must be numbered 0001, 0002, ... without gaps or "
-                f"duplicates: found {migration.name} where {expected:04d} was expected"
+                f"two migration files have number {migration.version:04d}: "
+                f"{before.name} and {migration.name}"
             )
     return tuple(found)
 
@@ -89,7 +92,7 @@ def migration_files() -> list[Migration]:
     """The migrations this brokerscan ships, in order.
 
     :returns: one :class:`Migration` per ``.sql`` file of ``storage.migrations``
-    :raises MigrationError: a file is misnamed, or the versions are not 1, 2, 3, ...
+    :raises MigrationError: a file is misnamed, or two files have one number
     """
     return list(_load())
 

@@ -23,6 +23,8 @@ server sit on its protocol's standard port without collisions):
 127.54.0.0/16      free for any test that wants its own address (``scratch`` pool)
 127.55-127.59      reserved for later test infrastructure
 127.60-127.61      engine tests (lead)
+127.62.0.0/20      ops tests: metrics/health listeners, proxies (``ops`` pool)
+127.62.32.0/19     ops tests: swept ranges (nothing listens there)
 127.66.0.0/16      hostile TLS servers (``hostile-tls`` pool; TLS helper)
 127.77.0.0/16      ``brokerscan demo`` (lead)
 =================  ===========================================================
@@ -155,6 +157,7 @@ POOLS: dict[str, AddressPool] = {
     "rabbitmq": AddressPool("127.52.0.0/16"),
     "decoy": AddressPool("127.53.0.0/16"),
     "scratch": AddressPool("127.54.0.0/16"),
+    "ops": AddressPool("127.62.0.0/20"),
     "hostile-tls": AddressPool("127.66.0.0/16"),
 }
 

@@ -12,7 +12,11 @@
   hands the rest of the shard back before ``max_shard_seconds``); RabbitMQ's consumer
   timeout (30 min by default) must stay above the hard limit, and so must Redis's
   visibility timeout if Redis is ever the broker;
-* one queue per kind of work (plaintext shards, TLS shards), so pools are sized apart.
+* one queue per kind of work (plaintext shards, TLS shards), so pools are sized apart;
+* SIGTERM is Celery's warm shutdown: no new shard starts, and a running shard hands the
+  rest of its work back within about a second plus the probes in flight
+  (:mod:`workers.tasks`), so the worker exits well within the stop timeouts of
+  ``deploy/`` (systemd ``TimeoutStopSec``, Kubernetes ``terminationGracePeriodSeconds``).
 
 ``celery -A workers.celery_app worker`` works too: ``app`` is built on first access, from
 the environment, not at import time.
@@ -32,8 +36,16 @@ __all__ = ["make_app"]
 
 
 
-def make_app(settings: Settings) -> Celery:
-    """The Celery app of one deployment."""
+def make_app(settings: Settings, *, queues: list[str] | None = None,
+             connections: int | None = None, pool: str = "prefork",
+             metrics: bool = False) -> Celery:
+    """The Celery app of one deployment.
+
+    :param queues: the queues a worker of this app consumes (its heartbeat says so).
+    :param connections: the most connections in flight per worker process.
+    :param pool: ``prefork`` or ``solo`` (the solo pool runs shards in the main process).
+    :param metrics: feed :mod:`workers.metrics` (``PROMETHEUS_MULTIPROC_DIR`` set first).
+    """
     names = settings.names()
     app = Celery("brokerscan", broker=settings.broker_url, set_as_current=False)
     exchange = Exchange(f"{names.namespace}.tasks", type="direct", durable=True)
@@ -61,6 +73,10 @@ def make_app(settings: Settings) -> Celery:
         worker_send_task_events=False,
     )
     app.conf.brokerscan_settings = settings
+    app.conf.brokerscan_queues = queues
+    app.conf.brokerscan_connections = connections
+    app.conf.brokerscan_pool = pool
+    app.conf.brokerscan_metrics = metrics
     from workers import tasks  # registers the tasks on this app
 
     tasks.register(app)

@@ -87,12 +87,16 @@ class Engine:
 
     def __init__(self, config: ScanConfig, scope: Scope,
                  ready: Callable[[], Awaitable[None]] | None = None,
-                 limiter: RateLimiter | None = None) -> None:
+                 limiter: RateLimiter | None = None,
+                 observe_connect: Callable[[float], None] | None = None) -> None:
         """:param ready: awaited before each batch of new connects: a sink that cannot keep
             up (a results publisher waiting for confirms) holds the scan back through it.
         :param limiter: the rate budget (default: ``config.rate`` in this process; a sweep
-            passes the fleet-wide one)."""
+            passes the fleet-wide one).
+        :param observe_connect: called with the seconds each connect took, whatever its
+            outcome (metrics); it must be cheap: it runs once per target."""
         self.config = config
+        self._observe_connect = observe_connect
         self.scope = scope
         self.stats = ScanStats()
         self._ready = ready
@@ -103,6 +107,11 @@ class Engine:
         self._wake: asyncio.Event | None = None
         self._sink: Sink = lambda _r: None
         self._stopping = False
+
+    @property
+    def in_flight(self) -> int:
+        """Targets started and not finished (connecting or being probed)."""
+        return self._in_flight
 
     def stop(self) -> None:
         """Start no new target; those in flight finish. ``run`` then returns."""
@@ -157,7 +166,8 @@ class Engine:
         self.stats.started += 1
         self._in_flight += 1
         try:
-            connector.start(ip, spec.port, spec)
+            connector.start(ip, spec.port, spec if self._observe_connect is None
+                            else (spec, time.monotonic()))
         except ProbeError as exc:  # out of scope: refused before any packet
             self._finish_failure(ip, spec, exc.status, exc.message)
         except OSError as exc:  # e.g. EMFILE: out of file descriptors
@@ -165,7 +175,11 @@ class Engine:
             self._finish_failure(ip, spec, err.status, err.message)
 
     def _connected(self, ctx: object, ip: int, sock: socket.socket | None, code: int) -> None:
-        spec = cast(PortSpec, ctx)
+        if self._observe_connect is None:
+            spec = cast(PortSpec, ctx)
+        else:
+            spec, began = cast(tuple[PortSpec, float], ctx)
+            self._observe_connect(time.monotonic() - began)
         if sock is None:
             status = _CONNECT_ERRNO.get(code)
             if status is None:

@@ -15,19 +15,31 @@ The steps, each idempotent so that a redelivered or retried shard is harmless:
    pending with the exponent reached), and only then return: the Celery task acks after.
 
 A dependency that is away (PostgreSQL, Redis, RabbitMQ) raises :class:`TransientError`:
-the task retries later.
+the task retries later, and the error is recorded as the shard's ``last_error`` (when
+PostgreSQL answers) so that a shard that finally fails says why.
+
+Graceful shutdown: when the worker is told to stop (SIGTERM to its main process), the
+context's ``draining`` test turns true; within half a second the engine starts no new
+target, the targets in flight finish (bounded by the sweep's ``--timeout``), every result
+is confirmed, and the rest of the shard is handed back (``paused`` at the exponent
+reached, queued again by the scheduler), exactly as the time limit does. A hand-back is
+not a failed attempt.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter, OrderedDict
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
 
 import asyncpg
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from brokerscan.model import ScanResult
+from brokerscan.oneline import describe
 from brokerscan.settings import Settings
 from brokerscan.stream.publisher import PublisherError, ResultPublisher
 from scheduler import live, state
@@ -36,10 +48,13 @@ from scheduler.sweeps import SweepPlan, SweepSpec, exponent_after, plan_sweep
 from storage.db import DatabaseError, Pool, create_pool
 from workers.engine import Engine, ScanConfig, ScanStats
 from workers.probes.base import ProbeOptions
-from workers.ratebudget import FleetRateLimiter
+from workers.ratebudget import FleetRateLimiter, RateLimiter
 from workers.transport import Scope
 
-__all__ = ["MAX_ATTEMPTS", "MAX_SHARD_SECONDS", "TransientError", "WorkerContext", "run_shard"]
+__all__ = ["MAX_ATTEMPTS", "MAX_SHARD_SECONDS", "ShardReport", "TransientError",
+           "WorkerContext", "fail_shard", "note_failure", "run_shard"]
+
+log = logging.getLogger(__name__)
 
 #: A shard runs at most this long, then hands the rest of its work back (Celery's time
 #: limits in :mod:`workers.celery_app` are set above it).
@@ -47,6 +62,14 @@ MAX_SHARD_SECONDS = 900.0
 
 MAX_ATTEMPTS = 5  # deliveries of one shard before it is marked failed
 _CHECK_EVERY = 0.5  # seconds between looks at the control state (and counter flushes)
+
+
+class ShardReport(NamedTuple):
+    """How a shard run ended: ``outcome`` (``done``, ``skipped``, ``handed-back``,
+    ``paused``, ``cancelled``) and a one-line account."""
+
+    outcome: str
+    text: str
 
 
 class TransientError(Exception):
@@ -57,11 +80,24 @@ class WorkerContext:
     """What one worker process keeps across shards, opened lazily in its event loop."""
 
     def __init__(self, settings: Settings, worker_id: str,
-                 max_seconds: float = MAX_SHARD_SECONDS) -> None:
+                 max_seconds: float = MAX_SHARD_SECONDS, *, queues: list[str] | None = None,
+                 connections: int | None = None,
+                 draining: Callable[[], bool] = lambda: False, metrics: bool = False) -> None:
+        """:param queues: the queues this worker consumes (its heartbeat says so).
+        :param connections: the most connections in flight in this process, whatever a
+            sweep asks for (what its file descriptors allow).
+        :param draining: true once the worker is shutting down: hand the shard back.
+        :param metrics: feed :mod:`workers.metrics` (off: not a single extra call)."""
         self.settings = settings
         self.names = settings.names()
         self.worker_id = worker_id
         self.max_seconds = max_seconds
+        self.queues = queues or [self.names.probe_queue, self.names.probe_tls_queue]
+        self.connections = connections
+        self.draining = draining
+        self.metrics = metrics
+        #: monotonic time the running shard's loop last turned (None: idle)
+        self.busy_tick: float | None = None
         self.scope = Scope(settings.scope)
         self._pool: Pool | None = None
         self._redis: Redis | None = None
@@ -95,10 +131,23 @@ class WorkerContext:
         return self._publisher
 
     def heartbeat(self) -> live.Heartbeat:
+        """The process's heartbeat in Redis, beating from a thread (idle or not).
+
+        A Redis that is away at the first beat is retried by the thread, not raised: an
+        idle worker must not die of it."""
         if self._heartbeat is None:
+            on_beat = None
+            if self.metrics:
+                from workers.metrics import heartbeat_now
+
+                def on_beat() -> None:
+                    tick = self.busy_tick
+                    heartbeat_now(None if tick is None else
+                                  time.time() - (time.monotonic() - tick))
             self._heartbeat = live.Heartbeat(
                 self.settings.redis_url, self.names, self.worker_id,
-                {"queues": [self.names.probe_queue, self.names.probe_tls_queue]}).start()
+                {"queues": self.queues, "state": "idle"}, on_beat=on_beat).start(
+                    strict=False)
         return self._heartbeat
 
     def plan(self, sweep_id: str, spec: dict[str, Any]) -> SweepPlan:
@@ -121,12 +170,14 @@ class WorkerContext:
             self._heartbeat.stop()
 
 
-def _config(spec: SweepSpec, sweep_id: str) -> ScanConfig:
+def _config(spec: SweepSpec, sweep_id: str, connections: int | None) -> ScanConfig:
+    concurrency = spec.concurrency if connections is None else min(spec.concurrency,
+                                                                   connections)
     return ScanConfig(
         connect_timeout=spec.connect_timeout, io_timeout=spec.io_timeout,
         total_timeout=spec.total_timeout,
         tls_handshake_timeout=min(spec.io_timeout, spec.total_timeout),
-        concurrency=spec.concurrency, rate=spec.rate, sweep_id=sweep_id,
+        concurrency=concurrency, rate=spec.rate, sweep_id=sweep_id,
         sweep_started_at=spec.started_at,
         emit_failures=spec.emit_failures,
         probe=ProbeOptions(client_id_prefix=spec.client_id_prefix,
@@ -157,8 +208,8 @@ class _Flusher:
 
 
 async def run_shard(ctx: WorkerContext, sweep_id: str, shard_id: int, spec: dict[str, Any],
-                    shard_data: dict[str, Any]) -> str:
-    """Run (or skip) one shard; return a one-line account of what happened.
+                    shard_data: dict[str, Any]) -> ShardReport:
+    """Run (or skip) one shard; return what happened.
 
     :raises TransientError: PostgreSQL, Redis or RabbitMQ is away; retry later.
     """
@@ -166,16 +217,46 @@ async def run_shard(ctx: WorkerContext, sweep_id: str, shard_id: int, spec: dict
         return await _run(ctx, sweep_id, shard_id, spec, shard_data)
     except (DatabaseError, OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
             asyncpg.InterfaceError, RedisError, PublisherError, TimeoutError) as exc:
-        raise TransientError(f"{type(exc).__name__}: {exc}") from exc
+        raise TransientError(describe(exc)) from exc
+    finally:
+        ctx.busy_tick = None
+
+
+async def fail_shard(ctx: WorkerContext, sweep_id: str, shard_id: int, error: str) -> None:
+    """Give the shard up at once with *error* (a failure a retry would not mend, such as a
+    shard that does not match its plan): the sweep can then end, as ``failed``, and
+    ``sweep retry`` runs it again after the fix. Best effort, like :func:`note_failure`."""
+    try:
+        pool = await ctx.pool()
+        async with pool.acquire() as conn:
+            await state.note_shard_error(conn, sweep_id, shard_id, error)
+            await state.finish_shard(conn, sweep_id, shard_id, state="failed", position=0,
+                                     probes=0, open=0, hits={}, statuses={}, error=error)
+            await state.maybe_finish_sweep(conn, sweep_id)
+    except Exception as exc:
+        log.warning("shard %s/%s: could not record its failure (%s)", sweep_id, shard_id,
+                    describe(exc))
+
+
+async def note_failure(ctx: WorkerContext, sweep_id: str, shard_id: int, error: str) -> None:
+    """Record why a run of the shard failed (``last_error``), if PostgreSQL answers; the
+    retry goes ahead either way."""
+    try:
+        pool = await ctx.pool()
+        async with pool.acquire() as conn:
+            await state.note_shard_error(conn, sweep_id, shard_id, error)
+    except Exception as exc:  # the database may be what failed: the log has it then
+        log.warning("shard %s/%s: could not record its error (%s)", sweep_id, shard_id,
+                    describe(exc))
 
 
 async def _run(ctx: WorkerContext, sweep_id: str, shard_id: int, spec_data: dict[str, Any],
-               shard_data: dict[str, Any]) -> str:
+               shard_data: dict[str, Any]) -> ShardReport:
     pool = await ctx.pool()
     async with pool.acquire() as conn:
         start = await state.start_shard(conn, sweep_id, shard_id, ctx.worker_id, MAX_ATTEMPTS)
     if not start.run:
-        return f"shard {sweep_id}/{shard_id} skipped: {start.reason}"
+        return ShardReport("skipped", f"shard {sweep_id}/{shard_id} skipped: {start.reason}")
     spec = SweepSpec.model_validate(spec_data)
     plan = ctx.plan(sweep_id, spec_data)
     group, shard = plan.locate(shard_id)
@@ -184,37 +265,62 @@ async def _run(ctx: WorkerContext, sweep_id: str, shard_id: int, spec_data: dict
     redis = ctx.redis()
     publisher = await ctx.publisher()
     heartbeat = ctx.heartbeat()
-    heartbeat.update(sweep_id=sweep_id, shard=shard_id, probes=0)
+    heartbeat.update(sweep_id=sweep_id, shard=shard_id, probes=0, state="busy")
     control = live.ControlWatch(redis, ctx.names, sweep_id)
-    limiter = FleetRateLimiter(redis, ctx.names.sweep_rate(sweep_id), spec.rate)
+    limiter: RateLimiter = FleetRateLimiter(redis, ctx.names.sweep_rate(sweep_id), spec.rate)
+    meter = None
+    if ctx.metrics:
+        from workers.metrics import RateWaitMeter, ShardMeter
+
+        meter = ShardMeter(group.queue(ctx.names), RateWaitMeter(limiter), publisher.confirmed)
+        limiter = meter.limiter
     flusher = _Flusher(redis, ctx, sweep_id)
     stop_reason: list[str] = []
-    began = last = time.monotonic()
+    began = last = ctx.busy_tick = time.monotonic()
 
     async def ready() -> None:
         nonlocal last
         await publisher.wait_ready()
-        now = time.monotonic()
+        now = ctx.busy_tick = time.monotonic()
         if now - last < _CHECK_EVERY:
             return
         last = now
-        current = await control.state()
-        if current != "running" and not stop_reason:
-            stop_reason.append(current)
-            engine.stop()
-        elif now - began > ctx.max_seconds and not stop_reason:
-            # Hand the rest back: a paused shard of a running sweep is queued again.
-            stop_reason.append("time limit")
-            engine.stop()
+        if not stop_reason:
+            current = await control.state()
+            if current != "running":
+                stop_reason.append(current)
+                engine.stop()
+            elif ctx.draining():
+                stop_reason.append("shutdown")
+                engine.stop()
+                log.info("shard %s/%s: worker shutting down; handing the rest back",
+                         sweep_id, shard_id)
+            elif now - began > ctx.max_seconds:
+                # Hand the rest back: a paused shard of a running sweep is queued again.
+                stop_reason.append("time limit")
+                engine.stop()
         await flusher.flush(engine.stats)
+        if meter is not None:
+            meter.flush(engine.stats, engine.in_flight, publisher.confirmed)
         heartbeat.update(probes=engine.stats.done)
 
-    engine = Engine(_config(spec, sweep_id), ctx.scope, ready=ready, limiter=limiter)
+    saw = None if meter is None else meter.saw
+
+    def sink(result: ScanResult) -> None:
+        if saw is not None:
+            saw(result)
+        publisher.add(result, shard_id)
+
+    engine = Engine(_config(spec, sweep_id, ctx.connections), ctx.scope, ready=ready,
+                    limiter=limiter,
+                    observe_connect=None if meter is None else meter.observe_connect)
     stats = await engine.run(plan.targets_of(group, shard, start.position),
-                             lambda result: publisher.add(result, shard_id))
+                             sink)
     await publisher.flush()  # every result confirmed before the shard is recorded
     await flusher.flush(stats)
-    heartbeat.update(sweep_id="", shard="", probes=stats.done)
+    if meter is not None:
+        meter.flush(stats, 0, publisher.confirmed)
+    heartbeat.update(sweep_id="", shard="", probes=stats.done, state="idle")
     hits, statuses = dict(stats.hits), dict(stats.statuses)
     async with pool.acquire() as conn:
         if stop_reason:
@@ -224,10 +330,14 @@ async def _run(ctx: WorkerContext, sweep_id: str, shard_id: int, spec_data: dict
             await state.finish_shard(conn, sweep_id, shard_id, state=end_state,
                                      position=reached, worker=ctx.worker_id, probes=stats.done,
                                      open=stats.open, hits=hits, statuses=statuses)
-            return f"shard {sweep_id}/{shard_id} stopped ({stop_reason[0]}) at {reached}"
+            outcome = "handed-back" if stop_reason[0] in ("shutdown", "time limit") \
+                else end_state
+            return ShardReport(outcome, f"shard {sweep_id}/{shard_id} stopped "
+                                        f"({stop_reason[0]}) at {reached}")
         await state.finish_shard(conn, sweep_id, shard_id, state="done",
                                  position=shard.end_exponent, worker=ctx.worker_id,
                                  probes=stats.done, open=stats.open, hits=hits,
                                  statuses=statuses)
         await state.maybe_finish_sweep(conn, sweep_id)
-    return f"shard {sweep_id}/{shard_id} done: {stats.done} probes, {stats.open} open"
+    return ShardReport("done", f"shard {sweep_id}/{shard_id} done: {stats.done} probes, "
+                               f"{stats.open} open")

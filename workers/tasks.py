@@ -1,38 +1,85 @@
-"""The Celery task that runs one shard: a thin synchronous shell around the shard runner.
+"""The Celery task that runs one shard, and the worker's life around it (Celery signals).
 
 Celery tasks are synchronous, so each worker process owns one :class:`asyncio.Runner`,
 created lazily in that process (after the prefork fork, whatever the pool), and the
 runner's loop holds the process's connections (results publisher, Redis, PostgreSQL)
 across shards. Transient failures (a database, Redis or broker that is away) retry the
-task later; the shard itself is idempotent, so a retry or a redelivery is harmless.
+task later, with a growing delay, after recording the error on the shard; a failure a
+retry cannot mend gives the shard up at once, with its error. The shard itself is
+idempotent, so a retry or a redelivery is harmless.
+
+The worker's life is wired through Celery's own signals, not by wrapping the task:
+
+* ``worker_process_init`` (a prefork child) or ``worker_ready`` (the solo pool): the
+  process starts beating its heartbeat at once, so an idle worker is visible;
+* ``worker_shutting_down`` (SIGTERM to the main process, Celery's warm shutdown): a byte
+  of memory shared with every child turns to 1, and each child's running shard hands
+  the rest of its work back within about a second (:mod:`workers.shardrun`);
+* ``task_prerun`` / ``task_postrun`` / ``task_success`` / ``task_retry``: the busy gauge
+  and the shard-run counters of :mod:`workers.metrics` (when metrics are on);
+* ``worker_process_shutdown``: connections closed, heartbeat key deleted, the process's
+  live gauges dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import mmap
 import os
 import socket
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import worker_process_shutdown
+from celery.signals import (
+    task_postrun,
+    task_prerun,
+    task_retry,
+    task_success,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutting_down,
+)
 
+from brokerscan.oneline import describe
 from brokerscan.settings import Settings
-from workers.shardrun import TransientError, WorkerContext, run_shard
+from workers.shardrun import (
+    TransientError,
+    WorkerContext,
+    fail_shard,
+    note_failure,
+    run_shard,
+)
 
-__all__ = ["register"]
+__all__ = ["draining", "register"]
 
-_RETRY_SECONDS = 5
+log = logging.getLogger(__name__)
+
+_RETRY_MAX = 60  # seconds: the longest pause before a shard is tried again
+
+# One byte shared (MAP_SHARED) with every child the pool forks: 1 once the worker is
+# shutting down. Made at import, in the main process, before any fork.
+_DRAIN = mmap.mmap(-1, 1)
+
+
+def draining() -> bool:
+    """True once the worker's main process has begun its shutdown."""
+    return _DRAIN[0] == 1
 
 
 class _Process:
     """What one worker process keeps between tasks."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, app: Celery) -> None:
+        settings: Settings = app.conf.brokerscan_settings
         self.pid = os.getpid()
         self.runner = asyncio.Runner()
         worker_id = f"{socket.gethostname()}:{self.pid}"
-        self.context = WorkerContext(settings, worker_id)
+        self.context = WorkerContext(
+            settings, worker_id, queues=app.conf.get("brokerscan_queues"),
+            connections=app.conf.get("brokerscan_connections"), draining=draining,
+            metrics=bool(app.conf.get("brokerscan_metrics")))
 
     def close(self) -> None:
         try:
@@ -42,35 +89,121 @@ class _Process:
 
 
 _process: _Process | None = None
+_app: Celery | None = None
 
 
-def _current(settings: Settings) -> _Process:
+def _current(app: Celery) -> _Process:
     global _process
     if _process is None or _process.pid != os.getpid():  # first task, or a forked child
-        _process = _Process(settings)
+        _process = _Process(app)
     return _process
+
+
+def _start_process() -> None:
+    """Open the process's context and start its heartbeat (idle workers beat too)."""
+    if _app is None:
+        return
+    _current(_app).context.heartbeat()
+    log.info("worker process %d ready", os.getpid())
+
+
+@worker_process_init.connect
+def _child_started(**_: Any) -> None:
+    _start_process()
+
+
+@worker_ready.connect
+def _worker_ready(**_: Any) -> None:
+    if _app is not None and _app.conf.get("brokerscan_pool") == "solo":
+        _start_process()  # the solo pool runs tasks in this very process
+
+
+@worker_shutting_down.connect
+def _shutting_down(sig: str = "", how: str = "", **_: Any) -> None:
+    _DRAIN[0] = 1
+    log.info("worker shutting down (%s %s): running shards hand the rest back", sig, how)
 
 
 @worker_process_shutdown.connect
 def _shutdown(**_: Any) -> None:
     global _process
     if _process is not None and _process.pid == os.getpid():
-        _process.close()
-        _process = None
+        try:
+            _process.close()
+        finally:
+            _process = None
+            if _app is not None and _app.conf.get("brokerscan_metrics"):
+                from prometheus_client import multiprocess
+
+                multiprocess.mark_process_dead(os.getpid())
+
+
+def _ours(sender: Any) -> bool:
+    return _app is not None and getattr(sender, "name", None) == \
+        _app.conf.brokerscan_settings.names().run_shard_task \
+        and bool(_app.conf.get("brokerscan_metrics"))
+
+
+@task_prerun.connect
+def _task_started(sender: Any = None, **_: Any) -> None:
+    if _ours(sender):
+        from workers.metrics import BUSY
+
+        BUSY.inc()
+
+
+@task_postrun.connect
+def _task_ended(sender: Any = None, **_: Any) -> None:
+    if _ours(sender):
+        from workers.metrics import BUSY
+
+        BUSY.dec()
+
+
+@task_success.connect
+def _task_succeeded(sender: Any = None, result: Any = None, **_: Any) -> None:
+    if _ours(sender) and isinstance(result, dict):
+        from workers.metrics import SHARD_RUNS, queue_label
+
+        queue = (sender.request.delivery_info or {}).get("routing_key", "")
+        SHARD_RUNS.labels(queue_label(queue), result.get("outcome", "?")).inc()
+
+
+@task_retry.connect
+def _task_retried(sender: Any = None, request: Any = None, **_: Any) -> None:
+    if _ours(sender):
+        from workers.metrics import SHARD_RUNS, queue_label
+
+        queue = (getattr(request, "delivery_info", None) or {}).get("routing_key", "")
+        SHARD_RUNS.labels(queue_label(queue), "retry").inc()
 
 
 def register(app: Celery) -> None:
-    """Register the shard task on ``app`` under its fixed name."""
+    """Register the shard task on ``app`` under its fixed name (and let the signals above
+    act for this app)."""
+    global _app
+    _app = app
     settings: Settings = app.conf.brokerscan_settings
     names = settings.names()
 
     @app.task(name=names.run_shard_task, bind=True, acks_late=True, max_retries=None,
               ignore_result=True)
     def run_shard_task(self: Task, sweep_id: str, shard_id: int, spec: dict[str, Any],
-                       shard: dict[str, Any]) -> str:
-        process = _current(settings)
+                       shard: dict[str, Any]) -> dict[str, str]:
+        process = _current(app)
         try:
-            return process.runner.run(run_shard(process.context, sweep_id, shard_id, spec,
-                                                shard))
+            report = process.runner.run(run_shard(process.context, sweep_id, shard_id, spec,
+                                                  shard))
         except TransientError as exc:
-            raise self.retry(exc=exc, countdown=_RETRY_SECONDS) from exc
+            log.warning("shard %s/%s: %s; retrying", sweep_id, shard_id, exc)
+            process.runner.run(note_failure(process.context, sweep_id, shard_id, str(exc)))
+            delay = min(_RETRY_MAX, settings.shard_retry_seconds
+                        * 2 ** (self.request.retries or 0))
+            raise self.retry(exc=exc, countdown=delay) from exc
+        except Exception as exc:  # a retry would fail the same way: give the shard up
+            error = describe(exc)
+            log.error("shard %s/%s failed: %s", sweep_id, shard_id, error, exc_info=True)
+            process.runner.run(fail_shard(process.context, sweep_id, shard_id, error))
+            return {"outcome": "failed", "text": error}
+        log.info("%s", report.text)
+        return {"outcome": report.outcome, "text": report.text}

@@ -8,8 +8,10 @@ import argparse
 from collections.abc import Callable
 from typing import Final
 
-__all__ = ["MAX_RATE", "add_rate_option", "add_target_options", "mqtt_levels", "non_negative",
-           "positive_int"]
+from brokerscan.settings import Settings
+
+__all__ = ["MAX_RATE", "add_ops_options", "add_rate_option", "add_target_options",
+           "mqtt_levels", "non_negative", "ops_settings", "positive_int"]
 
 #: The highest rate any command accepts (a typo guard, far above what a fleet can do).
 MAX_RATE: Final = 10_000_000.0
@@ -80,3 +82,32 @@ def add_target_options(parser: argparse.ArgumentParser) -> None:
                         help="lift the built-in IANA blocklist (loopback, private, ...)")
     parser.add_argument("--blocklist", action="append", default=[], metavar="FILE",
                         help="an extra opt-out list in ZMap format (always applied)")
+
+
+def _port(text: str) -> int:
+    value = positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1..65535)")
+    return value
+
+
+def add_ops_options(parser: argparse.ArgumentParser) -> None:
+    """What every long-running role shares: its metrics/health port and its log format
+    (both default to the settings, ``BROKERSCAN_METRICS_PORT`` and
+    ``BROKERSCAN_LOG_FORMAT``)."""
+    parser.add_argument("--metrics-port", type=_port, default=None, metavar="PORT",
+                        help="serve /metrics, /healthz and /readyz on this port "
+                             "(default: BROKERSCAN_METRICS_PORT; unset: not served)")
+    parser.add_argument("--log-format", choices=("text", "json"), default=None,
+                        help="log lines as text or JSON objects (default: "
+                             "BROKERSCAN_LOG_FORMAT, else text)")
+
+
+def ops_settings(args: argparse.Namespace, settings: Settings) -> Settings:
+    """*settings* with the command line's ``--metrics-port`` and ``--log-format`` applied."""
+    update: dict[str, object] = {}
+    if args.metrics_port is not None:
+        update["metrics_port"] = args.metrics_port
+    if args.log_format is not None:
+        update["log_format"] = args.log_format
+    return settings.model_copy(update=update) if update else settings

@@ -16,10 +16,15 @@ import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
 from brokerscan.cli.errors import EXIT_BAD_INPUT, EXIT_UNAVAILABLE, CliError
+from brokerscan.cli.options import add_ops_options, ops_settings
+from brokerscan.cli.services import pg_check, start_ops_server
+from brokerscan.health import Check, Health, amqp_check
+from brokerscan.logs import setup_logging
 from brokerscan.oneline import describe
 from brokerscan.settings import Settings
 from brokerscan.stream.connection import StreamError
@@ -32,6 +37,8 @@ __all__ = ["COMMANDS", "add_commands", "run", "status_dict"]
 #: The top-level commands :func:`add_commands` adds.
 COMMANDS = frozenset({"enrich-worker", "store-worker", "stream"})
 _STATS_EVERY = 10.0  # seconds between the counter lines a worker logs
+_TICK = 1.0  # seconds between metric syncs (and liveness ticks)
+_STALE = 30.0  # seconds without a tick after which /healthz fails
 
 log = logging.getLogger("brokerscan.stream")
 
@@ -44,6 +51,7 @@ def add_commands(sub: Any) -> None:
         worker.add_argument("--prefetch", type=int, default=64,
                             help="messages in hand at once, each a batch of results "
                                  "(default: %(default)s)")
+        add_ops_options(worker)
     enrich.add_argument("--per-message", type=int, default=500,
                         help="most results in one enriched message (default: %(default)s)")
     store.add_argument("--batch-size", type=int, default=2000,
@@ -64,6 +72,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     """
     # aiormq logs every failed connect itself; our own line says it once, with the URL.
     logging.getLogger("aiormq").setLevel(logging.CRITICAL)
+    if args.command in ("enrich-worker", "store-worker"):
+        settings = ops_settings(args, settings)
+        setup_logging(args.command, settings.log_format)
     try:
         if args.command == "enrich-worker":
             return asyncio.run(_enrich_worker(args, settings))
@@ -74,19 +85,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise CliError(str(exc), EXIT_UNAVAILABLE) from None
 
 
-def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # The store writer says "database unreachable" once per state change; asyncpg's pool
-    # would add a traceback every few seconds for as long as the outage lasts.
-    logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)
-
-
 async def _enrich_worker(args: argparse.Namespace, settings: Settings) -> int:
     from enrichment.consumer import EnrichmentWorker
     from enrichment.lookup import EnrichmentError, open_enricher
 
-    _setup_logging()
     if not 1 <= args.prefetch <= 65535 or not 1 <= args.per_message <= 100_000:
         raise CliError("--prefetch must be in 1..65535 and --per-message in 1..100000",
                             EXIT_BAD_INPUT)
@@ -98,9 +100,11 @@ async def _enrich_worker(args: argparse.Namespace, settings: Settings) -> int:
                               per_message=args.per_message)
     await worker.check()
     tune_gc()
-    await _serve(worker, lambda: f"consumed {worker.consumed} enriched {worker.enriched} "
-                                 f"dead-lettered {worker.dead_lettered} "
-                                 f"requeued {worker.requeued} reconnects {worker.reconnects}")
+    await _serve(worker, settings, "enriched", {"results-broker": amqp_check(
+        settings.results_url)},
+        lambda: f"consumed {worker.consumed} enriched {worker.enriched} "
+                f"dead-lettered {worker.dead_lettered} "
+                f"requeued {worker.requeued} reconnects {worker.reconnects}")
     return 0
 
 
@@ -108,7 +112,6 @@ async def _store_worker(args: argparse.Namespace, settings: Settings) -> int:
     from storage.consumer import StoreWriter
     from storage.store import open_store
 
-    _setup_logging()
     if not 1 <= args.batch_size <= 32767 or args.max_delay < 0 \
             or not 1 <= args.prefetch <= 65535:
         raise CliError("--batch-size must be in 1..32767, --max-delay >= 0 and "
@@ -125,11 +128,15 @@ async def _store_worker(args: argparse.Namespace, settings: Settings) -> int:
                              max_delay=args.max_delay, prefetch=args.prefetch)
         await writer.check()
         tune_gc()
-        await _serve(writer, lambda: f"consumed {writer.consumed} written {writer.written} "
-                                     f"new {writer.new_rows} batches {writer.batches} "
-                                     f"dead-lettered {writer.dead_lettered} "
-                                     f"write-failures {writer.write_failures} "
-                                     f"reconnects {writer.reconnects}")
+        checks = {"results-broker": amqp_check(settings.results_url)}
+        if url.startswith(("postgresql:", "postgres:")):
+            checks["postgresql"] = pg_check(url)
+        await _serve(writer, settings, "written", checks,
+                     lambda: f"consumed {writer.consumed} written {writer.written} "
+                             f"new {writer.new_rows} batches {writer.batches} "
+                             f"dead-lettered {writer.dead_lettered} "
+                             f"write-failures {writer.write_failures} "
+                             f"reconnects {writer.reconnects}")
     finally:
         upkeep.cancel()
         with contextlib.suppress(Exception):
@@ -153,24 +160,57 @@ async def _upkeep(store: object, retention_days: int | None) -> None:
         await asyncio.sleep(3600)
 
 
-async def _serve(consumer: StreamConsumer, stats: Callable[[], str]) -> None:
-    """Run ``consumer`` until SIGTERM/SIGINT, logging its counters now and then."""
+async def _serve(consumer: StreamConsumer, settings: Settings, ok_attr: str,
+                 checks: dict[str, Check], stats: Callable[[], str]) -> None:
+    """Run ``consumer`` until SIGTERM/SIGINT (the batch in hand is finished first), logging
+    its counters now and then, with its metrics and health served when asked."""
     loop = asyncio.get_running_loop()
+    role = f"{consumer.stage}-worker"
+    ticked = time.monotonic()
+
+    def alive() -> str | None:
+        age = time.monotonic() - ticked
+        return None if age < _STALE else f"event loop stalled for {age:.0f} s"
+
+    def stop(sig: signal.Signals) -> None:
+        log.info("%s: %s received: finishing the batch in hand, then stopping", role,
+                 sig.name)
+        consumer.stop()
+
+    meter = None
+    if settings.metrics_port is not None:
+        from brokerscan.stream.metrics import StreamMeter
+
+        meter = StreamMeter(consumer, ok_attr)
+    server = start_ops_server(settings, Health(role, alive=alive, checks=checks))
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, consumer.stop)
+        loop.add_signal_handler(sig, stop, sig)
+    log.info("%s: started", role)
     runner = loop.create_task(consumer.run())
     try:
         last = ""
+        next_line = time.monotonic() + _STATS_EVERY
         while not runner.done():
-            await asyncio.wait([runner], timeout=_STATS_EVERY)
+            await asyncio.wait([runner], timeout=_TICK)
+            ticked = time.monotonic()
+            if meter is not None:
+                meter.sync()
+            if ticked < next_line and not runner.done():
+                continue
+            next_line = ticked + _STATS_EVERY
             line = stats()
             if line != last:
                 log.info("%s: %s", consumer.stage, line)
                 last = line
         await runner
+        if meter is not None:
+            meter.sync()
+        log.info("%s: stopped (%s)", role, stats())
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        if server is not None:
+            server.stop()
 
 
 async def _status(args: argparse.Namespace, settings: Settings) -> int:

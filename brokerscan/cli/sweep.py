@@ -70,6 +70,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     status.add_argument("--format", choices=("text", "json"), default="text")
     for verb in ("pause", "resume", "cancel"):
         verbs.add_parser(verb, help=f"{verb} a sweep").add_argument("sweep_id")
+    verbs.add_parser("retry", help="queue the failed shards of a sweep again").add_argument(
+        "sweep_id")
     verbs.add_parser("list", help="recent sweeps").add_argument(
         "--format", choices=("text", "json"), default="text")
 
@@ -247,6 +249,7 @@ async def _status_data(settings: Settings, sweep_id: str | None) -> dict[str, An
         if sweep is None:
             raise CliError(f"no sweep {sweep_id}")
         shards = await state.shard_counts(conn, sweep_id)
+        failed = await state.failed_shards(conn, sweep_id, limit=10)
         counts = await live.read_counts(redis, names, sweep_id)
         workers = await live.live_workers(redis, names)
         scheduler = await live.scheduler_alive(redis, names)
@@ -265,7 +268,14 @@ async def _status_data(settings: Settings, sweep_id: str | None) -> dict[str, An
         "hits": counts.hits or shards.hits, "open": max(counts.open, shards.open),
         "statuses": counts.statuses or shards.statuses,
         "shards": dict(shards.states),
-        "workers": [{"id": w.worker_id, "sweep": w.sweep_id, "shard": w.shard,
+        "failed_shards": [{"shard": f.index, "queue": f.queue, "attempts": f.attempts,
+                           "error": f.error, "last_error": f.last_error,
+                           "last_error_at": f.last_error_at.isoformat()
+                           if f.last_error_at else None} for f in failed],
+        "retries": sweep.retries,
+        "workers": [{"id": w.worker_id, "queues": list(w.queues),
+                     "state": "busy" if w.sweep_id else "idle",
+                     "sweep": w.sweep_id or None, "shard": w.shard,
                      "probes": w.probes} for w in workers],
         "scheduler_alive": scheduler,
     }
@@ -284,9 +294,38 @@ def _render_status(d: dict[str, Any]) -> str:
         f"hits: {hits}   open ports: {d['open']:,}",
         "shards: " + "  ".join(f"{s} {shards.get(s, 0):,}" for s in (
             "done", "running", "queued", "pending", "paused", "failed", "cancelled")),
-        f"workers alive: {len(d['workers'])}"
+        *_failed_lines(d),
+        _workers_line(d["workers"])
         + ("" if d["scheduler_alive"] else "   (no scheduler running)"),
+        *_worker_lines(d["workers"]),
     ])
+
+
+def _failed_lines(d: dict[str, Any]) -> list[str]:
+    lines = []
+    for f in d["failed_shards"]:
+        lines.append(f"  failed shard {f['shard']} ({f['queue']}, {f['attempts']} attempts):"
+                     f" {f['error'] or f['last_error'] or 'no error recorded'}")
+    if lines:
+        lines.append(f"  (brokerscan sweep retry {d['id']} queues them again)")
+    return lines
+
+
+def _workers_line(workers: list[dict[str, Any]]) -> str:
+    idle = sum(1 for w in workers if w["state"] == "idle")
+    return f"workers alive: {len(workers)}" + (f" ({idle} idle)" if workers else "")
+
+
+def _worker_lines(workers: list[dict[str, Any]], most: int = 12) -> list[str]:
+    lines = []
+    for w in workers[:most]:
+        queues = ",".join(q.rsplit(".", 1)[-1] for q in w["queues"]) or "?"
+        doing = f"shard {w['sweep']}/{w['shard']}, {w['probes']:,} probes" \
+            if w["state"] == "busy" else "idle"
+        lines.append(f"  {w['id']}  [{queues}]  {doing}")
+    if len(workers) > most:
+        lines.append(f"  ... and {len(workers) - most} more (--format json lists all)")
+    return lines
 
 
 async def _status_cmd(args: argparse.Namespace, settings: Settings) -> int:
@@ -298,7 +337,7 @@ async def _status_cmd(args: argparse.Namespace, settings: Settings) -> int:
             print("\033[2J\033[H" + text, flush=True)
         else:
             print(text, flush=True)
-        if not args.watch or data["state"] in ("finished", "cancelled"):
+        if not args.watch or data["state"] in ("finished", "cancelled", "failed"):
             return 0
         await asyncio.sleep(1.0)
 
@@ -311,19 +350,44 @@ async def _list_cmd(args: argparse.Namespace, settings: Settings) -> int:
         await conn.close()
     items: list[dict[str, Any]] = [
         {"id": r.id, "name": r.name, "state": r.state, "targets": r.target_count,
-         "shards": r.shard_count, "created_at": r.created_at.isoformat()} for r in rows]
+         "shards": r.shard_count, "failed_shards": r.failed_shards,
+         "created_at": r.created_at.isoformat()} for r in rows]
     if args.format == "json":
         print(json.dumps(items, indent=2))
     else:
         for i in items:
+            failed = f"  {i['failed_shards']} failed" if i["failed_shards"] else ""
             print(f"{i['id']}  {i['state']:<9}  {i['targets']:>16,} targets  "
-                  f"{i['created_at'][:19]}  {i['name'] or ''}")
+                  f"{i['created_at'][:19]}  {i['name'] or ''}{failed}")
+    return 0
+
+
+async def _retry_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    conn = await connect(database_url(settings))
+    try:
+        row, count = await state.retry_failed(conn, args.sweep_id)
+    except state.StateError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        await conn.close()
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        await live.set_control(redis, settings.names(), row.id, row.state)
+        scheduler = await live.scheduler_alive(redis, settings.names())
+    except (RedisError, OSError):
+        scheduler = True  # unknown; the scheduler mirrors the state when it runs
+    finally:
+        await redis.aclose()
+    print(f"{row.id} {row.state}: {count} failed shard(s) queued again")
+    if not scheduler:
+        print("brokerscan: note: no scheduler is running; start one with "
+              "`brokerscan scheduler`", file=sys.stderr)
     return 0
 
 
 _VERBS: dict[str, Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]] = {
     "plan": _plan_cmd, "start": _start_cmd, "status": _status_cmd, "list": _list_cmd,
-    "pause": _steer, "resume": _steer, "cancel": _steer,
+    "pause": _steer, "resume": _steer, "cancel": _steer, "retry": _retry_cmd,
 }
 
 

@@ -9,11 +9,13 @@ message) and reconnect with backoff, one log line per state change.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import gc
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 
 import aio_pika
 import aio_pika.abc
@@ -64,6 +66,10 @@ class StreamConsumer(ABC):
         self.url, self.names, self.queue_name, self.stage = url, names, queue, stage
         self.prefetch, self.batch_size, self.connect_timeout = prefetch, batch_size, connect_timeout
         self.consumed = self.dead_lettered = self.reconnects = 0
+        #: dead letters sent, by kind of reason (:func:`brokerscan.stream.metrics.reason_kind`)
+        self.dead_reasons: collections.Counter[str] = collections.Counter()
+        #: age in seconds of the oldest result of the last batch handled (None before one)
+        self.lag_seconds: float | None = None
         self.connected = asyncio.Event()
         self._stopping = asyncio.Event()
         self._inbox: asyncio.Queue[aio_pika.abc.AbstractIncomingMessage | None] | None = None
@@ -89,6 +95,18 @@ class StreamConsumer(ABC):
     def raise_failed(self) -> None:
         """Raise the error of work :meth:`handle` left running, if it failed."""
         return None
+
+    def note_dead(self, reasons: Iterable[str]) -> None:
+        """Count dead letters that were confirmed, by kind of reason."""
+        from brokerscan.stream.metrics import reason_kind
+
+        for reason in reasons:
+            self.dead_reasons[reason_kind(reason)] += 1
+
+    def note_lag(self, oldest: datetime | None) -> None:
+        """Record how old the oldest result of the batch just handled was."""
+        if oldest is not None:
+            self.lag_seconds = max(0.0, (datetime.now(UTC) - oldest).total_seconds())
 
     def wake(self) -> None:
         """Make the loop look up from waiting for messages (to call :meth:`raise_failed`)."""

@@ -83,9 +83,12 @@ class Fleet:
         async with connection:
             channel = await connection.channel()
             for queue in (self.results_queue, f"{self.namespace}.probe",
-                          f"{self.namespace}.probe-tls", f"{self.namespace}.results.raw"):
+                          f"{self.namespace}.probe-tls", f"{self.namespace}.results.raw",
+                          f"{self.namespace}.results.enriched",
+                          f"{self.namespace}.results.dead"):
                 await channel.queue_delete(queue)
-            for exchange in (f"{self.namespace}.results", f"{self.namespace}.tasks"):
+            for exchange in (f"{self.namespace}.results", f"{self.namespace}.tasks",
+                             f"{self.namespace}.enriched", f"{self.namespace}.dead"):
                 await channel.exchange_delete(exchange)
         admin = await asyncpg.connect(ADMIN_URL)
         try:
@@ -103,19 +106,22 @@ class Fleet:
                                  f"{proc.stdout}\n{proc.stderr}")
         return proc
 
-    def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def spawn(self, name: str, *args: str, env: dict[str, str] | None = None,
+              prefix: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
         log = open(self.workdir / f"{name}.log", "wb")  # the child keeps its own copy
-        proc = subprocess.Popen([sys.executable, "-m", "brokerscan.cli", *args], env=self.env,
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([*prefix, sys.executable, "-m", "brokerscan.cli", *args],
+                                env={**self.env, **(env or {})}, stdout=log,
+                                stderr=subprocess.STDOUT)
         log.close()
         self.processes[name] = proc
         return proc
 
-    def start_worker(self, name: str) -> subprocess.Popen[bytes]:
-        return self.spawn(name, "worker", "--pool", "solo")
+    def start_worker(self, name: str, *args: str, env: dict[str, str] | None = None,
+                     ) -> subprocess.Popen[bytes]:
+        return self.spawn(name, "worker", "--pool", "solo", *args, env=env)
 
-    def start_scheduler(self) -> subprocess.Popen[bytes]:
-        return self.spawn("scheduler", "scheduler", "--max-queued", "4")
+    def start_scheduler(self, *args: str) -> subprocess.Popen[bytes]:
+        return self.spawn("scheduler", "scheduler", "--max-queued", "4", *args)
 
     def kill(self, name: str) -> None:
         proc = self.processes.pop(name)

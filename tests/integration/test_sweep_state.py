@@ -259,7 +259,7 @@ async def test_attempts_cap(conn: db.Conn) -> None:
     assert not (await state.start_shard(conn, sweep_id, 0, "w4", 2)).run
     assert await state.maybe_finish_sweep(conn, sweep_id)
     sweep = await state.get_sweep(conn, sweep_id)
-    assert sweep is not None and (sweep.state, sweep.failed_shards) == ("finished", 1)
+    assert sweep is not None and (sweep.state, sweep.failed_shards) == ("failed", 1)
 
 
 async def test_maybe_finish_sweep(conn: db.Conn) -> None:
@@ -286,5 +286,5 @@ async def test_maybe_finish_sweep(conn: db.Conn) -> None:
     sweep = await state.get_sweep(conn, sweep_id)
     assert sweep is not None
     assert (sweep.state, sweep.failed_shards, sweep.finished_at is not None) == (
-        "finished", 1, True
+        "failed", 1, True
     )  # fmt: skip

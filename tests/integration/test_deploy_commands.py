@@ -1,0 +1,115 @@
+"""The recipes' commands are real: each role's command and environment, read out of
+``deploy/compose.yaml`` and the Kubernetes Deployments, run as local processes against the
+local services until a small sweep completes; and the KEDA trigger's query, read out of
+the committed ScaledObject, counts work while shards wait or run and nothing after.
+
+Service URLs (and the metrics port) are the local test ones; everything else (arguments,
+settings such as the log format) is the recipe's. ``serve`` lands on another branch: its
+command is checked for shape in tests/unit/test_deploy.py, not run here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from pathlib import Path
+
+import asyncpg
+import pytest
+import yaml
+
+from tests import servers
+from tests.integration.sweepfleet import Fleet
+from tests.integration.test_ops_fleet import healthy, wait_until
+
+pytestmark = pytest.mark.integration
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+_LOCAL = ("BROKERSCAN_DATABASE_URL", "BROKERSCAN_REDIS_URL", "BROKERSCAN_BROKER_URL",
+          "BROKERSCAN_RESULTS_URL", "BROKERSCAN_NAMESPACE", "BROKERSCAN_SCOPE",
+          "BROKERSCAN_METRICS_PORT", "BROKERSCAN_METRICS_HOST")
+
+
+def compose_roles() -> dict[str, tuple[list[str], dict[str, str]]]:
+    services = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    return {name: (list(s["command"]), {k: str(v) for k, v in s["environment"].items()})
+            for name, s in services.items()
+            if name in ("scheduler", "probe-worker", "probe-tls-worker", "enrich-worker",
+                        "store-worker")}
+
+
+def k8s_roles() -> dict[str, tuple[list[str], dict[str, str]]]:
+    out = subprocess.run(["kubectl", "kustomize", str(DEPLOY / "k8s" / "base")],
+                         capture_output=True, text=True, check=True).stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    return {d["metadata"]["name"]: (d["spec"]["template"]["spec"]["containers"][0]["args"],
+                                    dict(config))
+            for d in docs if d["kind"] == "Deployment" and not d["metadata"]["name"]
+            .endswith("serve")}
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("recipe", ["compose", "k8s"])
+def test_recipe_commands_run_a_sweep(recipe: str, tmp_path: Path) -> None:
+    fleet = Fleet(tmp_path)
+    fleet.setup()
+    try:
+        roles = compose_roles() if recipe == "compose" else k8s_roles()
+        assert len(roles) == 5
+        addresses = {}
+        for name, (command, env) in roles.items():
+            address = servers.allocate("ops", 0)
+            addresses[name] = address
+            local = {k: v for k, v in env.items() if k not in _LOCAL}
+            local |= {"BROKERSCAN_METRICS_HOST": address[0],
+                      "BROKERSCAN_METRICS_PORT": str(address[1])}
+            fleet.spawn(name, *command, env=local)
+        for name, address in addresses.items():
+            wait_until(f"{name} ready", lambda a=address: healthy(a), fleet=fleet)  # type: ignore[misc]
+        sweep_id = fleet.start_sweep("127.62.48.0/26", "--ports", "1883,8883",
+                                     "--allow-reserved", "--all", "--connect-timeout", "1",
+                                     "--timeout", "2")
+        assert fleet.wait_state(sweep_id, {"finished"})["probes"] == 128
+        assert len(fleet.results()) == 128
+    finally:
+        fleet.teardown()
+
+
+def keda_queries() -> dict[str, str]:
+    docs = yaml.safe_load_all((DEPLOY / "k8s" / "keda" / "scaledobjects.yaml").read_text())
+    return {d["metadata"]["name"]: d["spec"]["triggers"][0]["metadata"]["query"]
+            for d in docs if d and d["kind"] == "ScaledObject"}
+
+
+def test_keda_trigger_counts_waiting_and_running_shards(tmp_path: Path) -> None:
+    fleet = Fleet(tmp_path)
+    fleet.setup()
+    try:
+        queries = {name: q.replace("'brokerscan.", f"'{fleet.namespace}.")
+                   for name, q in keda_queries().items()}
+
+        def measure() -> dict[str, int]:
+            async def go() -> dict[str, int]:
+                conn = await asyncpg.connect(fleet.database_url)
+                try:
+                    return {n: int(await conn.fetchval(q)) for n, q in queries.items()}
+                finally:
+                    await conn.close()
+            return asyncio.run(go())
+
+        fleet.start_scheduler()
+        sweep_id = fleet.start_sweep("127.62.52.0/24", "--ports", "1883,8883",
+                                     "--allow-reserved", "--rate", "200", "--shards", "2",
+                                     "--connect-timeout", "1", "--timeout", "2")
+        # shards queued, nobody runs them yet: the pool must scale up from zero
+        waiting = wait_until("shards queued", measure, lambda m: min(m.values()) > 0)
+        assert waiting["brokerscan-probe"] == 2 and waiting["brokerscan-probe-tls"] == 2
+        fleet.start_worker("w1")
+        wait_until("a shard running", lambda: fleet.shards(sweep_id),
+                   lambda s: any(x["state"] == "running" for x in s))
+        assert sum(measure().values()) > 0  # running shards count: never scaled to zero
+        fleet.wait_state(sweep_id, {"finished"}, timeout=120)
+        assert measure() == {"brokerscan-probe": 0, "brokerscan-probe-tls": 0}
+    finally:
+        fleet.teardown()

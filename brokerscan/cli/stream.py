@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from brokerscan.cli.errors import EXIT_BAD_INPUT, EXIT_UNAVAILABLE, CliError
-from brokerscan.cli.options import add_ops_options, ops_settings
+from brokerscan.cli.options import add_ops_options, ops_settings, positive_int
 from brokerscan.cli.services import pg_check, start_ops_server
 from brokerscan.health import Check, Health, amqp_check
 from brokerscan.logs import setup_logging
@@ -29,6 +29,7 @@ from brokerscan.oneline import describe
 from brokerscan.settings import Settings
 from brokerscan.stream.connection import StreamError
 from brokerscan.stream.consumer import StreamConsumer, tune_gc
+from brokerscan.stream.replay import handle_dead_letters
 from brokerscan.stream.status import StreamStatus, stream_status
 from storage.store import store_url
 
@@ -63,6 +64,22 @@ def add_commands(sub: Any) -> None:
     status = verbs.add_parser("status", help="queue depths and the first dead letters")
     status.add_argument("--peek", type=int, default=5, help="dead letters to show")
     status.add_argument("--format", choices=("text", "json"), default="text")
+    letters = verbs.add_parser("dead-letters", help="list, replay or drop dead letters")
+    actions = letters.add_subparsers(dest="action", required=True, parser_class=type(stream))
+    listing = actions.add_parser("list", help="show dead letters and their reasons "
+                                              "(they stay in the queue)")
+    listing.add_argument("--limit", type=positive_int, default=20)
+    listing.add_argument("--format", choices=("text", "json"), default="text")
+    for action, text in (("replay", "send dead letters back to the stage they failed in "
+                                    "(after a fix)"),
+                         ("drop", "delete dead letters")):
+        verb = actions.add_parser(action, help=text)
+        which = verb.add_mutually_exclusive_group(required=True)
+        which.add_argument("--id", dest="ids", action="append", metavar="MESSAGE_ID",
+                           help="only this letter (repeatable)")
+        which.add_argument("--all", action="store_true", help="every letter")
+        verb.add_argument("--limit", type=positive_int, default=None,
+                          help="at most this many")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -80,6 +97,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             return asyncio.run(_enrich_worker(args, settings))
         if args.command == "store-worker":
             return asyncio.run(_store_worker(args, settings))
+        if args.verb == "dead-letters":
+            return asyncio.run(_dead_letters(args, settings))
         return asyncio.run(_status(args, settings))
     except StreamError as exc:
         raise CliError(str(exc), EXIT_UNAVAILABLE) from None
@@ -229,6 +248,33 @@ async def _status(args: argparse.Namespace, settings: Settings) -> int:
     for letter in status.dead_letters:
         _out(f"  dead: {letter.message_id or '-'} [{letter.stage or '?'}] "
               f"{letter.routing_key or '-'}: {letter.reason or '(no reason)'}")
+    return 0
+
+
+async def _dead_letters(args: argparse.Namespace, settings: Settings) -> int:
+    names = settings.names()
+    if args.action == "list":
+        status = await stream_status(settings.results_url, names, peek=args.limit)
+        data = status_dict(status)["dead_letters"]
+        if args.format == "json":
+            _out(json.dumps({"waiting": status.dead.messages or 0, "letters": data},
+                            indent=2))
+            return 0
+        _out(f"{status.dead.messages or 0:,} dead letter(s) in {status.dead.name}")
+        for letter in status.dead_letters:
+            _out(f"  {letter.message_id or '-'} [{letter.stage or '?'}] "
+                 f"{letter.routing_key or '-'}: {letter.reason or '(no reason)'}")
+        return 0
+    outcome = await handle_dead_letters(
+        settings.results_url, names, args.action,
+        message_ids=frozenset(args.ids or ()), limit=args.limit)
+    verb = "replayed" if args.action == "replay" else "dropped"
+    _out(f"{verb} {len(outcome.handled)} dead letter(s)")
+    for ident, why in outcome.left:
+        _out(f"  left {ident or '-'}: {why}")
+    missing = set(args.ids or ()) - set(outcome.handled) - {i for i, _ in outcome.left}
+    if missing:
+        raise CliError(f"no dead letter with id {', '.join(sorted(missing))}")
     return 0
 
 

@@ -144,8 +144,10 @@ def test_every_role_exposes_metrics_and_health_during_a_sweep(fleet: Fleet) -> N
                for line in limits.splitlines()), limits
 
     targets = 1024 * 2
+    # 200/s: about ten seconds of sweep, so that a scrape lands mid-sweep even on a busy
+    # machine (at 600/s the whole sweep could fall between two scrapes)
     sweep_id = fleet.start_sweep("127.62.32.0/22", "--ports", "1883,8883", "--allow-reserved",
-                                 "--all", "--rate", "600", "--shards", "3", "--seed", "5",
+                                 "--all", "--rate", "200", "--shards", "3", "--seed", "5",
                                  "--connect-timeout", "1", "--timeout", "2")
     # Idle or busy, both worker processes are listed (their heartbeats start at once).
     status = wait_until("two worker processes listed", lambda: fleet.status(sweep_id),

@@ -23,6 +23,9 @@ server sit on its protocol's standard port without collisions):
 127.54.0.0/16      free for any test that wants its own address (``scratch`` pool)
 127.55-127.59      reserved for later test infrastructure
 127.60-127.61      engine tests (lead)
+127.63.0.0/16      protocol-depth tests (issue 12; tests/protoservers.py): WebSocket
+                   MQTT brokers and decoys, a RabbitMQ node with MQTT, Web MQTT and
+                   AMQP 1.0 plugins, a Qpid Proton AMQP 1.0 server
 127.77.0.0/16      ``brokerscan demo`` (lead)
 =================  ===========================================================
 

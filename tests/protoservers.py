@@ -25,7 +25,7 @@ import os
 import sys
 import textwrap
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests.servers import (
@@ -68,10 +68,14 @@ class WsBroker(ServerProcess):
 
 def start_mosquitto_ws(workdir: Path, *, anonymous: bool = True,
                        users: Mapping[str, str] | None = None) -> WsBroker:
-    """Mosquitto on a fresh 127.63.x address: MQTT on 1883, WebSocket MQTT on 9001."""
+    """Mosquitto on a fresh 127.63.x address: MQTT on 1883, WebSocket MQTT on a free port.
+
+    Its libwebsockets listener binds every address whatever the ``listener`` line says, so
+    the WebSocket port is one that is free on all of them (never 9001: that would take
+    9001 from every other test)."""
     binary = require_binary("mosquitto", "/usr/sbin/mosquitto")
     host, port = POOL.take(1883)
-    ws_port = 9001 if _free_port(host, 9001) else _need_port(host)
+    ws_port = _need_port("0.0.0.0")
     workdir.mkdir(parents=True, exist_ok=True)
     workdir.chmod(0o755)
     lines = [
@@ -135,13 +139,15 @@ class RabbitNode(ServerProcess):
 
     mqtt_port: int = 0
     web_mqtt_port: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
+    tls_port: int = 0
 
 
-def start_rabbitmq_plugins(workdir: Path) -> RabbitNode:
+def start_rabbitmq_plugins(workdir: Path, certfile: Path | None = None,
+                           keyfile: Path | None = None) -> RabbitNode:
     """A RabbitMQ node of its own: AMQP 0-9-1 and 1.0 on 5672, MQTT on 1883, Web MQTT on
     15675 (path ``/ws``, its default), anonymous MQTT allowed (as the guest user, which
-    RabbitMQ lets in from loopback addresses only). Starts in 10-20 s."""
+    RabbitMQ lets in from loopback addresses only); with a certificate, AMQPS on 9104 (a
+    port with no default, for the TLS retry). Starts in 10-20 s."""
     require_binary("rabbitmq-server", "/usr/sbin/rabbitmq-server")
     script = "/usr/lib/rabbitmq/bin/rabbitmq-server"
     if not os.access(script, os.X_OK):
@@ -149,16 +155,26 @@ def start_rabbitmq_plugins(workdir: Path) -> RabbitNode:
     host, port = POOL.take(5672)
     mqtt_port = 1883 if _free_port(host, 1883) else _need_port(host)
     web_port = 15675 if _free_port(host, 15675) else _need_port(host)
+    tls_port = 9104 if _free_port(host, 9104) else _need_port(host)
     workdir.mkdir(parents=True, exist_ok=True)
     dist_port = _need_port("127.0.0.1")
-    (workdir / "rabbitmq.conf").write_text(textwrap.dedent(f"""\
+    config = textwrap.dedent(f"""\
         listeners.tcp.default = {host}:{port}
         mqtt.listeners.tcp.default = {host}:{mqtt_port}
         mqtt.allow_anonymous = true
         web_mqtt.tcp.ip = {host}
         web_mqtt.tcp.port = {web_port}
         log.console = false
-        """))
+        """)
+    if certfile is not None and keyfile is not None:
+        config += textwrap.dedent(f"""\
+            listeners.ssl.default = {host}:{tls_port}
+            ssl_options.certfile = {certfile}
+            ssl_options.keyfile = {keyfile}
+            ssl_options.verify = verify_none
+            ssl_options.fail_if_no_peer_cert = false
+            """)
+    (workdir / "rabbitmq.conf").write_text(config)
     (workdir / "enabled_plugins").write_text(
         "[rabbitmq_mqtt,rabbitmq_web_mqtt,rabbitmq_amqp1_0].\n")
     env = {
@@ -177,10 +193,12 @@ def start_rabbitmq_plugins(workdir: Path) -> RabbitNode:
     }
     proc = _spawn([script], workdir, host, port, env)
     node = RabbitNode(proc.host, proc.port, proc.workdir, proc.process, proc.log,
-                      mqtt_port, web_port)
+                      mqtt_port, web_port, tls_port if certfile is not None else 0)
     node.wait_until_listening(timeout=90)
     _wait_other(node, mqtt_port, 60)
     _wait_other(node, web_port, 60)
+    if node.tls_port:
+        _wait_other(node, node.tls_port, 60)
     return node
 
 

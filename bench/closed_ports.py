@@ -7,6 +7,9 @@ nothing listens on, 1000 connects in flight, no rate limit. Contenders:
 
 * ``ceiling``: bench/ceiling.c, non-blocking connect() over epoll (compiled here);
 * ``engine``: brokerscan's Engine, as a scan runs it;
+* ``engine_web``: the same on a web port's spec (``9001``: the MQTT-over-WebSocket probe
+  first, then MQTT and AMQP, and the TLS retry on), to show that a closed port costs the
+  same whatever probes its spec names;
 * ``open_connection``: a naive asyncio loop, one Task and ``asyncio.open_connection`` per
   target (bounded by a semaphore);
 * ``sock_connect``: one Task per target with a raw non-blocking socket and
@@ -61,8 +64,11 @@ def _addresses(n: int) -> Iterator[int]:
     return iter(range(base, base + n))
 
 
-def run_engine(n: int) -> float:
+def run_engine(n: int, web: bool = False) -> float:
     spec = PortSpec(port=PORT, tls=False, probes=("mqtt",), name=str(PORT))
+    if web:
+        spec = PortSpec(port=PORT, tls=False, probes=("mqtt-ws", "mqtt", "amqp"),
+                        name=f"{PORT}/tcp", tls_retry=True)
     config = ScanConfig(rate=0, concurrency=CONCURRENCY, connect_timeout=5)
 
     def sink(_result: ScanResult) -> None:
@@ -129,6 +135,7 @@ def main() -> None:
     contenders: dict[str, Callable[[], float]] = {
         "ceiling": lambda: run_ceiling(binary, args.targets),
         "engine": lambda: run_engine(args.targets),
+        "engine_web": lambda: run_engine(args.targets, web=True),
         "open_connection": lambda: run_open_connection(args.targets),
         "sock_connect": lambda: run_sock_connect(args.targets),
     }

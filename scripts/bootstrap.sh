@@ -24,6 +24,8 @@ has_cmd rabbitmq-server || missing+=(rabbitmq-server)
 has_cmd redis-server || missing+=(redis-server)
 has_cmd pg_ctlcluster && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
 has_cmd openssl || missing+=(openssl)
+# Qpid Proton for the system Python: a real AMQP 1.0 server in the protocol-depth tests.
+/usr/bin/python3 -c 'import proton' >/dev/null 2>&1 || missing+=(python3-qpid-proton)
 
 if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -46,6 +46,7 @@ _SASL_MECHANISMS_NAME = "amqp:sasl-mechanisms:list"
 _SASL_FRAME = 0x01
 _MIN_FRAME = 8  # part 2, section 2.3.1: a frame is at least its 8-byte header
 _MAX_DEPTH = 16
+_MAX_EMPTY_ELEMENTS = 4096  # an array of zero-width elements (nulls) holds at most this many
 
 
 class Symbol(str):
@@ -154,42 +155,44 @@ def _body(r: _Reader, code: int, depth: int) -> Any:
                                 f"{exc.reason}") from None
         return Symbol(text) if code in (0xA3, 0xB3) else text
     if code in _COMPOUND:
-        width = _COMPOUND[code]
-        size = r.uint(width)
-        if size < width:
-            raise ProtocolError(f"compound of size {size} cannot hold its count")
-        inner = _Reader(r.data, r.pos, r.pos + size)
-        r.take(size)
-        count = inner.uint(width)
+        inner, count = _sized(r, _COMPOUND[code], "compound")
         items = [_value(inner, depth + 1) for _ in range(count)]
-        if inner.pos != inner.end:
-            raise ProtocolError(f"compound of size {size} has {inner.end - inner.pos} "
-                                "bytes after its last element")
+        _ended(inner, "compound")
         if code in (0xC1, 0xD1):
             if count % 2:
                 raise ProtocolError(f"map with an odd count {count}")
             return {_key(items[i]): items[i + 1] for i in range(0, count, 2)}
         return items
     if code in _ARRAY:
-        width = _ARRAY[code]
-        size = r.uint(width)
-        if size < width:
-            raise ProtocolError(f"array of size {size} cannot hold its count")
-        inner = _Reader(r.data, r.pos, r.pos + size)
-        r.take(size)
-        count = inner.uint(width)
+        inner, count = _sized(r, _ARRAY[code], "array")
         element, descriptor, described = _constructor(inner, depth)
         if element in _ARRAY and depth + 1 > _MAX_DEPTH:
             raise ProtocolError(f"AMQP 1.0 values nested deeper than {_MAX_DEPTH}")
+        if count > max(inner.end - inner.pos, _MAX_EMPTY_ELEMENTS):
+            # elements of no width (null, true, list0, ...) cost no bytes: bound their count
+            raise ProtocolError(f"array of {count} elements in {inner.end - inner.pos} bytes")
         values = []
         for _ in range(count):
             item = _body(inner, element, depth + 1)
             values.append(Described(descriptor, item) if described else item)
-        if inner.pos != inner.end:
-            raise ProtocolError(f"array of size {size} has {inner.end - inner.pos} bytes "
-                                "after its last element")
+        _ended(inner, "array")
         return values
     raise ProtocolError(f"unknown AMQP 1.0 format code 0x{code:02x}")
+
+
+def _sized(r: _Reader, width: int, what: str) -> tuple[_Reader, int]:
+    """Read a compound's or array's size and count: a reader over its bytes, the count."""
+    size = r.uint(width)
+    if size < width:
+        raise ProtocolError(f"{what} of size {size} cannot hold its count")
+    inner = _Reader(r.data, r.pos, r.pos + size)
+    r.take(size)
+    return inner, inner.uint(width)
+
+
+def _ended(inner: _Reader, what: str) -> None:
+    if inner.pos != inner.end:
+        raise ProtocolError(f"{what} has {inner.end - inner.pos} bytes after its last element")
 
 
 def _key(value: Any) -> Any:

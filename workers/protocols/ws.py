@@ -146,6 +146,11 @@ def parse_handshake(buf: bytes, key: bytes, subprotocol: str) -> tuple[int, Upgr
     """
     if not buf:
         raise NeedData
+    head = bytes(buf[:5])
+    if not (b"HTTP/".startswith(head) or head.startswith(b"HTTP/")):
+        # An SSH banner, an AMQP header, a TLS alert: say so now rather than wait for an
+        # end of headers that will never come.
+        raise ProtocolError(f"not an HTTP response: {head!r}")
     conn, _ = _client("x", "/", subprotocol, key)
     try:
         conn.receive_data(bytes(buf))

@@ -103,6 +103,12 @@ def test_values_of_every_kind() -> None:
         decode_value(nested)
 
 
+def test_an_array_of_four_billion_nulls_is_refused_at_once() -> None:
+    with pytest.raises(ProtocolError, match="elements"):
+        decode_value(b"\xf0\x00\x00\x00\x05\xff\xff\xff\xff\x40")
+    assert decode_value(b"\xe0\x02\x03\x40") == [None, None, None]
+
+
 @settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=200))
 def test_fuzzed_values_decode_or_fail_cleanly(data: bytes) -> None:

@@ -136,3 +136,11 @@ def test_fuzzed_frames_only_give_events_or_protocol_errors(chunks: list[bytes]) 
                 assert isinstance(event, ws.Data | ws.Ping | ws.Close)
     except ProtocolError:
         pass
+
+
+def test_a_banner_that_is_not_http_is_refused_at_once() -> None:
+    # an SSH server speaks first and then waits: no end of headers would ever come
+    with pytest.raises(ProtocolError, match="not an HTTP response"):
+        ws.parse_handshake(b"SSH-2.0-OpenSSH_9.2p1\r\n", ws.new_key(), "mqtt")
+    with pytest.raises(NeedData):
+        ws.parse_handshake(b"HTT", ws.new_key(), "mqtt")

@@ -22,6 +22,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator
 
 __all__ = [
+    "READABLE_VERSIONS",
     "SCHEMA_VERSION",
     "AmqpResult",
     "AmqpSasl",
@@ -47,6 +48,8 @@ __all__ = [
 ]
 
 SCHEMA_VERSION: Final = 2
+#: The versions this model reads (a version-1 record is a valid version-2 record).
+READABLE_VERSIONS: Final = (1, 2)
 
 
 class Status(StrEnum):

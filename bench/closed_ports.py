@@ -7,6 +7,9 @@ nothing listens on, 1000 connects in flight, no rate limit. Contenders:
 
 * ``ceiling``: bench/ceiling.c, non-blocking connect() over epoll (compiled here);
 * ``engine``: brokerscan's Engine, as a scan runs it;
+* ``engine_web``: the same on a web port's spec (``9001``: the MQTT-over-WebSocket probe
+  first, then MQTT and AMQP, and the TLS retry on), to show that a closed port costs the
+  same whatever probes its spec names;
 * ``open_connection``: a naive asyncio loop, one Task and ``asyncio.open_connection`` per
   target (bounded by a semaphore);
 * ``sock_connect``: one Task per target with a raw non-blocking socket and
@@ -65,9 +68,14 @@ def run_engine(n: int, mode: str = "scan") -> float:
     """The engine as a scan runs it (``scan``); as a shard runs it, with a ``ready`` hook
     that looks at the clock before every batch of connects (``sweep``); the same with
     metrics on (``sweep+metrics``: workers/metrics.py's connect-time hook on every target,
-    the rate-budget timer, a flush into prometheus_client every half second)."""
+    the rate-budget timer, a flush into prometheus_client every half second); or as a
+    scan of a web port's spec (``web``: the MQTT-over-WebSocket probe first, then MQTT and
+    AMQP, TLS retry on)."""
     metrics = mode == "sweep+metrics"
     spec = PortSpec(port=PORT, tls=False, probes=("mqtt",), name=str(PORT))
+    if mode == "web":
+        spec = PortSpec(port=PORT, tls=False, probes=("mqtt-ws", "mqtt", "amqp"),
+                        name=f"{PORT}/tcp", tls_retry=True)
     config = ScanConfig(rate=0, concurrency=CONCURRENCY, connect_timeout=5)
 
     def sink(_result: ScanResult) -> None:
@@ -162,6 +170,7 @@ def main() -> None:
         "engine": lambda: run_engine(args.targets),
         "engine (shard)": lambda: run_engine(args.targets, "sweep"),
         "shard+metrics": lambda: run_engine(args.targets, "sweep+metrics"),
+        "engine_web": lambda: run_engine(args.targets, "web"),
         "open_connection": lambda: run_open_connection(args.targets),
         "sock_connect": lambda: run_sock_connect(args.targets),
     }

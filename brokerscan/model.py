@@ -4,6 +4,11 @@ A probe worker builds a :class:`ScanResult`; enrichment fills ``asn``/``geo``; s
 persists it. The JSON Schema of :class:`ScanResult` is committed as
 ``brokerscan/result.schema.json`` and a test diffs it, so a change to this module is a
 deliberate, versioned change (bump :data:`SCHEMA_VERSION`).
+
+Version 2 only added: WebSocket transports (``ws``, ``wss``) and the ``websocket`` object,
+the ``mqtt-ws`` probe, ``tls_retried``, the MQTT broker product, ``$SYS`` version and
+unasked packets, and the AMQP 1.0 SASL mechanisms. Every version-1 record is therefore a
+valid record still (``schema_version`` accepts 1 and 2), so consumers read both.
 """
 
 from __future__ import annotations
@@ -17,24 +22,34 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator
 
 __all__ = [
+    "READABLE_VERSIONS",
     "SCHEMA_VERSION",
     "AmqpResult",
+    "AmqpSasl",
     "AmqpServerProperties",
     "AsnInfo",
     "GeoInfo",
     "MqttAttempt",
+    "MqttProduct",
     "MqttProperties",
     "MqttResult",
+    "MqttSys",
+    "MqttUnasked",
+    "Probe",
     "Protocol",
     "ScanResult",
     "Status",
     "TlsCertificate",
     "TlsInfo",
     "Transport",
+    "WebSocketInfo",
+    "WebSocketTry",
     "result_schema",
 ]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
+#: The versions this model reads (a version-1 record is a valid version-2 record).
+READABLE_VERSIONS: Final = (1, 2)
 
 
 class Status(StrEnum):
@@ -62,6 +77,16 @@ class Protocol(StrEnum):
 class Transport(StrEnum):
     TCP = "tcp"
     TLS = "tls"
+    WS = "ws"  # a WebSocket over TCP (MQTT inside it)
+    WSS = "wss"  # a WebSocket inside TLS
+
+
+class Probe(StrEnum):
+    """The probes a port can get (``probes`` of a result lists those tried, in order)."""
+
+    MQTT = "mqtt"
+    AMQP = "amqp"
+    MQTT_WS = "mqtt-ws"  # MQTT inside a WebSocket (HTTP upgrade first)
 
 
 def _b64_validate(value: object) -> bytes:
@@ -149,6 +174,40 @@ class MqttProperties(_Frozen):
     authentication_method: str | None = None
 
 
+class MqttUnasked(_Frozen):
+    """A packet the broker sent after CONNACK that we did not ask for (or a ``$SYS`` one)."""
+
+    packet_type: int  # 3 = PUBLISH, 14 = DISCONNECT, ...
+    topic: str | None = None  # PUBLISH only
+    payload: str | None = None  # UTF-8 text, or "base64:..." when it is not text; capped
+    retain: bool = False
+    qos: int = 0
+
+
+class MqttSys(_Frozen):
+    """The opt-in read of ``$SYS/broker/version`` (``--sys-version``): one SUBSCRIBE to that
+    topic only, at most 2 s and 64 KiB of waiting, then UNSUBSCRIBE and DISCONNECT."""
+
+    answer: Literal["version", "no-version", "refused", "closed", "timeout", "capped",
+                    "malformed"]
+    suback: int | None = None  # granted QoS (0-2) or the failure code (0x80, 0x87, ...)
+    version: str | None = None  # the payload published on $SYS/broker/version
+    packets: int = 0  # PUBLISH packets read while waiting (on any topic)
+
+
+class MqttProduct(_Frozen):
+    """The broker product, told from the packets the probe exchanged anyway.
+
+    ``name`` is ``"unknown"`` unless one fingerprint row matched; ``evidence`` lists the
+    facts that decided it, ``source`` where the row's values come from."""
+
+    name: str  # "Mosquitto", "RabbitMQ", "amqtt", "EMQX", ... or "unknown"
+    version: str | None = None  # from $SYS/broker/version, when it was read
+    rule: str | None = None  # the fingerprint row that matched
+    evidence: list[str] = Field(default_factory=list)
+    source: str | None = None
+
+
 class MqttResult(_Frozen):
     """The broker's answer to an anonymous, clean-session CONNECT."""
 
@@ -162,6 +221,9 @@ class MqttResult(_Frozen):
     attempts: list[MqttAttempt] = Field(default_factory=list)
     properties: MqttProperties | None = None  # 5.0 CONNACK only
     client_id: str | None = None
+    unasked: list[MqttUnasked] = Field(default_factory=list)  # after CONNACK, capped
+    sys: MqttSys | None = None  # only with --sys-version, after an accepted CONNECT
+    product: MqttProduct | None = None
 
 
 class AmqpServerProperties(_Frozen):
@@ -175,6 +237,16 @@ class AmqpServerProperties(_Frozen):
     other: dict[str, Any] = Field(default_factory=dict)  # any other key, JSON-safe
 
 
+class AmqpSasl(_Frozen):
+    """What an AMQP 1.0 server said to the SASL header ``AMQP 3 1 0 0`` (we never send
+    ``sasl-init``, so nothing is ever tried)."""
+
+    protocol_header: str | None = None  # the header it answered with ("AMQP 3 1 0 0")
+    mechanisms: list[str] = Field(default_factory=list)  # from its sasl-mechanisms frame
+    anonymous_offered: bool | None = None  # None: no sasl-mechanisms frame was read
+    error: str | None = None
+
+
 class AmqpResult(_Frozen):
     """Connection.Start of an AMQP 0-9-1 server, or the header of any other AMQP server."""
 
@@ -185,6 +257,28 @@ class AmqpResult(_Frozen):
     server_properties: AmqpServerProperties | None = None
     mechanisms: list[str] = Field(default_factory=list)
     locales: list[str] = Field(default_factory=list)
+    sasl: AmqpSasl | None = None  # AMQP 1.0 SASL layer, when the server speaks 1.0
+
+
+class WebSocketTry(_Frozen):
+    """One HTTP upgrade request we sent, and what came back."""
+
+    path: str
+    subprotocol: str  # the Sec-WebSocket-Protocol we offered ("mqtt", "mqttv3.1")
+    status: int | None = None  # the HTTP status; None when no HTTP response came
+    answer: Literal["upgraded", "refused", "bad-upgrade", "not-http", "closed", "timeout",
+                    "reset"]
+    error: str | None = None
+
+
+class WebSocketInfo(_Frozen):
+    """The WebSocket side of a port: every upgrade tried, and the one that worked."""
+
+    tries: list[WebSocketTry] = Field(default_factory=list)
+    server: str | None = None  # the Server header of the last HTTP response
+    path: str | None = None  # the path that upgraded
+    subprotocol: str | None = None  # the subprotocol the server accepted
+    close_code: int | None = None  # a WebSocket close frame's code, if the server sent one
 
 
 class AsnInfo(_Frozen):
@@ -209,7 +303,7 @@ class GeoInfo(_Frozen):
 class ScanResult(_Frozen):
     """One probed (ip, port): the record every stage of brokerscan speaks."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1, 2] = SCHEMA_VERSION
     sweep_id: str | None = None
     # When the sweep (or local scan) began: the same for every record of it, so storage can
     # partition on it and keep (sweep_started_at, sweep_id, ip, port) unique across re-runs.
@@ -221,11 +315,14 @@ class ScanResult(_Frozen):
     duration_ms: float = 0.0
     status: Status
     protocol: Protocol | None = None
-    probes: list[Protocol] = Field(default_factory=list)  # what we tried, in order
+    probes: list[Probe] = Field(default_factory=list)  # what we tried, in order
+    # The plaintext probes met a TLS record, so they were tried again inside TLS.
+    tls_retried: bool = False
     error: str | None = None  # supplementary text; query on status, not this
     tls: TlsInfo | None = None
     mqtt: MqttResult | None = None
     amqp: AmqpResult | None = None
+    websocket: WebSocketInfo | None = None
     raw: RawBytes | None = None  # the identifying reply (or first bytes), capped
     asn: AsnInfo | None = None
     geo: GeoInfo | None = None

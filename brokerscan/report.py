@@ -30,10 +30,17 @@ class Report:
         self.mqtt_by_port: Counter[str] = Counter()
         self.mqtt_codes: Counter[str] = Counter()
         self.mqtt_levels: Counter[str] = Counter()
+        self.mqtt_products: Counter[str] = Counter()
+        self.mqtt_websocket = 0
+        self.mqtt_ws_paths: Counter[str] = Counter()
+        self.websocket_other = 0  # answered the WebSocket probe in HTTP, no MQTT
+        self.websocket_servers: Counter[str] = Counter()
         self.amqp = 0
         self.amqp_by_port: Counter[str] = Counter()
         self.amqp_products: Counter[str] = Counter()
         self.amqp_families: Counter[str] = Counter()
+        self.amqp10_mechanisms: Counter[str] = Counter()
+        self.amqp10_anonymous = 0
         self.tls_handshakes = 0
         self.tls_self_signed = 0
         self.tls_expired = 0
@@ -63,7 +70,7 @@ class Report:
             mqtt = result.mqtt
             self.mqtt += 1
             self.mqtt_by_port[port] += 1
-            is_tls = result.transport.value == "tls"
+            is_tls = result.transport.value in ("tls", "wss")
             self.mqtt_tls += is_tls
             self.mqtt_plain_1883 += result.port == 1883 and not is_tls
             self.mqtt_tls_8883 += result.port == 8883 and is_tls
@@ -72,6 +79,14 @@ class Report:
             self.mqtt_codes[mqtt.return_code_name] += 1
             for level in mqtt.accepted_levels:
                 self.mqtt_levels[_LEVEL_NAMES.get(level, str(level))] += 1
+            product = mqtt.product
+            if product is not None:
+                name = product.name if product.version is None \
+                    else f"{product.name} {product.version}"
+                self.mqtt_products[name] += 1
+            if result.transport.value in ("ws", "wss") and result.websocket is not None:
+                self.mqtt_websocket += 1
+                self.mqtt_ws_paths[f"{result.transport.value} {result.websocket.path}"] += 1
         elif result.protocol is Protocol.AMQP and result.amqp is not None:
             amqp = result.amqp
             self.amqp += 1
@@ -82,9 +97,18 @@ class Report:
                 self.amqp_products[f"{props.product or '?'} {props.version or '?'}"] += 1
             else:
                 self.amqp_products[f"(AMQP {amqp.family}, no Connection.Start)"] += 1
+            sasl = amqp.sasl
+            if sasl is not None and sasl.mechanisms:
+                self.amqp10_mechanisms[" ".join(sasl.mechanisms)] += 1
+                self.amqp10_anonymous += sasl.anonymous_offered is True
         elif result.status is Status.PROTOCOL_ERROR:
             self.other_open += 1
             self.other_by_port[port] += 1
+        ws = result.websocket
+        if ws is not None and result.protocol is None \
+                and any(t.status is not None for t in ws.tries):
+            self.websocket_other += 1
+            self.websocket_servers[ws.server or "(no Server header)"] += 1
 
     def as_dict(self, stats: Any = None) -> dict[str, Any]:
         """The report as JSON-ready data; ``stats`` is the engine's ScanStats, if any."""
@@ -99,12 +123,21 @@ class Report:
                 "by_port": dict(self.mqtt_by_port.most_common()),
                 "by_return_code": dict(self.mqtt_codes.most_common()),
                 "by_accepted_level": dict(self.mqtt_levels.most_common()),
+                "by_product": dict(self.mqtt_products.most_common()),
+                "over_websocket": self.mqtt_websocket,
+                "websocket_endpoints": dict(self.mqtt_ws_paths.most_common()),
+            },
+            "websocket": {
+                "http_without_mqtt": self.websocket_other,
+                "by_server": dict(self.websocket_servers.most_common()),
             },
             "amqp": {
                 "services": self.amqp,
                 "by_port": dict(self.amqp_by_port.most_common()),
                 "by_product": dict(self.amqp_products.most_common()),
                 "by_family": dict(self.amqp_families.most_common()),
+                "amqp10_sasl_mechanisms": dict(self.amqp10_mechanisms.most_common()),
+                "amqp10_anonymous_offered": self.amqp10_anonymous,
             },
             "tls": {
                 "handshakes": self.tls_handshakes,
@@ -135,7 +168,7 @@ class Report:
 
 def render(d: dict[str, Any]) -> str:
     """A report (:meth:`Report.as_dict`'s shape, or a store's census report) as text."""
-    m, a, t = d["mqtt"], d["amqp"], d["tls"]
+    m, a, t, w = d["mqtt"], d["amqp"], d["tls"], d["websocket"]
     lines = ["brokerscan report" + (f": {d['view']}" if "view" in d else ""), ""]
     if "scan" in d:
         s = d["scan"]
@@ -151,10 +184,16 @@ def render(d: dict[str, Any]) -> str:
     lines += _section("  by port", m["by_port"])
     lines += _section("  by CONNACK", m["by_return_code"])
     lines += _section("  protocol levels accepted", m["by_accepted_level"])
+    lines += _section("  by broker product", m["by_product"])
+    lines += [f"  over WebSocket     {m['over_websocket']:>10}"]
+    lines += _section("  WebSocket endpoints (transport, path)", m["websocket_endpoints"])
     lines += ["", f"AMQP services        {a['services']:>10}"]
     lines += _section("  by port", a["by_port"])
     lines += _section("  by product/version", a["by_product"])
     lines += _section("  by protocol family", a["by_family"])
+    lines += _section("  AMQP 1.0 SASL mechanisms", a["amqp10_sasl_mechanisms"])
+    if a["amqp10_sasl_mechanisms"]:
+        lines += [f"  AMQP 1.0 offering ANONYMOUS{a['amqp10_anonymous_offered']:>4}"]
     lines += [
         "",
         f"TLS handshakes       {t['handshakes']:>10}",
@@ -166,6 +205,9 @@ def render(d: dict[str, Any]) -> str:
     lines += _section("  by version", t["by_version"])
     lines += ["", f"open, neither MQTT nor AMQP {d['other_open']['ports']:>3}"]
     lines += _section("  by port", d["other_open"]["by_port"])
+    if w["http_without_mqtt"]:
+        lines += [f"  HTTP, no MQTT over WebSocket {w['http_without_mqtt']:>2}"]
+        lines += _section("  by Server header", w["by_server"])
     if "scan" in d:
         lines += [""] + _section("outcomes by status", d["scan"]["by_status"])
     return "\n".join(lines) + "\n"

@@ -67,6 +67,11 @@ class SweepSpec(BaseModel):
     concurrency: int = Field(default=1000, gt=0)  # per worker process
     mqtt_levels: tuple[int, ...] = (5, 4, 3)
     client_id_prefix: str = "brokerscan-"
+    # Opt-in: read $SYS/broker/version after an accepted MQTT CONNECT (recorded here so the
+    # sweep says it did).
+    sys_version: bool = False
+    amqp_versions: tuple[str, ...] = ("0-9-1",)
+    ws_paths: tuple[str, ...] = ("/mqtt", "/", "/ws")
 
 
 @dataclass(frozen=True)

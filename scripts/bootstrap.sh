@@ -27,6 +27,8 @@ has_cmd openssl || missing+=(openssl)
 has_cmd systemd-analyze || missing+=(systemd)  # deploy/ units are verified by the tests
 # kubectl renders deploy/k8s (kubectl kustomize); Debian's kubernetes-client when absent
 has_cmd kubectl || missing+=(kubernetes-client)
+# Qpid Proton for the system Python: a real AMQP 1.0 server in the protocol-depth tests.
+/usr/bin/python3 -c 'import proton' >/dev/null 2>&1 || missing+=(python3-qpid-proton)
 
 if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -4,6 +4,7 @@ what changed between two sweeps."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,9 +57,25 @@ async def census_report(store: Searcher, view: View = CURRENT) -> dict[str, Any]
     def port_key(port: Any, transport: Any) -> str:
         return f"{port}/{transport}"
 
+    def product_key(product: Any, version: Any) -> str:
+        name = product or "unknown"
+        return name if version is None else f"{name} {version}"
+
+    def joined(mechanisms: Any) -> str:
+        return " ".join(json.loads(mechanisms)) if isinstance(mechanisms, str) else "?"
+
     mqtt, amqp = parse("protocol:mqtt"), parse("protocol:amqp")
     done = parse("tls:true AND tls.version:*")
+    websocket = parse("protocol:mqtt AND (transport:ws OR transport:wss)")
     levels = await store.count(mqtt, view=view, facets=[("mqtt.level", 10)])
+    sasl = await store.grouped(view, amqp, [store.json_text(("amqp", "sasl", "mechanisms")),
+                                            store.json_text(("amqp", "sasl",
+                                                             "anonymous_offered"))])
+    sasl = [row for row in sasl if row[0] is not None and joined(row[0])]
+    http = await store.grouped(view, parse("NOT protocol:*"),
+                               [store.json_text(("websocket", "server")),
+                                store.json_text(("websocket", "tries", "0", "status"))])
+    http = [row for row in http if row[1] is not None]  # an HTTP answer, no MQTT in it
     return {
         "view": view.describe(),
         "mqtt": {
@@ -73,6 +90,18 @@ async def census_report(store: Searcher, view: View = CURRENT) -> dict[str, Any]
             "by_return_code": as_dict(await store.grouped(
                 view, mqtt, [store.json_text(("mqtt", "return_code_name"))])),
             "by_accepted_level": dict(levels.facets["mqtt.level"]),
+            "by_product": as_dict(await store.grouped(view, mqtt, ["product", "version"]),
+                                  product_key),
+            "over_websocket": await total(
+                "protocol:mqtt AND (transport:ws OR transport:wss)"),
+            "websocket_endpoints": as_dict(await store.grouped(
+                view, websocket, ["transport", store.json_text(("websocket", "path"))]),
+                lambda transport, path: f"{transport} {path}"),
+        },
+        "websocket": {
+            "http_without_mqtt": sum(row[-1] for row in http),
+            "by_server": as_dict([(server or "(no Server header)", n)
+                                  for server, _, n in http]),
         },
         "amqp": {
             "services": await total("protocol:amqp"),
@@ -83,6 +112,9 @@ async def census_report(store: Searcher, view: View = CURRENT) -> dict[str, Any]
                 lambda p, v, f: f"{p or '?'} {v or '?'}" if p or v
                 else f"(AMQP {f}, no Connection.Start)"),
             "by_family": as_dict(await store.grouped(view, amqp, ["amqp_family"])),
+            "amqp10_sasl_mechanisms": as_dict([(joined(m), n) for m, _, n in sasl]),
+            "amqp10_anonymous_offered": sum(n for _, anonymous, n in sasl
+                                            if str(anonymous).lower() in ("true", "1")),
         },
         "tls": {
             "handshakes": await total("tls:true AND tls.version:*"),
@@ -179,8 +211,10 @@ def _changes(r: Row) -> list[str]:
         out.append("tls_removed")
     if r["a_cert"] is not None and r["b_cert"] is not None and r["a_cert"] != r["b_cert"]:
         out.append("certificate_replaced")
-    if r["a_product"] != r["b_product"]:
-        out.append("product_changed")
-    if r["a_version"] != r["b_version"]:
-        out.append("version_changed")
+    # a product or version is changed only when both sweeps knew one (learning it, or no
+    # longer being told it, is not a change of the broker)
+    for column, change in (("product", "product_changed"), ("version", "version_changed")):
+        before, after = r[f"a_{column}"], r[f"b_{column}"]
+        if before is not None and after is not None and before != after:
+            out.append(change)
     return out

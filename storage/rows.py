@@ -8,10 +8,15 @@ what the stdlib ``sqlite3`` stores (text timestamps that sort, 0/1 booleans).
 Derived dimensions, defined here once:
 
 - ``day``: the UTC date of ``sweep_started_at`` (a sweep counts on the day it started);
-- ``tls``: the service was probed over TLS (``transport == "tls"``), whatever the outcome;
+- ``tls``: the service was probed over TLS (``transport`` is ``tls`` or ``wss``), whatever
+  the outcome;
 - ``anonymous``: the MQTT CONNACK verdict (true, false, or unknown); AMQP results carry
   no such verdict and are unknown;
-- ``asn``/``org``/``country``: from enrichment, unknown when absent.
+- ``asn``/``org``/``country``: from enrichment, unknown when absent;
+- ``product``/``version`` (:func:`product_of`): what AMQP's Connection.Start announces, or
+  the MQTT broker product the fingerprint named (never ``"unknown"``);
+- ``amqp_mechanisms`` (:func:`mechanisms_of`): the SASL mechanisms, upper-case, one space
+  apart.
 
 Addresses are stored in canonical form (``2001:db8::``, not ``2001:db8::0``), so one host
 is one host in every backend.
@@ -38,9 +43,9 @@ __all__ = [
     "day_of",
     "dimension_values",
     "format_time",
+    "mechanisms_of",
     "observation_row",
     "ip_number",
-    "mechanisms_of",
     "parse_time",
     "product_of",
     "sqlite_row",
@@ -141,13 +146,51 @@ def dimension_values(result: ScanResult) -> dict[str, object]:
         "protocol": None if result.protocol is None else result.protocol.value,
         "port": result.port,
         "transport": result.transport.value,
-        "tls": result.transport.value == "tls",
+        "tls": _over_tls(result),
         "anonymous": None if result.mqtt is None else result.mqtt.anonymous,
         "country": None if result.geo is None else result.geo.country,
         "asn": None if result.asn is None else result.asn.number,
         "status": result.status.value,
         "sweep_id": result.sweep_id,
     }
+
+
+def _over_tls(result: ScanResult) -> bool:
+    return result.transport.value in ("tls", "wss")
+
+
+def product_of(result: ScanResult) -> tuple[str | None, str | None]:
+    """``(product, version)`` of the service: AMQP's announced product and version, or the
+    MQTT product the fingerprint named (None when it said "unknown") and its version."""
+    amqp = result.amqp
+    if amqp is not None and amqp.server_properties is not None:
+        props = amqp.server_properties
+        if props.product or props.version:
+            return props.product, props.version
+    mqtt = result.mqtt
+    if mqtt is not None and mqtt.product is not None and mqtt.product.name != "unknown":
+        return mqtt.product.name, mqtt.product.version
+    return None, None
+
+
+def mechanisms_of(result: ScanResult) -> str | None:
+    """The SASL mechanisms the service offers, upper-case, separated by single spaces:
+    the AMQP 1.0 ``sasl-mechanisms`` first, then any other one of 0-9-1's Connection.Start,
+    each once (``"ANONYMOUS PLAIN AMQPLAIN"``); None when no list was read."""
+    amqp = result.amqp
+    if amqp is None:
+        return None
+    names: list[str] = []
+    for name in [*(amqp.sasl.mechanisms if amqp.sasl is not None else []), *amqp.mechanisms]:
+        upper = name.strip().upper()
+        # RFC 4422 names only (letters, digits, - and _): a member never holds the space
+        # between members; anything else stays in the record as it was sent
+        if _MECHANISM.fullmatch(upper) and upper not in names:
+            names.append(upper)
+    return " ".join(names) or None
+
+
+_MECHANISM: Final = re.compile(r"[A-Z0-9_-]{1,64}")
 
 
 def canonical_ip(text: str) -> str:
@@ -187,7 +230,7 @@ def observation_row(result: ScanResult, record: str | None = None) -> _Row:
         started.date(),
         result.status.value,
         None if protocol is None else protocol.value,
-        transport == "tls",
+        _over_tls(result),
         None if mqtt is None else mqtt.anonymous,
         result.duration_ms,
         None if mqtt is None else mqtt.protocol_level,
@@ -211,30 +254,6 @@ def observation_row(result: ScanResult, record: str | None = None) -> _Row:
         result.error,
         result.to_json() if record is None else record,
     )
-
-
-def product_of(result: ScanResult) -> tuple[str | None, str | None]:
-    """The broker product and version a result names (the ``product`` and ``version``
-    columns): what an AMQP server announces in its server properties."""
-    amqp = result.amqp
-    props = None if amqp is None else amqp.server_properties
-    if props is None:
-        return None, None
-    return props.product, props.version
-
-
-_MECHANISM: Final = re.compile(r"[A-Z0-9_-]{1,64}")
-
-
-def mechanisms_of(result: ScanResult) -> str | None:
-    """The SASL mechanisms a server offers, upper case, one space between (the
-    ``amqp_mechanisms`` column); None when it offered none. A name that is not a SASL
-    mechanism name (RFC 4422: letters, digits, ``-``, ``_``) is left out: the record keeps
-    it as sent."""
-    if result.amqp is None:
-        return None
-    names = [m.upper() for m in result.amqp.mechanisms if _MECHANISM.fullmatch(m.upper())]
-    return " ".join(dict.fromkeys(names)) or None
 
 
 def ip_number(ip: str) -> int | None:

@@ -334,4 +334,5 @@ class Searcher(StoreReader):
         """The SQL expression of a text value inside the record (``path`` of keys)."""
         if self.dialect.positional:
             return f"(record #>> '{{{','.join(path)}}}')"
-        return f"json_extract(record, '$.{'.'.join(path)}')"
+        steps = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in path)
+        return f"json_extract(record, '${steps}')"

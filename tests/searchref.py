@@ -20,9 +20,11 @@ from typing import Any
 
 from brokerscan.model import (
     AmqpResult,
+    AmqpSasl,
     AmqpServerProperties,
     AsnInfo,
     GeoInfo,
+    MqttProduct,
     MqttResult,
     Protocol,
     ScanResult,
@@ -66,8 +68,15 @@ def values_of(record: dict[str, Any], first_seen: datetime, last_seen: datetime,
     asn, geo = record.get("asn") or {}, record.get("geo") or {}
     mechanisms = None
     if amqp:
-        names = {m.upper() for m in amqp.get("mechanisms", []) if _MECHANISM.fullmatch(m.upper())}
+        offered = [*((amqp.get("sasl") or {}).get("mechanisms") or []),
+                   *amqp.get("mechanisms", [])]
+        names = {m.strip().upper() for m in offered if _MECHANISM.fullmatch(m.strip().upper())}
         mechanisms = names or None
+    product = version = None
+    if props and (props.get("product") or props.get("version")):
+        product, version = props.get("product"), props.get("version")
+    elif mqtt and mqtt.get("product") and mqtt["product"].get("name") != "unknown":
+        product, version = mqtt["product"]["name"], mqtt["product"].get("version")
     levels = {str(level) for level in (mqtt or {}).get("accepted_levels", [])} or None
     return {
         "ip": int(ipaddress.IPv4Address(record["ip"])), "ip_text": record["ip"],
@@ -77,8 +86,8 @@ def values_of(record: dict[str, Any], first_seen: datetime, last_seen: datetime,
         "anonymous": mqtt.get("anonymous") if mqtt else None,
         "mqtt_return_code": mqtt.get("return_code") if mqtt else None,
         "mqtt_levels": levels,
-        "product": props.get("product") if props else None,
-        "version": props.get("version") if props else None,
+        "product": product,
+        "version": version,
         "amqp_family": amqp.get("family") if amqp else None,
         "amqp_mechanisms": mechanisms,
         "asn": asn.get("number"), "org": asn.get("organization"),
@@ -234,11 +243,13 @@ def make_search_results(n: int, *, seed: int = 7, sweeps: int = 3, hosts: int | 
 def _result(rng: random.Random, sweep_id: str, started: datetime, ip: str, port: int,
             seen: datetime) -> ScanResult:
     transport = Transport.TLS if port in (8883, 5671) or rng.random() < 0.1 else Transport.TCP
+    if port == 9001 and rng.random() < 0.5:
+        transport = rng.choice((Transport.WS, Transport.WSS))
     status = Status.SUCCESS if rng.random() < 0.7 else rng.choice(
         (Status.PROTOCOL_ERROR, Status.HANDSHAKE_ERROR, Status.IO_TIMEOUT))
     tls = mqtt = amqp = None
     protocol = None
-    if transport is Transport.TLS and status is not Status.HANDSHAKE_ERROR:
+    if transport in (Transport.TLS, Transport.WSS) and status is not Status.HANDSHAKE_ERROR:
         subject = rng.choice(_ODD_TEXT[5:13])
         cert = TlsCertificate(
             subject=subject, issuer=rng.choice((subject, "CN=Example CA", "O=Let's Encrypt")),
@@ -252,9 +263,12 @@ def _result(rng: random.Random, sweep_id: str, started: datetime, ip: str, port:
             protocol = Protocol.MQTT
             anonymous = rng.choice((True, False, None))
             levels = rng.sample((3, 4, 5), rng.randrange(0, 4))
+            fingerprint = rng.choice((None, MqttProduct(name="unknown"),
+                                  MqttProduct(name="Mosquitto", version="2.0.11"),
+                                  MqttProduct(name="amqtt"), MqttProduct(name="RabbitMQ")))
             mqtt = MqttResult(protocol_level=5, return_code=rng.choice((0, 5, 0x87, 0x84)),
                               return_code_name="x", session_present=False, anonymous=anonymous,
-                              accepted_levels=levels)
+                              accepted_levels=levels, product=fingerprint)
         else:
             protocol = Protocol.AMQP
             product = rng.choice((*_ODD_TEXT, None))
@@ -262,8 +276,11 @@ def _result(rng: random.Random, sweep_id: str, started: datetime, ip: str, port:
                 ("3.12.1", "3.8", "5.18.3", None))) if rng.random() < 0.9 else None
             mechanisms = rng.sample(("PLAIN", "AMQPLAIN", "ANONYMOUS", "EXTERNAL", "bad name",
                                      "plain", "SCRAM-SHA-256"), rng.randrange(0, 4))
+            sasl = AmqpSasl(mechanisms=rng.sample(("ANONYMOUS", "PLAIN", "AMQPLAIN"),
+                                                  rng.randrange(1, 4)),
+                            anonymous_offered=True) if rng.random() < 0.3 else None
             amqp = AmqpResult(family=rng.choice(("0-9-1", "1.0-sasl", "0-10")),
-                              server_properties=props, mechanisms=mechanisms)
+                              server_properties=props, mechanisms=mechanisms, sasl=sasl)
     number = rng.choice((None, 3320, 15169, 36375, 4200000000))
     return ScanResult(
         sweep_id=sweep_id, sweep_started_at=started, ip=ip, port=port, transport=transport,

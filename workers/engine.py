@@ -3,10 +3,13 @@
 The engine pulls ``(ip, PortSpec)`` pairs lazily from any iterable (so 10^6 targets are
 never 10^6 objects), starts a non-blocking connect for each within the rate budget and the
 concurrency bound, and for every port that accepts runs the probes its spec names (MQTT,
-AMQP, inside TLS when asked). Connection failures are counted without an asyncio Task;
-only open ports get one. Every outcome is a :class:`~brokerscan.model.ScanResult` passed
-to a sink; failures before a connection (refused, timed out) reach the sink only when
-``ScanConfig.emit_failures`` is set, and are always counted in :class:`ScanStats`.
+AMQP, MQTT over WebSocket, inside TLS when asked). A port that answered the WebSocket
+probe in HTTP is not tried with the raw MQTT and AMQP probes; a guessed plaintext port
+whose probes met a TLS record is tried once more inside TLS (``tls_retried``). Connection
+failures are counted without an asyncio Task; only open ports get one. Every outcome is
+a :class:`~brokerscan.model.ScanResult` passed to a sink; failures before a connection
+(refused, timed out) reach the sink only when ``ScanConfig.emit_failures`` is set, and are
+always counted in :class:`ScanStats`.
 
 The Celery shard task runs this same engine over its shard; the CLI runs it over a range.
 """
@@ -23,10 +26,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import cast
 
-from brokerscan.model import Protocol, ScanResult, Status, TlsInfo, Transport
+from brokerscan.model import (
+    Probe,
+    Protocol,
+    ScanResult,
+    Status,
+    TlsInfo,
+    Transport,
+    WebSocketInfo,
+)
 from scheduler.ports import PortSpec
 from workers.probes.base import ProbeOptions, ProbeOutcome
 from workers.probes.registry import PROBES
+from workers.protocols.tlsrecord import is_tls_record
 from workers.ratebudget import LocalRateLimiter, RateLimiter
 from workers.transport import Connector, ProbeError, Scope, Stream, TlsOptions, dial, status_of
 
@@ -199,7 +211,7 @@ class Engine:
             self._emit(ScanResult(
                 sweep_id=self.config.sweep_id, sweep_started_at=self.config.sweep_started_at,
                 ip=_ip_text(ip), port=spec.port,
-                transport=Transport.TLS if spec.tls else Transport.TCP, observed_at=_now(),
+                transport=_transport(spec.tls, spec.websocket), observed_at=_now(),
                 status=status, error=message))
         self._release()
 
@@ -222,36 +234,53 @@ class Engine:
         observed_at = _now()
         tls_seen: list[TlsInfo | None] = [None]
         first: list[socket.socket] = [sock]
-        tls = self._tls if spec.tls else None
+        tls = [self._tls if spec.tls else None]
         cfg = self.config
 
         async def dial_target() -> Stream:
             if first:
                 stream = await Connector.wrap(first.pop(), address, io_timeout=cfg.io_timeout,
-                                              tls=tls)
+                                              tls=tls[0])
             else:
                 stream = await dial(address, spec.port, scope=self.scope,
                                     connect_timeout=cfg.connect_timeout,
-                                    io_timeout=cfg.io_timeout, tls=tls)
+                                    io_timeout=cfg.io_timeout, tls=tls[0])
             if tls_seen[0] is None:
                 tls_seen[0] = stream.tls
             return stream
 
         outcome: ProbeOutcome | None = None
-        tried: list[Protocol] = []
+        tried: list[Probe] = []
+        websocket: list[WebSocketInfo | None] = [None]
+        retried = False
+
+        async def run_probes() -> ProbeOutcome | None:
+            best: ProbeOutcome | None = None
+            for name in spec.probes:
+                if name != "mqtt-ws" and _spoke_http(websocket[0]):
+                    continue  # an HTTP server: raw MQTT and AMQP cannot answer there
+                tried.append(Probe(name))
+                try:
+                    candidate = await PROBES[name](dial_target, cfg.probe)
+                except ProbeError as exc:
+                    if exc.tls is not None:  # a failed (or late-failed) handshake
+                        tls_seen[0] = exc.tls
+                    candidate = ProbeOutcome(status=exc.status, error=exc.message)
+                if candidate.websocket is not None:
+                    websocket[0] = candidate.websocket
+                best = _better(best, candidate)
+                if best.protocol is not None or best.status in _FINAL:
+                    break
+            return best
+
         try:
             async with asyncio.timeout(cfg.total_timeout):
-                for name in spec.probes:
-                    tried.append(Protocol(name))
-                    try:
-                        candidate = await PROBES[name](dial_target, cfg.probe)
-                    except ProbeError as exc:
-                        if exc.tls is not None:  # a failed (or late-failed) handshake
-                            tls_seen[0] = exc.tls
-                        candidate = ProbeOutcome(status=exc.status, error=exc.message)
-                    outcome = _better(outcome, candidate)
-                    if outcome.protocol is not None or outcome.status in _FINAL:
-                        break
+                outcome = await run_probes()
+                if (spec.tls_retry and tls[0] is None and outcome is not None
+                        and outcome.protocol is None and is_tls_record(outcome.raw)):
+                    tls[0], tls_seen[0], retried = self._tls, None, True
+                    websocket[0] = None
+                    outcome = await run_probes() or outcome
         except TimeoutError:
             if outcome is None or outcome.protocol is None:
                 outcome = ProbeOutcome(status=Status.IO_TIMEOUT, error="total timeout",
@@ -263,16 +292,31 @@ class Engine:
             for leftover in first:
                 leftover.close()
         assert outcome is not None
+        ws_info = outcome.websocket or websocket[0]
+        over_ws = spec.websocket or (outcome.websocket is not None
+                                     and outcome.protocol is Protocol.MQTT)
         self.stats.statuses[outcome.status.value] += 1
         self._emit(ScanResult(
             sweep_id=cfg.sweep_id, sweep_started_at=cfg.sweep_started_at, ip=address,
-            port=spec.port,
-            transport=Transport.TLS if spec.tls else Transport.TCP, observed_at=observed_at,
+            port=spec.port, transport=_transport(tls[0] is not None, over_ws),
+            observed_at=observed_at,
             duration_ms=round((time.monotonic() - started) * 1000, 3),
             status=outcome.status, protocol=outcome.protocol, probes=tried,
+            tls_retried=retried,
             error=outcome.error, tls=tls_seen[0], mqtt=outcome.mqtt, amqp=outcome.amqp,
-            raw=outcome.raw[: cfg.probe.max_reply_bytes] or None))
+            websocket=ws_info, raw=outcome.raw[: cfg.probe.max_reply_bytes] or None))
         self._release()
+
+
+def _transport(tls: bool, websocket: bool) -> Transport:
+    if websocket:
+        return Transport.WSS if tls else Transport.WS
+    return Transport.TLS if tls else Transport.TCP
+
+
+def _spoke_http(info: WebSocketInfo | None) -> bool:
+    """Whether the WebSocket probe got an HTTP answer (any status) on this port."""
+    return info is not None and any(t.status is not None for t in info.tries)
 
 
 # Connect failures that say "nothing there": counted, written only with emit_failures.

@@ -181,7 +181,8 @@ def _config(spec: SweepSpec, sweep_id: str, connections: int | None) -> ScanConf
         sweep_started_at=spec.started_at,
         emit_failures=spec.emit_failures,
         probe=ProbeOptions(client_id_prefix=spec.client_id_prefix,
-                           mqtt_levels=spec.mqtt_levels))
+                           mqtt_levels=spec.mqtt_levels, sys_version=spec.sys_version,
+                           amqp_versions=spec.amqp_versions, ws_paths=spec.ws_paths))
 
 
 class _Flusher:

@@ -172,6 +172,12 @@ class Stream:
         self.io_timeout = io_timeout
         self.tls = tls
 
+    @property
+    def peer(self) -> tuple[str, int] | None:
+        """The remote (ip, port), as the socket reports it (a WebSocket Host header)."""
+        name = self._writer.get_extra_info("peername")
+        return (str(name[0]), int(name[1])) if name else None
+
     async def send(self, data: bytes) -> None:
         try:
             self._writer.write(data)

@@ -10,8 +10,9 @@ from typing import Final
 
 from brokerscan.settings import Settings
 
-__all__ = ["MAX_RATE", "add_ops_options", "add_rate_option", "add_target_options",
-           "mqtt_levels", "non_negative", "ops_settings", "positive_int"]
+__all__ = ["MAX_RATE", "add_depth_options", "add_ops_options", "add_rate_option",
+           "add_target_options", "amqp_versions", "mqtt_levels", "non_negative",
+           "ops_settings", "positive_int", "ws_paths"]
 
 #: The highest rate any command accepts (a typo guard, far above what a fleet can do).
 MAX_RATE: Final = 10_000_000.0
@@ -76,8 +77,9 @@ def add_target_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-p", "--ports", default="1883,8883,5672,5671",
                         help="ports: numbers or mqtt, mqtts, amqp, amqps; PORT/tls or "
                              "PORT/tcp picks the transport (default: %(default)s)")
-    parser.add_argument("--probe", choices=("mqtt", "amqp"),
-                        help="use only this probe (default: by port; both on other ports)")
+    parser.add_argument("--probe", choices=("mqtt", "amqp", "mqtt-ws"),
+                        help="use only this probe (default: by port; mqtt and amqp on "
+                             "other ports, mqtt-ws first on web ports)")
     parser.add_argument("--allow-reserved", action="store_true",
                         help="lift the built-in IANA blocklist (loopback, private, ...)")
     parser.add_argument("--blocklist", action="append", default=[], metavar="FILE",
@@ -111,3 +113,39 @@ def ops_settings(args: argparse.Namespace, settings: Settings) -> Settings:
     if args.log_format is not None:
         update["log_format"] = args.log_format
     return settings.model_copy(update=update) if update else settings
+
+
+def amqp_versions(text: str) -> tuple[str, ...]:
+    """An argparse type: AMQP versions to ask for (``0-9-1``, ``1.0``); 0-9-1 always."""
+    known = ("0-9-1", "1.0")
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    for item in items:
+        if item not in known:
+            raise argparse.ArgumentTypeError(f"unknown AMQP version {item!r} (use 0-9-1, 1.0)")
+    return tuple(v for v in known if v in items or v == "0-9-1")
+
+
+def ws_paths(text: str) -> tuple[str, ...]:
+    """An argparse type: WebSocket upgrade paths in order (``/mqtt,/,/ws``), at most 8."""
+    paths = tuple(item.strip() for item in text.split(",") if item.strip())
+    if not paths:
+        raise argparse.ArgumentTypeError("no WebSocket path given")
+    if len(paths) > 8:
+        raise argparse.ArgumentTypeError(f"{len(paths)} WebSocket paths; at most 8")
+    for path in paths:
+        if not path.startswith("/") or not path.isascii() or any(c.isspace() for c in path):
+            raise argparse.ArgumentTypeError(f"bad WebSocket path {path!r} (start with /)")
+    return paths
+
+
+def add_depth_options(parser: argparse.ArgumentParser) -> None:
+    """How deep the probes go: ``$SYS`` version, AMQP 1.0 SASL, WebSocket paths."""
+    parser.add_argument("--sys-version", action="store_true",
+                        help="after an accepted MQTT CONNECT, read $SYS/broker/version "
+                             "(one SUBSCRIBE to that topic only; at most 2 s)")
+    parser.add_argument("--amqp-versions", type=amqp_versions, default=("0-9-1",),
+                        help="AMQP versions to ask for: 0-9-1 always; 1.0 adds the SASL "
+                             "header on servers that answered 0-9-1 (default: 0-9-1)")
+    parser.add_argument("--ws-paths", type=ws_paths, default=("/mqtt", "/", "/ws"),
+                        help="WebSocket upgrade paths, tried in order until one upgrades "
+                             "(default: /mqtt,/,/ws; at most 8)")

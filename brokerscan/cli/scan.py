@@ -22,6 +22,7 @@ import asyncpg
 
 from brokerscan.cli.errors import EXIT_UNAVAILABLE, CliError
 from brokerscan.cli.options import (
+    add_depth_options,
     add_rate_option,
     add_target_options,
     mqtt_levels,
@@ -78,6 +79,7 @@ def _add_scan_options(scan: argparse.ArgumentParser) -> None:
                       help="MQTT levels to try in order (default: 5.0,3.1.1,3.1)")
     scan.add_argument("--mqtt-all-levels", action="store_true",
                       help="try every MQTT level, not just until one answers")
+    add_depth_options(scan)
     scan.add_argument("--client-id-prefix", default=None,
                       help="prefix of the random MQTT client id (default: from settings)")
     scan.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
@@ -158,7 +160,9 @@ def scan_config(args: argparse.Namespace, settings: Settings) -> ScanConfig:
         concurrency=max(1, args.concurrency), rate=args.rate,
         emit_failures=args.emit_failures,
         probe=ProbeOptions(client_id_prefix=prefix, mqtt_levels=args.mqtt_levels,
-                           mqtt_all_levels=args.mqtt_all_levels))
+                           mqtt_all_levels=args.mqtt_all_levels,
+                           sys_version=args.sys_version, amqp_versions=args.amqp_versions,
+                           ws_paths=args.ws_paths))
 
 
 async def _scan(args: argparse.Namespace, settings: Settings) -> int:

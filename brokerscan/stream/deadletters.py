@@ -20,7 +20,7 @@ import aio_pika
 import aio_pika.abc
 import pydantic
 
-from brokerscan.model import SCHEMA_VERSION, ScanResult
+from brokerscan.model import READABLE_VERSIONS, ScanResult
 from brokerscan.oneline import one_line
 from brokerscan.stream.wire import (
     BATCH_CONTENT_TYPE,
@@ -85,9 +85,10 @@ def parse_line(body: bytes) -> ScanResult:
 
 def _check_schema_header(message: aio_pika.abc.AbstractMessage) -> None:
     header = (message.headers or {}).get("schema_version")
-    if header is not None and header != SCHEMA_VERSION:
+    if header is not None and header not in READABLE_VERSIONS:
+        readable = ", ".join(str(v) for v in READABLE_VERSIONS)
         raise InvalidResult(f"unknown schema_version {header!r} (this brokerscan reads "
-                            f"{SCHEMA_VERSION})")
+                            f"{readable})")
 
 
 @dataclass(frozen=True, slots=True)

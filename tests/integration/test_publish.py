@@ -22,7 +22,7 @@ import aio_pika
 import aio_pika.abc
 import pytest
 
-from brokerscan.model import Protocol, ScanResult, Status, Transport
+from brokerscan.model import SCHEMA_VERSION, Protocol, ScanResult, Status, Transport
 from brokerscan.names import Names
 from brokerscan.stream.publisher import PublisherError, ResultPublisher, message_key, routing_key
 from brokerscan.stream.wire import BATCH_CONTENT_TYPE, COUNT_HEADER, batch_id, message_lines
@@ -145,7 +145,7 @@ def check_message(message: aio_pika.abc.AbstractIncomingMessage) -> Received:
     assert shard is None or isinstance(shard, int)
     sweep = results[0].sweep_id
     assert all(r.sweep_id == sweep for r in results)
-    assert headers == {"schema_version": 1,
+    assert headers == {"schema_version": SCHEMA_VERSION,
                        **({} if sweep is None else {"sweep_id": sweep}),
                        **({} if shard is None else {"shard": shard})}
     assert message.message_id == batch_id(r.key for r in results)
@@ -235,7 +235,8 @@ async def test_every_result_arrives_once_confirmed(collector: Collector, names: 
     assert max(len(m.results) for m in collector.messages) == 250
     sent = {message_key(r): r for r in results}
     for received in collector.messages:
-        assert received.headers == {"schema_version": 1, "sweep_id": "sweep-1", "shard": 7}
+        assert received.headers == {"schema_version": SCHEMA_VERSION, "sweep_id": "sweep-1",
+                                    "shard": 7}
         assert received.shard == 7
         assert all(sent[message_key(r)] == r for r in received.results)
 
@@ -297,7 +298,7 @@ async def test_one_result_per_message_still_works(collector: Collector, names: N
     await collector.wait_for({message_key(r) for r in results})
     assert len(collector.messages) == 300 and collector.duplicates == 0
     first = collector.messages[0]
-    assert first.headers == {"schema_version": 1} and first.shard is None
+    assert first.headers == {"schema_version": SCHEMA_VERSION} and first.shard is None
     assert first.message_id == f"|{first.results[0].ip}|1883+1|" + first.message_id[-16:]
 
 

@@ -53,7 +53,8 @@ def test_json_round_trip_keeps_raw_bytes_and_nested_results():
 @pytest.mark.parametrize("change", [
     {"port": 70000},
     {"status": "kinda-worked"},
-    {"schema_version": 2},
+    {"schema_version": 3},
+    {"transport": "quic"},
     {"unexpected": 1},
 ])
 def test_invalid_records_are_refused(change):
@@ -74,3 +75,21 @@ def test_results_are_frozen():
     result = _result()
     with pytest.raises(ValidationError):
         result.port = 1
+
+
+def test_version_1_records_are_still_valid():
+    # Version 2 only added fields and enum values, so a consumer reads both versions.
+    data = json.loads(_result().model_dump_json())
+    for key in ("websocket", "tls_retried"):
+        data.pop(key)
+    data["schema_version"] = 1
+    data["probes"] = ["mqtt", "amqp"]
+    old = ScanResult.model_validate(data)
+    assert old.schema_version == 1 and old.websocket is None
+
+
+def test_websocket_transports_and_probe_names():
+    result = _result(probes=["mqtt-ws", "mqtt"]).model_copy(
+        update={"transport": Transport.WSS})
+    assert json.loads(result.model_dump_json())["transport"] == "wss"
+    assert ScanResult.model_validate_json(result.model_dump_json()) == result

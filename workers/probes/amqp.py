@@ -14,12 +14,18 @@ and turns what came back into a :class:`~workers.probes.base.ProbeOutcome`:
 * a close before any byte → :class:`~workers.transport.ProbeError` ``connection-closed``
   (nothing was learned), like every transport failure before the first byte.
 
+AMQP 1.0: a server that answered with a 1.0 header (``AMQP 3 1 0 0`` or ``AMQP 0 1 0 0``)
+gets the SASL header ``AMQP 3 1 0 0`` on a connection of its own, and its
+``sasl-mechanisms`` are recorded in ``amqp.sasl`` (``sasl-init`` is never sent). With
+``"1.0"`` in ``options.amqp_versions``, a server that answered 0-9-1 gets the same try
+(RabbitMQ with its AMQP 1.0 plugin, say).
+
 Only :class:`~workers.transport.ProbeError` escapes; the stream is closed in every case.
 """
 
 from __future__ import annotations
 
-from brokerscan.model import AmqpResult, Protocol, Status
+from brokerscan.model import AmqpResult, AmqpSasl, Protocol, Status
 from workers.probes.base import Dial, ProbeOptions, ProbeOutcome, read_frame
 from workers.protocols.amqp import (
     PROTOCOL_HEADER,
@@ -30,10 +36,11 @@ from workers.protocols.amqp import (
     parse_reply,
     start_result,
 )
+from workers.protocols.amqp10 import SASL_HEADER, parse_sasl_reply
 from workers.protocols.base import ProtocolError
 from workers.transport import ProbeError, Stream, status_of
 
-__all__ = ["probe_amqp"]
+__all__ = ["probe_amqp", "probe_sasl"]
 
 _FRAME_OVERHEAD = 8  # frame header (7) and frame-end octet (1)
 
@@ -55,7 +62,7 @@ async def probe_amqp(dial: Dial, options: ProbeOptions) -> ProbeOutcome:
         raise status_of(exc, connected=False) from None
     buffer = bytearray()
     try:
-        return await _exchange(stream, buffer, options)
+        outcome = await _exchange(stream, buffer, options)
     except ProbeError as exc:
         if not buffer:
             raise
@@ -67,6 +74,48 @@ async def probe_amqp(dial: Dial, options: ProbeOptions) -> ProbeOutcome:
         return _failed(err.status, buffer, options, err.message)
     finally:
         await stream.aclose()
+    amqp = outcome.amqp
+    if amqp is not None and (amqp.family in ("1.0", "1.0-sasl") or (
+            amqp.family == "0-9-1" and "1.0" in options.amqp_versions)):
+        outcome.amqp = amqp.model_copy(update={"sasl": await probe_sasl(dial, options)})
+    return outcome
+
+
+async def probe_sasl(dial: Dial, options: ProbeOptions) -> AmqpSasl:
+    """Send the AMQP 1.0 SASL header on a new connection and read ``sasl-mechanisms``.
+
+    :returns: what came back; a failure is recorded in ``error``, never raised.
+    """
+    cap = options.max_reply_bytes
+    try:
+        stream = await dial()
+    except ProbeError as exc:
+        return AmqpSasl(error=f"{exc.status.value}: {exc.message}")
+    buffer = bytearray()
+    try:
+        await stream.send(SASL_HEADER)
+        _, header, mechanisms = await read_frame(
+            stream, lambda b: parse_sasl_reply(b, cap), buffer, cap)
+    except EOFError:
+        return AmqpSasl(protocol_header=_header_text(buffer),
+                        error="closed before sasl-mechanisms")
+    except ProtocolError as exc:
+        return AmqpSasl(protocol_header=_header_text(buffer), error=str(exc))
+    except ProbeError as exc:
+        return AmqpSasl(protocol_header=_header_text(buffer),
+                        error=f"{exc.status.value}: {exc.message}")
+    finally:
+        await stream.aclose()
+    if mechanisms is None:
+        return AmqpSasl(protocol_header=header.text)
+    return AmqpSasl(protocol_header=header.text, mechanisms=mechanisms,
+                    anonymous_offered=any(m.upper() == "ANONYMOUS" for m in mechanisms))
+
+
+def _header_text(buffer: bytearray) -> str | None:
+    if len(buffer) >= 8 and buffer.startswith(b"AMQP"):
+        return " ".join(["AMQP", *(str(b) for b in buffer[4:8])])
+    return None
 
 
 async def _exchange(stream: Stream, buffer: bytearray, options: ProbeOptions) -> ProbeOutcome:

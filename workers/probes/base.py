@@ -11,15 +11,27 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol as Interface
 from typing import TypeVar
 
-from brokerscan.model import AmqpResult, MqttResult, Protocol, Status
+from brokerscan.model import AmqpResult, MqttResult, Protocol, Status, WebSocketInfo
 from workers.protocols.base import NeedData
 from workers.transport import Stream
 
-__all__ = ["Dial", "ProbeOptions", "ProbeOutcome", "read_frame"]
+__all__ = ["ByteStream", "Dial", "ProbeOptions", "ProbeOutcome", "read_frame"]
 
 Dial = Callable[[], Awaitable[Stream]]
+
+
+class ByteStream(Interface):
+    """What a driver reads and writes: a :class:`~workers.transport.Stream`, or a stream
+    carried inside another protocol (MQTT inside a WebSocket)."""
+
+    async def send(self, data: bytes) -> None: ...
+
+    async def receive(self, max_bytes: int = 4096) -> bytes: ...
+
+    async def aclose(self) -> None: ...
 
 T = TypeVar("T")
 
@@ -36,6 +48,16 @@ class ProbeOptions:
     mqtt_all_levels: bool = False
     keepalive: int = 60
     max_reply_bytes: int = 4096  # cap on the raw reply kept, and on a frame we accept
+    # After an accepted CONNACK, how long to keep reading packets the broker sends unasked
+    # (amqtt, for one, may publish its version that way); at most 16 packets, 64 KiB.
+    mqtt_unasked_wait: float = 0.25
+    # Opt-in: SUBSCRIBE to $SYS/broker/version only, wait <= 2 s and 64 KiB, UNSUBSCRIBE.
+    sys_version: bool = False
+    # WebSocket upgrade paths, tried in order until one upgrades (at most 8 are used).
+    ws_paths: tuple[str, ...] = ("/mqtt", "/", "/ws")
+    # AMQP versions to ask for: "0-9-1" always; "1.0" adds the SASL header on its own
+    # connection to servers that answered 0-9-1.
+    amqp_versions: tuple[str, ...] = ("0-9-1",)
 
 
 @dataclass(slots=True)
@@ -46,12 +68,13 @@ class ProbeOutcome:
     protocol: Protocol | None = None  # what actually answered (may be the other protocol)
     mqtt: MqttResult | None = None
     amqp: AmqpResult | None = None
+    websocket: WebSocketInfo | None = None
     raw: bytes = b""
     error: str | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
 
-async def read_frame(stream: Stream, parse: Callable[[bytes], T], buffer: bytearray,
+async def read_frame(stream: ByteStream, parse: Callable[[bytes], T], buffer: bytearray,
                      max_bytes: int) -> T:
     """Read from ``stream`` into ``buffer`` until ``parse(bytes(buffer))`` stops raising
     :class:`NeedData`.

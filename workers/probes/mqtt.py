@@ -15,17 +15,37 @@ other CONNACK unless ``options.mqtt_all_levels``. What each case becomes:
 * a transport failure (timeout, reset) on the first attempt propagates as ProbeError; on a
   later one it is recorded as that attempt's answer, no further level is tried, and the
   earlier answers stand.
+
+After the first accepted CONNACK the probe reads, for ``options.mqtt_unasked_wait`` seconds
+(at most 16 packets, 64 KiB), what the broker sends unasked; with ``options.sys_version``
+(opt-in) it then subscribes to ``$SYS/broker/version`` alone, waits at most 2 s and 64 KiB
+for it, and unsubscribes. Then DISCONNECT. The broker product is told from all of it
+(:mod:`workers.fingerprint`).
+
+:func:`run_levels` is the level loop over any byte stream; :mod:`workers.probes.mqtt_ws`
+runs it inside a WebSocket.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, cast
 
-from brokerscan.model import MqttAttempt, MqttResult, Protocol, Status
-from workers.probes.base import Dial, ProbeOptions, ProbeOutcome, read_frame
+from brokerscan.model import (
+    MqttAttempt,
+    MqttResult,
+    MqttSys,
+    MqttUnasked,
+    Protocol,
+    Status,
+    WebSocketInfo,
+)
+from workers.fingerprint import identify
+from workers.probes.base import ByteStream, Dial, ProbeOptions, ProbeOutcome, read_frame
+from workers.probes.mqtt_session import read_sys_version, read_unasked
 from workers.protocols import amqp
 from workers.protocols.base import ProtocolError
 from workers.protocols.mqtt import (
@@ -42,7 +62,10 @@ from workers.protocols.mqtt import (
 )
 from workers.transport import ProbeError
 
-__all__ = ["PROBE", "make_client_id", "probe_mqtt"]
+__all__ = ["PROBE", "Connect", "make_client_id", "probe_mqtt", "run_levels", "with_product"]
+
+Connect = Callable[[int], Awaitable[ByteStream]]
+"""Opens a stream ready for an MQTT CONNECT of the given level."""
 
 Level = Literal[3, 4, 5]
 Answer = Literal["connack", "disconnect", "closed", "timeout", "reset", "other"]
@@ -62,13 +85,15 @@ def make_client_id(prefix: str) -> str:
     return prefix + secrets.token_hex((digits + 1) // 2)[:digits]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Reply:
     """What one CONNECT got back. ``raw`` is the packet, or every byte when unparsable."""
 
     packet: Packet | amqp.ProtocolHeader | None  # None: closed, or not MQTT (error set)
     raw: bytes
     error: str | None = None
+    unasked: list[MqttUnasked] = field(default_factory=list)
+    sys: MqttSys | None = None
 
 
 def _parse_reply(buf: bytes, level: int, max_size: int) -> tuple[int, Packet |
@@ -79,12 +104,15 @@ def _parse_reply(buf: bytes, level: int, max_size: int) -> tuple[int, Packet |
     return parse_packet(buf, level, max_size)
 
 
-async def _attempt(dial: Dial, level: int, client_id: str, options: ProbeOptions) -> _Reply:
-    """Dial, send one CONNECT, read one reply, say goodbye, close.
+async def _attempt(connect: Connect, level: int, client_id: str, options: ProbeOptions,
+                   after: bool) -> _Reply:
+    """Connect, send one CONNECT, read one reply, say goodbye, close.
 
+    :param after: when the CONNACK accepts, read what the broker sends unasked (and
+        ``$SYS/broker/version`` if opted in) before the goodbye.
     :raises ProbeError: the dial, the send or a read failed.
     """
-    stream = await dial()
+    stream = await connect(level)
     try:
         keepalive = min(max(options.keepalive, 0), 0xFFFF)  # a bad setting must not raise
         await stream.send(build_connect(level, client_id, keepalive))
@@ -97,10 +125,16 @@ async def _attempt(dial: Dial, level: int, client_id: str, options: ProbeOptions
             return _Reply(None, bytes(buffer[:cap]))
         except ProtocolError as exc:
             return _Reply(None, bytes(buffer[:cap]), f"not mqtt: {exc}")
+        reply = _Reply(item, bytes(buffer[:consumed]))
         if isinstance(item, ConnAck):
+            if after and item.return_code == 0 and not is_level_refused(item):
+                rest = bytearray(buffer[consumed:])
+                reply.unasked.extend(await read_unasked(stream, rest, level, options))
+                if options.sys_version:
+                    reply.sys = await read_sys_version(stream, rest, level)
             with suppress(ProbeError):  # polite, not needed: the close ends the session
                 await stream.send(build_disconnect(level))
-        return _Reply(item, bytes(buffer[:consumed]))
+        return reply
     finally:
         await stream.aclose()
 
@@ -131,17 +165,38 @@ async def probe_mqtt(dial: Dial, options: ProbeOptions) -> ProbeOutcome:
     :raises ProbeError: a transport failure before the target answered anything, or
         ``connection-closed`` when it closed without a byte at every level.
     """
+
+    async def connect(_level: int) -> ByteStream:
+        return await dial()
+
+    return with_product(await run_levels(connect, options), None)
+
+
+def with_product(outcome: ProbeOutcome, websocket: WebSocketInfo | None) -> ProbeOutcome:
+    """``outcome`` with the broker product of its MQTT result filled in."""
+    if outcome.mqtt is not None:
+        outcome.mqtt = outcome.mqtt.model_copy(
+            update={"product": identify(outcome.mqtt, websocket)})
+    return outcome
+
+
+async def run_levels(connect: Connect, options: ProbeOptions) -> ProbeOutcome:
+    """The level loop of :func:`probe_mqtt` over streams from ``connect``.
+
+    :raises ProbeError: as :func:`probe_mqtt`.
+    """
     client_id = make_client_id(options.client_id_prefix)
     attempts: list[MqttAttempt] = []
     accepted: list[Level] = []
     refused: list[Level] = []
     chosen: tuple[ConnAck, bytes] | None = None  # the CONNACK reported
+    extras: _Reply | None = None  # the reply that carries unasked packets and $SYS
     refusal: tuple[ConnAck, bytes] | None = None  # the last level refusal, as a fallback
     leftover: _Reply | None = None  # a DISCONNECT, or bytes of an incomplete reply
     failure: ProbeError | None = None
     for level in _levels(options):
         try:
-            reply = await _attempt(dial, level, client_id, options)
+            reply = await _attempt(connect, level, client_id, options, after=not accepted)
         except ProbeError as exc:
             if not attempts:
                 raise
@@ -176,6 +231,8 @@ async def probe_mqtt(dial: Dial, options: ProbeOptions) -> ProbeOutcome:
             refusal = (packet, reply.raw)
             continue
         if packet.return_code == 0:
+            if not accepted:
+                extras = reply
             accepted.append(level)
         if chosen is None:
             chosen = (packet, reply.raw)
@@ -191,7 +248,9 @@ async def probe_mqtt(dial: Dial, options: ProbeOptions) -> ProbeOutcome:
             session_present=connack.session_present,
             anonymous=is_anonymous(connack.level, connack.return_code),
             accepted_levels=accepted, refused_levels=refused, attempts=attempts,
-            properties=connack.properties, client_id=client_id)
+            properties=connack.properties, client_id=client_id,
+            unasked=extras.unasked if extras is not None else [],
+            sys=extras.sys if extras is not None else None)
         return ProbeOutcome(status=Status.SUCCESS, protocol=Protocol.MQTT, mqtt=result, raw=raw)
     if leftover is not None and isinstance(leftover.packet, Disconnect):
         return ProbeOutcome(status=Status.PROTOCOL_ERROR, protocol=Protocol.MQTT,

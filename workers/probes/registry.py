@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from workers.probes.amqp import probe_amqp
 from workers.probes.base import Dial, ProbeOptions, ProbeOutcome
 from workers.probes.mqtt import probe_mqtt
+from workers.probes.mqtt_ws import probe_mqtt_ws
 
 __all__ = ["PROBES", "ProbeFn"]
 
@@ -15,4 +16,5 @@ ProbeFn = Callable[[Dial, ProbeOptions], Awaitable[ProbeOutcome]]
 PROBES: dict[str, ProbeFn] = {
     "mqtt": probe_mqtt,
     "amqp": probe_amqp,
+    "mqtt-ws": probe_mqtt_ws,
 }

@@ -14,10 +14,14 @@ Spec sheet
 
   where ``<id>`` is a 2-byte length and the UTF-8 client id. After a CONNACK, a
   DISCONNECT ``E0 00`` (valid for every level: 5.0 reads an empty body as reason 0x00).
+* Only with ``--sys-version`` (opt-in), between CONNACK and DISCONNECT:
+  ``82 <len> 00 01 [00] <'$SYS/broker/version'> 00`` (SUBSCRIBE, packet id 1, QoS 0; the
+  5.0 form has an empty property length) and the matching UNSUBSCRIBE ``A2 ...``.
 * Fields recorded: the CONNACK's format level (3.x: 2-byte body; 5.0: flags, reason code
   and properties), session present, return/reason code and its name, and all 5.0 CONNACK
   properties (:class:`brokerscan.model.MqttProperties`). A DISCONNECT before any CONNACK
-  and any other packet are returned as such, so the driver can tell them apart.
+  and any other packet are returned as such, so the driver can tell them apart; PUBLISH
+  (topic, payload, QoS, retain) and SUBACK (return codes) are decoded on request.
 
 References: OASIS MQTT 3.1.1 (section 3.1, 3.2) and 5.0 (sections 1.5, 2.2, 3.1, 3.2, 3.14).
 
@@ -41,15 +45,21 @@ __all__ = [
     "MqttProperties",
     "OtherPacket",
     "Packet",
+    "Publish",
+    "SubAck",
     "build_connect",
     "build_disconnect",
+    "build_subscribe",
+    "build_unsubscribe",
+    "decode_publish",
+    "decode_suback",
     "is_anonymous",
     "is_level_refused",
     "parse_packet",
     "return_code_name",
 ]
 
-CONNECT, CONNACK, DISCONNECT, AUTH = 1, 2, 14, 15
+CONNECT, CONNACK, PUBLISH, SUBACK, UNSUBACK, DISCONNECT, AUTH = 1, 2, 3, 9, 11, 14, 15
 
 # MQTT 3.1 and 3.1.1 CONNACK return codes (3.1.1 section 3.2.2.3); 6-255 are reserved.
 RETURN_CODES_3: dict[int, str] = {
@@ -126,10 +136,31 @@ class Disconnect:
 
 @dataclass(frozen=True, slots=True)
 class OtherPacket:
-    """Any other well-formed packet: the type (1-15) and its raw body."""
+    """Any other well-formed packet: the type (1-15), its raw body and header flags."""
 
     packet_type: int
     body: bytes
+    flags: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """A decoded PUBLISH (properties of 5.0 are skipped)."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    dup: bool
+    packet_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SubAck:
+    """A decoded SUBACK: the packet id and one return / reason code per topic filter."""
+
+    packet_id: int
+    codes: tuple[int, ...]
 
 
 Packet = ConnAck | Disconnect | OtherPacket
@@ -194,6 +225,70 @@ def build_disconnect(level: int) -> bytes:
     if level not in (3, 4, 5):
         raise ValueError(f"unknown MQTT protocol level {level}")
     return bytes([DISCONNECT << 4, 0x00])  # type 14, flags 0; remaining length 0
+
+
+def _topic_packet(first: int, level: int, packet_id: int, topic: str, tail: bytes) -> bytes:
+    if level not in (3, 4, 5):
+        raise ValueError(f"unknown MQTT protocol level {level}")
+    if not 1 <= packet_id <= 0xFFFF:
+        raise ValueError("packet id must be 1-65535")
+    body = (packet_id.to_bytes(2, "big")
+            + (b"\x00" if level == 5 else b"")  # 5.0: property length 0
+            + _string(topic) + tail)
+    return bytes([first]) + _varint(len(body)) + body
+
+
+def build_subscribe(level: int, packet_id: int, topic: str) -> bytes:
+    """SUBSCRIBE to one topic filter at QoS 0 (5.0: no options, no properties).
+
+    :raises ValueError: an unknown level or a packet id outside 1-65535.
+    """
+    return _topic_packet(0x82, level, packet_id, topic, b"\x00")  # type 8, flags 0010
+
+
+def build_unsubscribe(level: int, packet_id: int, topic: str) -> bytes:
+    """UNSUBSCRIBE from one topic filter.
+
+    :raises ValueError: an unknown level or a packet id outside 1-65535.
+    """
+    return _topic_packet(0xA2, level, packet_id, topic, b"")  # type 10, flags 0010
+
+
+def decode_publish(packet: OtherPacket, level: int) -> Publish:
+    """The fields of a PUBLISH returned by :func:`parse_packet`.
+
+    :raises ValueError: ``packet`` is not a PUBLISH.
+    :raises ProtocolError: its body is malformed (a topic or property running past the
+        end, a bad topic string).
+    """
+    if packet.packet_type != PUBLISH:
+        raise ValueError(f"packet type {packet.packet_type} is not PUBLISH")
+    qos = (packet.flags >> 1) & 3
+    r = _Reader(packet.body)
+    topic = r.string()
+    packet_id = r.uint(2) if qos else None
+    if level == 5:
+        r.take(r.varint())  # properties: not recorded
+    return Publish(topic, r.data[r.pos:], qos, bool(packet.flags & 1),
+                   bool(packet.flags & 8), packet_id)
+
+
+def decode_suback(packet: OtherPacket, level: int) -> SubAck:
+    """The packet id and return codes of a SUBACK returned by :func:`parse_packet`.
+
+    :raises ValueError: ``packet`` is not a SUBACK.
+    :raises ProtocolError: a body too short, or properties running past its end.
+    """
+    if packet.packet_type != SUBACK:
+        raise ValueError(f"packet type {packet.packet_type} is not SUBACK")
+    r = _Reader(packet.body)
+    packet_id = r.uint(2)
+    if level == 5:
+        r.take(r.varint())
+    codes = tuple(r.data[r.pos:])
+    if not codes:
+        raise ProtocolError("SUBACK without a return code")
+    return SubAck(packet_id, codes)
 
 
 # -- return codes ----------------------------------------------------------------------
@@ -422,5 +517,5 @@ def parse_packet(buf: bytes, level: int, max_size: int = 65536) -> tuple[int, Pa
     elif ptype == DISCONNECT:
         packet = _parse_disconnect(body, level)
     else:
-        packet = OtherPacket(ptype, body)
+        packet = OtherPacket(ptype, body, flags)
     return end, packet

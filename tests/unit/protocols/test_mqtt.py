@@ -17,8 +17,13 @@ from workers.protocols.mqtt import (
     ConnAck,
     Disconnect,
     OtherPacket,
+    SubAck,
     build_connect,
     build_disconnect,
+    build_subscribe,
+    build_unsubscribe,
+    decode_publish,
+    decode_suback,
     is_anonymous,
     is_level_refused,
     parse_packet,
@@ -219,7 +224,7 @@ def test_disconnect_5_with_reason_and_properties():
 
 def test_other_packets():
     assert parse_packet(b"\x10\x02ab", 4) == (4, OtherPacket(1, b"ab"))
-    assert parse_packet(b"\x62\x02\x00\x01", 4) == (4, OtherPacket(6, b"\x00\x01"))
+    assert parse_packet(b"\x62\x02\x00\x01", 4) == (4, OtherPacket(6, b"\x00\x01", 2))
     assert parse_packet(b"\xf0\x00", 5) == (2, OtherPacket(15, b""))
 
 
@@ -339,3 +344,43 @@ def test_codecs_do_no_io(path):
             continue
         for name in names:
             assert name.split(".")[0] not in FORBIDDEN, f"{path.name} imports {name}"
+
+
+# -- SUBSCRIBE / PUBLISH / SUBACK (the opt-in $SYS read) ----------------------------------
+
+
+@pytest.mark.parametrize(("level", "expected"), [
+    (4, "82 18 00 01 00 13 24535953 2f62726f6b6572 2f76657273696f6e 00"),
+    (5, "82 19 00 01 00 00 13 24535953 2f62726f6b6572 2f76657273696f6e 00"),
+])
+def test_subscribe_to_the_version_topic_only(level, expected):
+    assert build_subscribe(level, 1, "$SYS/broker/version") == bytes.fromhex(expected)
+    unsubscribe = build_unsubscribe(level, 2, "$SYS/broker/version")
+    assert unsubscribe[0] == 0xA2 and unsubscribe.endswith(b"$SYS/broker/version")
+    with pytest.raises(ValueError):
+        build_subscribe(level, 0, "x")
+
+
+def _other(data, level):
+    packet = parse_packet(data, level)[1]
+    assert isinstance(packet, OtherPacket)
+    return packet
+
+
+def test_publish_and_suback_decode():
+    body = b"\x00\x13$SYS/broker/version" + b"mosquitto version 2.0.11"
+    packet = _other(b"\x31" + bytes([len(body)]) + body, 4)
+    publish = decode_publish(packet, 4)
+    assert (publish.topic, publish.payload, publish.retain, publish.qos) == (
+        "$SYS/broker/version", b"mosquitto version 2.0.11", True, 0)
+    body5 = b"\x00\x01t\x03\x01\x01\x01hi"  # 5.0: properties (payload format) skipped
+    packet5 = _other(b"\x30" + bytes([len(body5)]) + body5, 5)
+    assert decode_publish(packet5, 5).payload == b"hi"
+    suback = _other(b"\x90\x03\x00\x01\x80", 4)
+    assert decode_suback(suback, 4) == SubAck(1, (0x80,))
+    suback5 = _other(b"\x90\x04\x00\x01\x00\x87", 5)
+    assert decode_suback(suback5, 5) == SubAck(1, (0x87,))
+    with pytest.raises(ProtocolError):
+        decode_publish(OtherPacket(3, b"\x00\x09ab"), 4)
+    with pytest.raises(ValueError):
+        decode_suback(packet, 4)

@@ -20,12 +20,12 @@ def test_default_ports() -> None:
 
 
 def test_transport_suffixes_and_other_ports() -> None:
-    specs = parse_ports("8883/tcp,1883/TLS,9000,9001/tls,amqps/tcp,8883")
+    specs = parse_ports("8883/tcp,1883/TLS,9000,9002/tls,amqps/tcp,8883")
     assert [(s.port, s.tls, s.probes, s.name) for s in specs] == [
         (8883, False, ("mqtt",), "8883/mqtt"),
         (1883, True, ("mqtt",), "1883/mqtts"),
         (9000, False, ("mqtt", "amqp"), "9000/tcp"),
-        (9001, True, ("mqtt", "amqp"), "9001/tls"),
+        (9002, True, ("mqtt", "amqp"), "9002/tls"),
         (5671, False, ("amqp",), "5671/amqp"),
         (8883, True, ("mqtt",), "8883/mqtts"),  # same port, other transport: allowed
     ]
@@ -55,12 +55,12 @@ def test_portspec_is_frozen_and_hashable() -> None:
     ("1883,", None, "empty item in port list '1883,'"),
     ("", None, "no ports given"),
     ("  ", None, "no ports given"),
-    ("1883/ssl", None, "bad port '1883/ssl': unknown suffix 'ssl' (use /tls or /tcp)"),
+    ("1883/ssl", None, "bad port '1883/ssl': unknown suffix 'ssl' (did you mean 'wss'?)"),
     ("1883/tsl", None, "bad port '1883/tsl': unknown suffix 'tsl' (did you mean 'tls'?)"),
     ("/tls", None, "bad port '/tls': missing port before '/'"),
     ("1883,mqtt", None, "port 1883/tcp listed twice in '1883,mqtt'"),
     ("8883,mqtts/tls", None, "port 8883/tls listed twice in '8883,mqtts/tls'"),
-    ("1883", "http", "unknown probe 'http' (expected 'mqtt' or 'amqp')"),
+    ("1883", "http", "unknown probe 'http' (expected 'mqtt', 'amqp' or 'mqtt-ws')"),
     ("1883", "mqt", "unknown probe 'mqt' (did you mean 'mqtt'?)"),
     ("-1", None, "bad port '-1': unknown port name '-1' (use a number or mqtt, mqtts, amqp, "
                  "amqps)"),
@@ -97,3 +97,18 @@ def test_fuzz_near_valid(tokens: list[str]) -> None:
 def test_huge_number_is_a_port_error() -> None:
     with pytest.raises(PortError, match="out of range"):
         parse_ports("9" * 5000)
+
+
+def test_websocket_suffixes_web_ports_and_tls_retry() -> None:
+    specs = {s.name: s for s in parse_ports("9001/ws,443/wss,9001,80,443,9000,1883")}
+    assert (specs["9001/ws"].probes, specs["9001/ws"].tls, specs["9001/ws"].websocket) == (
+        ("mqtt-ws",), False, True)
+    assert (specs["443/wss"].probes, specs["443/wss"].tls) == (("mqtt-ws",), True)
+    assert specs["9001/tcp"].probes == ("mqtt-ws", "mqtt", "amqp")
+    assert specs["443/tls"].probes == ("mqtt-ws", "mqtt", "amqp")  # 443 is TLS by default
+    assert specs["80/tcp"].tls_retry and specs["9001/tcp"].tls_retry
+    assert not specs["1883/mqtt"].tls_retry and not specs["443/tls"].tls_retry
+    assert not parse_ports("9000/tcp")[0].tls_retry  # the transport was chosen
+    assert [s.name for s in parse_ports("9000,8883", probe="mqtt-ws")] == ["9000/ws", "8883/wss"]
+    with pytest.raises(PortError, match="9001/ws listed twice"):
+        parse_ports("9001/ws,9001/ws")

@@ -22,7 +22,7 @@ def test_a_row_has_every_column_and_the_record() -> None:
         dims = rows.dimension_values(result)
         for column in ("day", "protocol", "tls", "anonymous", "country", "asn", "status"):
             assert named[column] == dims[column]
-        assert named["tls"] == (result.transport.value == "tls")
+        assert named["tls"] == (result.transport.value in ("tls", "wss"))
 
 
 def test_addresses_are_canonical() -> None:
@@ -89,3 +89,35 @@ def test_a_record_given_is_stored_as_given() -> None:
     row = rows.observation_row(result, record=result.to_json())
     assert row[rows.COLUMNS.index("record")] == result.to_json()
     assert rows.observation_row(result, record="{}")[rows.COLUMNS.index("record")] == "{}"
+
+
+def test_product_and_mechanisms_of_amqp_and_mqtt() -> None:
+    from brokerscan.model import (
+        AmqpResult,
+        AmqpSasl,
+        AmqpServerProperties,
+        MqttProduct,
+        MqttResult,
+        Transport,
+    )
+
+    base = make_results(1)[0]
+    amqp = AmqpResult(family="0-9-1", mechanisms=["PLAIN", "AMQPLAIN"],
+                      server_properties=AmqpServerProperties(product="RabbitMQ",
+                                                             version="3.10.8"),
+                      sasl=AmqpSasl(mechanisms=["ANONYMOUS", "plain", "AMQPLAIN"],
+                                    anonymous_offered=True))
+    rabbit = base.model_copy(update={"amqp": amqp, "mqtt": None})
+    assert rows.product_of(rabbit) == ("RabbitMQ", "3.10.8")
+    assert rows.mechanisms_of(rabbit) == "ANONYMOUS PLAIN AMQPLAIN"
+    mqtt = MqttResult(protocol_level=5, return_code=0, return_code_name="accepted",
+                      session_present=False, anonymous=True,
+                      product=MqttProduct(name="Mosquitto", version="2.0.11"))
+    mosquitto = base.model_copy(update={"amqp": None, "mqtt": mqtt,
+                                        "transport": Transport.WSS})
+    assert rows.product_of(mosquitto) == ("Mosquitto", "2.0.11")
+    assert rows.mechanisms_of(mosquitto) is None
+    assert rows.dimension_values(mosquitto)["tls"] is True
+    unknown = mqtt.model_copy(update={"product": MqttProduct(name="unknown")})
+    assert rows.product_of(base.model_copy(update={"amqp": None, "mqtt": unknown})) == (
+        None, None)

@@ -59,7 +59,7 @@ _ROLLUP: Final[dict[str, tuple[str, str, Callable[[object], object]]]] = {
     "day": ("day", "day", lambda v: v),
     "protocol": ("NULLIF(protocol, '')", "protocol", lambda v: "" if v is None else v),
     "port": ("port", "port", lambda v: v),
-    "transport": ("CASE WHEN tls THEN 'tls' ELSE 'tcp' END", "tls", lambda v: v == "tls"),
+    "transport": ("transport", "transport", lambda v: v),
     "tls": ("tls", "tls", lambda v: v),
     "anonymous": (_ANON, "anonymous", lambda v: -1 if v is None else int(bool(v))),
     "country": ("NULLIF(country, '')", "country", lambda v: "" if v is None else v),
@@ -67,7 +67,6 @@ _ROLLUP: Final[dict[str, tuple[str, str, Callable[[object], object]]]] = {
     "status": ("status", "status", lambda v: v),
     "sweep_id": ("sweep_id", "sweep_id", lambda v: v),
 }
-_SERVICE_COLUMN = {"tls": "transport"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,8 +157,6 @@ def _filters(
             value = encode(value)
         else:
             col = column(name)
-            if name == "tls" and col == "transport":
-                value = "tls" if value else "tcp"
         clauses.append(f"{col} IS NULL" if value is None else f"{col} = {params.add(value)}")
     return clauses
 
@@ -301,7 +298,7 @@ def compile_services(
     where = dict(where or {})
     check_dimensions(list(where), SERVICE_DIMENSIONS)
     params = Params(dialect)
-    clauses = _filters(params, where, False, lambda n: _SERVICE_COLUMN.get(n, n))
+    clauses = _filters(params, where, False, lambda n: n)
     if seen_since is not None:
         clauses.append(f"last_seen >= {params.add(seen_since)}")
     select = "latest, first_seen, last_seen, last_changed, " + ", ".join(SERVICE_ORDER)

@@ -50,18 +50,31 @@ CREATE TABLE IF NOT EXISTS rollup (
 );
 """
 
-_ROLLUP_KEY: Final = "protocol, port, tls, anonymous, country, asn, status"
+_ROLLUP_KEY: Final = "protocol, port, transport, tls, anonymous, country, asn, status"
 
 
 def _dims(prefix: str) -> str:
     """The services_rollup key of a services row (sentinels as in PostgreSQL)."""
-    return (f"coalesce({prefix}.protocol, ''), {prefix}.port, {prefix}.tls, "
+    return (f"coalesce({prefix}.protocol, ''), {prefix}.port, {prefix}.transport, {prefix}.tls, "
             f"coalesce({prefix}.anonymous, -1), coalesce({prefix}.country, ''), "
             f"coalesce({prefix}.asn, -1), {prefix}.status")
 
 
 # The read side (issue 9): what migration 0004 does to PostgreSQL.
 _V2: Final = f"""
+CREATE TABLE rollup_v2 (
+    day TEXT NOT NULL, sweep_id TEXT NOT NULL, protocol TEXT NOT NULL,
+    port INTEGER NOT NULL, transport TEXT NOT NULL, tls INTEGER NOT NULL,
+    anonymous INTEGER NOT NULL, country TEXT NOT NULL, asn INTEGER NOT NULL,
+    status TEXT NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (day, sweep_id, protocol, port, transport, tls, anonymous, country, asn,
+                 status)
+);
+INSERT INTO rollup_v2 SELECT day, sweep_id, protocol, port,
+    CASE WHEN tls THEN 'tls' ELSE 'tcp' END, tls, anonymous, country, asn, status, n
+    FROM rollup;
+DROP TABLE rollup;
+ALTER TABLE rollup_v2 RENAME TO rollup;
 ALTER TABLE observations RENAME COLUMN amqp_product TO product;
 ALTER TABLE observations RENAME COLUMN amqp_version TO version;
 ALTER TABLE observations ADD COLUMN amqp_mechanisms TEXT;
@@ -113,13 +126,13 @@ CREATE INDEX IF NOT EXISTS services_port ON services (port);
 CREATE INDEX IF NOT EXISTS services_ip ON services (ip_num);
 
 CREATE TABLE services_rollup (
-    protocol TEXT NOT NULL, port INTEGER NOT NULL, tls INTEGER NOT NULL,
+    protocol TEXT NOT NULL, port INTEGER NOT NULL, transport TEXT NOT NULL, tls INTEGER NOT NULL,
     anonymous INTEGER NOT NULL, country TEXT NOT NULL, asn INTEGER NOT NULL,
     status TEXT NOT NULL, n INTEGER NOT NULL,
     PRIMARY KEY ({_ROLLUP_KEY})
 );
 INSERT INTO services_rollup ({_ROLLUP_KEY}, n)
-SELECT {_dims("services")}, count(*) FROM services GROUP BY 1, 2, 3, 4, 5, 6, 7;
+SELECT {_dims("services")}, count(*) FROM services GROUP BY 1, 2, 3, 4, 5, 6, 7, 8;
 CREATE TRIGGER services_inserted AFTER INSERT ON services BEGIN
     INSERT INTO services_rollup ({_ROLLUP_KEY}, n) VALUES ({_dims("new")}, 1)
     ON CONFLICT ({_ROLLUP_KEY}) DO UPDATE SET n = n + 1;

@@ -49,9 +49,10 @@ _INSERT = (
     f"VALUES ({', '.join('?' * len(_OBSERVATION_COLUMNS))})"
 )
 _ROLLUP = """
-INSERT INTO rollup (day, sweep_id, protocol, port, tls, anonymous, country, asn, status, n)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)
-ON CONFLICT (day, sweep_id, protocol, port, tls, anonymous, country, asn, status)
+INSERT INTO rollup (day, sweep_id, protocol, port, transport, tls, anonymous, country, asn,
+                    status, n)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)
+ON CONFLICT (day, sweep_id, protocol, port, transport, tls, anonymous, country, asn, status)
 DO UPDATE SET n = n + 1
 """
 #: What the current view keeps of its latest observation (every searchable column).
@@ -99,7 +100,7 @@ def _new_row(conn: sqlite3.Connection, row: tuple[Any, ...]) -> bool:
     anonymous = row[_I["anonymous"]]
     conn.execute(_ROLLUP, (
         row[_I["day"]], row[_I["sweep_id"]], row[_I["protocol"]] or "", row[_I["port"]],
-        row[_I["tls"]], -1 if anonymous is None else int(anonymous),
+        row[_I["transport"]], row[_I["tls"]], -1 if anonymous is None else int(anonymous),
         row[_I["country"]] or "", -1 if row[_I["asn"]] is None else row[_I["asn"]],
         row[_I["status"]],
     ))

@@ -66,10 +66,20 @@ CREATE INDEX services_country ON services (country);
 CREATE INDEX services_port ON services (port);
 CREATE INDEX services_last_seen ON services (last_seen);
 
+-- The history's rollup counts by transport too (tcp, tls, ws, wss): a WebSocket endpoint
+-- is not a plain one. Rows written before had only tcp and tls, told by the tls column.
+ALTER TABLE rollup ADD COLUMN transport text;
+UPDATE rollup SET transport = CASE WHEN tls THEN 'tls' ELSE 'tcp' END;
+ALTER TABLE rollup ALTER COLUMN transport SET NOT NULL;
+ALTER TABLE rollup DROP CONSTRAINT rollup_pkey;
+ALTER TABLE rollup ADD PRIMARY KEY (day, sweep_id, protocol, port, transport, tls, anonymous,
+                                    country, asn, status);
+
 -- Counts of the current view, by the census's dimensions (sentinels as in rollup).
 CREATE TABLE services_rollup (
     protocol  text     NOT NULL,  -- '' = none
     port      integer  NOT NULL,
+    transport text     NOT NULL,
     tls       boolean  NOT NULL,
     anonymous smallint NOT NULL CHECK (anonymous IN (-1, 0, 1)),  -- -1 = unknown
     country   text     NOT NULL,  -- '' = unknown
@@ -78,25 +88,25 @@ CREATE TABLE services_rollup (
     -- No CHECK (n >= 0): PostgreSQL checks the row an INSERT proposes before ON CONFLICT
     -- merges it, and a change arrives as -1 for the old key. n never ends below 0.
     n         bigint   NOT NULL,
-    PRIMARY KEY (protocol, port, tls, anonymous, country, asn, status)
+    PRIMARY KEY (protocol, port, transport, tls, anonymous, country, asn, status)
 );
 
 INSERT INTO services_rollup
-SELECT coalesce(protocol, ''), port, tls,
-       CASE anonymous WHEN TRUE THEN 1 WHEN FALSE THEN 0 ELSE -1 END,
-       coalesce(country, ''), coalesce(asn, -1), status, count(*)
-FROM services GROUP BY 1, 2, 3, 4, 5, 6, 7;
+SELECT coalesce(protocol, ''), port, transport, tls,
+           CASE anonymous WHEN TRUE THEN 1 WHEN FALSE THEN 0 ELSE -1 END,
+           coalesce(country, ''), coalesce(asn, -1), status, count(*)
+FROM services GROUP BY 1, 2, 3, 4, 5, 6, 7, 8;
 
 -- Kept by statement triggers on services from exactly the rows each statement inserted or
 -- changed (the observations trigger upserts services; its inserts and updates land here).
 CREATE FUNCTION services_inserted() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
     INSERT INTO services_rollup AS r
-    SELECT coalesce(protocol, ''), port, tls,
+    SELECT coalesce(protocol, ''), port, transport, tls,
            CASE anonymous WHEN TRUE THEN 1 WHEN FALSE THEN 0 ELSE -1 END,
            coalesce(country, ''), coalesce(asn, -1), status, count(*)
-    FROM inserted GROUP BY 1, 2, 3, 4, 5, 6, 7 ORDER BY 1, 2, 3, 4, 5, 6, 7
-    ON CONFLICT (protocol, port, tls, anonymous, country, asn, status)
+    FROM inserted GROUP BY 1, 2, 3, 4, 5, 6, 7, 8 ORDER BY 1, 2, 3, 4, 5, 6, 7, 8
+    ON CONFLICT (protocol, port, transport, tls, anonymous, country, asn, status)
     DO UPDATE SET n = r.n + excluded.n;
     RETURN NULL;
 END
@@ -105,23 +115,23 @@ $fn$;
 CREATE FUNCTION services_updated() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
     INSERT INTO services_rollup AS r
-    SELECT protocol, port, tls, anonymous, country, asn, status, sum(delta)
+    SELECT protocol, port, transport, tls, anonymous, country, asn, status, sum(delta)
     FROM (
-        SELECT coalesce(protocol, '') AS protocol, port, tls,
+        SELECT coalesce(protocol, '') AS protocol, port, transport, tls,
                CASE anonymous WHEN TRUE THEN 1 WHEN FALSE THEN 0 ELSE -1 END AS anonymous,
                coalesce(country, '') AS country, coalesce(asn, -1) AS asn, status,
                -1 AS delta
         FROM before_rows
         UNION ALL
-        SELECT coalesce(protocol, ''), port, tls,
-               CASE anonymous WHEN TRUE THEN 1 WHEN FALSE THEN 0 ELSE -1 END,
-               coalesce(country, ''), coalesce(asn, -1), status, 1
+        SELECT coalesce(protocol, ''), port, transport, tls,
+           CASE anonymous WHEN TRUE THEN 1 WHEN FALSE THEN 0 ELSE -1 END,
+           coalesce(country, ''), coalesce(asn, -1), status, 1
         FROM after_rows
     ) AS changes
-    GROUP BY 1, 2, 3, 4, 5, 6, 7
+    GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
     HAVING sum(delta) <> 0
-    ORDER BY 1, 2, 3, 4, 5, 6, 7
-    ON CONFLICT (protocol, port, tls, anonymous, country, asn, status)
+    ORDER BY 1, 2, 3, 4, 5, 6, 7, 8
+    ON CONFLICT (protocol, port, transport, tls, anonymous, country, asn, status)
     DO UPDATE SET n = r.n + excluded.n;
     RETURN NULL;
 END
@@ -143,15 +153,16 @@ DECLARE
     rounds integer;
     round integer;
 BEGIN
-    INSERT INTO rollup AS r (day, sweep_id, protocol, port, tls, anonymous, country, asn,
-                             status, n)
-    SELECT day, sweep_id, coalesce(protocol, ''), port, tls,
+    INSERT INTO rollup AS r (day, sweep_id, protocol, port, transport, tls, anonymous,
+                             country, asn, status, n)
+    SELECT day, sweep_id, coalesce(protocol, ''), port, transport, tls,
            CASE anonymous WHEN TRUE THEN 1 WHEN FALSE THEN 0 ELSE -1 END,
            coalesce(country, ''), coalesce(asn, -1), status, count(*)
     FROM added
-    GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
-    ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9
-    ON CONFLICT (day, sweep_id, protocol, port, tls, anonymous, country, asn, status)
+    GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
+    ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
+    ON CONFLICT (day, sweep_id, protocol, port, transport, tls, anonymous, country, asn,
+                 status)
     DO UPDATE SET n = r.n + excluded.n;
 
     SELECT max(n) INTO rounds

@@ -9,8 +9,8 @@ A query runs against a *view*:
 - ``at``: the current view as it was at the end of a day (each service's latest
   observation made before the next midnight).
 
-Counts whose filter and groups use only the census's dimensions (protocol, port, tls,
-anonymous, country, asn, status; and sweep in the history) read the rollups instead
+Counts whose filter and groups use only the census's dimensions (protocol, port, transport,
+tls, anonymous, country, asn, status; and sweep in the history) read the rollups instead
 (``services_rollup`` for the current view, ``rollup`` for a sweep): a few thousand rows
 instead of millions. Every leaf predicate is wrapped in ``COALESCE(..., FALSE)``, so that an
 unknown value is "does not match" and ``NOT`` turns it into "matches", as the reference
@@ -56,12 +56,13 @@ __all__ = [
 ViewKind = Literal["current", "sweep", "at"]
 
 #: Fields the rollups hold (``sweep`` only in the history's rollup).
-ROLLUP_FIELDS: Final = frozenset({"protocol", "port", "tls", "anonymous", "country", "asn",
-                                  "status", "sweep"})
+ROLLUP_FIELDS: Final = frozenset({"protocol", "port", "transport", "tls", "anonymous",
+                                  "country", "asn", "status", "sweep"})
 
 _ROLLUP_EXPR: Final = {
     "protocol": "NULLIF(protocol, '')",
     "port": "port",
+    "transport": "transport",
     "tls": "tls",
     "anonymous": "(CASE anonymous WHEN 1 THEN TRUE WHEN 0 THEN FALSE END)",
     "country": "NULLIF(country, '')",

@@ -26,7 +26,8 @@ def test_rollup_is_used_only_when_exact() -> None:
 def test_filters_map_unknown_values_to_sentinels_in_the_rollup() -> None:
     q = queries.compile_counts(PG, by=[], where={"asn": None, "anonymous": None,
                                                  "transport": "tls"})
-    assert "asn = $1" in q.sql and q.params == (-1, -1, True)
+    # the rollup keeps the transport itself (issue 12: ws and wss are not tcp and tls)
+    assert "asn = $1" in q.sql and "transport = $3" in q.sql and q.params == (-1, -1, "tls")
     q = queries.compile_counts(PG, by=[], where={"asn": None}, rollup=False)
     assert "asn IS NULL" in q.sql and q.params == ()
 

@@ -5,7 +5,9 @@
 # `pytest tests/unit` in it, so that every floor in pyproject.toml is a version brokerscan
 # really works with. The venv is rebuilt only when pyproject.toml (or the pin script, or
 # python3) changes; the install is editable, so code changes need no rebuild.
-# Extra arguments go to pytest. Needs .venv (scripts/bootstrap.sh) for `packaging`.
+# Extra arguments go to pytest: `scripts/lower_bounds.sh tests/integration` adds the
+# integration tier at the floors (about 6 minutes; worth it when a floor moves).
+# Needs .venv (scripts/bootstrap.sh) for `packaging`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

@@ -3,6 +3,9 @@
 - The whole session runs with ``BROKERSCAN_SCOPE=127.0.0.0/8`` (restored afterwards).
 - Integration tests never skip silently: a missing server program fails them, and a skip
   inside a test marked ``integration`` is reported as a failure.
+- Shared fixtures: ``names`` (a namespace of the test's own), ``redis`` (a client whose
+  namespace keys are deleted afterwards), the PostgreSQL databases of tests/pg.py
+  (``pg_url``, ``migrated_url``, ``migrated_module_url``) and the servers below.
 """
 
 from __future__ import annotations
@@ -10,13 +13,17 @@ from __future__ import annotations
 import importlib.util
 import os
 import tempfile
-from collections.abc import Generator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
+from brokerscan.names import Names
 from tests import servers
 from tests.certs import Pki, make_pki
+from tests.pg import migrated_module_url, migrated_url, pg_url  # noqa: F401  (fixtures)
+from tests.services import REDIS_URL, delete_redis_keys, new_names
 
 SCOPE = "127.0.0.0/8"
 _saved: list[dict[str, str | None]] = []
@@ -89,6 +96,24 @@ def _integration_needs_servers(request: pytest.FixtureRequest) -> None:
 
 
 # --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def names() -> Names:
+    """A namespace of the test's own (queues, exchanges, Redis keys)."""
+    return new_names()
+
+
+@pytest.fixture
+async def redis(names: Names) -> AsyncIterator[Redis]:
+    """A client of the machine's Redis; every key of ``names`` is deleted afterwards."""
+    client = Redis.from_url(REDIS_URL)
+    try:
+        yield client
+    finally:
+        await delete_redis_keys(client, names)
+        await client.aclose()
+
 
 
 @pytest.fixture(scope="session")

@@ -102,6 +102,7 @@ def mq_denied(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mq_amqtt(tmp_path_factory):
+    servers.require_amqtt()
     ip = _address(4, 1883)
     conf = tmp_path_factory.mktemp("amqtt") / "amqtt.yaml"
     conf.write_text(

@@ -218,7 +218,7 @@ def wait_for_port(
             raise ServerStartError(f"server for {host}:{port} exited during start\n{describe()}")
         if time.monotonic() > deadline:
             raise ServerStartError(f"{host}:{port} did not accept within {timeout} s\n{describe()}")
-        time.sleep(0.05)
+        time.sleep(0.05)  # a poll: the condition is the listener accepting
 
 
 # --------------------------------------------------------------------------- processes
@@ -509,7 +509,7 @@ def trickle(payload: bytes = b"HTTP/1.1 200 OK\r\n" * 8, interval: float = 1.0) 
         for index in range(len(payload)):
             writer.write(payload[index : index + 1])
             await writer.drain()
-            await asyncio.sleep(interval)
+            await asyncio.sleep(interval)  # the decoy's behaviour: a byte per interval
 
     return handle
 
@@ -554,7 +554,7 @@ def huge_length(
         writer.write(prefix)
         await writer.drain()
         for _ in range(count):
-            await asyncio.sleep(interval)
+            await asyncio.sleep(interval)  # the decoy's behaviour: a byte per interval
             writer.write(b"\x00")
             await writer.drain()
 

@@ -156,6 +156,7 @@ class MmdbSource:
         """
         try:
             import maxminddb
+            import maxminddb.reader
         except ImportError:
             raise EnrichmentError(
                 f"{path}: reading .mmdb files needs the maxminddb package "
@@ -184,9 +185,9 @@ class MmdbSource:
         self.path = path
         self.name = str(meta.database_type or path.name)
         self.date = datetime.fromtimestamp(meta.build_epoch, UTC).date().isoformat()
-        #: ``"C"`` (maxminddb.extension) or ``"Python"``: which reader decodes records
-        self.reader = "C" if type(self._reader).__module__ == "maxminddb.extension" \
-            else "Python"
+        #: ``"C"`` (maxminddb.extension) or ``"Python"``: which reader decodes records. Asked
+        #: of the pure-Python class: the C class's ``__module__`` is "builtins" before 2.6.
+        self.reader = "Python" if isinstance(self._reader, maxminddb.reader.Reader) else "C"
         self._empty = meta.node_count
         self._memo: OrderedDict[int, _Answers] = OrderedDict()
         self._geos: OrderedDict[GeoValues, GeoInfo] = OrderedDict()

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# THE test command (README, CI): bootstrap, start the services, then ruff, mypy and pytest
-# (unit and integration tiers). Extra arguments go to pytest: scripts/test.sh -k servers
+# THE test command (README, CI): bootstrap, start the services, then ruff, mypy, pytest
+# (unit and integration tiers) and the unit tier again with every dependency at its declared
+# floor (scripts/lower_bounds.sh, .venv-floor, rebuilt only when pyproject.toml changes).
+# Extra arguments go to pytest and skip the floor run: scripts/test.sh -k servers
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -21,6 +23,12 @@ case "$rc" in
     5) echo "test.sh: pytest collected no tests: that is a failure" >&2; failed+=(pytest) ;;
     *) failed+=(pytest) ;;
 esac
+if [ "$#" -eq 0 ]; then
+    echo "== pytest tests/unit at the dependency floors"
+    bash scripts/lower_bounds.sh || failed+=(floors)
+else
+    echo "== floors: skipped (pytest arguments given; scripts/lower_bounds.sh runs them)"
+fi
 
 if [ "${#failed[@]}" -gt 0 ]; then
     echo "test.sh: FAILED: ${failed[*]}" >&2

@@ -1,22 +1,31 @@
 """Session set-up and the fixtures for real servers on loopback (logic in tests/servers.py).
 
 - The whole session runs with ``BROKERSCAN_SCOPE=127.0.0.0/8`` (restored afterwards).
-- Integration tests never skip silently: a missing server program fails them, and a skip
-  inside a test marked ``integration`` is reported as a failure.
+- Integration tests never skip silently: a skip inside a test marked ``integration`` is
+  reported as a failure.
+- A test needs only the server programs it starts: starting one that is missing raises
+  ``servers.MissingServerBinary``, which fails that test (never a skip) with the one line
+  of its message. A test that needs only PostgreSQL, Redis or RabbitMQ needs no program.
+- Shared fixtures: ``names`` (a namespace of the test's own), ``redis`` (a client whose
+  namespace keys are deleted afterwards), the PostgreSQL databases of tests/pg.py
+  (``pg_url``, ``migrated_url``, ``migrated_module_url``) and the servers below.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import tempfile
-from collections.abc import Generator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
+from brokerscan.names import Names
 from tests import servers
 from tests.certs import Pki, make_pki
+from tests.pg import migrated_module_url, migrated_url, pg_url  # noqa: F401  (fixtures)
+from tests.services import REDIS_URL, delete_redis_keys, new_names
 
 SCOPE = "127.0.0.0/8"
 _saved: list[dict[str, str | None]] = []
@@ -50,45 +59,30 @@ def pytest_runtest_makereport(
     ):
         report.outcome = "failed"
         report.longrepr = f"integration test skipped, which is not allowed: {report.longrepr}"
+    if call.excinfo is not None and call.excinfo.errisinstance(servers.MissingServerBinary):
+        report.longrepr = f"{item.nodeid}: {call.excinfo.value}"  # one line, no traceback
     return report
 
 
-# --------------------------------------------------------------------------- server programs
-
-REQUIRED_PROGRAMS = {
-    "mosquitto": ("/usr/sbin/mosquitto",),
-    "mosquitto_passwd": (),
-        "rabbitmq-server": ("/usr/sbin/rabbitmq-server",),
-}
-
-
-@pytest.fixture(scope="session")
-def server_programs() -> dict[str, str]:
-    """Paths of the server programs; fails (never skips) when one is missing."""
-    found: dict[str, str] = {}
-    missing: list[str] = []
-    for name, candidates in REQUIRED_PROGRAMS.items():
-        try:
-            found[name] = servers.require_binary(name, *candidates)
-        except servers.MissingServerBinary:
-            missing.append(name)
-    if importlib.util.find_spec("amqtt") is None:
-        missing.append("amqtt (Python package)")
-    if missing:
-        pytest.fail(
-            f"server programs missing: {', '.join(missing)}; run scripts/bootstrap.sh as root",
-            pytrace=False,
-        )
-    return found
-
-
-@pytest.fixture(autouse=True)
-def _integration_needs_servers(request: pytest.FixtureRequest) -> None:
-    if request.node.get_closest_marker("integration"):
-        request.getfixturevalue("server_programs")
-
-
 # --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def names() -> Names:
+    """A namespace of the test's own (queues, exchanges, Redis keys)."""
+    return new_names()
+
+
+@pytest.fixture
+async def redis(names: Names) -> AsyncIterator[Redis]:
+    """A client of the machine's Redis; every key of ``names`` is deleted afterwards."""
+    client = Redis.from_url(REDIS_URL)
+    try:
+        yield client
+    finally:
+        await delete_redis_keys(client, names)
+        await client.aclose()
+
 
 
 @pytest.fixture(scope="session")

@@ -2,9 +2,12 @@
 
 Every helper starts a real server (a Mosquitto, amqtt or RabbitMQ process, or a small asyncio
 server in a background thread), waits until its listener accepts, and returns an object with
-``host``, ``port`` and ``stop()``. The pytest fixtures in ``tests/conftest.py`` wrap them. A
-missing server binary raises :class:`MissingServerBinary`; the fixtures turn that into a test
-failure, never a skip.
+``host``, ``port`` and ``stop()``. The pytest fixtures in ``tests/conftest.py`` wrap them.
+Only the tests that start a program need it: :func:`require_binary` (called wherever a
+program is started) raises :class:`MissingServerBinary`, which fails that test (never a
+skip) with the one line of its message; a test that starts no program runs without any.
+``BROKERSCAN_TEST_PROGRAM_PATH``, if set, is the only search path for programs (how
+tests/integration/test_program_needs.py hides Mosquitto).
 
 Address plan (all of 127.0.0.0/8 is loopback on Linux; a fresh address per server lets every
 server sit on its protocol's standard port without collisions):
@@ -43,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
+import importlib.util
 import ipaddress
 import json
 import os
@@ -81,6 +85,7 @@ __all__ = [
     "garbage",
     "http_response",
     "huge_length",
+    "require_amqtt",
     "require_binary",
     "server_ssl_context",
     "reset_at_once",
@@ -104,17 +109,38 @@ class MissingServerBinary(RuntimeError):
     """A server program that the integration tests need is not installed."""
 
 
+#: If set: the only directories searched for server programs (instead of PATH and the
+#: usual places outside it).
+PROGRAM_PATH = "BROKERSCAN_TEST_PROGRAM_PATH"
+
+
 def require_binary(name: str, *candidates: str) -> str:
-    """The path of program ``name`` (on PATH or at one of ``candidates``), or raise."""
-    found = shutil.which(name)
+    """The path of program ``name`` (on PATH or at one of ``candidates``), or raise.
+
+    :raises MissingServerBinary: naming the program and how to install it
+    """
+    search = os.environ.get(PROGRAM_PATH)
+    found = shutil.which(name, path=search)
     if found:
         return found
-    for path in candidates:
+    for path in candidates if search is None else ():
         if os.access(path, os.X_OK):
             return path
     raise MissingServerBinary(
-        f"{name} is not installed; run scripts/bootstrap.sh as root (integration tests need it)"
+        f"this test needs {name}, which is not installed; run scripts/bootstrap.sh as root"
     )
+
+
+def require_amqtt() -> None:
+    """Check the amqtt broker (a package of the test extra) is installed, or raise."""
+    search = os.environ.get(PROGRAM_PATH)
+    if search is None:
+        found = importlib.util.find_spec("amqtt") is not None
+    else:
+        found = shutil.which("amqtt", path=search) is not None
+    if not found:
+        raise MissingServerBinary(
+            "this test needs amqtt, which is not installed; run scripts/bootstrap.sh")
 
 
 # --------------------------------------------------------------------------- addresses
@@ -200,7 +226,7 @@ def wait_for_port(
             raise ServerStartError(f"server for {host}:{port} exited during start\n{describe()}")
         if time.monotonic() > deadline:
             raise ServerStartError(f"{host}:{port} did not accept within {timeout} s\n{describe()}")
-        time.sleep(0.05)
+        time.sleep(0.05)  # a poll: the condition is the listener accepting
 
 
 # --------------------------------------------------------------------------- processes
@@ -347,6 +373,7 @@ def start_mosquitto(
 
 def start_amqtt(workdir: Path, host: str, port: int) -> ServerProcess:
     """Start an amqtt broker (MQTT 3.1.1, anonymous allowed) in a subprocess."""
+    require_amqtt()
     workdir.mkdir(parents=True, exist_ok=True)
     config = {  # JSON is YAML, and needs no YAML writer
         "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
@@ -490,7 +517,7 @@ def trickle(payload: bytes = b"HTTP/1.1 200 OK\r\n" * 8, interval: float = 1.0) 
         for index in range(len(payload)):
             writer.write(payload[index : index + 1])
             await writer.drain()
-            await asyncio.sleep(interval)
+            await asyncio.sleep(interval)  # the decoy's behaviour: a byte per interval
 
     return handle
 
@@ -535,7 +562,7 @@ def huge_length(
         writer.write(prefix)
         await writer.drain()
         for _ in range(count):
-            await asyncio.sleep(interval)
+            await asyncio.sleep(interval)  # the decoy's behaviour: a byte per interval
             writer.write(b"\x00")
             await writer.drain()
 

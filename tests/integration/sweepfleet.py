@@ -12,11 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -27,9 +25,9 @@ import asyncpg
 from brokerscan.model import ScanResult
 from brokerscan.stream.publisher import message_key
 from brokerscan.stream.wire import message_lines
-
-ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+from tests import pg
+from tests.services import BROKER_URL, RABBIT_URL, REDIS_URL, new_names
+from tests.waiting import wait_for
 
 
 class Fleet:
@@ -38,15 +36,14 @@ class Fleet:
     def __init__(self, workdir: Path, *, broker_url: str | None = None,
                  results_url: str | None = None) -> None:
         self.workdir = workdir
-        self.namespace = f"t{secrets.token_hex(5)}"
-        self.database = f"brokerscan_test_{secrets.token_hex(6)}"
-        self.database_url = f"postgresql://postgres@127.0.0.1:5432/{self.database}"
+        self.namespace = new_names().namespace
+        self.database_url = pg.new_database_url()
         self.env = {**os.environ,
                     "BROKERSCAN_NAMESPACE": self.namespace,
                     "BROKERSCAN_DATABASE_URL": self.database_url,
                     "BROKERSCAN_SCOPE": "127.0.0.0/8",
-                    "BROKERSCAN_REDIS_URL": "redis://127.0.0.1:6379/0",
-                    "BROKERSCAN_BROKER_URL": broker_url or "amqp://guest:guest@127.0.0.1:5672//",
+                    "BROKERSCAN_REDIS_URL": REDIS_URL,
+                    "BROKERSCAN_BROKER_URL": broker_url or BROKER_URL,
                     "BROKERSCAN_RESULTS_URL": results_url or RABBIT_URL}
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.results_queue = f"{self.namespace}.test-results"
@@ -54,16 +51,9 @@ class Fleet:
     # -- set-up and tear-down ----------------------------------------------------------
 
     def setup(self) -> None:
-        asyncio.run(self._create_database())
+        asyncio.run(pg.create_database(self.database_url))
         self.cli("db", "migrate")
         asyncio.run(self._bind_results())
-
-    async def _create_database(self) -> None:
-        admin = await asyncpg.connect(ADMIN_URL)
-        try:
-            await admin.execute(f'CREATE DATABASE "{self.database}"')
-        finally:
-            await admin.close()
 
     async def _bind_results(self) -> None:
         connection = await aio_pika.connect(RABBIT_URL)
@@ -90,11 +80,7 @@ class Fleet:
             for exchange in (f"{self.namespace}.results", f"{self.namespace}.tasks",
                              f"{self.namespace}.enriched", f"{self.namespace}.dead"):
                 await channel.exchange_delete(exchange)
-        admin = await asyncpg.connect(ADMIN_URL)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await pg.drop_database(self.database_url)
 
     # -- processes -----------------------------------------------------------------------
 
@@ -152,23 +138,24 @@ class Fleet:
     def status(self, sweep_id: str) -> dict[str, Any]:
         return dict(json.loads(self.cli("sweep", "status", sweep_id, "--format", "json").stdout))
 
+    def logs(self) -> str:
+        return "\n".join(f"--- {n}\n{self.log(n)}" for n in self.processes)
+
     def wait_state(self, sweep_id: str, states: set[str], timeout: float = 120) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            status = self.status(sweep_id)
-            if status["state"] in states:
-                return status
-            if time.monotonic() > deadline:
-                logs = "\n".join(f"--- {n}\n{self.log(n)}" for n in self.processes)
-                raise AssertionError(f"sweep {sweep_id} still {status}\n{logs}")
-            time.sleep(0.5)
+        last: dict[str, Any] = {}
+
+        def reached() -> dict[str, Any] | None:
+            last.update(self.status(sweep_id))
+            return dict(last) if last["state"] in states else None
+
+        found = wait_for(reached, timeout, f"sweep {sweep_id} to be {' or '.join(states)}",
+                         detail=lambda: f"status {last}\n{self.logs()}", every=0.5)
+        assert found is not None
+        return found
 
     def wait_for(self, sweep_id: str, what: str, test: Any, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while not test(self.status(sweep_id)):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"sweep {sweep_id}: {what} did not happen")
-            time.sleep(0.2)
+        wait_for(lambda: test(self.status(sweep_id)), timeout, f"sweep {sweep_id}: {what}",
+                 detail=self.logs, every=0.2)
 
     def shards(self, sweep_id: str) -> list[dict[str, Any]]:
         async def fetch() -> list[dict[str, Any]]:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from tests import servers
 from tests.faultproxy import FaultProxy
+from tests.waiting import HANG, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -53,11 +53,8 @@ def _roundtrip(sock: socket.socket, payload: bytes) -> bytes:
     return got
 
 
-def _eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
+def _eventually(check: Callable[[], bool], timeout: float = HANG) -> None:
+    wait_for(check, timeout, "the proxy's connection count")
 
 
 def test_forwards_both_ways_and_counts(proxy: FaultProxy, echo: servers.DecoyServer) -> None:

@@ -12,10 +12,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from storage import migrate, partitions
+from storage import partitions
 from storage.pgstore import PgStore
-from tests.pg import fresh_database
 from tests.unit.storage.gen import make_results, sweeps
+from tests.waiting import HANG, wait_for_async
 
 pytestmark = pytest.mark.integration
 
@@ -23,15 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-async def url() -> AsyncIterator[str]:
-    async with fresh_database() as u:
-        await migrate.migrate(u)
-        yield u
-
-
-@pytest.fixture
-async def store(url: str) -> AsyncIterator[PgStore]:
-    s = await PgStore.open(url)
+async def store(migrated_url: str) -> AsyncIterator[PgStore]:
+    s = await PgStore.open(migrated_url)
     yield s
     await s.close()
 
@@ -42,13 +35,13 @@ async def rows_per_partition(conn: asyncpg.Connection) -> dict[str, int]:
     return {r["p"]: r["n"] for r in rows}
 
 
-async def test_rollover_across_midnight(store: PgStore, url: str) -> None:
+async def test_rollover_across_midnight(store: PgStore, migrated_url: str) -> None:
     before = datetime(2026, 5, 1, 23, 59, 59, tzinfo=UTC)
     after = datetime(2026, 5, 2, 0, 0, 1, tzinfo=UTC)
     results = (make_results(20, seed=1, sweep_list=[("sw-late", before)])
                + make_results(30, seed=2, sweep_list=[("sw-early", after)]))
     assert await store.write(results) == 50
-    conn = await asyncpg.connect(url)
+    conn = await asyncpg.connect(migrated_url)
     try:
         assert await rows_per_partition(conn) == {
             "observations_p20260501": 20, "observations_p20260502": 30}
@@ -58,8 +51,8 @@ async def test_rollover_across_midnight(store: PgStore, url: str) -> None:
     assert days == [{"day": date(2026, 5, 1), "count": 20}, {"day": date(2026, 5, 2), "count": 30}]
 
 
-async def test_premake_is_idempotent_and_race_safe(url: str) -> None:
-    conns = [await asyncpg.connect(url) for _ in range(4)]
+async def test_premake_is_idempotent_and_race_safe(migrated_url: str) -> None:
+    conns = [await asyncpg.connect(migrated_url) for _ in range(4)]
     try:
         made = await asyncio.gather(*(partitions.ensure_partitions(c, 3) for c in conns))
         today = datetime.now(UTC).date()
@@ -73,10 +66,11 @@ async def test_premake_is_idempotent_and_race_safe(url: str) -> None:
             await c.close()
 
 
-async def test_retention_detaches_and_drops_old_partitions(store: PgStore, url: str) -> None:
+async def test_retention_detaches_and_drops_old_partitions(store: PgStore,
+                                                           migrated_url: str) -> None:
     sw = sweeps(5, start=datetime(2026, 1, 10, 12, tzinfo=UTC))  # Jan 10 .. Jan 14
     await store.write(make_results(100, seed=3, sweep_list=sw))
-    conn = await asyncpg.connect(url)
+    conn = await asyncpg.connect(migrated_url)
     try:
         before = await rows_per_partition(conn)
         dropped = await partitions.drop_expired(conn, 3, today=date(2026, 1, 15))
@@ -95,8 +89,8 @@ async def test_retention_detaches_and_drops_old_partitions(store: PgStore, url: 
         await conn.close()
 
 
-async def test_default_partition_is_watched(store: PgStore, url: str) -> None:
-    conn = await asyncpg.connect(url)
+async def test_default_partition_is_watched(store: PgStore, migrated_url: str) -> None:
+    conn = await asyncpg.connect(migrated_url)
     try:
         # A day no partition covers: a row written around the store lands in the default.
         await conn.execute(
@@ -130,32 +124,31 @@ asyncio.run(main())
 """
 
 
-async def test_writer_killed_mid_batch_leaves_nothing(store: PgStore, url: str) -> None:
+async def test_writer_killed_mid_batch_leaves_nothing(store: PgStore, migrated_url: str) -> None:
     n = 40_000
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _WRITER, url, str(n), cwd=ROOT, stdout=asyncio.subprocess.PIPE)
+        sys.executable, "-c", _WRITER, migrated_url, str(n), cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE)
     assert proc.stdout is not None
-    conn = await asyncpg.connect(url)
+    conn = await asyncpg.connect(migrated_url)
     try:
         assert (await proc.stdout.readline()).strip() == b"ready"
-        pid = None
-        for _ in range(3000):  # until the COPY (and its trigger) runs in its transaction
-            pid = await conn.fetchval(
+        pid = await wait_for_async(  # until the COPY (and its trigger) runs in its transaction
+            lambda: conn.fetchval(
                 """SELECT pid FROM pg_stat_activity WHERE datname = current_database()
                    AND application_name = 'brokerscan' AND state = 'active'
-                   AND query LIKE 'COPY %observations%'""")
-            if pid is not None:
-                break
-            await asyncio.sleep(0.005)
+                   AND query LIKE 'COPY %observations%'"""),
+            3 * HANG, "the writer's COPY to be active", every=0.005)  # the COPY is brief
         assert pid is not None, "the writer never reached its COPY"
         proc.send_signal(signal.SIGKILL)
         await proc.wait()
         assert b"committed" not in await proc.stdout.read()  # killed before the commit
-        for _ in range(1000):  # the server ends the orphaned transaction
-            if not await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
-                                       pid):
-                break
-            await asyncio.sleep(0.02)
+
+        async def ended() -> bool:
+            return not await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid)
+
+        await wait_for_async(ended, 20, "the server to end the killed writer's transaction")
         for table in ("observations", "rollup", "services"):
             assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 0, table
     finally:

@@ -16,7 +16,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from uuid import uuid4
 
 import aio_pika
 import aio_pika.abc
@@ -28,10 +27,11 @@ from brokerscan.stream.publisher import PublisherError, ResultPublisher, message
 from brokerscan.stream.wire import BATCH_CONTENT_TYPE, COUNT_HEADER, batch_id, message_lines
 from tests import servers
 from tests.faultproxy import FaultProxy
+from tests.services import RABBIT_URL
+from tests.waiting import HANG, holds_for_async, wait_for_async
 
 pytestmark = pytest.mark.integration
 
-RABBIT = "amqp://guest:guest@127.0.0.1:5672/%2F"
 OBSERVED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 _STATUSES = [Status.SUCCESS, Status.CONNECTION_REFUSED, Status.CONNECTION_TIMEOUT]
 
@@ -154,13 +154,8 @@ def check_message(message: aio_pika.abc.AbstractIncomingMessage) -> Received:
 
 
 @pytest.fixture
-def names() -> Names:
-    return Names(f"t{uuid4().hex[:10]}")
-
-
-@pytest.fixture
 async def collector(rabbitmq: servers.Endpoint, names: Names) -> AsyncIterator[Collector]:
-    connection = await aio_pika.connect(RABBIT)
+    connection = await aio_pika.connect(RABBIT_URL)
     channel = await connection.channel()
     collector = Collector(channel, names)
     try:
@@ -187,14 +182,6 @@ async def publish_all(publisher: ResultPublisher, results: list[ScanResult],
     await publisher.flush()
 
 
-async def until(check: Callable[[], bool], limit: float = 30.0) -> None:
-    """Poll ``check`` (a publisher counter) until it holds; fail after ``limit`` seconds."""
-    deadline = time.monotonic() + limit
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
-
-
 def confirmed_at_least(publisher: ResultPublisher, count: int) -> Callable[[], bool]:
     return lambda: publisher.confirmed >= count
 
@@ -218,7 +205,7 @@ def test_keys_are_deterministic() -> None:
 async def test_every_result_arrives_once_confirmed(collector: Collector, names: Names) -> None:
     await collector.bind()
     results = make_results(20_000)
-    publisher = ResultPublisher(RABBIT, names)
+    publisher = ResultPublisher(RABBIT_URL, names)
     await publisher.start()
     try:
         await publish_all(publisher, results)
@@ -258,7 +245,7 @@ async def test_messages_split_by_size_routing_key_sweep_and_shard(
     ids_per_run: list[collections.Counter[str]] = []
     for _ in range(2):
         seen = len(collector.messages)
-        publisher = ResultPublisher(RABBIT, names, results_per_message=7)
+        publisher = ResultPublisher(RABBIT_URL, names, results_per_message=7)
         await publisher.start()
         try:
             for (_, _, shard), part in groups.items():
@@ -268,7 +255,8 @@ async def test_messages_split_by_size_routing_key_sweep_and_shard(
             assert publisher.confirmed == 18 * 23 and publisher.messages == 72
         finally:
             await publisher.close()
-        await until(lambda: len(collector.messages) >= seen + 72)  # noqa: B023
+        await wait_for_async(lambda: len(collector.messages) >= seen + 72,  # noqa: B023
+                             30, "the run's 72 messages")
         run = collector.messages[seen:]
         for received in run:
             assert 1 <= len(received.results) <= 7
@@ -288,7 +276,7 @@ async def test_messages_split_by_size_routing_key_sweep_and_shard(
 async def test_one_result_per_message_still_works(collector: Collector, names: Names) -> None:
     await collector.bind()
     results = make_results(300, sweep=None)
-    publisher = ResultPublisher(RABBIT, names, results_per_message=1)
+    publisher = ResultPublisher(RABBIT_URL, names, results_per_message=1)
     await publisher.start()
     try:
         await publish_all(publisher, results, shard=None)
@@ -310,7 +298,7 @@ async def test_a_small_group_is_not_held_back_by_a_busy_one(
     await collector.bind()
     rare = make_results(1, sweep="rare")[0]
     busy = make_results(100_000, sweep="busy", statuses=[Status.CONNECTION_REFUSED])
-    publisher = ResultPublisher(RABBIT, names, flush_interval=0.2)
+    publisher = ResultPublisher(RABBIT_URL, names, flush_interval=0.2)
     await publisher.start()
     try:
         publisher.add(rare)
@@ -325,7 +313,9 @@ async def test_a_small_group_is_not_held_back_by_a_busy_one(
         await publisher.flush()
     finally:
         await publisher.close()
-    assert took < 2.0
+    # "Within about flush_interval" is a latency figure; on a loaded machine it is not a
+    # test (the report shows it). behind < len(busy) above is the claim: not held back.
+    assert took < 0.2 + HANG  # a hang, not a speed test
     report(f"a rare result arrived after {took:.2f} s, {behind:,} busy results behind it")
 
 
@@ -343,7 +333,9 @@ async def test_flush_and_wait_ready_block_while_the_broker_is_stalled(
             publisher.add(result)
         waiter = asyncio.create_task(publisher.wait_ready())
         flusher = asyncio.create_task(publisher.flush())
-        await asyncio.sleep(1.0)
+        # Both stay blocked while the broker is stalled (a window of the scenario).
+        await holds_for_async(lambda: not waiter.done() and not flusher.done(), 1.0,
+                              "wait_ready() and flush() blocked")
         assert not waiter.done() and not flusher.done()
         assert publisher.pending == 1_000 and publisher.confirmed == 100
         proxy.resume()
@@ -377,7 +369,8 @@ async def test_connection_cut_mid_stream_loses_nothing(
                 issued = publisher.messages
                 for result in chunk[:1_000]:
                     publisher.add(result)
-                await until(lambda: publisher.messages > issued)  # noqa: B023
+                await wait_for_async(lambda: publisher.messages > issued,  # noqa: B023
+                                     30, "a message issued into the stall")
                 assert publisher.pending == 1_000
                 assert await asyncio.to_thread(proxy.cut) == 1
                 proxy.resume()
@@ -414,7 +407,7 @@ async def test_stall_beyond_the_retry_budget_fails_flush_clearly(
         with pytest.raises(PublisherError, match=r"50 result\(s\) still unconfirmed after "
                            r"retrying for .* \(budget 1.5 s\); last error: "):
             await publisher.flush()
-        assert time.monotonic() - started < 10
+        assert time.monotonic() - started < 1.5 + HANG  # the retry budget; the rest: a hang
         with pytest.raises(PublisherError):
             await publisher.wait_ready()
         with pytest.raises(PublisherError):
@@ -430,19 +423,19 @@ async def test_stall_beyond_the_retry_budget_fails_flush_clearly(
 async def test_returned_and_nacked_messages_are_retried(
     collector: Collector, names: Names
 ) -> None:
-    publisher = ResultPublisher(RABBIT, names, results_per_message=4, declare_queue=False)
+    publisher = ResultPublisher(RABBIT_URL, names, results_per_message=4, declare_queue=False)
     await publisher.start()  # declares the exchange; nothing is bound to it yet
     results = make_results(24)  # 8 of each routing key: 6 messages of 4
     try:
         for result in results:
             publisher.add(result)
         flusher = asyncio.create_task(publisher.flush())
-        await until(lambda: publisher.returned >= 6)
+        await wait_for_async(lambda: publisher.returned >= 6, 30, "6 messages returned")
         assert not flusher.done() and publisher.messages % 6 == 0
         # A queue that rejects what it has no room for: the broker nacks those publishes...
         await collector.bind(consume=False,
                              arguments={"x-max-length": 2, "x-overflow": "reject-publish"})
-        await until(lambda: publisher.nacked >= 4)
+        await wait_for_async(lambda: publisher.nacked >= 4, 30, "4 messages nacked")
         assert not flusher.done() and publisher.confirmed == 8  # two messages of 4
         await collector.consume()  # ...until a consumer makes room
         async with asyncio.timeout(30):

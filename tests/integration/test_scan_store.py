@@ -11,9 +11,7 @@ import sys
 
 import pytest
 
-from storage.migrate import migrate
 from storage.store import open_store
-from tests.pg import fresh_database
 
 pytestmark = pytest.mark.integration
 
@@ -52,12 +50,10 @@ async def test_scan_into_the_embedded_store(tmp_path):
     assert again.returncode == 0 and "new observations" in again.stderr
 
 
-async def test_scan_into_postgresql():
-    async with fresh_database() as url:
-        await migrate(url)
-        proc = scan("--store", url)
-        assert proc.returncode == 0, proc.stderr
-        await check_store(url, json.loads(proc.stdout))
+async def test_scan_into_postgresql(migrated_url):
+    proc = scan("--store", migrated_url)
+    assert proc.returncode == 0, proc.stderr
+    await check_store(migrated_url, json.loads(proc.stdout))
 
 
 @pytest.mark.parametrize(("store", "needle"), [

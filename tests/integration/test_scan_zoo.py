@@ -18,6 +18,7 @@ import sys
 import pytest
 
 from tests import servers
+from tests.waiting import HANG
 
 pytestmark = pytest.mark.integration
 
@@ -109,7 +110,7 @@ def test_zoo(tmp_path, mosquitto_anon, mosquitto_password, mosquitto_tls,
     assert at(huge)["status"] == "protocol-error"
 
     for record in r.values():
-        assert record["duration_ms"] < (TIMEOUT + 2) * 1000, record
+        assert record["duration_ms"] < (TIMEOUT + HANG) * 1000, record  # --timeout; a hang
         assert record["raw"] is None or len(record["raw"]) <= 4096 * 4 // 3 + 4
     assert all(ip != empty for ip, _ in r)  # refused ports are counted, not written
 

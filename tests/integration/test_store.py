@@ -13,13 +13,12 @@ from pathlib import Path
 import pytest
 
 from brokerscan.model import Protocol, ScanResult, Status
-from storage import migrate
 from storage.pgstore import PgStore
 from storage.queries import DIMENSIONS
 from storage.rows import dimension_values
 from storage.sqlitestore import SqliteStore
 from storage.store import Store, open_store
-from tests.pg import fresh_database
+from tests.pg import migrated_database
 from tests.unit.storage.gen import make_result, make_results, sweeps
 
 pytestmark = pytest.mark.integration
@@ -33,8 +32,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         yield s
         await s.close()
         return
-    async with fresh_database() as url:
-        await migrate.migrate(url)
+    async with migrated_database() as url:
         s = await open_store(url)
         assert isinstance(s, PgStore)
         yield s
@@ -236,26 +234,24 @@ async def test_bad_input_is_refused(store: Store) -> None:
     assert await store.counts(by=[]) == [{"count": 0}]
 
 
-async def test_concurrent_writers_with_overlapping_batches_count_once() -> None:
+async def test_concurrent_writers_with_overlapping_batches_count_once(migrated_url: str) -> None:
     """Two PostgreSQL stores (two connections) write overlapping batches at the same time:
     one of them meets the other's keys (its COPY waits, then fails on the unique key and
     the batch is merged; a deadlock victim is written again), yet every observation,
     rollup count and service counts once."""
     results = make_results(3000, seed=21)
-    async with fresh_database() as url:
-        await migrate.migrate(url)
-        one, two = await PgStore.open(url), await PgStore.open(url)
-        try:
-            batches = [results[i:i + 500] for i in range(0, 3000, 250)]  # each row twice
-            added = await asyncio.gather(*(
-                (one if n % 2 else two).write(batch) for n, batch in enumerate(batches)))
-            assert sum(added) == 3000
-            assert (await one.counts(by=[]))[0]["count"] == 3000
-            assert (await one.counts(by=[], rollup=False))[0]["count"] == 3000
-            assert as_pairs(await one.counts(by=["port", "status"]), ["port", "status"]) == \
-                python_counts(results, ["port", "status"])
-            services, _ = await one.services(limit=5000)
-            assert len(services) == len({(r.ip, r.port, r.transport.value) for r in results})
-        finally:
-            await one.close()
-            await two.close()
+    one, two = await PgStore.open(migrated_url), await PgStore.open(migrated_url)
+    try:
+        batches = [results[i:i + 500] for i in range(0, 3000, 250)]  # each row twice
+        added = await asyncio.gather(*(
+            (one if n % 2 else two).write(batch) for n, batch in enumerate(batches)))
+        assert sum(added) == 3000
+        assert (await one.counts(by=[]))[0]["count"] == 3000
+        assert (await one.counts(by=[], rollup=False))[0]["count"] == 3000
+        assert as_pairs(await one.counts(by=["port", "status"]), ["port", "status"]) == \
+            python_counts(results, ["port", "status"])
+        services, _ = await one.services(limit=5000)
+        assert len(services) == len({(r.ip, r.port, r.transport.value) for r in results})
+    finally:
+        await one.close()
+        await two.close()

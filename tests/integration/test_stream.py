@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 
@@ -14,6 +14,7 @@ import aio_pika
 import pytest
 
 from brokerscan.model import ScanResult, Status, Transport
+from brokerscan.names import Names
 from brokerscan.settings import Settings
 from brokerscan.stream.publisher import ResultPublisher
 from brokerscan.stream.status import stream_status
@@ -22,14 +23,13 @@ from brokerscan.stream.wire import BATCH_CONTENT_TYPE, batch_id, batch_message, 
 from enrichment.consumer import EnrichmentWorker
 from enrichment.lookup import Enricher, open_enricher
 from storage.consumer import StoreWriter, is_unreachable
-from storage.migrate import migrate
 from storage.pgstore import PgStore
 from tests.faultproxy import FaultProxy
-from tests.pg import fresh_database
+from tests.services import RABBIT_URL
+from tests.waiting import wait_for_async
 
 pytestmark = pytest.mark.integration
 
-RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 STARTED = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
 
@@ -39,15 +39,8 @@ def enricher() -> Enricher:
 
 
 @pytest.fixture
-async def pg() -> AsyncIterator[str]:
-    async with fresh_database() as url:
-        await migrate(url)
-        yield url
-
-
-@pytest.fixture
-async def store(pg: str) -> AsyncIterator[PgStore]:
-    opened = await PgStore.open(pg)
+async def store(migrated_url: str) -> AsyncIterator[PgStore]:
+    opened = await PgStore.open(migrated_url)
     yield opened
     await opened.close()
 
@@ -65,9 +58,9 @@ def result(i: int, *, port: int = 1883) -> ScanResult:
 
 
 @pytest.fixture
-async def settings() -> AsyncIterator[Settings]:
+async def settings(names: Names) -> AsyncIterator[Settings]:
     """A namespace of its own; every queue and exchange of it deleted afterwards."""
-    s = Settings(namespace=f"t{secrets.token_hex(5)}", results_url=RABBIT_URL)
+    s = Settings(namespace=names.namespace, results_url=RABBIT_URL)
     yield s
     await delete_stream(RABBIT_URL, s.names())
 
@@ -93,40 +86,39 @@ async def publish_raw(settings: Settings, body: bytes, message_id: str, key: str
 
 
 async def until_stored(store: PgStore, count: int, limit: float = 60.0) -> None:
-    deadline = asyncio.get_running_loop().time() + limit
-    while await stored(store) < count:
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{await stored(store)} of {count} stored in time")
-        await asyncio.sleep(0.1)
+    async def enough() -> bool:
+        return await stored(store) >= count
+
+    await wait_for_async(enough, limit, f"{count} observations stored")
 
 
 async def until_drained(settings: Settings, enrich: EnrichmentWorker, write: StoreWriter,
                         limit: float = 30.0) -> None:
     """Until both queues are empty, everything enriched has been written (some enriched
     results may be written twice: their raw message came back after a lost ack) and
-    nothing moved for three polls."""
-    deadline = asyncio.get_running_loop().time() + limit
-    quiet, last = 0, (-1, -1)
-    while True:
+    nothing moved for 0.3 s."""
+    quiet_since: float | None = None
+    last, seen = (-1, -1), ""
+
+    async def drained() -> bool:
+        nonlocal quiet_since, last, seen
         status = await stream_status(settings.results_url, settings.names(), peek=0)
         now = (enrich.consumed, write.consumed)
         idle = (status.raw.messages, status.enriched.messages) == (0, 0) \
             and write.written >= enrich.enriched and now == last
-        quiet, last = (quiet + 1 if idle else 0), now
-        if quiet == 3:
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"stream not drained: {status}, {enrich.enriched} enriched, "
-                                 f"{write.written} written")
-        await asyncio.sleep(0.1)
+        last, seen = now, f"{status}, {enrich.enriched} enriched, {write.written} written"
+        if not idle:
+            quiet_since = None
+            return False
+        quiet_since = quiet_since or time.monotonic()
+        return time.monotonic() - quiet_since >= 0.3
+
+    await wait_for_async(drained, limit, "the stream drained, then quiet for 0.3 s",
+                         detail=lambda: seen)
 
 
-async def until(test: Callable[[], bool], limit: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + limit
-    while not test():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
+async def until(test: Callable[[], bool], what: str, limit: float = 30.0) -> None:
+    await wait_for_async(test, limit, what)
 
 
 async def test_enrich_and_store_with_dead_letters(settings: Settings, store: PgStore,
@@ -142,7 +134,7 @@ async def test_enrich_and_store_with_dead_letters(settings: Settings, store: PgS
     await publish(settings, [result(i) for i in range(300, 400)])
     runners = [asyncio.create_task(enrich.run()), asyncio.create_task(write.run())]
     try:
-        await until(lambda: enrich.dead_lettered == 2)
+        await until(lambda: enrich.dead_lettered == 2, "2 dead letters")
         await until_stored(store, 400)
     finally:
         enrich.stop()
@@ -186,7 +178,8 @@ async def test_bad_lines_of_a_batch_are_dead_lettered_alone(settings: Settings, 
         enrich = EnrichmentWorker(settings, enricher)
         runner = asyncio.create_task(enrich.run())
         try:
-            await until(lambda: enrich.enriched == 10 and enrich.dead_lettered == 2)
+            await until(lambda: enrich.enriched == 10 and enrich.dead_lettered == 2,
+                        "10 enriched, 2 dead letters")
         finally:
             enrich.stop()
             await runner
@@ -207,10 +200,11 @@ async def test_bad_lines_of_a_batch_are_dead_lettered_alone(settings: Settings, 
     assert {d.stage for d in letters.values()} == {"enrich"}
 
 
-async def test_store_down_holds_batch_then_lands(settings: Settings, pg: str,
+async def test_store_down_holds_batch_then_lands(settings: Settings, migrated_url: str,
                                                  enricher: Enricher) -> None:
     proxy = FaultProxy("127.0.0.1", 5432)
-    store = await PgStore.open(pg.replace("127.0.0.1:5432", f"{proxy.host}:{proxy.port}"))
+    store = await PgStore.open(migrated_url.replace("127.0.0.1:5432",
+                                                    f"{proxy.host}:{proxy.port}"))
     # Batches of two 50-result messages; in hand at most 4 messages: the batch being
     # written and the next one, prepared and waiting behind it.
     write = StoreWriter(settings, store, batch_size=100, max_delay=0.05, prefetch=4)
@@ -221,14 +215,14 @@ async def test_store_down_holds_batch_then_lands(settings: Settings, pg: str,
     runners = [asyncio.create_task(enrich.run()), asyncio.create_task(write.run())]
     try:
         await publish(settings, [result(i) for i in range(1000)])
-        await until(lambda: write.write_failures >= 2)
+        await until(lambda: write.write_failures >= 2, "2 failed writes")
         assert write.written == 0 and write.failing is not None
         # The writer holds 4 messages (200 results); the rest wait, ready, in the queue.
-        await until(lambda: enrich.enriched == 1000)
+        await until(lambda: enrich.enriched == 1000, "1000 enriched")
         status = await stream_status(settings.results_url, settings.names(), peek=0)
         assert status.enriched.messages is not None and status.enriched.messages >= 16
         proxy.refuse_new(False)
-        await until(lambda: write.written == 1000, limit=60)
+        await until(lambda: write.written == 1000, "1000 written", limit=60)
     finally:
         enrich.stop()
         write.stop()
@@ -236,7 +230,7 @@ async def test_store_down_holds_batch_then_lands(settings: Settings, pg: str,
         await store.close()
         proxy.stop()
     assert write.failing is None and write.dead_lettered == 0
-    check = await PgStore.open(pg)
+    check = await PgStore.open(migrated_url)
     try:
         assert await stored(check) == 1000
     finally:
@@ -260,7 +254,8 @@ async def test_poison_result_is_isolated(settings: Settings, store: PgStore,
     await publish(settings, [result(1).model_copy(update={"sweep_id": None})])
     runners = [asyncio.create_task(enrich.run()), asyncio.create_task(write.run())]
     try:
-        await until(lambda: write.written >= 250 and write.dead_lettered == 2, limit=60)
+        await until(lambda: write.written >= 250 and write.dead_lettered == 2,
+                    "250 written, 2 dead letters", limit=60)
     finally:
         enrich.stop()
         write.stop()
@@ -283,7 +278,7 @@ async def test_enricher_redelivers_after_connection_loss(settings: Settings, sto
     await publish(settings, [result(i) for i in range(2000)])
     runners = [asyncio.create_task(enrich.run()), asyncio.create_task(write.run())]
     try:
-        await until(lambda: enrich.enriched > 200)
+        await until(lambda: enrich.enriched > 200, "200 enriched")
         # Close the channel under the worker, as a broker-side close would.
         assert enrich._channel is not None
         await enrich._channel.close()

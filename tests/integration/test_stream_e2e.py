@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -20,23 +19,24 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aio_pika
 import asyncpg
 import pytest
 
 from brokerscan.model import ScanResult, Status, Transport
-from brokerscan.names import Names
 from brokerscan.stream.publisher import ResultPublisher
 from brokerscan.stream.status import stream_status
 from brokerscan.stream.topology import delete_stream
 from storage.migrate import migrate
+from tests import pg
 from tests.faultproxy import FaultProxy
+from tests.services import RABBIT_URL, new_names
+from tests.waiting import holds_for, wait_for
 
 pytestmark = pytest.mark.integration
 
-ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 # Public addresses as data (nothing is dialled): loopback would enrich as "reserved".
 PREFIXES = ("8.8.8", "1.1.1", "9.9.9", "208.67.222", "4.2.2", "151.101.1")
 
@@ -57,20 +57,16 @@ class Stream:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.names = Names(f"t{secrets.token_hex(5)}")
-        self.database = f"brokerscan_test_{secrets.token_hex(6)}"
-        self.database_url = f"postgresql://postgres@127.0.0.1:5432/{self.database}"
+        self.names = new_names()
+        self.database_url = pg.new_database_url()
+        self.database = urlsplit(self.database_url).path.lstrip("/")
         self.store_url = self.database_url
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.started = datetime.now(UTC).replace(microsecond=0)
 
     def setup(self) -> None:
         async def create() -> None:
-            admin = await asyncpg.connect(ADMIN_URL)
-            try:
-                await admin.execute(f'CREATE DATABASE "{self.database}"')
-            finally:
-                await admin.close()
+            await pg.create_database(self.database_url)
             await migrate(self.database_url)
 
         asyncio.run(create())
@@ -81,11 +77,7 @@ class Stream:
 
         async def cleanup() -> None:
             await delete_stream(RABBIT_URL, self.names)
-            admin = await asyncpg.connect(ADMIN_URL)
-            try:
-                await admin.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
-            finally:
-                await admin.close()
+            await pg.drop_database(self.database_url)
 
         asyncio.run(cleanup())
 
@@ -168,16 +160,17 @@ class Stream:
         return status.raw.messages, status.enriched.messages, status.dead.messages
 
     def wait(self, what: str, test: Callable[[], bool], timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while not test():
+        def reached() -> bool:
             for name, proc in self.processes.items():
                 if proc.poll() is not None:
                     raise AssertionError(f"{name} exited {proc.returncode}:\n{self.log(name)}")
-            if time.monotonic() > deadline:
-                logs = "\n".join(f"--- {n}\n{self.log(n)}" for n in self.processes)
-                raise AssertionError(f"{what} did not happen: {self.counts()} "
-                                     f"{self.depths()}\n{logs}")
-            time.sleep(0.2)
+            return test()
+
+        def detail() -> str:
+            logs = "\n".join(f"--- {n}\n{self.log(n)}" for n in self.processes)
+            return f"{self.counts()} {self.depths()}\n{logs}"
+
+        wait_for(reached, timeout, what, detail=detail, every=0.2)
 
     def start_workers(self, *store_args: str) -> None:
         self.spawn("enrich", "enrich-worker")
@@ -202,7 +195,8 @@ def test_end_to_end_exactly_once(stream: Stream) -> None:
                                "services": n}
     stream.publish(batch)  # the same results again: a re-run sweep, or redeliveries
     stream.wait("the repeat drained", lambda: stream.depths()[:2] == (0, 0))
-    time.sleep(1.0)  # let the last batch commit
+    # A window for a late batch of the repeat to commit: nothing may be added meanwhile.
+    holds_for(lambda: stream.counts()["rows"] == n, 1.0, f"{n} rows after the repeat")
     stream.wait("still drained", lambda: stream.depths()[:2] == (0, 0))
     assert stream.counts() == {"rows": n, "keys": n, "enriched": n, "rollup": n,
                                "services": n}
@@ -242,7 +236,7 @@ def test_database_unreachable_for_30_seconds(stream: Stream) -> None:
         depths = []
         while time.monotonic() - began < 30:
             depths.append(stream.depths()[1] or 0)
-            time.sleep(2)
+            time.sleep(2)  # the scenario: sample the queue through the 30 s outage
         assert stream.counts()["rows"] == n // 2  # (read directly, not through the proxy)
         # Everything past the writer's prefetch (4 messages of at most 50 results) waits,
         # ready, in the enriched queue.

@@ -14,6 +14,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from tests import pg
 from tests.integration.sweepfleet import Fleet
 
 pytestmark = pytest.mark.integration
@@ -122,29 +123,15 @@ def test_service_down_at_start_creates_nothing(fleet: Fleet, tmp_path: Path, var
 
 
 def test_missing_migration_is_a_clear_error(fleet: Fleet) -> None:
-    async def fresh() -> str:
-        admin = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres")
-        try:
-            await admin.execute(f'CREATE DATABASE "{fleet.database}_bare"')
-        finally:
-            await admin.close()
-        return f"{fleet.database_url}_bare"
-
-    async def drop() -> None:
-        admin = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres")
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{fleet.database}_bare" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-    url = asyncio.run(fresh())
+    url = pg.new_database_url()  # empty: never migrated
+    asyncio.run(pg.create_database(url))
     try:
         proc = subprocess.run([sys.executable, "-m", "brokerscan.cli", "sweep", "list"],
                               capture_output=True, text=True, timeout=60,
                               env={**fleet.env, "BROKERSCAN_DATABASE_URL": url})
         one_line(proc, 1, "migrate")
     finally:
-        asyncio.run(drop())
+        asyncio.run(pg.drop_database(url))
 
 
 def test_db_maintain_premakes_partitions_and_reports(fleet: Fleet) -> None:

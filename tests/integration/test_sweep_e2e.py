@@ -9,7 +9,6 @@ restart carries on; a cut to RabbitMQ mid-sweep is survived.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 from tests import servers
 from tests.faultproxy import FaultProxy
 from tests.integration.sweepfleet import Fleet
+from tests.waiting import holds_for
 
 pytestmark = pytest.mark.integration
 
@@ -117,7 +117,8 @@ def test_pause_resume_cancel(fleet: Fleet, zoo: None) -> None:
                    lambda s: s["shards"]["running"] == 0 and s["shards"]["queued"] == 0,
                    timeout=30)
     frozen = fleet.status(sweep_id)["probes"]
-    time.sleep(2)
+    # Two seconds paused (the scenario): the count must not move at any point.
+    holds_for(lambda: fleet.status(sweep_id)["probes"] == frozen, 2.0, "no probes while paused")
     assert fleet.status(sweep_id)["probes"] == frozen  # nothing probes while paused
     assert fleet.status(sweep_id)["state"] == "paused"
     bad = fleet.cli("sweep", "pause", sweep_id, check=False)

@@ -13,17 +13,14 @@ import pytest
 
 from scheduler import state
 from scheduler.state import ShardRow, SweepState
-from storage import db, migrate
-from tests import pg
+from storage import db
 
 pytestmark = pytest.mark.integration
-pg_url = pg.pg_url  # the fixture: a database of this module's own
 
 
 @pytest.fixture
-async def conn(pg_url: str) -> AsyncIterator[db.Conn]:
-    await migrate.migrate(pg_url)  # idempotent: the first test applies, the others do nothing
-    c = await db.connect(pg_url)
+async def conn(migrated_module_url: str) -> AsyncIterator[db.Conn]:
+    c = await db.connect(migrated_module_url)
     try:
         yield c
     finally:
@@ -158,8 +155,8 @@ async def test_unknown_sweep(conn: db.Conn) -> None:
         )  # fmt: skip
 
 
-async def test_concurrent_claims_never_share_a_shard(pg_url: str) -> None:
-    conns = [await db.connect(pg_url) for _ in range(6)]
+async def test_concurrent_claims_never_share_a_shard(migrated_module_url: str) -> None:
+    conns = [await db.connect(migrated_module_url) for _ in range(6)]
     try:
         sweep_id = await new_sweep(conns[0], shards=1500)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import shutil
 import socket
 import ssl
 import struct
@@ -21,13 +20,14 @@ from pathlib import Path
 import pytest
 
 from brokerscan.model import Status
+from tests import servers
 from tests.certs import Issued, Pki, make_pki
+from tests.waiting import HANG
 from workers.transport import ProbeError, Scope, Stream, TlsOptions, dial
 
 pytestmark = pytest.mark.integration
 
 SCOPE = Scope(["127.0.0.0/8"])
-MOSQUITTO = "/usr/sbin/mosquitto"
 # MQTT 3.1.1 CONNECT, clean session, keep-alive 60, client id "bs-tls-test"
 CONNECT = bytes([0x10, 23]) + b"\x00\x04MQTT\x04\x02\x00\x3c" + struct.pack(
     "!H", 11) + b"bs-tls-test"
@@ -51,26 +51,13 @@ def _free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_listening(host: str, port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        with socket.socket() as s, contextlib.suppress(OSError):
-            s.settimeout(0.2)
-            s.connect((host, port))
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"{host}:{port} never listened")
-
-
 @contextlib.contextmanager
 def _process(args: list[str], host: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
     # stdin stays open: s_server takes end of input as "quit"
     proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        _wait_listening(host, port, proc)
+        servers.wait_for_port(host, port, 10, alive=lambda: proc.poll() is None)
         yield proc
     finally:
         proc.terminate()
@@ -86,7 +73,7 @@ def _process(args: list[str], host: str, port: int) -> Iterator[subprocess.Popen
 @contextlib.contextmanager
 def _s_server(pki: Pki, host: str, *flags: str) -> Iterator[int]:
     port = _free_port(host)
-    args = ["openssl", "s_server", "-accept", f"{host}:{port}", "-quiet",
+    args = [servers.require_binary("openssl"), "s_server", "-accept", f"{host}:{port}", "-quiet",
             "-cert", str(pki.server.cert_path), "-key", str(pki.server.key_path),
             "-CAfile", str(pki.ca.cert_path), *flags]
     with _process(args, host, port):
@@ -104,7 +91,8 @@ def _mosquitto(pki: Pki, tmp_path: Path, host: str, *, leaf: Issued,
     if require_certificate:
         lines += [f"cafile {pki.ca.cert_path}", "require_certificate true"]
     conf.write_text("\n".join(lines) + "\n")
-    with _process([MOSQUITTO, "-c", str(conf)], host, port):
+    mosquitto = servers.require_binary("mosquitto", "/usr/sbin/mosquitto")
+    with _process([mosquitto, "-c", str(conf)], host, port):
         yield port
 
 
@@ -287,7 +275,9 @@ async def test_optional_client_certificate_is_not_required(tls_pki: Pki, flag: s
         await stream.aclose()
     assert stream.tls is not None and stream.tls.handshake_completed
     assert not stream.tls.client_certificate_required
-    assert elapsed < 1.0  # the session tickets answer the TLS 1.3 verdict wait at once
+    # The session tickets answer the TLS 1.3 verdict wait at once; how soon is not checked
+    # by the clock here (a loaded machine is slow): this bound only catches a hang.
+    assert elapsed < 2.0 + HANG  # connect_timeout + verdict wait (at most io_timeout, 2 s)
 
 
 async def test_late_tls13_alert_on_first_read(tls_pki: Pki, tmp_path: Path) -> None:
@@ -381,8 +371,9 @@ async def test_tarpit_during_handshake() -> None:
         elapsed = time.monotonic() - started
     assert err.status is Status.IO_TIMEOUT
     assert err.tls is not None and err.tls.error == "handshake timed out"
-    assert 0.9 < elapsed < 3.0
+    assert 0.9 < elapsed < 1.0 + HANG  # never before the timeout; the upper bound: a hang
 
 
 def test_openssl_and_mosquitto_present() -> None:
-    assert shutil.which("openssl") and Path(MOSQUITTO).exists()
+    assert servers.require_binary("openssl")
+    assert servers.require_binary("mosquitto", "/usr/sbin/mosquitto")

@@ -15,14 +15,15 @@ from types import ModuleType
 from pydantic import ValidationError
 
 from brokerscan import __version__
-from brokerscan.cli import db, demo, fleet, lookup, scan, stream, sweep
+from brokerscan.cli import db, demo, fleet, lookup, scan, serve, stream, sweep, token
 from brokerscan.cli.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, CliError, Parser, print_error
 from brokerscan.settings import Settings
 
 __all__ = ["build_parser", "main"]
 
 #: Every command module, in the order ``--help`` lists their commands.
-MODULES: tuple[ModuleType, ...] = (scan, demo, sweep, fleet, stream, db, lookup)
+MODULES: tuple[ModuleType, ...] = (scan, demo, sweep, fleet, stream, db, lookup, serve,
+                                   token)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,6 +23,8 @@ server sit on its protocol's standard port without collisions):
 127.54.0.0/16      free for any test that wants its own address (``scratch`` pool)
 127.55-127.59      reserved for later test infrastructure
 127.60-127.61      engine tests (lead)
+127.64.0.0/17      read-side tests (lead: search, CLI)
+127.64.128.0/17    ``brokerscan serve`` in the API tests (``api`` pool)
 127.77.0.0/16      ``brokerscan demo`` (lead)
 =================  ===========================================================
 
@@ -154,6 +156,7 @@ POOLS: dict[str, AddressPool] = {
     "rabbitmq": AddressPool("127.52.0.0/16"),
     "decoy": AddressPool("127.53.0.0/16"),
     "scratch": AddressPool("127.54.0.0/16"),
+    "api": AddressPool("127.64.128.0/17"),
 }
 
 

@@ -31,6 +31,8 @@ server sit on its protocol's standard port without collisions):
 127.63.0.0/16      protocol-depth tests (issue 12; tests/protoservers.py): WebSocket
                    MQTT brokers and decoys, a RabbitMQ node with MQTT, Web MQTT and
                    AMQP 1.0 plugins, a Qpid Proton AMQP 1.0 server
+127.64.0.0/17      read-side tests (lead: search, CLI)
+127.64.128.0/17    ``brokerscan serve`` in the API tests (``api`` pool)
 127.66.0.0/16      hostile TLS servers (``hostile-tls`` pool; TLS helper)
 127.77.0.0/16      ``brokerscan demo`` (lead)
 =================  ===========================================================
@@ -188,6 +190,7 @@ POOLS: dict[str, AddressPool] = {
     "scratch": AddressPool("127.54.0.0/16"),
     "ops": AddressPool("127.62.0.0/20"),
     "hostile-tls": AddressPool("127.66.0.0/16"),
+    "api": AddressPool("127.64.128.0/17"),
 }
 
 

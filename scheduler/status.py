@@ -24,9 +24,11 @@ STEER: Final[dict[str, SweepState]] = {"pause": "paused", "resume": "running",
 
 
 def summary(row: SweepRow) -> dict[str, Any]:
-    """One line of ``sweep list``: id, name, state, targets, shards, creation time."""
+    """One line of ``sweep list``: id, name, state, targets, shards, failed shards,
+    creation time."""
     return {"id": row.id, "name": row.name, "state": row.state, "targets": row.target_count,
-            "shards": row.shard_count, "created_at": row.created_at.isoformat()}
+            "shards": row.shard_count, "failed_shards": row.failed_shards,
+            "created_at": row.created_at.isoformat()}
 
 
 async def list_sweeps(conn: Conn, *, limit: int = 50) -> list[dict[str, Any]]:
@@ -37,7 +39,9 @@ async def list_sweeps(conn: Conn, *, limit: int = 50) -> list[dict[str, Any]]:
 async def sweep_status(conn: Conn, redis: Redis, names: Names, sweep_id: str | None,
                        ) -> dict[str, Any]:
     """State, progress, probes/s, ETA, hits, open ports, statuses, shards by state, the
-    workers alive and whether a scheduler runs; *sweep_id* None: the newest sweep.
+    shards that failed (with their last error) and how often the sweep was retried, the
+    workers alive (idle or busy, and their queues) and whether a scheduler runs;
+    *sweep_id* None: the newest sweep.
 
     :raises UnknownSweep: no such sweep (or no sweep at all)
     :raises RedisError: Redis cannot be reached
@@ -51,6 +55,7 @@ async def sweep_status(conn: Conn, redis: Redis, names: Names, sweep_id: str | N
     if sweep is None:
         raise UnknownSweep(f"no sweep {sweep_id}")
     shards = await state.shard_counts(conn, sweep_id)
+    failed = await state.failed_shards(conn, sweep_id, limit=10)
     counts = await live.read_counts(redis, names, sweep_id)
     workers = await live.live_workers(redis, names)
     scheduler = await live.scheduler_alive(redis, names)
@@ -66,7 +71,14 @@ async def sweep_status(conn: Conn, redis: Redis, names: Names, sweep_id: str | N
         "hits": counts.hits or shards.hits, "open": max(counts.open, shards.open),
         "statuses": counts.statuses or shards.statuses,
         "shards": dict(shards.states),
-        "workers": [{"id": w.worker_id, "sweep": w.sweep_id, "shard": w.shard,
+        "failed_shards": [{"shard": f.index, "queue": f.queue, "attempts": f.attempts,
+                           "error": f.error, "last_error": f.last_error,
+                           "last_error_at": f.last_error_at.isoformat()
+                           if f.last_error_at else None} for f in failed],
+        "retries": sweep.retries,
+        "workers": [{"id": w.worker_id, "queues": list(w.queues),
+                     "state": "busy" if w.sweep_id else "idle",
+                     "sweep": w.sweep_id or None, "shard": w.shard,
                      "probes": w.probes} for w in workers],
         "scheduler_alive": scheduler,
         "created_at": sweep.created_at.isoformat(),

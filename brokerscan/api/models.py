@@ -113,6 +113,14 @@ class MqttReport(_Body):
     by_port: dict[str, int]
     by_return_code: dict[str, int]
     by_accepted_level: dict[str, int]
+    by_product: dict[str, int]  # the broker product the fingerprint named
+    over_websocket: int
+    websocket_endpoints: dict[str, int]  # "ws /mqtt": count
+
+
+class WebSocketReport(_Body):
+    http_without_mqtt: int  # web ports that answered HTTP but no MQTT inside a WebSocket
+    by_server: dict[str, int]
 
 
 class AmqpReport(_Body):
@@ -120,6 +128,8 @@ class AmqpReport(_Body):
     by_port: dict[str, int]
     by_product: dict[str, int]
     by_family: dict[str, int]
+    amqp10_sasl_mechanisms: dict[str, int]
+    amqp10_anonymous_offered: int
 
 
 class TlsReport(_Body):
@@ -141,6 +151,7 @@ class ReportBody(_Body):
 
     view: str
     mqtt: MqttReport
+    websocket: WebSocketReport
     amqp: AmqpReport
     tls: TlsReport
     other_open: OtherOpenReport
@@ -176,6 +187,7 @@ class SweepSummary(_Body):
     state: str | None = None
     targets: int | None = None
     shards: int | None = None
+    failed_shards: int = 0
     created_at: datetime | None = None
     day: str | None = Field(default=None, description="the day it started, from the store")
     observations: int = Field(default=0, description="observations in the store")
@@ -184,9 +196,22 @@ class SweepSummary(_Body):
 
 class SweepWorker(_Body):
     id: str
+    queues: list[str] = Field(default_factory=list)
+    state: Literal["idle", "busy"] = "idle"
     sweep: str | None
     shard: int | None
     probes: int
+
+
+class FailedShard(_Body):
+    """A shard that gave up, with the last error its attempts ran into."""
+
+    shard: int
+    queue: str
+    attempts: int
+    error: str | None = None
+    last_error: str | None = None
+    last_error_at: datetime | None = None
 
 
 class SweepDetail(_Body):
@@ -206,6 +231,8 @@ class SweepDetail(_Body):
     open: int | None = None
     statuses: dict[str, int] = Field(default_factory=dict)
     shards: dict[str, int] = Field(default_factory=dict)
+    failed_shards: list[FailedShard] = Field(default_factory=list)
+    retries: int = 0
     workers: list[SweepWorker] = Field(default_factory=list)
     scheduler_alive: bool | None = None
     created_at: datetime | None = None

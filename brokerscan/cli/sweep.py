@@ -243,25 +243,9 @@ async def _status_data(settings: Settings, sweep_id: str | None) -> dict[str, An
             data = await status.sweep_status(conn, redis, settings.names(), sweep_id)
         except state.UnknownSweep as exc:
             raise CliError(str(exc)) from None
-        # what only the command line shows (the API's sweep model has no room for it):
-        # failed shards with their errors, retries, and each worker's queues and state
-        failed = await state.failed_shards(conn, data["id"], limit=10)
-        sweep = await state.get_sweep(conn, data["id"])
-        workers = await live.live_workers(redis, settings.names())
     finally:
         await redis.aclose()
         await conn.close()
-    assert sweep is not None
-    data.pop("created_at", None)
-    data["failed_shards"] = [{"shard": f.index, "queue": f.queue, "attempts": f.attempts,
-                              "error": f.error, "last_error": f.last_error,
-                              "last_error_at": f.last_error_at.isoformat()
-                              if f.last_error_at else None} for f in failed]
-    data["retries"] = sweep.retries
-    data["workers"] = [{"id": w.worker_id, "queues": list(w.queues),
-                        "state": "busy" if w.sweep_id else "idle",
-                        "sweep": w.sweep_id or None, "shard": w.shard,
-                        "probes": w.probes} for w in workers]
     return data
 
 
@@ -332,8 +316,7 @@ async def _list_cmd(args: argparse.Namespace, settings: Settings) -> int:
         rows = await state.list_sweeps(conn, limit=50)
     finally:
         await conn.close()
-    # status.summary, and the failed shards (the API's list has no room for them)
-    items = [{**status.summary(r), "failed_shards": r.failed_shards} for r in rows]
+    items = [status.summary(r) for r in rows]
     if args.format == "json":
         print(json.dumps(items, indent=2))
     else:

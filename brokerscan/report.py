@@ -79,11 +79,11 @@ class Report:
             self.mqtt_codes[mqtt.return_code_name] += 1
             for level in mqtt.accepted_levels:
                 self.mqtt_levels[_LEVEL_NAMES.get(level, str(level))] += 1
-            product = mqtt.product
-            if product is not None:
-                name = product.name if product.version is None \
-                    else f"{product.name} {product.version}"
-                self.mqtt_products[name] += 1
+            product = mqtt.product  # no fingerprint (an older record): unknown too
+            name = "unknown" if product is None or product.name == "unknown" else product.name
+            if product is not None and product.version is not None:
+                name = f"{name} {product.version}"
+            self.mqtt_products[name] += 1
             if result.transport.value in ("ws", "wss") and result.websocket is not None:
                 self.mqtt_websocket += 1
                 self.mqtt_ws_paths[f"{result.transport.value} {result.websocket.path}"] += 1

@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from brokerscan.mqttcodes import return_code_name
 from storage.queries import Params
 from storage.reader import Row
 from storage.rows import ip_number
@@ -68,7 +69,10 @@ async def census_report(store: Searcher, view: View = CURRENT) -> dict[str, Any]
     done = parse("tls:true AND tls.version:*")
     websocket = parse("protocol:mqtt AND (transport:ws OR transport:wss)")
     levels = await store.count(mqtt, view=view, facets=[("mqtt.level", 10)])
-    sasl = await store.grouped(view, amqp, [store.json_text(("amqp", "sasl", "mechanisms")),
+    # only servers that offered mechanisms can have answered the SASL header: a column
+    # narrows the rows before the records are read
+    offered = parse("protocol:amqp amqp.mechanisms:*")
+    sasl = await store.grouped(view, offered, [store.json_text(("amqp", "sasl", "mechanisms")),
                                             store.json_text(("amqp", "sasl",
                                                              "anonymous_offered"))])
     sasl = [row for row in sasl if row[0] is not None and joined(row[0])]
@@ -88,7 +92,9 @@ async def census_report(store: Searcher, view: View = CURRENT) -> dict[str, Any]
             "by_port": as_dict(await store.grouped(view, mqtt, ["port", "transport"]),
                                port_key),
             "by_return_code": as_dict(await store.grouped(
-                view, mqtt, [store.json_text(("mqtt", "return_code_name"))])),
+                view, mqtt, ["mqtt_level", "mqtt_return_code"]),
+                lambda level, code: "?" if level is None or code is None
+                else return_code_name(int(level), int(code))),
             "by_accepted_level": dict(levels.facets["mqtt.level"]),
             "by_product": as_dict(await store.grouped(view, mqtt, ["product", "version"]),
                                   product_key),

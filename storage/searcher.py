@@ -53,6 +53,8 @@ EXPORT_COLUMNS: Final = (
     "cert_trusted", "asn", "org", "country", "sweep_id", "first_seen", "last_seen",
 )
 _LEVEL_NAMES: Final = {"3": "3.1", "4": "3.1.1", "5": "5.0"}
+#: Rollup columns that hold their values as they are (no sentinel for unknown).
+_PLAIN_ROLLUP_COLUMNS: Final = frozenset({"port", "transport", "tls", "status"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,14 +335,18 @@ class Searcher(StoreReader):
                       ) -> list[tuple[Any, ...]]:
         """Counts of *node* in *view* grouped by the SQL expressions *exprs* (columns of
         the view), largest first: ``[(value, ..., count)]``."""
+        # Plain rollup columns under a rollup-answerable query: count the rollup's rows.
+        rollup = set(exprs) <= _PLAIN_ROLLUP_COLUMNS and uses_rollup(view, node)
         params = Params(self.dialect)
-        frm = source(self.dialect, params, view)
-        where = compile_where(self.dialect, params, node)
+        frm = source(self.dialect, params, view, rollup=rollup)
+        where = compile_where(self.dialect, params, node, rollup=rollup)
         select = ", ".join(f"{e} AS g{i}" for i, e in enumerate(exprs))
         group = ", ".join(str(i + 1) for i in range(len(exprs)))
+        counted = "coalesce(sum(n), 0)" if rollup else "count(*)"
+        having = f" HAVING {counted} > 0" if rollup else ""
         rows = await self.fetch(
-            f"SELECT {select}, count(*) AS n FROM {frm} WHERE {where} GROUP BY {group} "
-            f"ORDER BY {len(exprs) + 1} DESC, {group}", params.values)
+            f"SELECT {select}, {counted} AS n FROM {frm} WHERE {where} GROUP BY {group}"
+            f"{having} ORDER BY {len(exprs) + 1} DESC, {group}", params.values)
         return [(*(r[f"g{i}"] for i in range(len(exprs))), int(r["n"])) for r in rows]
 
     def json_text(self, path: Sequence[str]) -> str:

@@ -32,7 +32,10 @@ from brokerscan.model import (
     TlsCertificate,
     TlsInfo,
     Transport,
+    WebSocketInfo,
+    WebSocketTry,
 )
+from brokerscan.mqttcodes import return_code_name
 from storage.search.compile import View, ascii_lower
 from storage.search.fields import BARE_COLUMNS, Kind
 from storage.search.parse import All, And, Bare, Exists, Match, Node, Not, Or, Prefix, Range
@@ -266,8 +269,11 @@ def _result(rng: random.Random, sweep_id: str, started: datetime, ip: str, port:
             fingerprint = rng.choice((None, MqttProduct(name="unknown"),
                                   MqttProduct(name="Mosquitto", version="2.0.11"),
                                   MqttProduct(name="amqtt"), MqttProduct(name="RabbitMQ")))
-            mqtt = MqttResult(protocol_level=5, return_code=rng.choice((0, 5, 0x87, 0x84)),
-                              return_code_name="x", session_present=False, anonymous=anonymous,
+            level = rng.choice((4, 5))
+            code = rng.choice((0, 5) if level == 4 else (0, 0x87, 0x84))
+            mqtt = MqttResult(protocol_level=level, return_code=code,
+                              return_code_name=return_code_name(level, code),
+                              session_present=False, anonymous=anonymous,
                               accepted_levels=levels, product=fingerprint)
         else:
             protocol = Protocol.AMQP
@@ -282,9 +288,19 @@ def _result(rng: random.Random, sweep_id: str, started: datetime, ip: str, port:
             amqp = AmqpResult(family=rng.choice(("0-9-1", "1.0-sasl", "0-10")),
                               server_properties=props, mechanisms=mechanisms, sasl=sasl)
     number = rng.choice((None, 3320, 15169, 36375, 4200000000))
+    websocket = None
+    if transport in (Transport.WS, Transport.WSS):
+        path = rng.choice(("/mqtt", "/", "/ws"))
+        upgraded = protocol is Protocol.MQTT
+        websocket = WebSocketInfo(
+            tries=[WebSocketTry(path=path, subprotocol="mqtt", status=101 if upgraded else 404,
+                                answer="upgraded" if upgraded else "refused")],
+            server=rng.choice(("Cowboy", "nginx", None)), path=path if upgraded else None,
+            subprotocol="mqtt" if upgraded else None)
     return ScanResult(
         sweep_id=sweep_id, sweep_started_at=started, ip=ip, port=port, transport=transport,
         observed_at=seen, status=status, protocol=protocol, tls=tls, mqtt=mqtt, amqp=amqp,
+        websocket=websocket,
         asn=None if number is None else AsnInfo(number=number, organization=rng.choice(
             (f"AS{number}", *_ODD_TEXT[5:], None))),
         geo=GeoInfo(country=rng.choice((None, "DE", "US", "BR", "NL"))),

@@ -18,6 +18,7 @@ import pytest_asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from brokerscan.report import Report
 from storage import migrate
 from storage.census import census_report, diff_sweeps
 from storage.pgstore import PgStore
@@ -369,3 +370,18 @@ def test_diff_gives_the_reference_answer(stores: Stores, query: str) -> None:
 
 def _by_address(key: tuple[str, int]) -> tuple[int, int]:
     return int(ip_address(key[0])), key[1]
+
+
+@pytest.mark.parametrize("sweep", ["sw-00", "sw-01", "sw-02"])
+def test_a_sweeps_report_in_the_store_is_the_scans_report(stores: Stores, sweep: str) -> None:
+    """The census report counted in the store equals the one a scan counts in memory
+    (brokerscan.report.Report) over the same results, for every number and breakdown."""
+    scanned = Report()
+    for result in RESULTS:
+        if result.sweep_id == sweep:
+            scanned.add(result)
+    expected = scanned.as_dict()
+    for store in stores.both():
+        counted = stores.run(census_report(store, View("sweep", sweep_id=sweep)))
+        counted.pop("view")
+        assert counted == expected, type(store).__name__

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from brokerscan.model import MqttProperties
+from brokerscan.mqttcodes import REASON_CODES_5, RETURN_CODES_3, return_code_name
 from workers.protocols.base import NeedData, ProtocolError
 
 __all__ = [
@@ -62,54 +63,6 @@ __all__ = [
 CONNECT, CONNACK, PUBLISH, SUBACK, UNSUBACK, DISCONNECT, AUTH = 1, 2, 3, 9, 11, 14, 15
 
 # MQTT 3.1 and 3.1.1 CONNACK return codes (3.1.1 section 3.2.2.3); 6-255 are reserved.
-RETURN_CODES_3: dict[int, str] = {
-    0: "accepted",
-    1: "unacceptable-protocol-version",
-    2: "identifier-rejected",
-    3: "server-unavailable",
-    4: "bad-username-or-password",
-    5: "not-authorized",
-}
-
-# MQTT 5.0 reason codes (section 2.4). 0x00 is "accepted" as in 3.x, so that dashboards
-# group the levels; the 0x80+ names cover the whole table, not just the CONNACK subset,
-# because brokers are not always careful which one they send.
-REASON_CODES_5: dict[int, str] = {
-    0x00: "accepted",
-    0x80: "unspecified-error",
-    0x81: "malformed-packet",
-    0x82: "protocol-error",
-    0x83: "implementation-specific-error",
-    0x84: "unsupported-protocol-version",
-    0x85: "client-identifier-not-valid",
-    0x86: "bad-username-or-password",
-    0x87: "not-authorized",
-    0x88: "server-unavailable",
-    0x89: "server-busy",
-    0x8A: "banned",
-    0x8B: "server-shutting-down",
-    0x8C: "bad-authentication-method",
-    0x8D: "keep-alive-timeout",
-    0x8E: "session-taken-over",
-    0x8F: "topic-filter-invalid",
-    0x90: "topic-name-invalid",
-    0x91: "packet-identifier-in-use",
-    0x92: "packet-identifier-not-found",
-    0x93: "receive-maximum-exceeded",
-    0x94: "topic-alias-invalid",
-    0x95: "packet-too-large",
-    0x96: "message-rate-too-high",
-    0x97: "quota-exceeded",
-    0x98: "administrative-action",
-    0x99: "payload-format-invalid",
-    0x9A: "retain-not-supported",
-    0x9B: "qos-not-supported",
-    0x9C: "use-another-server",
-    0x9D: "server-moved",
-    0x9E: "shared-subscriptions-not-supported",
-    0x9F: "connection-rate-exceeded",
-}
-
 _DENIED_3 = frozenset({4, 5})
 _DENIED_5 = frozenset({0x86, 0x87, 0x8C})
 
@@ -292,12 +245,6 @@ def decode_suback(packet: OtherPacket, level: int) -> SubAck:
 
 
 # -- return codes ----------------------------------------------------------------------
-
-
-def return_code_name(level: int, code: int) -> str:
-    """The name of a CONNACK return code (3.x) or reason code (5.0); ``reserved-N`` else."""
-    table = REASON_CODES_5 if level == 5 else RETURN_CODES_3
-    return table.get(code, f"reserved-{code}")
 
 
 def is_anonymous(level: int, return_code: int) -> bool | None:

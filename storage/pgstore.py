@@ -156,6 +156,7 @@ class PgStore(Searcher):
     @classmethod
     async def open(
         cls, url: str, *, schema: str | None = None, max_size: int = 4, days_ahead: int = 7,
+        read_only: bool = False,
     ) -> PgStore:
         """Connect (the migrations must be applied) and premake partitions.
 
@@ -163,6 +164,8 @@ class PgStore(Searcher):
         :param schema: the deployment's namespace (PostgreSQL schema), if any
         :param max_size: most pooled connections
         :param days_ahead: partitions premade after today
+        :param read_only: only reads will follow: premake nothing (a role that may only
+            SELECT can open the store)
         :raises StoreError: the database cannot be reached or is not migrated
         """
         try:
@@ -170,7 +173,8 @@ class PgStore(Searcher):
         except DatabaseError as exc:
             raise StoreError(str(exc)) from exc
         store = cls(pool, days_ahead=days_ahead)
-        await store._need_days(set())
+        if not read_only:
+            await store._need_days(set())
         return store
 
     async def _need_days(self, days: set[date]) -> None:

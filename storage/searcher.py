@@ -11,6 +11,7 @@ not grow with the result set.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
@@ -120,6 +121,16 @@ def parse_facets(text: str | None, *, default_size: int = 10) -> list[tuple[str,
     return out
 
 
+def _is_ipv4(text: str) -> bool:
+    """A dotted-quad IPv4 address (``inet_aton`` also takes ``127.1`` and ``0x7f.1``, which
+    PostgreSQL's ``inet`` refuses)."""
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _node(query: str | Node) -> Node:
     return parse(query) if isinstance(query, str) else query
 
@@ -136,7 +147,9 @@ class Searcher(StoreReader):
     def _after(self, params: Params, cursor: str) -> str:
         ip, port, transport = decode_cursor(cursor, 3)
         if not isinstance(ip, str) or not isinstance(port, int) \
-                or not isinstance(transport, str) or ip_number(ip) is None:
+                or not isinstance(transport, str) or not _is_ipv4(ip) \
+                or not 0 <= port <= 65535 or not transport.isalpha() \
+                or not transport.isascii():
             raise ValueError("invalid cursor: not a cursor of this listing")
         values: list[object] = [ip, port, transport]
         if self.dialect.positional:
@@ -287,7 +300,7 @@ class Searcher(StoreReader):
 
         :raises ValueError: *ip* is not an IPv4 address
         """
-        number = ip_number(ip)
+        number = ip_number(ip) if _is_ipv4(ip) else None
         if number is None:
             raise ValueError(f"{ip!r} is not an IPv4 address")
         params = Params(self.dialect)

@@ -127,8 +127,11 @@ class SqliteStore(Searcher):
         self._lock = asyncio.Lock()
 
     @classmethod
-    async def open(cls, url: str) -> SqliteStore:
+    async def open(cls, url: str, *, read_only: bool = False) -> SqliteStore:
         """Open (creating if needed) the file *url* names, in WAL mode.
+
+        *read_only* changes nothing here (the process that serves a file owns it; WAL
+        readers need to write its shared-memory index anyway).
 
         :raises StoreError: a bad URL, or the file cannot be opened or written
         """

@@ -214,11 +214,13 @@ class Store(Protocol):
         ...
 
 
-async def open_store(url: str) -> Store:
+async def open_store(url: str, *, read_only: bool = False) -> Store:
     """Open the store *url* names.
 
     :param url: ``postgresql://user@host/db``, ``sqlite:///path/file.db`` or
         ``sqlite:///:memory:``
+    :param read_only: the caller only reads (``brokerscan serve``): PostgreSQL makes no
+        partitions, so a role that may only SELECT can open it
     :returns: the open store (PostgreSQL: migrations must be applied)
     :raises StoreError: an unknown scheme, or the store cannot be opened
     """
@@ -233,5 +235,5 @@ async def open_store(url: str) -> Store:
         )
     module_name, class_name = target.split(":")
     backend = getattr(importlib.import_module(module_name), class_name)
-    store: Store = await backend.open(url)
+    store: Store = await backend.open(url, read_only=read_only)
     return store

@@ -1,4 +1,5 @@
-"""``brokerscan db``: the PostgreSQL database (``migrate``, ``maintain``)."""
+"""``brokerscan db``: the PostgreSQL database (``migrate``, ``maintain``,
+``grant-readonly``)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,13 @@ import argparse
 import json
 import sys
 
-from brokerscan.cli.errors import CliError
+import asyncpg
+
+from brokerscan.cli.errors import EXIT_UNAVAILABLE, CliError
 from brokerscan.cli.services import database_url, run_async
 from brokerscan.settings import Settings
+from storage.db import connect
+from storage.grants import READ_TABLES, grant_readonly
 from storage.migrate import migrate
 from storage.pgstore import PgStore
 
@@ -27,11 +32,31 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     maintain.add_argument("--retention-days", type=int, default=None,
                           help="drop daily partitions older than this (default: settings)")
     maintain.add_argument("--format", choices=("text", "json"), default="text")
+    grant = db_verbs.add_parser(
+        "grant-readonly", help="make a role that may only read (for brokerscan serve)")
+    grant.add_argument("role", metavar="ROLE", help="lower-case role name")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    """Run ``db migrate`` or ``db maintain``."""
+    """Run ``db migrate``, ``db maintain`` or ``db grant-readonly``."""
+    if args.verb == "grant-readonly":
+        return run_async(_grant(args, settings))
     return run_async(_migrate(settings) if args.verb == "migrate" else _maintain(args, settings))
+
+
+async def _grant(args: argparse.Namespace, settings: Settings) -> int:
+    conn = await connect(database_url(settings))
+    try:
+        created = await grant_readonly(conn, args.role)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    except asyncpg.PostgresError as exc:
+        raise CliError(f"cannot grant {args.role}: {exc}", EXIT_UNAVAILABLE) from None
+    finally:
+        await conn.close()
+    print(f"{'created' if created else 'granted'} {args.role}: SELECT on "
+          f"{', '.join(READ_TABLES)}")
+    return 0
 
 
 async def _migrate(settings: Settings) -> int:

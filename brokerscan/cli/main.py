@@ -15,7 +15,7 @@ from types import ModuleType
 from pydantic import ValidationError
 
 from brokerscan import __version__
-from brokerscan.cli import db, demo, fleet, lookup, scan, search, stream, sweep
+from brokerscan.cli import db, demo, fleet, lookup, scan, search, serve, stream, sweep, token
 from brokerscan.cli.errors import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
@@ -30,7 +30,8 @@ from workers.tlshooks import TlsSelfCheckError
 __all__ = ["build_parser", "main"]
 
 #: Every command module, in the order ``--help`` lists their commands.
-MODULES: tuple[ModuleType, ...] = (scan, demo, search, sweep, fleet, stream, db, lookup)
+MODULES: tuple[ModuleType, ...] = (scan, demo, search, sweep, fleet, stream, db, lookup,
+                                   serve, token)
 
 
 def build_parser() -> argparse.ArgumentParser:

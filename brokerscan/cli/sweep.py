@@ -22,14 +22,13 @@ from typing import Any
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from brokerscan.cli.errors import CliError
 from brokerscan.cli.options import add_rate_option, add_target_options
 from brokerscan.cli.services import check_broker, database_url, run_async
 from brokerscan.cli.text import format_duration, format_rate
 from brokerscan.settings import Settings
-from scheduler import live, state
+from scheduler import live, state, status
 from scheduler.blocklist import IPSet, format_ip, load_blocklist
 from scheduler.ports import PortError
 from scheduler.sweeps import SweepPlan, SweepSpec, describe_plan, plan_sweep
@@ -215,70 +214,51 @@ def _duration_line(plan: SweepPlan) -> str:
 # -- steering and watching -----------------------------------------------------------------
 
 async def _steer(args: argparse.Namespace, settings: Settings) -> int:
-    target = {"pause": "paused", "resume": "running", "cancel": "cancelled"}[args.verb]
     conn = await connect(database_url(settings))
+    redis = Redis.from_url(settings.redis_url)
     try:
-        row = await state.set_sweep_state(conn, args.sweep_id, target)  # type: ignore[arg-type]
+        row, notified = await status.steer_sweep(conn, redis, settings.names(), args.sweep_id,
+                                                 args.verb)
     except (state.UnknownSweep, state.BadTransition) as exc:
         raise CliError(str(exc)) from None
     finally:
+        await redis.aclose()
         await conn.close()
-    redis = Redis.from_url(settings.redis_url)
-    try:  # workers obey Redis within half a second; the scheduler re-mirrors it anyway
-        await live.set_control(redis, settings.names(), row.id, row.state)
-    except (RedisError, OSError):
+    if not notified:
         print("brokerscan: note: Redis is unreachable; workers will follow when the "
               "scheduler next mirrors the state", file=sys.stderr)
-    finally:
-        await redis.aclose()
     print(f"{row.id} {row.state}")
     return 0
 
 
 async def _status_data(settings: Settings, sweep_id: str | None) -> dict[str, Any]:
-    names = settings.names()
     conn = await connect(database_url(settings))
     redis = Redis.from_url(settings.redis_url)
     try:
-        if sweep_id is None:
-            recent = await state.list_sweeps(conn, limit=1)
-            if not recent:
-                raise CliError("no sweeps yet")
-            sweep_id = recent[0].id
-        sweep = await state.get_sweep(conn, sweep_id)
-        if sweep is None:
-            raise CliError(f"no sweep {sweep_id}")
-        shards = await state.shard_counts(conn, sweep_id)
-        failed = await state.failed_shards(conn, sweep_id, limit=10)
-        counts = await live.read_counts(redis, names, sweep_id)
-        workers = await live.live_workers(redis, names)
-        scheduler = await live.scheduler_alive(redis, names)
+        try:
+            data = await status.sweep_status(conn, redis, settings.names(), sweep_id)
+        except state.UnknownSweep as exc:
+            raise CliError(str(exc)) from None
+        # what only the command line shows (the API's sweep model has no room for it):
+        # failed shards with their errors, retries, and each worker's queues and state
+        failed = await state.failed_shards(conn, data["id"], limit=10)
+        sweep = await state.get_sweep(conn, data["id"])
+        workers = await live.live_workers(redis, settings.names())
     finally:
         await redis.aclose()
         await conn.close()
-    probes = max(counts.probes, shards.probes)
-    return {
-        "id": sweep.id, "name": sweep.name, "state": sweep.state,
-        "targets": sweep.target_count, "probes": probes,
-        "progress": round(min(1.0, probes / sweep.target_count), 4) if sweep.target_count
-        else 1.0,
-        "probes_per_second": round(counts.probes_per_second or 0.0, 1)
-        if sweep.state == "running" else 0.0,
-        "eta_seconds": None if sweep.state != "running" else counts.eta(sweep.target_count),
-        "hits": counts.hits or shards.hits, "open": max(counts.open, shards.open),
-        "statuses": counts.statuses or shards.statuses,
-        "shards": dict(shards.states),
-        "failed_shards": [{"shard": f.index, "queue": f.queue, "attempts": f.attempts,
-                           "error": f.error, "last_error": f.last_error,
-                           "last_error_at": f.last_error_at.isoformat()
-                           if f.last_error_at else None} for f in failed],
-        "retries": sweep.retries,
-        "workers": [{"id": w.worker_id, "queues": list(w.queues),
-                     "state": "busy" if w.sweep_id else "idle",
-                     "sweep": w.sweep_id or None, "shard": w.shard,
-                     "probes": w.probes} for w in workers],
-        "scheduler_alive": scheduler,
-    }
+    assert sweep is not None
+    data.pop("created_at", None)
+    data["failed_shards"] = [{"shard": f.index, "queue": f.queue, "attempts": f.attempts,
+                              "error": f.error, "last_error": f.last_error,
+                              "last_error_at": f.last_error_at.isoformat()
+                              if f.last_error_at else None} for f in failed]
+    data["retries"] = sweep.retries
+    data["workers"] = [{"id": w.worker_id, "queues": list(w.queues),
+                        "state": "busy" if w.sweep_id else "idle",
+                        "sweep": w.sweep_id or None, "shard": w.shard,
+                        "probes": w.probes} for w in workers]
+    return data
 
 
 def _render_status(d: dict[str, Any]) -> str:
@@ -348,10 +328,8 @@ async def _list_cmd(args: argparse.Namespace, settings: Settings) -> int:
         rows = await state.list_sweeps(conn, limit=50)
     finally:
         await conn.close()
-    items: list[dict[str, Any]] = [
-        {"id": r.id, "name": r.name, "state": r.state, "targets": r.target_count,
-         "shards": r.shard_count, "failed_shards": r.failed_shards,
-         "created_at": r.created_at.isoformat()} for r in rows]
+    # status.summary, and the failed shards (the API's list has no room for them)
+    items = [{**status.summary(r), "failed_shards": r.failed_shards} for r in rows]
     if args.format == "json":
         print(json.dumps(items, indent=2))
     else:

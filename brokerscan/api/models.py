@@ -1,0 +1,276 @@
+"""The API's response bodies, as pydantic models: they are what the OpenAPI document says
+each endpoint returns (and what schemathesis holds the running server to)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "AmqpReport", "ChangedService", "CountBody", "DiffBody", "ErrorBody", "Explain",
+    "FacetValue", "FieldInfo", "Health", "HostBody", "MqttReport", "OtherOpenReport",
+    "QueryNode", "ReportBody", "ServiceHit", "ServiceKey", "ServicesPage", "SessionBody",
+    "SessionRequest", "SteerResult", "SweepDetail", "SweepSummary", "SweepWorker",
+    "TlsReport", "TrendBucket", "TrendsBody",
+]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(_Body):
+    """Every error: one line; a bad query also says where (0-based ``position``, 1-based
+    ``column``)."""
+
+    error: str
+    position: int | None = None
+    column: int | None = None
+
+
+class ServiceHit(_Body):
+    """One service of the current view (or one observation of a sweep): the searchable
+    columns, flat, and the whole stored record (a ScanResult, see docs/results.md)."""
+
+    ip: str
+    port: int
+    transport: str
+    protocol: str | None
+    status: str
+    tls: bool
+    anonymous: bool | None
+    mqtt_return_code: int | None
+    mqtt_levels: str | None = Field(description="accepted MQTT levels, space-separated "
+                                                "(3 = 3.1, 4 = 3.1.1, 5 = 5.0)")
+    product: str | None
+    version: str | None
+    amqp_family: str | None
+    amqp_mechanisms: str | None = Field(description="offered SASL mechanisms, space-separated")
+    tls_version: str | None
+    cert_subject: str | None
+    cert_issuer: str | None
+    cert_sha256: str | None
+    cert_self_signed: bool | None
+    cert_expired: bool | None
+    cert_trusted: bool | None
+    asn: int | None
+    org: str | None
+    country: str | None
+    sweep_id: str
+    first_seen: datetime
+    last_seen: datetime
+    record: dict[str, Any]
+
+
+class ServicesPage(_Body):
+    view: str
+    results: list[ServiceHit]
+    cursor: str | None = Field(description="pass as cursor= for the next page; null after "
+                                           "the last")
+    query_ms: float
+
+
+class FacetValue(_Body):
+    value: str | int | bool
+    count: int
+
+
+class CountBody(_Body):
+    view: str
+    total: int
+    facets: dict[str, list[FacetValue]]
+    other: dict[str, int] = Field(description="per facet: rows not among its top values "
+                                              "(unknown values included)")
+    rollup: bool = Field(description="answered from a rollup table")
+    query_ms: float
+
+
+class TrendBucket(_Body):
+    bucket: str = Field(description="a day (YYYY-MM-DD) or a sweep id")
+    count: int
+
+
+class TrendsBody(_Body):
+    interval: Literal["day", "sweep"]
+    buckets: list[TrendBucket]
+    query_ms: float
+
+
+class HostBody(_Body):
+    ip: str
+    observations: list[dict[str, Any]] = Field(description="stored records, newest first")
+
+
+class MqttReport(_Body):
+    servers: int
+    plaintext_on_1883: int
+    tls_on_8883: int
+    tls_any_port: int
+    anonymous_accepted: int
+    auth_required: int
+    by_port: dict[str, int]
+    by_return_code: dict[str, int]
+    by_accepted_level: dict[str, int]
+
+
+class AmqpReport(_Body):
+    services: int
+    by_port: dict[str, int]
+    by_product: dict[str, int]
+    by_family: dict[str, int]
+
+
+class TlsReport(_Body):
+    handshakes: int
+    self_signed: int
+    expired: int
+    trusted: int
+    client_certificate_required: int
+    by_version: dict[str, int]
+
+
+class OtherOpenReport(_Body):
+    ports: int
+    by_port: dict[str, int]
+
+
+class ReportBody(_Body):
+    """The census report of a view (the shape ``brokerscan scan --format json`` prints)."""
+
+    view: str
+    mqtt: MqttReport
+    amqp: AmqpReport
+    tls: TlsReport
+    other_open: OtherOpenReport
+
+
+class ServiceKey(_Body):
+    ip: str
+    port: int
+
+
+class ChangedService(_Body):
+    ip: str
+    port: int
+    changes: list[str]
+
+
+class DiffBody(_Body):
+    a: str
+    b: str
+    counts: dict[str, int]
+    new: list[ServiceKey]
+    gone: list[ServiceKey]
+    changed: list[ChangedService]
+
+
+class SweepSummary(_Body):
+    """A sweep of the fleet (``kind: fleet``, from PostgreSQL) or a local scan whose
+    results are in the store (``kind: scan``)."""
+
+    id: str
+    kind: Literal["fleet", "scan"]
+    name: str | None = None
+    state: str | None = None
+    targets: int | None = None
+    shards: int | None = None
+    created_at: datetime | None = None
+    day: str | None = Field(default=None, description="the day it started, from the store")
+    observations: int = Field(default=0, description="observations in the store")
+    hits: dict[str, int] = Field(default_factory=dict)
+
+
+class SweepWorker(_Body):
+    id: str
+    sweep: str | None
+    shard: int | None
+    probes: int
+
+
+class SweepDetail(_Body):
+    """What ``brokerscan sweep status --format json`` shows, for a fleet sweep (live
+    counters from Redis); for a local scan only what the store knows."""
+
+    id: str
+    kind: Literal["fleet", "scan"]
+    name: str | None = None
+    state: str | None = None
+    targets: int | None = None
+    probes: int | None = None
+    progress: float | None = None
+    probes_per_second: float | None = None
+    eta_seconds: float | None = None
+    hits: dict[str, int] = Field(default_factory=dict)
+    open: int | None = None
+    statuses: dict[str, int] = Field(default_factory=dict)
+    shards: dict[str, int] = Field(default_factory=dict)
+    workers: list[SweepWorker] = Field(default_factory=list)
+    scheduler_alive: bool | None = None
+    created_at: datetime | None = None
+    observations: int = Field(default=0, description="observations in the store")
+
+
+class SteerResult(_Body):
+    id: str
+    state: str
+    workers_notified: bool = Field(description="false: Redis was unreachable; workers "
+                                               "follow when the scheduler next runs")
+
+
+class QueryNode(_Body):
+    """A node of a parsed query: ``op`` is all, match, prefix, exists, range, bare, not,
+    and, or."""
+
+    op: Literal["all", "match", "prefix", "exists", "range", "bare", "not", "and", "or"]
+    field: str | None = None
+    value: str | int | bool | None = None
+    low: str | int | None = None
+    high: str | int | None = None
+    low_inclusive: bool | None = None
+    high_inclusive: bool | None = None
+    items: list[QueryNode] | None = None
+
+
+class Explain(_Body):
+    """The parsed query and the fields it reads, or what is wrong with it and where."""
+
+    query: str
+    valid: bool
+    tree: QueryNode | None = None
+    fields: list[str] = Field(default_factory=list)
+    rollup: bool | None = Field(default=None, description="a count of it (current view) "
+                                                          "reads the rollup")
+    error: str | None = None
+    position: int | None = None
+    column: int | None = None
+
+
+class FieldInfo(_Body):
+    name: str
+    aliases: list[str]
+    kind: str
+    help: str
+    choices: list[str]
+    facet: bool = Field(description="can be a facet of /count")
+
+
+class SessionRequest(_Body):
+    token: str = Field(max_length=200)
+
+
+class SessionBody(_Body):
+    """Who the request is: the token's id, name and role, and how it was presented."""
+
+    token_id: str
+    name: str
+    role: Literal["reader", "operator"]
+    via: Literal["header", "cookie", "none"]
+    csrf: str | None = Field(default=None, description="for a cookie session: send it as "
+                                                       "X-CSRF-Token with every POST and "
+                                                       "DELETE")
+
+
+class Health(_Body):
+    status: str

@@ -1,0 +1,65 @@
+"""Requests per second per token: an in-process token bucket for each key (a token's id, or
+a client address that keeps presenting bad tokens).
+
+A bucket holds at most *burst* requests and refills at *rate* per second; a request takes
+one, and a request that finds the bucket empty is refused with the seconds until one is
+back (the ``Retry-After`` of a 429). One process, one set of buckets: a server behind a
+load balancer with N processes allows N times the rate (documented in docs/api.md).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+__all__ = ["RateLimiter"]
+
+#: Buckets kept before idle (full) ones are forgotten.
+_PRUNE_AT: Final = 10_000
+
+
+@dataclass(slots=True)
+class _Bucket:
+    level: float
+    stamp: float
+
+
+@dataclass
+class RateLimiter:
+    """*rate* requests per second per key, bursts of up to *burst*; ``rate <= 0``: no
+    limit."""
+
+    rate: float
+    burst: float
+    clock: Callable[[], float] = time.monotonic
+    _buckets: dict[str, _Bucket] = field(default_factory=dict)
+
+    @property
+    def enabled(self) -> bool:
+        return self.rate > 0
+
+    def take(self, key: str) -> float | None:
+        """Take one request for *key*: None if allowed, else the seconds to wait."""
+        if not self.enabled:
+            return None
+        now = self.clock()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= _PRUNE_AT:
+                self._prune(now)
+            bucket = self._buckets[key] = _Bucket(self.burst, now)
+        else:
+            bucket.level = min(self.burst, bucket.level + (now - bucket.stamp) * self.rate)
+            bucket.stamp = now
+        if bucket.level >= 1.0:
+            bucket.level -= 1.0
+            return None
+        return (1.0 - bucket.level) / self.rate
+
+    def _prune(self, now: float) -> None:
+        full = [k for k, b in self._buckets.items()
+                if b.level + (now - b.stamp) * self.rate >= self.burst]
+        for key in full:
+            del self._buckets[key]

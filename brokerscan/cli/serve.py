@@ -1,0 +1,125 @@
+"""``brokerscan serve``: the REST API (and its docs page) on uvicorn.
+
+The store is opened (read-only for PostgreSQL) and the address bound before the server
+starts, so a store that cannot be opened or an address that is taken is one line and exit
+1. ``--no-auth`` is for one user on their own machine: it is refused on any address that is
+not loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import socket
+import sys
+from pathlib import Path
+
+from brokerscan.api.app import DEFAULT_BURST, DEFAULT_RATE, build_app
+from brokerscan.cli.errors import EXIT_UNAVAILABLE, CliError
+from brokerscan.cli.options import non_negative
+from brokerscan.settings import Settings
+from storage.db import DatabaseError
+from storage.sqlitestore import path_of
+from storage.store import StoreError, open_store, store_url
+
+__all__ = ["COMMANDS", "add_commands", "run"]
+
+COMMANDS = frozenset({"serve"})
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``serve``."""
+    p = sub.add_parser("serve", help="the REST API (docs at /docs)")
+    p.add_argument("--store", metavar="URL", default=None,
+                   help="the store to answer from (default: settings, else brokerscan.db)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on "
+                                                       "(default: %(default)s)")
+    p.add_argument("--port", type=int, default=8080, help="default: %(default)s")
+    p.add_argument("--no-auth", action="store_true",
+                   help="no tokens: every request may do anything (loopback addresses only)")
+    p.add_argument("--rate-limit", type=non_negative(float), default=DEFAULT_RATE,
+                   metavar="N", help="requests per second per token; 0 = no limit "
+                                     "(default: %(default)s)")
+    p.add_argument("--burst", type=non_negative(float), default=DEFAULT_BURST, metavar="N",
+                   help="requests a token may make at once (default: %(default)s)")
+    p.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"),
+                   default="info")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    if not 0 <= port <= 65535:
+        raise CliError(f"--port: {port} is not a port (0 to 65535)")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise CliError(f"--host: cannot use {host!r}: {exc}") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(512)
+    except OSError as exc:
+        sock.close()
+        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                       EXIT_UNAVAILABLE) from None
+    sock.setblocking(False)
+    return sock
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run ``serve`` until interrupted."""
+    if args.no_auth and not _is_loopback(args.host):
+        raise CliError(f"--no-auth serves without tokens, so only on a loopback address, "
+                       f"not {args.host}")
+    url = store_url(settings, args.store)
+    if url.startswith("sqlite:"):
+        try:
+            path = path_of(url)
+        except StoreError as exc:
+            raise CliError(str(exc)) from None
+        if path != ":memory:" and not Path(path).is_file():
+            raise CliError(f"no store at {path}: scan first, or name one with --store")
+    sock = _bind(args.host, args.port)
+    try:
+        return asyncio.run(_serve(args, settings, url, sock))
+    finally:
+        sock.close()
+
+
+async def _serve(args: argparse.Namespace, settings: Settings, url: str,
+                 sock: socket.socket) -> int:
+    import uvicorn  # the server is needed only here
+
+    try:
+        store = await open_store(url, read_only=True)
+    except (StoreError, DatabaseError) as exc:
+        raise CliError(str(exc), EXIT_UNAVAILABLE) from None
+    try:
+        app = build_app(settings, url, auth=not args.no_auth, rate=args.rate_limit,
+                        burst=args.burst, store=store)
+        # A query of MAX_LENGTH characters, percent-encoded, can be 24 KB of URL: more than
+        # h11's default 16 KiB for a request head.
+        config = uvicorn.Config(app, log_level=args.log_level, proxy_headers=True,
+                                server_header=False, lifespan="on",
+                                h11_max_incomplete_event_size=64 * 1024)
+        server = uvicorn.Server(config)
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        sys.stderr.write(f"brokerscan: serving http://{shown}:{port} (docs: /docs)"
+                         + (", no tokens (--no-auth)" if args.no_auth else "") + "\n")
+        sys.stderr.flush()
+        await server.serve(sockets=[sock])
+    finally:
+        await store.close()
+    return 0

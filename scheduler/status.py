@@ -1,0 +1,91 @@
+"""What a sweep looks like now, and steering it: the durable record (PostgreSQL) joined with
+the live counters, control state and heartbeats (Redis). ``brokerscan sweep status|list|
+pause|resume|cancel`` and the REST API's ``/api/v1/sweeps`` both read and steer through
+here, so both faces say the same thing."""
+
+from __future__ import annotations
+
+from typing import Any, Final, Literal
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from brokerscan.names import Names
+from scheduler import live, state
+from scheduler.records import SweepRow, SweepState, UnknownSweep
+from storage.db import Conn
+
+__all__ = ["STEER", "Verb", "list_sweeps", "steer_sweep", "sweep_status"]
+
+Verb = Literal["pause", "resume", "cancel"]
+#: The state each steering verb asks for.
+STEER: Final[dict[str, SweepState]] = {"pause": "paused", "resume": "running",
+                                       "cancel": "cancelled"}
+
+
+def summary(row: SweepRow) -> dict[str, Any]:
+    """One line of ``sweep list``: id, name, state, targets, shards, creation time."""
+    return {"id": row.id, "name": row.name, "state": row.state, "targets": row.target_count,
+            "shards": row.shard_count, "created_at": row.created_at.isoformat()}
+
+
+async def list_sweeps(conn: Conn, *, limit: int = 50) -> list[dict[str, Any]]:
+    """The *limit* most recent sweeps, newest first (see :func:`summary`)."""
+    return [summary(r) for r in await state.list_sweeps(conn, limit=limit)]
+
+
+async def sweep_status(conn: Conn, redis: Redis, names: Names, sweep_id: str | None,
+                       ) -> dict[str, Any]:
+    """State, progress, probes/s, ETA, hits, open ports, statuses, shards by state, the
+    workers alive and whether a scheduler runs; *sweep_id* None: the newest sweep.
+
+    :raises UnknownSweep: no such sweep (or no sweep at all)
+    :raises RedisError: Redis cannot be reached
+    """
+    if sweep_id is None:
+        recent = await state.list_sweeps(conn, limit=1)
+        if not recent:
+            raise UnknownSweep("no sweeps yet")
+        sweep_id = recent[0].id
+    sweep = await state.get_sweep(conn, sweep_id)
+    if sweep is None:
+        raise UnknownSweep(f"no sweep {sweep_id}")
+    shards = await state.shard_counts(conn, sweep_id)
+    counts = await live.read_counts(redis, names, sweep_id)
+    workers = await live.live_workers(redis, names)
+    scheduler = await live.scheduler_alive(redis, names)
+    probes = max(counts.probes, shards.probes)
+    running = sweep.state == "running"
+    return {
+        "id": sweep.id, "name": sweep.name, "state": sweep.state,
+        "targets": sweep.target_count, "probes": probes,
+        "progress": round(min(1.0, probes / sweep.target_count), 4) if sweep.target_count
+        else 1.0,
+        "probes_per_second": round(counts.probes_per_second or 0.0, 1) if running else 0.0,
+        "eta_seconds": counts.eta(sweep.target_count) if running else None,
+        "hits": counts.hits or shards.hits, "open": max(counts.open, shards.open),
+        "statuses": counts.statuses or shards.statuses,
+        "shards": dict(shards.states),
+        "workers": [{"id": w.worker_id, "sweep": w.sweep_id, "shard": w.shard,
+                     "probes": w.probes} for w in workers],
+        "scheduler_alive": scheduler,
+        "created_at": sweep.created_at.isoformat(),
+    }
+
+
+async def steer_sweep(conn: Conn, redis: Redis, names: Names, sweep_id: str, verb: Verb,
+                      ) -> tuple[SweepRow, bool]:
+    """Pause, resume or cancel a sweep: the durable state first, then the control key that
+    workers obey within half a second.
+
+    :returns: the sweep as it is now, and whether Redis took the new state (if not, the
+        scheduler mirrors it when it next runs)
+    :raises UnknownSweep: no such sweep
+    :raises BadTransition: not allowed from the sweep's state
+    """
+    row = await state.set_sweep_state(conn, sweep_id, STEER[verb])
+    try:
+        await live.set_control(redis, names, row.id, row.state)
+    except (RedisError, OSError):
+        return row, False
+    return row, True

@@ -25,6 +25,10 @@ server sit on its protocol's standard port without collisions):
 127.60-127.61      engine tests (lead)
 127.62.0.0/20      ops tests: metrics/health listeners, proxies (``ops`` pool)
 127.62.32.0/19     ops tests: swept ranges (nothing listens there)
+127.64.0.0/17      read-side tests (lead: search, CLI)
+127.64.128.0/17    ``brokerscan serve`` in the API tests (``api`` pool)
+127.65.0.0/17      brokers scanned for the dashboard's browser tests (``web`` pool)
+127.65.128.0/17    dashboard tests: swept ranges (nothing listens there)
 127.66.0.0/16      hostile TLS servers (``hostile-tls`` pool; TLS helper)
 127.77.0.0/16      ``brokerscan demo`` (lead)
 =================  ===========================================================
@@ -159,6 +163,8 @@ POOLS: dict[str, AddressPool] = {
     "scratch": AddressPool("127.54.0.0/16"),
     "ops": AddressPool("127.62.0.0/20"),
     "hostile-tls": AddressPool("127.66.0.0/16"),
+    "api": AddressPool("127.64.128.0/17"),
+    "web": AddressPool("127.65.0.0/17"),
 }
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from brokerscan.cli.errors import CliError
 from brokerscan.cli.options import add_rate_option, add_target_options

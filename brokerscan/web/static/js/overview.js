@@ -224,7 +224,8 @@ async function timelineCard(body, sweeps) {
     note.replaceChildren(h("span", {}, "comparing sweeps…"));
     const answers = await limited(pairs.map(([a, b]) => () => get("diff", { a, b, limit: 1 })), 1);
     diffs = answers.filter((d) => d && d.counts);
-    note.replaceChildren(h("span", {}, `newly exposed and gone: each of the last ${pairs.length} sweeps against the one before`));
+    note.replaceChildren(h("span", {}, pairs.length === 1 ? "newly exposed and gone: the last sweep against the one before"
+      : `newly exposed and gone: each of the last ${pairs.length} sweeps against the one before`));
     await draw();
   }
 

@@ -8,6 +8,7 @@ import {
   searchHref, table, title, when,
 } from "./ui.js";
 
+/** Results per page (``limit=`` in the URL changes it, up to the API's 1,000). */
 const PAGE = 50;
 /** The facets beside the results: field, how many values, how a value reads. */
 const FACETS = [
@@ -121,6 +122,7 @@ async function render(root) {
   const view = { sweep: p.get("sweep") || "", at: p.get("at") || "" };
   const cursor = p.get("cursor") || "";
   const pageNo = Math.max(1, Number.parseInt(p.get("page") || "1", 10) || 1);
+  const size = Math.min(1000, Math.max(1, Number.parseInt(p.get("limit") || "", 10) || PAGE));
   const scope = { sweep: view.sweep, at: view.at };
   if (query) title(`Search: ${query.length > 60 ? `${query.slice(0, 57)}…` : query}`);
 
@@ -132,6 +134,7 @@ async function render(root) {
     h("div", { class: "searchbar" }, input,
       view.sweep ? h("input", { type: "hidden", name: "sweep", value: view.sweep }) : null,
       view.at ? h("input", { type: "hidden", name: "at", value: view.at }) : null,
+      size !== PAGE ? h("input", { type: "hidden", name: "limit", value: String(size) }) : null,
       h("button", { type: "submit" }, "Search")));
   const fieldsBox = h("div");
   const main = h("div", { id: "main-results" }, h("p", { class: "muted" }, "searching…"));
@@ -147,7 +150,7 @@ async function render(root) {
   checkAsYouType(input, status);
 
   const [pageResult, countResult] = await Promise.allSettled([
-    get("services", { q: query, cursor, limit: PAGE, ...scope }),
+    get("services", { q: query, cursor, limit: size, ...scope }),
     get("count", { q: query, facets: FACETS.map(([f, n]) => `${f}:${n}`).join(","), ...scope }),
   ]);
   if (pageResult.status === "rejected") {
@@ -162,7 +165,7 @@ async function render(root) {
   if (countResult.status === "fulfilled") side.append(...facetList(countResult.value, query, view, names));
   else side.append(errorBox(countResult.reason, "facets"));
 
-  const first = (pageNo - 1) * PAGE + 1;
+  const first = (pageNo - 1) * size + 1;
   const last = first + found.results.length - 1;
   const exportLink = (format) => h("a", {
     class: "button secondary", href: apiUrl("export", { q: query, format, ...scope }),

@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from tests import servers
-from tests.apiserver import ApiServer
+from tests.apiserver import ApiServer, make_token
 from tests.browser import Browser, Watched, browser, off_loop, screenshot
 from tests.certs import Pki
 from tests.integration.sweepfleet import Fleet
@@ -174,7 +174,7 @@ def test_overview_headline_equals_the_report_and_the_database(
     # every breakdown drew its chart, the timeline has both scans
     assert page.page.locator("section.card .chart svg").count() >= 8
     page.page.wait_for_function(
-        "document.querySelectorAll('section[aria-label=\"Across sweeps\"] svg').length > 0")
+        "() => document.querySelectorAll('section[aria-label=\"Across sweeps\"] svg').length > 0")
     screenshot(page, "overview")
 
     # one sweep's overview: the first scan's report
@@ -334,3 +334,44 @@ def test_keyboard_reaches_the_query_and_the_facets(chrome: Browser) -> None:
             "document.activeElement.tagName"))
     assert {"q", "protocol", "anonymous"} <= reached
     page.check()
+
+
+def sign_in(page: Watched, token: str) -> None:
+    """Sign in through the form (the page must show it)."""
+    page.page.locator("#token").wait_for()
+    page.page.fill("#token", token)
+    page.page.press("#token", "Enter")
+
+
+def test_sign_in_keeps_the_token_in_an_http_only_cookie_never_in_a_url(
+        stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> None:
+    serve = ApiServer(tmp_path_factory.mktemp("serve-auth"), stack.fleet.database_url,
+                      env=stack.fleet.env)
+    reader = make_token(stack.fleet.database_url, "web-reader", "reader", env=stack.fleet.env)
+    try:
+        with browser(serve.url) as chrome_auth:
+            page = chrome_auth.open()
+            urls: list[str] = []
+            page.page.on("request", lambda request: urls.append(request.url))
+            page.page.goto(f"{serve.url}/search?q=protocol%3Amqtt")
+            page.page.wait_for_url("**/signin?next=*")
+            sign_in(page, "bsk_not-a-token")
+            page.page.locator(".error").wait_for()
+            assert "not valid" in page.page.locator(".error").inner_text()
+            sign_in(page, reader)
+            page.page.wait_for_url("**/search?q=protocol%3Amqtt")
+            page.ready()
+            assert page.page.locator("#results tbody tr").count() >= 1
+            assert "web-reader (reader)" in page.page.locator("#who").inner_text()
+            assert not [u for u in urls if reader in u]
+            cookies = {c["name"]: c for c in chrome_auth.context.cookies()}
+            session = cookies["brokerscan_session"]
+            assert session["httpOnly"] and session["sameSite"] == "Strict"
+            assert page.page.evaluate("document.cookie").find(reader) < 0
+            page.page.click("#who button")
+            page.page.wait_for_url("**/signin")
+            page.page.goto(f"{serve.url}/")
+            page.page.wait_for_url("**/signin?next=*")
+            page.check(allow=frozenset({401}))
+    finally:
+        serve.stop()

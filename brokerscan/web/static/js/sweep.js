@@ -31,7 +31,13 @@ function view(s, who, act, message) {
   if (operator && s.kind === "fleet") {
     if (s.state === "running") buttons.push(h("button", { type: "button", id: "pause", onclick: () => act("pause") }, "Pause"));
     if (s.state === "paused") buttons.push(h("button", { type: "button", id: "resume", onclick: () => act("resume") }, "Resume"));
-    if (LIVE.has(s.state)) buttons.push(h("button", { type: "button", id: "cancel", class: "danger", onclick: () => act("cancel") }, "Cancel"));
+    if (LIVE.has(s.state)) {
+      buttons.push(h("button", {
+        type: "button", id: "cancel", class: "danger",
+        // cancelling cannot be undone: ask first
+        onclick: () => window.confirm(`Cancel sweep ${s.name || s.id}? It cannot be resumed.`) && act("cancel"),
+      }, "Cancel"));
+    }
   }
   return [
     h("div", { class: "row" },

@@ -165,11 +165,12 @@ export async function page(render) {
     const who = await session();
     await render(root, who);
   } catch (error) {
-    if (!(error instanceof ApiError && error.status === 401)) root.append(errorBox(error));
-  } finally {
-    root.removeAttribute("aria-busy");
-    document.body.dataset.ready = "1";
+    // a 401 is on its way to the sign-in page: this page is never ready
+    if (error instanceof ApiError && error.status === 401) return;
+    root.append(errorBox(error));
   }
+  root.removeAttribute("aria-busy");
+  document.body.dataset.ready = "1";
 }
 
 /** Set the page's heading and the window title. */

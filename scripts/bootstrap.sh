@@ -27,6 +27,9 @@ has_cmd openssl || missing+=(openssl)
 has_cmd systemd-analyze || missing+=(systemd)  # deploy/ units are verified by the tests
 # kubectl renders deploy/k8s (kubectl kustomize); Debian's kubernetes-client when absent
 has_cmd kubectl || missing+=(kubernetes-client)
+# the dashboard's browser tests drive Debian's Chromium through Playwright (no browser
+# download: `playwright install` is never run)
+has_cmd chromium || missing+=(chromium)
 
 if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then

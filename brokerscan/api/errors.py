@@ -23,6 +23,7 @@ from starlette.types import Scope
 
 from brokerscan.api.models import ErrorBody
 from storage.db import DatabaseError
+from storage.search.parse import MAX_LENGTH
 from storage.search.tree import QueryError
 from storage.store import StoreError
 
@@ -79,6 +80,8 @@ def _validation_message(exc: RequestValidationError) -> str:
     first = errors[0]
     loc = [str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body")]
     where = ".".join(loc) or "request"
+    if where == "q" and first.get("type") == "string_too_long":  # as the parser says it
+        raise QueryError(f"the query is longer than {MAX_LENGTH} characters", MAX_LENGTH)
     if first.get("type") == "string_pattern_mismatch" and where in _SHAPES:
         shown = str(first.get("input", ""))[:100]
         return f"{where}: {shown!r} is not {_SHAPES[where]}"
@@ -108,7 +111,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(400, _validation_message(exc))
+        try:
+            return error_response(400, _validation_message(exc))
+        except QueryError as error:
+            return error_response(400, error.message, position=error.position)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:

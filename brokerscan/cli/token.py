@@ -8,6 +8,8 @@ import argparse
 import json
 from typing import Any
 
+import asyncpg
+
 from brokerscan.cli.errors import EXIT_UNAVAILABLE, CliError
 from brokerscan.cli.services import run_async
 from brokerscan.settings import Settings
@@ -51,8 +53,8 @@ def _plain(info: TokenInfo) -> dict[str, Any]:
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        store = await open_store(store_url(settings, args.store))
+    try:  # tokens need no partitions: a store opened to read takes them too
+        store = await open_store(store_url(settings, args.store), read_only=True)
     except StoreError as exc:
         raise CliError(str(exc), EXIT_UNAVAILABLE) from None
     assert isinstance(store, Searcher)
@@ -76,6 +78,8 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         raise CliError(str(exc)) from None
     except DatabaseError as exc:
         raise CliError(str(exc), EXIT_UNAVAILABLE) from None
+    except asyncpg.PostgresError as exc:
+        raise CliError(f"the store refused: {exc}", EXIT_UNAVAILABLE) from None
     finally:
         await store.close()
     return 0

@@ -71,7 +71,7 @@ def tree_of(node: Node) -> QueryNode:
 
 
 @router.get("/query/explain", response_model=Explain, response_model_exclude_none=True)
-async def explain(q: Annotated[str, Query(max_length=MAX_LENGTH)] = "") -> Explain:
+async def explain(q: Annotated[str, Query(max_length=2 * MAX_LENGTH)] = "") -> Explain:
     """Check a query without running it: its tree and the fields it reads, or the mistake
     with its position (``valid: false``; the status is 200 either way)."""
     try:

@@ -50,7 +50,7 @@ async def sign_in(request: Request, response: Response, body: SessionRequest,
                        csrf=csrf)
 
 
-@router.get("/session", response_model=SessionBody)
+@router.get("/session", response_model=SessionBody, response_model_exclude_none=True)
 async def whoami(who: Annotated[Principal, Depends(principal)]) -> SessionBody:
     """Who the request is (the token's id, name and role, and how it came)."""
     return _body(who)

@@ -41,7 +41,8 @@ def test_the_document_is_openapi_3_1_with_json_errors_and_no_422() -> None:
                 assert responses["400"]["content"]["application/json"]["schema"] == {
                     "$ref": "#/components/schemas/ErrorBody"}, (method, path)
                 assert "401" in responses and "429" in responses, (method, path)
-                wanted = [] if (method, path) == ("post", "/api/v1/session") \
+                signing_in = (method, path) == ("post", "/api/v1/session")
+                wanted: list[dict[str, list[str]]] = [] if signing_in \
                     else [{"bearer": []}, {"session": []}]
                 assert operation.get("security") == wanted, (method, path)
 

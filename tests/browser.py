@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
-from playwright.sync_api import BrowserContext, ConsoleMessage, Page, Route, sync_playwright
+from playwright.sync_api import (
+    BrowserContext,
+    ConsoleMessage,
+    Page,
+    Playwright,
+    Route,
+    sync_playwright,
+)
 
 __all__ = ["ARTIFACTS", "CHROMIUM", "Browser", "Watched", "browser", "chromium", "off_loop",
            "screenshot"]
@@ -89,12 +96,28 @@ class Watched:
         self.page.goto(self.origin + path)
         self.ready()
 
+    def follow(self, selector: str) -> None:
+        """Click *selector* (a link, or a key press's button) and wait until the page it
+        leads to is ready (not the one it leaves, whose ``data-ready`` is set too)."""
+        before = self.page.url
+        self.page.click(selector)
+        self.page.wait_for_url(lambda url: url != before)
+        self.ready()
+
+    def submit(self, selector: str) -> None:
+        """Press Enter in *selector* (a form's field) and wait for the page it loads."""
+        before = self.page.url
+        self.page.press(selector, "Enter")
+        self.page.wait_for_url(lambda url: url != before)
+        self.ready()
+
 
 class Browser:
     """One Chromium with a fresh profile; pages opened with :meth:`open`."""
 
-    def __init__(self, context: BrowserContext, origin: str) -> None:
+    def __init__(self, context: BrowserContext, origin: str, playwright: Playwright) -> None:
         self.context = context
+        self.playwright = playwright
         self.origin = origin.rstrip("/")
         self.pages: list[Watched] = []
 
@@ -127,17 +150,22 @@ class Browser:
 
 
 @contextmanager
-def browser(origin: str) -> Iterator[Browser]:
+def browser(origin: str, playwright: Playwright | None = None) -> Iterator[Browser]:
     """A Chromium (headless, fresh user-data dir, no background networking) for pages of
-    *origin*."""
+    *origin*. While it is open the test's thread has Playwright's event loop: a second
+    browser at the same time must be given the first's *playwright*."""
+    if playwright is None:
+        with sync_playwright() as started:
+            with browser(origin, started) as opened:
+                yield opened
+        return
     binary = chromium()
-    with sync_playwright() as playwright, tempfile.TemporaryDirectory(
-            prefix="brokerscan-chromium-") as profile:
+    with tempfile.TemporaryDirectory(prefix="brokerscan-chromium-") as profile:
         context = playwright.chromium.launch_persistent_context(
             profile, executable_path=binary, headless=True, args=ARGS,
             accept_downloads=True, viewport={"width": 1280, "height": 900})
         try:
-            yield Browser(context, origin)
+            yield Browser(context, origin, playwright)
         finally:
             context.close()
 

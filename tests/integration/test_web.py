@@ -20,6 +20,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import asyncpg
@@ -71,10 +72,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Stack]
     fleet.setup()
     brokers: list[servers.ServerProcess] = []
     try:
-        def start(name: str, port: int, **options: object) -> str:
+        def start(name: str, port: int, **options: Any) -> str:
             host, port = servers.allocate("web", port)
-            brokers.append(servers.start_mosquitto(work / name, host, port,  # type: ignore[arg-type]
-                                                   **options))
+            brokers.append(servers.start_mosquitto(work / name, host, port, **options))
             return host
 
         anonymous = start("anon", 1883)
@@ -185,8 +185,7 @@ def test_overview_headline_equals_the_report_and_the_database(
 
     # a headline number is the total of the search it links to
     page.goto("/")
-    page.page.click('#headline a[data-query="protocol:mqtt anonymous:true"]')
-    page.ready()
+    page.follow('#headline a[data-query="protocol:mqtt anonymous:true"]')
     assert parse_qs(urlsplit(page.page.url).query)["q"] == ["protocol:mqtt anonymous:true"]
     total = page.page.locator("#total").get_attribute("data-total")
     assert int(str(total)) == shown["protocol:mqtt anonymous:true"]
@@ -197,8 +196,7 @@ def test_search_round_trip_facet_paging_and_export(
         chrome: Browser, api: httpx.Client, stack: Stack, tmp_path: Path) -> None:
     page = chrome.open("/search")
     page.page.fill("#q", "protocol:mqtt")
-    page.page.press("#q", "Enter")
-    page.ready()
+    page.submit("#q")
     page.page.wait_for_selector("#results")
     assert parse_qs(urlsplit(page.page.url).query)["q"] == ["protocol:mqtt"]
     mqtt = api.get("/api/v1/count", params={"q": "protocol:mqtt"}).json()["total"]
@@ -206,8 +204,7 @@ def test_search_round_trip_facet_paging_and_export(
     assert page.page.locator("#results tbody tr").count() == mqtt
 
     # a facet adds its filter to the query
-    page.page.click('a[data-facet="anonymous"][data-value="false"]')
-    page.ready()
+    page.follow('a[data-facet="anonymous"][data-value="false"]')
     query = parse_qs(urlsplit(page.page.url).query)["q"][0]
     assert query == "protocol:mqtt anonymous:false"
     refused = api.get("/api/v1/count", params={"q": query}).json()["total"]
@@ -228,8 +225,7 @@ def test_search_round_trip_facet_paging_and_export(
         following = page.page.locator("#next-page")
         if following.count() == 0:
             break
-        following.click()
-        page.ready()
+        page.follow("#next-page")
     assert len(seen) == everything and len(set(seen)) == everything
 
     # the whole result set as CSV and as JSON lines
@@ -301,8 +297,7 @@ def test_changes_between_the_two_scans_link_to_hosts(chrome: Browser, stack: Sta
     assert page.page.locator("#count-new").inner_text() == "1"
     assert page.page.locator("#count-gone").inner_text() == "1"
     screenshot(page, "changes")
-    page.page.click(f'#new a:has-text("{stack.started}:1883")')
-    page.ready()
+    page.follow(f'#new a:has-text("{stack.started}:1883")')
     assert urlsplit(page.page.url).path == f"/host/{stack.started}"
     assert page.page.locator("details.obs").count() == 1
     page.check()
@@ -344,12 +339,12 @@ def sign_in(page: Watched, token: str) -> None:
 
 
 def test_sign_in_keeps_the_token_in_an_http_only_cookie_never_in_a_url(
-        stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> None:
+        chrome: Browser, stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> None:
     serve = ApiServer(tmp_path_factory.mktemp("serve-auth"), stack.fleet.database_url,
                       env=stack.fleet.env)
     reader = make_token(stack.fleet.database_url, "web-reader", "reader", env=stack.fleet.env)
     try:
-        with browser(serve.url) as chrome_auth:
+        with browser(serve.url, chrome.playwright) as chrome_auth:
             page = chrome_auth.open()
             urls: list[str] = []
             page.page.on("request", lambda request: urls.append(request.url))

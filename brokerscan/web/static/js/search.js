@@ -149,22 +149,19 @@ async function render(root) {
     .catch((e) => fieldsBox.append(errorBox(e, "field list")));
   checkAsYouType(input, status);
 
-  const [pageResult, countResult] = await Promise.allSettled([
-    get("services", { q: query, cursor, limit: size, ...scope }),
-    get("count", { q: query, facets: FACETS.map(([f, n]) => `${f}:${n}`).join(","), ...scope }),
-  ]);
-  if (pageResult.status === "rejected") {
-    const error = pageResult.reason;
+  // The page of results shows as soon as it comes; the total and the facets (a count,
+  // slower on a large store when a facet is not in the rollups) fill in after.
+  const counting = get("count", {
+    q: query, facets: FACETS.map(([f, n]) => `${f}:${n}`).join(","), ...scope,
+  }).then((count) => ({ count }), (error) => ({ error }));
+  let found;
+  try {
+    found = await get("services", { q: query, cursor, limit: size, ...scope });
+  } catch (error) {
     fill(main, error instanceof ApiError && error.position !== null ? queryError(query, error) : errorBox(error));
     side.remove();
     return;
   }
-  const found = pageResult.value;
-  const names = await countries();
-  const total = countResult.status === "fulfilled" ? countResult.value.total : null;
-  if (countResult.status === "fulfilled") side.append(...facetList(countResult.value, query, view, names));
-  else side.append(errorBox(countResult.reason, "facets"));
-
   const first = (pageNo - 1) * size + 1;
   const last = first + found.results.length - 1;
   const exportLink = (format) => h("a", {
@@ -177,18 +174,30 @@ async function render(root) {
   const firstPage = new URLSearchParams(location.search);
   firstPage.delete("cursor");
   firstPage.delete("page");
+  const range = found.results.length ? `${fmt(first)}–${fmt(last)}` : "no results";
+  const shown = h("span", {}, `${range} of …`);
+  const totalBox = h("p", { id: "total", style: "margin:0" }, shown,
+    h("span", { class: "muted small" }, ` · ${found.view} · ${Math.round(found.query_ms)} ms`));
   fill(main,
     h("div", { class: "row", style: "justify-content:space-between;margin-bottom:0.5rem" },
-      h("p", { id: "total", style: "margin:0", dataset: { total: total === null ? "" : String(total) } },
-        found.results.length
-          ? `${fmt(first)}–${fmt(last)} of ${fmt(total)} ${total === 1 ? "result" : "results"}`
-          : `no results (${fmt(total)})`,
-        h("span", { class: "muted small" }, ` · ${found.view} · ${Math.round(found.query_ms)} ms`)),
-      h("div", { class: "row" }, exportLink("csv"), exportLink("jsonl"))),
+      totalBox, h("div", { class: "row" }, exportLink("csv"), exportLink("jsonl"))),
     found.results.length ? results(found.results) : null,
     h("nav", { class: "pager", "aria-label": "pages" },
       cursor ? h("a", { href: `/search?${firstPage}`, id: "first-page" }, "« First page") : null,
       found.cursor ? h("a", { href: `/search?${next}`, id: "next-page", rel: "next" }, "Next page »") : null));
+  performance.mark("brokerscan:results");
+
+  const [counted, names] = await Promise.all([counting, countries()]);
+  if (counted.error) {
+    fill(shown, `${range} of ?`);
+    side.append(errorBox(counted.error, "total and facets"));
+    return;
+  }
+  const total = counted.count.total;
+  totalBox.dataset.total = String(total);
+  fill(shown, found.results.length ? `${range} of ${fmt(total)} ${total === 1 ? "result" : "results"}`
+    : `no results (${fmt(total)})`);
+  side.append(...facetList(counted.count, query, view, names));
 }
 
 /** Ask the API whether the query in the box reads, a moment after each key. */

@@ -170,6 +170,7 @@ export async function page(render) {
     root.append(errorBox(error));
   }
   root.removeAttribute("aria-busy");
+  performance.mark("brokerscan:ready");
   document.body.dataset.ready = "1";
 }
 

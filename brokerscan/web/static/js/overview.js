@@ -2,7 +2,6 @@
 // its breakdowns, top countries and networks, the world map and the timeline across
 // sweeps; for the current view or one sweep (?sweep=ID).
 import { get, limited } from "./api.js";
-import { bars, map, timeline } from "./charts.js";
 import {
   CONNACK, LEVELS, countries, errorBox, fill, fmt, h, page, params, quote, searchHref,
 } from "./ui.js";
@@ -82,12 +81,16 @@ function productItem(label, value, products, view) {
 }
 
 async function render(root) {
+  // The charts (ECharts, the largest file) load while the headline is fetched and shown:
+  // the first meaningful paint waits for neither.
+  const charting = import("./charts.js");
+  charting.catch(() => null); // awaited below; a page that stops before must not warn
   const view = { sweep: params().get("sweep") || "" };
   const scope = view.sweep ? { sweep: view.sweep } : {};
-  const sweepsRequest = get("sweeps");
+  const sweepsRequest = get("sweeps").catch(() => []); // the view picker can do without
   const totals = await Promise.all(HEADLINE.map(([, q]) =>
     get("count", { q, ...scope }).then((c) => c.total)));
-  const sweeps = await sweepsRequest.catch(() => []);
+  const sweeps = await sweepsRequest;
   const shown = sweeps.find((s) => s.id === view.sweep);
   fill(root, viewPicker(sweeps, view), headline(totals, view),
     h("p", { class: "muted small", id: "view-note" }, view.sweep
@@ -97,7 +100,8 @@ async function render(root) {
 
   const grid = h("div", { class: "cards" });
   root.append(grid);
-  const [report, places, mqtt, amqp] = await Promise.all([
+  const [{ bars, map, timeline }, report, places, mqtt, amqp] = await Promise.all([
+    charting,
     get("report", scope),
     get("count", { facets: "country:250,asn:10", ...scope }),
     get("count", { q: "protocol:mqtt", facets: "mqtt.return_code:20", ...scope }),
@@ -157,7 +161,7 @@ async function render(root) {
     (code) => searchHref(`country:${code}`, view));
   worldBody.append(h("p", { class: "muted small" },
     `${fmt(places.other.country || 0)} without a known country. Shapes: Natural Earth.`));
-  await timelineCard(timeBody, sweeps);
+  await timelineCard(timeBody, sweeps, timeline);
   // The organisation of each top network: the API's facets carry numbers only, so one
   // service of each network is asked for its organisation (a few at a time).
   const orgs = await limited(asnItems.map((item) => () =>
@@ -169,7 +173,7 @@ async function render(root) {
   bars(asnsBody, asnItems, { label: "network", empty: "no network known" });
 }
 
-async function timelineCard(body, sweeps) {
+async function timelineCard(body, sweeps, timeline) {
   const mode = h("select", { id: "interval", "aria-label": "interval" },
     h("option", { value: "sweep" }, "per sweep"), h("option", { value: "day" }, "per day"));
   const chartBox = h("div");

@@ -73,8 +73,9 @@ function view(s, who, act, message) {
   ];
 }
 
-async function render(root, who) {
+async function render(root, session) {
   const id = decodeURIComponent(location.pathname.split("/").pop() || "");
+  const who = await session;
   let message = null;
   let timer = null;
   let sweep = await get(`sweeps/${encodeURIComponent(id)}`);

@@ -156,14 +156,16 @@ function showWho(who) {
     who.via === "cookie" ? out : null);
 }
 
-/** Start a page: check the session (a 401 goes to sign-in), then run *render* with it;
- *  anything that fails shows as one line, never a blank page. Marks the page ready for
- *  the tests and the benchmark (data-ready on <body>). */
+/** Start a page: run *render* with the page's root and a promise of the session (asked
+ *  for at the same time, not first: a page's own requests need no round trip before
+ *  them; a 401 on any of them goes to sign-in); anything that fails shows as one line,
+ *  never a blank page. Marks the page ready for the tests and the benchmark (data-ready
+ *  on <body>). */
 export async function page(render) {
   const root = document.getElementById("page");
+  const who = session();
   try {
-    const who = await session();
-    await render(root, who);
+    await Promise.all([who, render(root, who)]);
   } catch (error) {
     // a 401 is on its way to the sign-in page: this page is never ready
     if (error instanceof ApiError && error.status === 401) return;

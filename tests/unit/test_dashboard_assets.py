@@ -1,5 +1,5 @@
 """The dashboard's pages and assets without a browser (the browser tests are
-tests/integration/test_web*.py): every page renders with its module and the modules it
+tests/integration/test_dashboard*.py): every page renders with its module and the modules it
 imports, assets come gzipped with an ETag, nothing names another host, the vendored files
 carry their licences, and the tables the JavaScript keeps agree with the Python ones."""
 
@@ -73,9 +73,12 @@ def test_every_page_loads_its_module_and_preloads_what_it_imports(client: Client
     assert "{{" not in html
 
 
-def test_the_overview_preloads_the_chart_library(client: Client) -> None:
-    assert '<link rel="modulepreload" href="/assets/vendor/echarts.js">' in client.get("/").text
-    assert "echarts" not in client.get("/sweeps").text  # only pages with charts load it
+def test_no_page_waits_for_the_chart_library_before_its_first_paint(client: Client) -> None:
+    """The overview imports its charts (and so ECharts, 675 kB) dynamically, after the
+    headline; no page preloads them."""
+    for path in _paths():
+        assert "echarts" not in client.get(path).text and "charts.js" not in client.get(path).text
+    assert 'import("./charts.js")' in (JS / "overview.js").read_text()
 
 
 def test_assets_are_gzipped_revalidated_and_typed(client: Client) -> None:
@@ -124,6 +127,8 @@ def test_every_import_of_every_module_is_shipped() -> None:
                 else f"js/{target.removeprefix('./')}"
             assert path in assets, f"{name} imports {target}"
             imports += 1
+        for target in re.findall(r'import\("(\./[^"]+)"\)', text):
+            assert f"js/{target.removeprefix('./')}" in assets, f"{name} imports {target}"
         for fetched in re.findall(r'fetch\("(/assets/[^"]+)"\)', text):
             assert fetched.removeprefix("/assets/") in assets, f"{name} fetches {fetched}"
     assert imports > 15  # the pattern sees them

@@ -1,0 +1,136 @@
+"""Benchmark: the dashboard in Chromium over a large store: the overview's first meaningful
+paint, the search page's results, and what each page weighs on the wire.
+
+    .venv/bin/python bench/web_paint.py [--store URL] [--runs 5] [--query Q] [--json]
+
+``brokerscan serve --no-auth --rate-limit 0`` answers from *store* (default: the read-side
+benchmark database, ``brokerscan_bench_readside``, built by ``bench/readside_data.py``)
+on a loopback address; Debian's Chromium (through Playwright, as in the tests) loads each
+page *runs* times, each time with a fresh profile (nothing cached). From the browser's own
+timing API (``performance``), measured from the start of navigation:
+
+* overview, **first meaningful paint**: the mark ``brokerscan:headline`` (the census's
+  headline numbers are in the page) and the first contentful paint (the page's frame);
+  **complete**: ``brokerscan:ready`` (every chart, the map, the timeline and the top
+  networks' names);
+* search, **results**: ``brokerscan:results`` (a page of 50 results in the table), and
+  **complete** (the total and the facets);
+* **weight**: bytes transferred (``transferSize`` of the document and of every resource,
+  API answers included; the server gzips static files) and the same uncompressed.
+
+Also the slowest API requests of the last run. Best and median of the runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.apiserver import ApiServer  # noqa: E402
+from tests.browser import browser  # noqa: E402
+
+DEFAULT_STORE = "postgresql://postgres@127.0.0.1:5432/brokerscan_bench_readside"
+
+MEASURE = """() => {
+  const nav = performance.getEntriesByType("navigation")[0];
+  const resources = performance.getEntriesByType("resource");
+  const mark = (name) => {
+    const found = performance.getEntriesByName(name, "mark");
+    return found.length ? found[0].startTime : null;
+  };
+  const fcp = performance.getEntriesByName("first-contentful-paint")[0];
+  return {
+    marks: {
+      headline: mark("brokerscan:headline"), results: mark("brokerscan:results"),
+      ready: mark("brokerscan:ready"), fcp: fcp ? fcp.startTime : null,
+      dom: nav.domContentLoadedEventEnd,
+    },
+    transferred: nav.transferSize + resources.reduce((n, r) => n + r.transferSize, 0),
+    decoded: nav.decodedBodySize + resources.reduce((n, r) => n + r.decodedBodySize, 0),
+    requests: 1 + resources.length,
+    api: resources.filter((r) => r.name.includes("/api/v1/"))
+      .map((r) => ({ url: r.name.replace(location.origin, ""), ms: r.duration }))
+      .sort((a, b) => b.ms - a.ms),
+  };
+}"""
+
+
+def measure(origin: str, path: str, wait_for: str) -> dict[str, Any]:
+    """One cold load of *path* (a fresh profile), waiting until the page is ready."""
+    with browser(origin) as chrome:
+        page = chrome.open()
+        page.page.goto(origin + path)
+        page.ready(timeout=120_000)
+        page.page.wait_for_function(
+            f"() => performance.getEntriesByName('{wait_for}', 'mark').length > 0")
+        result: dict[str, Any] = page.page.evaluate(MEASURE)
+        page.check()
+        return result
+
+
+def summary(runs: list[dict[str, Any]], key: str) -> dict[str, float]:
+    values = [r["marks"][key] for r in runs if r["marks"][key] is not None]
+    return {"best_ms": round(min(values), 1), "median_ms": round(statistics.median(values), 1)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", default=DEFAULT_STORE, help="default: %(default)s")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--query", default="protocol:mqtt anonymous:true",
+                        help="the search page's query (default: %(default)s)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-web-") as work:
+        server = ApiServer(Path(work), args.store, "--no-auth", "--rate-limit", "0")
+        try:
+            # one warm-up load each: the server's first answers open its pool and caches
+            measure(server.url, "/", "brokerscan:headline")
+            pages = {
+                "overview": ("/", "brokerscan:headline"),
+                "search": (f"/search?{urlencode({'q': args.query})}", "brokerscan:results"),
+            }
+            out: dict[str, Any] = {"store": args.store.rsplit("/", 1)[-1], "runs": args.runs,
+                                   "query": args.query}
+            for name, (path, mark) in pages.items():
+                runs = [measure(server.url, path, mark) for _ in range(args.runs)]
+                first = "headline" if name == "overview" else "results"
+                out[name] = {
+                    first: summary(runs, first), "first_contentful_paint": summary(runs, "fcp"),
+                    "complete": summary(runs, "ready"),
+                    "transferred_bytes": runs[-1]["transferred"],
+                    "decoded_bytes": runs[-1]["decoded"], "requests": runs[-1]["requests"],
+                    "slowest_api": [{"url": a["url"], "ms": round(a["ms"], 1)}
+                                    for a in runs[-1]["api"][:5]],
+                }
+        finally:
+            server.stop()
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"store {out['store']}, {args.runs} cold loads each, search: {args.query!r}")
+    for name in ("overview", "search"):
+        data = out[name]
+        first = "headline" if name == "overview" else "results"
+        print(f"{name:9} {first:9} best {data[first]['best_ms']:7.0f} ms  median "
+              f"{data[first]['median_ms']:7.0f} ms | first paint "
+              f"{data['first_contentful_paint']['median_ms']:5.0f} ms | complete median "
+              f"{data['complete']['median_ms']:7.0f} ms | {data['transferred_bytes']:,} B on "
+              f"the wire ({data['decoded_bytes']:,} B decoded), {data['requests']} requests")
+        for api in data["slowest_api"]:
+            print(f"          {api['ms']:8.1f} ms  {api['url']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -77,6 +77,20 @@ def measure(origin: str, path: str, wait_for: str) -> dict[str, Any]:
         return result
 
 
+def shoot(origin: str, folder: Path, query: str) -> None:
+    """Screenshots of the overview (desktop and phone) and the search (the host, sweep
+    and changes pages in docs/screenshots/ come from the browser tests)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with browser(origin) as chrome:
+        page = chrome.open("/")
+        page.page.screenshot(path=str(folder / "overview.png"), full_page=True)
+        phone = chrome.open("/", width=390, height=844)
+        phone.page.screenshot(path=str(folder / "overview-phone.png"), full_page=False)
+        page.goto(f"/search?{urlencode({'q': query})}")
+        page.page.screenshot(path=str(folder / "search.png"), full_page=False)
+        page.check()
+
+
 def summary(runs: list[dict[str, Any]], key: str) -> dict[str, float]:
     values = [r["marks"][key] for r in runs if r["marks"][key] is not None]
     return {"best_ms": round(min(values), 1), "median_ms": round(statistics.median(values), 1)}
@@ -89,6 +103,9 @@ def main() -> int:
     parser.add_argument("--query", default="protocol:mqtt anonymous:true",
                         help="the search page's query (default: %(default)s)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--screenshots", metavar="DIR", type=Path,
+                        help="also save the overview and the search page there "
+                             "(docs/screenshots/ for the README)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-web-") as work:
@@ -113,6 +130,8 @@ def main() -> int:
                     "slowest_api": [{"url": a["url"], "ms": round(a["ms"], 1)}
                                     for a in runs[-1]["api"][:5]],
                 }
+            if args.screenshots:
+                shoot(server.url, args.screenshots, args.query)
         finally:
             server.stop()
     if args.json:

@@ -77,7 +77,7 @@ writeFileSync(join(out, "world.json"),
   JSON.stringify({ type: "FeatureCollection", features }));
 // The official short names, but the common ones where those are long-winded.
 const names = { ...countries.getNames("en", { select: "official" }),
-  US: "United States", RU: "Russia", IR: "Iran", TW: "Taiwan", MK: "North Macedonia",
+  US: "United States", CN: "China", RU: "Russia", IR: "Iran", TW: "Taiwan", MK: "North Macedonia",
   CZ: "Czechia", BO: "Bolivia", VE: "Venezuela", TZ: "Tanzania", SY: "Syria",
   LA: "Laos", MD: "Moldova", FM: "Micronesia", XK: "Kosovo" };
 const sorted = Object.fromEntries(Object.entries(names).sort());

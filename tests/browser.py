@@ -170,13 +170,16 @@ def browser(origin: str, playwright: Playwright | None = None) -> Iterator[Brows
             context.close()
 
 
-def screenshot(watched: Watched, name: str, *, full_page: bool = True) -> Path:
-    """Save the page as ``test-artifacts/web/<name>.png`` (and as the README's
-    ``docs/screenshots/<name>.png`` with BROKERSCAN_UPDATE_SCREENSHOTS=1)."""
+def screenshot(watched: Watched, name: str, *, full_page: bool = True, doc: bool = False,
+               ) -> Path:
+    """Save the page as ``test-artifacts/web/<name>.png``; with *doc*, and
+    BROKERSCAN_UPDATE_SCREENSHOTS=1, also as the README's ``docs/screenshots/<name>.png``
+    (the overview and search there come from a larger store: bench/web_paint.py
+    --screenshots)."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
     watched.page.screenshot(path=str(path), full_page=full_page)
-    if os.environ.get("BROKERSCAN_UPDATE_SCREENSHOTS") == "1":
+    if doc and os.environ.get("BROKERSCAN_UPDATE_SCREENSHOTS") == "1":
         DOC_SHOTS.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, DOC_SHOTS / f"{name}.png")
     return path

@@ -266,7 +266,7 @@ def test_a_bad_query_shows_the_message_and_marks_the_place(
     page.page.locator("#explain .error").wait_for()
     explained = api.get("/api/v1/query/explain", params={"q": "port:abc"}).json()
     assert explained["error"] in page.page.locator("#explain").inner_text()
-    screenshot(page, "bad-query", full_page=False)
+    screenshot(page, "bad-query", full_page=False, doc=True)
     page.check(allow=frozenset({400}))
 
 
@@ -285,7 +285,7 @@ def test_host_page_shows_the_certificate_and_its_chain(chrome: Browser, stack: S
     assert "TLSv1." in text and "MQTT" in text
     assert page.page.locator("details.obs").count() == 2  # both scans saw it
     assert page.page.locator("pre.hex").first.inner_text().startswith("00000000  20 ")
-    screenshot(page, "host")
+    screenshot(page, "host", doc=True)
     page.check()
 
 
@@ -296,7 +296,7 @@ def test_changes_between_the_two_scans_link_to_hosts(chrome: Browser, stack: Sta
     assert f"{stack.password}:1883" in page.page.locator("#gone").inner_text()
     assert page.page.locator("#count-new").inner_text() == "1"
     assert page.page.locator("#count-gone").inner_text() == "1"
-    screenshot(page, "changes")
+    screenshot(page, "changes", doc=True)
     page.follow(f'#new a:has-text("{stack.started}:1883")')
     assert urlsplit(page.page.url).path == f"/host/{stack.started}"
     assert page.page.locator("details.obs").count() == 1

@@ -65,7 +65,7 @@ def test_the_sweep_page_updates_live_and_steers_for_operators_only(fleet: Fleet,
                 "() => document.getElementById('workers-alive').textContent === '1'")
             assert page.page.evaluate("window.brokerscanSamePage") is True  # no reload
             assert page.page.locator("#rate").inner_text() != "0"
-            screenshot(page, "sweep-running")
+            screenshot(page, "sweep-running", doc=True)
 
             page.page.click("#pause")
             page.page.wait_for_function(

@@ -112,7 +112,8 @@ function results(hits) {
     ["what", detail],
     ["country", (r) => r.country || "–"],
     ["network", (r) => (r.asn ? `AS${r.asn}${r.org ? ` ${r.org}` : ""}` : "–")],
-    ["last seen", (r) => when(r.last_seen)],
+    ["last seen", (r) => h("time", { datetime: r.last_seen, title: when(r.last_seen), class: "nowrap" },
+      when(r.last_seen).slice(0, 16))],
   ], hits, { id: "results" });
 }
 

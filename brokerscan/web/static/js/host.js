@@ -59,10 +59,11 @@ function chain(tls) {
     h("ol", { class: "chain" }, items));
 }
 
-function tlsSection(tls) {
+function tlsSection(tls, retried) {
   return h("section", { class: "tls" }, h("h3", {}, "TLS"),
     kv([
       ["handshake", tls.handshake_completed ? "completed" : "failed"],
+      ["retried", retried ? "yes: the plaintext probe met a TLS record, so it was tried again inside TLS" : null],
       ["error", tls.error],
       ["version", tls.version],
       ["cipher", tls.cipher],
@@ -96,7 +97,28 @@ function mqttSection(mqtt) {
           : `${a.return_code} ${CONNACK[a.return_code] || ""}`.trim())],
       ], mqtt.attempts, { class: "compact attempts" })] : null,
     props.length ? [h("h3", {}, "MQTT 5.0 CONNACK properties"),
-      kv(props.map(([k, v]) => [k.replaceAll("_", " "), Array.isArray(v) ? v.map((p) => p.join("=")) : v]))] : null);
+      kv(props.map(([k, v]) => [k.replaceAll("_", " "), Array.isArray(v) ? v.map((p) => p.join("=")) : v]))] : null,
+    mqtt.product ? [h("h3", {}, "Broker product"), kv([
+      ["product", mqtt.product.name], ["version", mqtt.product.version],
+      ["fingerprint", mqtt.product.rule], ["evidence", mqtt.product.evidence],
+      ["source", mqtt.product.source]])] : null,
+    mqtt.sys ? [h("h3", {}, "$SYS/broker/version"), kv([
+      ["answer", mqtt.sys.answer], ["SUBACK", mqtt.sys.suback], ["version", mqtt.sys.version],
+      ["packets read", mqtt.sys.packets]])] : null,
+    mqtt.unasked && mqtt.unasked.length ? [h("h3", {}, "Packets the broker sent unasked"),
+      table([["type", (u) => u.packet_type], ["topic", (u) => u.topic || "–"],
+        ["payload", (u) => h("code", {}, u.payload || "")], ["QoS", (u) => u.qos],
+        ["retain", (u) => (u.retain ? "yes" : "no")]], mqtt.unasked, { class: "compact" })] : null);
+}
+
+function websocketSection(ws) {
+  return h("section", { class: "websocket" }, h("h3", {}, "WebSocket"),
+    kv([["path", ws.path], ["subprotocol", ws.subprotocol], ["server", ws.server],
+      ["close code", ws.close_code]]),
+    ws.tries && ws.tries.length ? table([
+      ["path", (t) => h("code", {}, t.path)], ["subprotocol offered", (t) => t.subprotocol],
+      ["HTTP status", (t) => (t.status ?? "–")], ["answer", (t) => t.answer], ["error", (t) => t.error || ""],
+    ], ws.tries, { class: "compact" }) : null);
 }
 
 function amqpSection(amqp) {
@@ -118,7 +140,12 @@ function amqpSection(amqp) {
       ["locales", amqp.locales],
     ]),
     caps.length ? [h("h3", {}, "Capabilities"), kv(caps.map(([k, v]) => [k, v ? "yes" : "no"]))] : null,
-    other.length ? [h("h3", {}, "Other server properties"), kv(other.map(([k, v]) => [k, typeof v === "string" ? v : JSON.stringify(v)]))] : null);
+    other.length ? [h("h3", {}, "Other server properties"), kv(other.map(([k, v]) => [k, typeof v === "string" ? v : JSON.stringify(v)]))] : null,
+    amqp.sasl ? [h("h3", {}, "AMQP 1.0 SASL"), kv([
+      ["header", amqp.sasl.protocol_header], ["mechanisms", amqp.sasl.mechanisms],
+      ["ANONYMOUS offered", amqp.sasl.anonymous_offered === null || amqp.sasl.anonymous_offered === undefined
+        ? null : yes(amqp.sasl.anonymous_offered, false)],
+      ["error", amqp.sasl.error]])] : null);
 }
 
 /** The reply's bytes as a hex dump (offset, 16 bytes, printable ASCII) and as text. */
@@ -158,7 +185,8 @@ function observation(record, open, names) {
       ["country", country ? h("a", { href: searchHref(`country:${geo.country}`) }, country) : (geo.reserved ? "reserved address" : null)],
       ["city", geo.city],
     ]),
-    record.tls ? tlsSection(record.tls) : null,
+    record.tls ? tlsSection(record.tls, record.tls_retried) : null,
+    record.websocket ? websocketSection(record.websocket) : null,
     record.mqtt ? mqttSection(record.mqtt) : null,
     record.amqp ? amqpSection(record.amqp) : null,
     record.raw ? raw(record.raw) : null);

@@ -145,6 +145,22 @@ async function render(root) {
     label: name, value, href: searchHref(`protocol:amqp amqp.family:${quote(name)}`, view),
   })), { label: "family" });
 
+  // Breakdowns of protocol depth (schema 2), when the API's report carries them.
+  if (report.mqtt.by_product) {
+    bars(card(grid, "MQTT product (fingerprint)"), sorted(report.mqtt.by_product).slice(0, 15)
+      .map(([label, value]) => ({ label, value })), { label: "product" });
+  }
+  if (report.mqtt.websocket_endpoints) {
+    bars(card(grid, `MQTT over WebSocket (${fmt(report.mqtt.over_websocket || 0)})`),
+      sorted(report.mqtt.websocket_endpoints).map(([label, value]) => ({
+        label, value, href: searchHref(`protocol:mqtt transport:${quote(label.split(" ")[0])}`, view),
+      })), { label: "endpoint", empty: "none" });
+  }
+  if (report.amqp.amqp10_sasl_mechanisms) {
+    bars(card(grid, "AMQP 1.0 SASL mechanisms"), sorted(report.amqp.amqp10_sasl_mechanisms)
+      .map(([label, value]) => ({ label, value })), { label: "mechanisms", empty: "none" });
+  }
+
   const names = await countries();
   const topBody = card(grid, "Top countries");
   bars(topBody, places.facets.country.slice(0, 10).map((f) => ({

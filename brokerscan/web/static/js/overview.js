@@ -98,95 +98,120 @@ async function render(root) {
       : "The current view: every service as its latest observation showed it."));
   performance.mark("brokerscan:headline");
 
+  // Every card fills in when its own answer comes: the rollups answer in milliseconds,
+  // the report (a dozen grouped counts over the whole view) can take far longer.
   const grid = h("div", { class: "cards" });
   root.append(grid);
-  const [{ bars, map, timeline }, report, places, mqtt, amqp] = await Promise.all([
-    charting,
-    get("report", scope),
-    get("count", { facets: "country:250,asn:10", ...scope }),
-    get("count", { q: "protocol:mqtt", facets: "mqtt.return_code:20", ...scope }),
-    get("count", { q: "protocol:amqp", facets: "product:50", ...scope }),
-  ]);
+  const slot = (heading, wide = false) => {
+    const body = card(grid, heading, wide);
+    body.append(h("p", { class: "muted small" }, "counting…"));
+    return body;
+  };
+  const at = {
+    mqttPorts: slot("MQTT by port"), connack: slot("CONNACK code (anonymous CONNECT)"),
+    levels: slot("MQTT levels accepted"), tls: slot("TLS versions"), certs: slot("Certificates"),
+    amqpPorts: slot("AMQP by port"), product: slot("AMQP product and version"),
+    family: slot("AMQP protocol family"), top: slot("Top countries"),
+    asns: slot("Top networks (ASN)"), world: slot("Where they are", true),
+    time: slot("Across sweeps", true),
+  };
+  const { bars, map, timeline } = await charting;
+  const draw = (body, items, options) => {
+    body.replaceChildren();
+    bars(body, items, options);
+  };
+  const failed = (...bodies) => (error) => bodies.forEach((b) => fill(b, errorBox(error)));
 
-  const mqttPortsBody = card(grid, "MQTT by port");
-  bars(mqttPortsBody, byPort(report.mqtt.by_port, "mqtt", view), { label: "port" });
-  const connackBody = card(grid, "CONNACK code (anonymous CONNECT)");
-  bars(connackBody, mqtt.facets["mqtt.return_code"].map((f) => ({
-    label: `${f.value} ${CONNACK[f.value] || ""}`.trim(), value: f.count,
-    href: searchHref(`protocol:mqtt mqtt.return_code:${f.value}`, view),
-  })), { label: "code" });
-  const levelsBody = card(grid, "MQTT levels accepted");
-  bars(levelsBody, sorted(report.mqtt.by_accepted_level).map(([level, value]) => ({
-    label: `MQTT ${LEVELS[level] || level}`, value,
-    href: searchHref(`protocol:mqtt mqtt.level:${quote(LEVELS[level] || level)}`, view),
-  })), { label: "level" });
-  const tlsBody = card(grid, "TLS versions");
-  bars(tlsBody, sorted(report.tls.by_version).map(([version, value]) => ({
-    label: version, value, href: searchHref(`tls.version:${quote(version)}`, view),
-  })), { label: "version", empty: "no TLS handshakes" });
-  const certsBody = card(grid, "Certificates");
-  const t = report.tls;
-  bars(certsBody, [
-    { label: "TLS handshakes", value: t.handshakes, href: searchHref("tls:true tls.version:*", view) },
-    { label: "self-signed", value: t.self_signed, href: searchHref("tls.version:* cert.self_signed:true", view) },
-    { label: "expired", value: t.expired, href: searchHref("tls.version:* cert.expired:true", view) },
-    { label: "trusted", value: t.trusted, href: searchHref("tls.version:* cert.trusted:true", view) },
-    { label: "not trusted", value: t.handshakes - t.trusted, href: searchHref("tls.version:* NOT cert.trusted:true", view) },
-  ].filter((i) => t.handshakes > 0), { label: "certificates", empty: "no TLS handshakes" });
-  const amqpPortsBody = card(grid, "AMQP by port");
-  bars(amqpPortsBody, byPort(report.amqp.by_port, "amqp", view), { label: "port" });
-  const products = amqp.facets.product.map((f) => String(f.value))
-    .sort((a, b) => b.length - a.length);
-  const productBody = card(grid, "AMQP product and version");
-  bars(productBody, sorted(report.amqp.by_product).slice(0, 15)
-    .map(([label, value]) => productItem(label, value, products, view)), { label: "product" });
-  const familyBody = card(grid, "AMQP protocol family");
-  bars(familyBody, sorted(report.amqp.by_family).map(([name, value]) => ({
-    label: name, value, href: searchHref(`protocol:amqp amqp.family:${quote(name)}`, view),
-  })), { label: "family" });
+  const fromReport = Promise.all([
+    get("report", scope), get("count", { q: "protocol:amqp", facets: "product:50", ...scope }),
+  ]).then(([report, amqp]) => {
+    draw(at.mqttPorts, byPort(report.mqtt.by_port, "mqtt", view), { label: "port" });
+    draw(at.levels, sorted(report.mqtt.by_accepted_level).map(([level, value]) => ({
+      label: `MQTT ${LEVELS[level] || level}`, value,
+      href: searchHref(`protocol:mqtt mqtt.level:${quote(LEVELS[level] || level)}`, view),
+    })), { label: "level" });
+    draw(at.tls, sorted(report.tls.by_version).map(([version, value]) => ({
+      label: version, value, href: searchHref(`tls.version:${quote(version)}`, view),
+    })), { label: "version", empty: "no TLS handshakes" });
+    const t = report.tls;
+    draw(at.certs, [
+      { label: "TLS handshakes", value: t.handshakes, href: searchHref("tls:true tls.version:*", view) },
+      { label: "self-signed", value: t.self_signed, href: searchHref("tls.version:* cert.self_signed:true", view) },
+      { label: "expired", value: t.expired, href: searchHref("tls.version:* cert.expired:true", view) },
+      { label: "trusted", value: t.trusted, href: searchHref("tls.version:* cert.trusted:true", view) },
+      { label: "not trusted", value: t.handshakes - t.trusted, href: searchHref("tls.version:* NOT cert.trusted:true", view) },
+    ].filter(() => t.handshakes > 0), { label: "certificates", empty: "no TLS handshakes" });
+    draw(at.amqpPorts, byPort(report.amqp.by_port, "amqp", view), { label: "port" });
+    const products = amqp.facets.product.map((f) => String(f.value))
+      .sort((a, b) => b.length - a.length);
+    draw(at.product, sorted(report.amqp.by_product).slice(0, 15)
+      .map(([label, value]) => productItem(label, value, products, view)), { label: "product" });
+    draw(at.family, sorted(report.amqp.by_family).map(([name, value]) => ({
+      label: name, value, href: searchHref(`protocol:amqp amqp.family:${quote(name)}`, view),
+    })), { label: "family" });
+    depth(report, grid, at.top.parentElement, bars, view);
+  }).catch(failed(at.mqttPorts, at.levels, at.tls, at.certs, at.amqpPorts, at.product, at.family));
 
-  // Breakdowns of protocol depth (schema 2), when the API's report carries them.
+  const connack = get("count", { q: "protocol:mqtt", facets: "mqtt.return_code:20", ...scope })
+    .then((mqtt) => draw(at.connack, mqtt.facets["mqtt.return_code"].map((f) => ({
+      label: `${f.value} ${CONNACK[f.value] || ""}`.trim(), value: f.count,
+      href: searchHref(`protocol:mqtt mqtt.return_code:${f.value}`, view),
+    })), { label: "code" }))
+    .catch(failed(at.connack));
+
+  const places = Promise.all([get("count", { facets: "country:250,asn:10", ...scope }), countries()])
+    .then(async ([counts, names]) => {
+      draw(at.top, counts.facets.country.slice(0, 10).map((f) => ({
+        label: `${names[f.value] || f.value} (${f.value})`, value: f.count,
+        href: searchHref(`country:${f.value}`, view),
+      })), { label: "country", empty: "no country known (loopback and private addresses have none)" });
+      const asnItems = counts.facets.asn.map((f) => ({
+        label: `AS${f.value}`, value: f.count, href: searchHref(`asn:${f.value}`, view), asn: f.value,
+      }));
+      draw(at.asns, asnItems, { label: "network", empty: "no network known" });
+      at.world.replaceChildren();
+      await map(at.world, counts.facets.country.map((f) => ({ code: String(f.value), value: f.count })),
+        (code) => searchHref(`country:${code}`, view));
+      at.world.append(h("p", { class: "muted small" },
+        `${fmt(counts.other.country || 0)} without a known country. Shapes: Natural Earth.`));
+      // The organisation of each top network: the API's facets carry numbers only, so one
+      // service of each network is asked for its organisation (a few at a time).
+      const orgs = await limited(asnItems.map((item) => () =>
+        get("services", { q: `asn:${item.asn}`, limit: 1, ...scope })), 2);
+      asnItems.forEach((item, i) => {
+        const hit = orgs[i] && orgs[i].results && orgs[i].results[0];
+        if (hit && hit.org) item.label = `AS${item.asn} ${hit.org}`;
+      });
+      draw(at.asns, asnItems, { label: "network", empty: "no network known" });
+    }).catch(failed(at.top, at.asns, at.world));
+
+  at.time.replaceChildren();
+  const across = timelineCard(at.time, sweeps, timeline).catch(failed(at.time));
+  await Promise.all([fromReport, connack, places, across]);
+}
+
+/** The report's protocol-depth breakdowns (schema 2), when the API's report has them,
+ *  placed before *before*. */
+function depth(report, grid, before, bars, view) {
+  const add = (heading) => {
+    const body = h("div");
+    grid.insertBefore(h("section", { class: "card", "aria-label": heading }, h("h2", {}, heading), body), before);
+    return body;
+  };
   if (report.mqtt.by_product) {
-    bars(card(grid, "MQTT product (fingerprint)"), sorted(report.mqtt.by_product).slice(0, 15)
+    bars(add("MQTT product (fingerprint)"), sorted(report.mqtt.by_product).slice(0, 15)
       .map(([label, value]) => ({ label, value })), { label: "product" });
   }
   if (report.mqtt.websocket_endpoints) {
-    bars(card(grid, `MQTT over WebSocket (${fmt(report.mqtt.over_websocket || 0)})`),
+    bars(add(`MQTT over WebSocket (${fmt(report.mqtt.over_websocket || 0)})`),
       sorted(report.mqtt.websocket_endpoints).map(([label, value]) => ({
         label, value, href: searchHref(`protocol:mqtt transport:${quote(label.split(" ")[0])}`, view),
       })), { label: "endpoint", empty: "none" });
   }
   if (report.amqp.amqp10_sasl_mechanisms) {
-    bars(card(grid, "AMQP 1.0 SASL mechanisms"), sorted(report.amqp.amqp10_sasl_mechanisms)
+    bars(add("AMQP 1.0 SASL mechanisms"), sorted(report.amqp.amqp10_sasl_mechanisms)
       .map(([label, value]) => ({ label, value })), { label: "mechanisms", empty: "none" });
   }
-
-  const names = await countries();
-  const topBody = card(grid, "Top countries");
-  bars(topBody, places.facets.country.slice(0, 10).map((f) => ({
-    label: `${names[f.value] || f.value} (${f.value})`, value: f.count,
-    href: searchHref(`country:${f.value}`, view),
-  })), { label: "country", empty: "no country known (loopback and private addresses have none)" });
-  const asnsBody = card(grid, "Top networks (ASN)");
-  const asnItems = places.facets.asn.map((f) => ({
-    label: `AS${f.value}`, value: f.count, href: searchHref(`asn:${f.value}`, view), asn: f.value,
-  }));
-  const worldBody = card(grid, "Where they are", true);
-  const timeBody = card(grid, "Across sweeps", true);
-  await map(worldBody, places.facets.country.map((f) => ({ code: String(f.value), value: f.count })),
-    (code) => searchHref(`country:${code}`, view));
-  worldBody.append(h("p", { class: "muted small" },
-    `${fmt(places.other.country || 0)} without a known country. Shapes: Natural Earth.`));
-  await timelineCard(timeBody, sweeps, timeline);
-  // The organisation of each top network: the API's facets carry numbers only, so one
-  // service of each network is asked for its organisation (a few at a time).
-  const orgs = await limited(asnItems.map((item) => () =>
-    get("services", { q: `asn:${item.asn}`, limit: 1, ...scope })), 2);
-  asnItems.forEach((item, i) => {
-    const hit = orgs[i] && orgs[i].results && orgs[i].results[0];
-    if (hit && hit.org) item.label = `AS${item.asn} ${hit.org}`;
-  });
-  bars(asnsBody, asnItems, { label: "network", empty: "no network known" });
 }
 
 async function timelineCard(body, sweeps, timeline) {

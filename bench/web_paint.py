@@ -64,14 +64,18 @@ MEASURE = """() => {
 }"""
 
 
-def measure(origin: str, path: str, wait_for: str) -> dict[str, Any]:
-    """One cold load of *path* (a fresh profile), waiting until the page is ready."""
+def measure(origin: str, path: str, wait_for: str, *, complete: bool = True,
+            ) -> dict[str, Any]:
+    """One cold load of *path* (a fresh profile), waiting until the page is ready (or,
+    without *complete*, only until the mark *wait_for*)."""
     with browser(origin) as chrome:
         page = chrome.open()
         page.page.goto(origin + path)
-        page.ready(timeout=120_000)
+        if complete:
+            page.ready(timeout=120_000)
         page.page.wait_for_function(
-            f"() => performance.getEntriesByName('{wait_for}', 'mark').length > 0")
+            f"() => performance.getEntriesByName('{wait_for}', 'mark').length > 0",
+            timeout=120_000)
         result: dict[str, Any] = page.page.evaluate(MEASURE)
         page.check()
         return result
@@ -91,8 +95,10 @@ def shoot(origin: str, folder: Path, query: str) -> None:
         page.check()
 
 
-def summary(runs: list[dict[str, Any]], key: str) -> dict[str, float]:
+def summary(runs: list[dict[str, Any]], key: str) -> dict[str, float | None]:
     values = [r["marks"][key] for r in runs if r["marks"][key] is not None]
+    if not values:
+        return {"best_ms": None, "median_ms": None}
     return {"best_ms": round(min(values), 1), "median_ms": round(statistics.median(values), 1)}
 
 
@@ -103,6 +109,9 @@ def main() -> int:
     parser.add_argument("--query", default="protocol:mqtt anonymous:true",
                         help="the search page's query (default: %(default)s)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--first-only", action="store_true",
+                        help="measure the first meaningful paint and the results only (do "
+                             "not wait for the rest of each page)")
     parser.add_argument("--screenshots", metavar="DIR", type=Path,
                         help="also save the overview and the search page there "
                              "(docs/screenshots/ for the README)")
@@ -120,7 +129,8 @@ def main() -> int:
             out: dict[str, Any] = {"store": args.store.rsplit("/", 1)[-1], "runs": args.runs,
                                    "query": args.query}
             for name, (path, mark) in pages.items():
-                runs = [measure(server.url, path, mark) for _ in range(args.runs)]
+                runs = [measure(server.url, path, mark, complete=not args.first_only)
+                        for _ in range(args.runs)]
                 first = "headline" if name == "overview" else "results"
                 out[name] = {
                     first: summary(runs, first), "first_contentful_paint": summary(runs, "fcp"),
@@ -144,7 +154,7 @@ def main() -> int:
         print(f"{name:9} {first:9} best {data[first]['best_ms']:7.0f} ms  median "
               f"{data[first]['median_ms']:7.0f} ms | first paint "
               f"{data['first_contentful_paint']['median_ms']:5.0f} ms | complete median "
-              f"{data['complete']['median_ms']:7.0f} ms | {data['transferred_bytes']:,} B on "
+              f"{data['complete']['median_ms'] or 0:7.0f} ms | {data['transferred_bytes']:,} B on "
               f"the wire ({data['decoded_bytes']:,} B decoded), {data['requests']} requests")
         for api in data["slowest_api"]:
             print(f"          {api['ms']:8.1f} ms  {api['url']}")

@@ -32,7 +32,9 @@ function viewPicker(sweeps, view) {
   const select = h("select", { id: "view", name: "sweep" },
     h("option", { value: "" }, "current view (every service as last seen)"),
     sweeps.map((s) => h("option", { value: s.id, selected: s.id === view.sweep },
-      `${s.name || s.id} · ${s.day || ""} · ${fmt(s.observations)} observations`)));
+      `${s.name || s.id} · ${s.day || ""} · ${fmt(s.observations)} observations`)),
+    view.sweep && !sweeps.some((s) => s.id === view.sweep)
+      ? h("option", { value: view.sweep, selected: true }, view.sweep) : null);
   select.addEventListener("change", () => {
     const next = new URLSearchParams();
     if (select.value) next.set("sweep", select.value);
@@ -90,13 +92,20 @@ async function render(root) {
   const sweepsRequest = get("sweeps").catch(() => []); // the view picker can do without
   const totals = await Promise.all(HEADLINE.map(([, q]) =>
     get("count", { q, ...scope }).then((c) => c.total)));
-  const sweeps = await sweepsRequest;
-  const shown = sweeps.find((s) => s.id === view.sweep);
-  fill(root, viewPicker(sweeps, view), headline(totals, view),
-    h("p", { class: "muted small", id: "view-note" }, view.sweep
+  const note = (sweeps) => {
+    const shown = sweeps.find((s) => s.id === view.sweep);
+    return h("p", { class: "muted small", id: "view-note" }, view.sweep
       ? `What sweep ${shown && shown.name ? `${shown.name} (${view.sweep})` : view.sweep} observed.`
-      : "The current view: every service as its latest observation showed it."));
+      : "The current view: every service as its latest observation showed it.");
+  };
+  // the headline does not wait for the list of sweeps (the view picker fills in after)
+  const picker = viewPicker([], view);
+  const about = note([]);
+  fill(root, picker, headline(totals, view), about);
   performance.mark("brokerscan:headline");
+  const sweeps = await sweepsRequest;
+  picker.replaceWith(viewPicker(sweeps, view));
+  about.replaceWith(note(sweeps));
 
   // Every card fills in when its own answer comes: the rollups answer in milliseconds,
   // the report (a dozen grouped counts over the whole view) can take far longer.

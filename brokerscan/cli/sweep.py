@@ -249,7 +249,6 @@ async def _status_data(settings: Settings, sweep_id: str | None) -> dict[str, An
         await redis.aclose()
         await conn.close()
     assert sweep is not None
-    data.pop("created_at", None)
     data["failed_shards"] = [{"shard": f.index, "queue": f.queue, "attempts": f.attempts,
                               "error": f.error, "last_error": f.last_error,
                               "last_error_at": f.last_error_at.isoformat()

@@ -31,21 +31,22 @@ __all__ = ["csv_cell", "router"]
 
 router = APIRouter(tags=["search"])
 
-_FORMULA: Final = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA: Final = frozenset("=+-@\t\r")
 _MEDIA: Final = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
 
 
-def csv_cell(value: object) -> str:
-    """One CSV cell (see the module docstring)."""
+def csv_cell(value: object) -> object:
+    """One CSV cell (see the module docstring); numbers go to the writer as they are.
+    (Called once per cell of an export: the common kinds are tested first.)"""
+    if isinstance(value, str):
+        return "'" + value if value[:1] in _FORMULA else value
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, datetime):
         return value.isoformat()
-    if isinstance(value, str):
-        return "'" + value if value.startswith(_FORMULA) else value
-    return str(value)
+    return value
 
 
 def _csv(chunk: list[Hit], header: bool) -> str:

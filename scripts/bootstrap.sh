@@ -29,6 +29,9 @@ has_cmd systemd-analyze || missing+=(systemd)  # deploy/ units are verified by t
 has_cmd kubectl || missing+=(kubernetes-client)
 # Qpid Proton for the system Python: a real AMQP 1.0 server in the protocol-depth tests.
 /usr/bin/python3 -c 'import proton' >/dev/null 2>&1 || missing+=(python3-qpid-proton)
+# the dashboard's browser tests drive Debian's Chromium through Playwright (no browser
+# download: `playwright install` is never run)
+has_cmd chromium || missing+=(chromium)
 
 if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then

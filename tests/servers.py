@@ -33,6 +33,8 @@ server sit on its protocol's standard port without collisions):
                    AMQP 1.0 plugins, a Qpid Proton AMQP 1.0 server
 127.64.0.0/17      read-side tests (lead: search, CLI)
 127.64.128.0/17    ``brokerscan serve`` in the API tests (``api`` pool)
+127.65.0.0/17      brokers scanned for the dashboard's browser tests (``web`` pool)
+127.65.128.0/17    dashboard tests: swept ranges (nothing listens there)
 127.66.0.0/16      hostile TLS servers (``hostile-tls`` pool; TLS helper)
 127.77.0.0/16      ``brokerscan demo`` (lead)
 =================  ===========================================================
@@ -191,6 +193,7 @@ POOLS: dict[str, AddressPool] = {
     "ops": AddressPool("127.62.0.0/20"),
     "hostile-tls": AddressPool("127.66.0.0/16"),
     "api": AddressPool("127.64.128.0/17"),
+    "web": AddressPool("127.65.0.0/17"),
 }
 
 

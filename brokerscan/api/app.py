@@ -1,6 +1,7 @@
 """Build the API app from settings (never at import time): the routers under ``/api/v1``
-behind the token check, the session routes, health, the offline docs page, the error
-handlers, the OpenAPI document, and the hook for metrics.
+behind the token check, the session routes, health, the offline docs page, the web
+dashboard (``/``, :mod:`brokerscan.web`), the error handlers, the OpenAPI document, and the
+hook for metrics.
 
 ``build_app(settings, store_url)`` opens the store when the app starts (read-only for
 PostgreSQL: no partitions are made, so a SELECT-only role serves) and closes it at the end;
@@ -39,6 +40,7 @@ from brokerscan.api.routes import (
     trends,
 )
 from brokerscan.settings import Settings
+from brokerscan.web.app import mount_dashboard
 from storage.store import Store, open_store
 
 __all__ = ["DEFAULT_BURST", "DEFAULT_RATE", "build_app", "openapi_document"]
@@ -142,6 +144,7 @@ def build_app(settings: Settings, store_url: str, *, auth: bool = True,
     app.include_router(session.router, prefix="/api/v1")
     app.include_router(health.router)
     mount_docs(app)
+    mount_dashboard(app)  # the web dashboard at / (brokerscan/web), after the API's routes
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     instrument(app)
     return app

@@ -1,17 +1,23 @@
-"""``brokerscan demo``: start a small zoo of brokers on 127.77.0.x, scan it, print the report.
+"""``brokerscan demo``: start a small zoo of brokers on 127.77.0.x, scan it, print the report,
+then serve the web dashboard on the results until Ctrl-C (``--no-serve``: stop after the
+report).
 
 Real Mosquitto is used where it is installed (anonymous, authenticated and TLS listeners);
 brokerscan's own minimal servers (:mod:`brokerscan.cli.minibrokers`) stand in otherwise, and
 always provide the AMQP 0-9-1 and 1.0 servers and an HTTP server on an MQTT port. A
-RabbitMQ or Mosquitto already listening on 127.0.0.1 is scanned too.
+RabbitMQ or Mosquitto already listening on 127.0.0.1 is scanned too. The results go to an
+embedded store of the demo's own (a temporary SQLite file, gone when the demo ends), which
+``brokerscan serve --no-auth`` answers on 127.0.0.1 (port 8080, or a free one).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
 import os
+import secrets
 import shutil
 import socket
 import ssl
@@ -22,17 +28,30 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
+from typing import IO
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from brokerscan.api.app import DEFAULT_BURST, DEFAULT_RATE
 from brokerscan.cli import minibrokers as mini
-from brokerscan.cli.scan import ScanPlan, open_output, print_report, run_scan, want_progress
+from brokerscan.cli import serve
+from brokerscan.cli.errors import EXIT_UNAVAILABLE, CliError
+from brokerscan.cli.scan import (
+    ScanPlan,
+    ScanRun,
+    open_output,
+    print_report,
+    run_scan,
+    want_progress,
+)
 from brokerscan.settings import Settings
 from scheduler.blocklist import IPSet
 from scheduler.ports import parse_ports
+from storage.sink import StoreSink
+from storage.store import StoreError, open_store
 from workers.engine import ScanConfig
 from workers.probes.base import ProbeOptions
 from workers.transport import Scope
@@ -50,12 +69,49 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     demo = sub.add_parser("demo", help="start local brokers on 127.x, scan them, report")
     demo.add_argument("--format", choices=("text", "json"), default="text")
     demo.add_argument("-o", "--output", metavar="FILE", help="also write results as JSONL")
+    demo.add_argument("--no-serve", action="store_true",
+                      help="stop after the report (default: serve the dashboard on the "
+                           "results until Ctrl-C)")
+    demo.add_argument("--port", type=int, default=DASHBOARD_PORT,
+                      help="the dashboard's port on 127.0.0.1, if free (default: "
+                           "%(default)s; else any free port)")
+
+
+#: Where the demo's dashboard listens (a free port instead when it is taken).
+DASHBOARD_HOST = "127.0.0.1"
+DASHBOARD_PORT = 8080
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    """Run ``demo``: start the brokers, scan them, print the report, stop them."""
-    with tempfile.TemporaryDirectory(prefix="brokerscan-demo-") as tmp, ExitStack() as stack:
-        cert, key = _self_signed(Path(tmp))
+    """Run ``demo``: start the brokers, scan them into a store of the demo's own, print the
+    report, stop the brokers; then serve the dashboard on the store until Ctrl-C."""
+    with tempfile.TemporaryDirectory(prefix="brokerscan-demo-") as tmp:
+        url = f"sqlite:///{Path(tmp) / 'demo.db'}"
+        _scan_zoo(args, settings, Path(tmp), url)
+        if args.no_serve:
+            return 0
+        port = args.port if _free(DASHBOARD_HOST, args.port) else 0
+        print("brokerscan demo: the dashboard of these results follows (Ctrl-C to stop; "
+              "--no-serve to skip it)", file=sys.stderr)
+        return serve.run(argparse.Namespace(
+            store=url, host=DASHBOARD_HOST, port=port, no_auth=True,
+            rate_limit=DEFAULT_RATE, burst=DEFAULT_BURST, log_level="warning"),
+            settings)
+
+
+def _free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _scan_zoo(args: argparse.Namespace, settings: Settings, tmp: Path, url: str) -> None:
+    """Start the brokers, scan them into the store at *url*, print the report, stop them."""
+    with ExitStack() as stack:
+        cert, key = _self_signed(tmp)
         tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         tls.load_cert_chain(cert, key)
         servers: list[mini.MiniServer] = [
@@ -67,7 +123,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         mosquitto = shutil.which("mosquitto") or (
             "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
         if mosquitto:
-            stack.callback(_start_mosquitto(mosquitto, Path(tmp), cert, key))
+            stack.callback(_start_mosquitto(mosquitto, tmp, cert, key))
             kind = "Mosquitto"
         else:
             servers += [mini.MiniServer(_H + "1", 1883, mini.mqtt(0)),
@@ -92,13 +148,31 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                             concurrency=100, rate=0,
                             probe=ProbeOptions(client_id_prefix=settings.client_id_prefix))
         out = open_output(args.output)
-        run = asyncio.run(run_scan(plan, config, Scope(["127.0.0.0/8"]), out,
-                                   progress=want_progress("auto")))
-        if out is not None and out is not sys.stdout:
-            out.close()
+        try:
+            run = asyncio.run(_scan_into(url, plan, config, out))
+        finally:
+            if out is not None and out is not sys.stdout:
+                out.close()
     print_report(args.format, run.report, run.stats,
                   sys.stderr if out is sys.stdout else sys.stdout)
-    return 0
+
+
+async def _scan_into(url: str, plan: ScanPlan, config: ScanConfig, out: IO[str] | None,
+                     ) -> ScanRun:
+    """Scan, writing results to *out* and to the store at *url* (one local scan)."""
+    started = dt.datetime.now(dt.UTC)
+    config = dataclasses.replace(
+        config, sweep_started_at=started,
+        sweep_id=f"scan-{started:%Y%m%dT%H%M%S}-{secrets.token_hex(3)}")
+    try:
+        store = await open_store(url)
+    except StoreError as exc:
+        raise CliError(f"store: {exc}", EXIT_UNAVAILABLE) from None
+    try:
+        return await run_scan(plan, config, Scope(["127.0.0.0/8"]), out,
+                              progress=want_progress("auto"), store=StoreSink(store))
+    finally:
+        await store.close()
 
 
 def _start_mosquitto(binary: str, tmp: Path, cert: str, key: str) -> Callable[[], None]:

@@ -116,8 +116,9 @@ async def _serve(args: argparse.Namespace, settings: Settings, url: str,
         server = uvicorn.Server(config)
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
-        sys.stderr.write(f"brokerscan: serving http://{shown}:{port} (docs: /docs)"
-                         + (", no tokens (--no-auth)" if args.no_auth else "") + "\n")
+        sys.stderr.write(f"brokerscan: serving http://{shown}:{port} (the dashboard; API "
+                         "docs: /docs)" + (", no tokens (--no-auth)" if args.no_auth else "")
+                         + "\n")
         sys.stderr.flush()
         await server.serve(sockets=[sock])
     finally:

@@ -90,6 +90,8 @@ class CountResult:
     facets: dict[str, list[tuple[Any, int]]] = field(default_factory=dict)
     other: dict[str, int] = field(default_factory=dict)
     rollup: bool = False
+    #: per facet, a name for some values (an AS number's organisation)
+    labels: dict[str, dict[Any, str]] = field(default_factory=dict)
 
 
 def parse_facets(text: str | None, *, default_size: int = 10) -> list[tuple[str, int]]:
@@ -227,12 +229,26 @@ class Searcher(StoreReader):
         total = int(rows[0]["n"])
         out: dict[str, list[tuple[Any, int]]] = {}
         other: dict[str, int] = {}
+        labels: dict[str, dict[Any, str]] = {}
         for name, size in facets:
             values = await self._facet(node, view, name, size, rollup)
             out[name] = values
             if lookup(name).kind is not Kind.SET:
                 other[name] = max(0, total - sum(c for _, c in values))
-        return CountResult(total, out, other, rollup)
+            if name == "asn" and values:
+                labels[name] = await self.organisations([int(v) for v, _ in values])
+        return CountResult(total, out, other, rollup, labels)
+
+    async def organisations(self, numbers: Sequence[int]) -> dict[int, str]:
+        """The organisation the current view records for each AS number (one service of
+        each, found by the ``asn`` index: a few probes, however big the network)."""
+        params = Params(self.dialect)
+        rows_sql = ", ".join(f"(CAST({params.add(n)} AS bigint))" for n in numbers)
+        rows = await self.fetch(
+            f"WITH wanted(asn) AS (VALUES {rows_sql}) SELECT asn, (SELECT org FROM services "
+            "WHERE services.asn = wanted.asn AND org IS NOT NULL LIMIT 1) AS org FROM wanted",
+            params.values)
+        return {int(r["asn"]): str(r["org"]) for r in rows if r["org"] is not None}
 
     async def _facet(self, node: Node, view: View, name: str, size: int, rollup: bool,
                      ) -> list[tuple[Any, int]]:

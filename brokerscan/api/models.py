@@ -75,6 +75,8 @@ class ServicesPage(_Body):
 class FacetValue(_Body):
     value: str | int | bool
     count: int
+    label: str | None = Field(default=None, description="a name for the value where one is "
+                                                        "known (an AS number's organisation)")
 
 
 class CountBody(_Body):

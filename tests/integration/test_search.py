@@ -385,3 +385,13 @@ def test_a_sweeps_report_in_the_store_is_the_scans_report(stores: Stores, sweep:
         counted = stores.run(census_report(store, View("sweep", sweep_id=sweep)))
         counted.pop("view")
         assert counted == expected, type(store).__name__
+
+
+def test_asn_facets_carry_an_organisation_of_that_network(stores: Stores) -> None:
+    items = view_items(RECORDS, View())
+    for store in stores.both():
+        result = stores.run(store.count("", facets=[("asn", 5)]))
+        assert result.labels["asn"], type(store).__name__
+        for number, label in result.labels["asn"].items():
+            known = {i.values["org"] for i in items if i.values["asn"] == number}
+            assert label in known, (type(store).__name__, number, label)

@@ -35,7 +35,8 @@ async def count(
     result = await searcher.count(q, view=view, facets=wanted)
     return CountBody(
         view=view.describe(), total=result.total,
-        facets={name: [FacetValue(value=v, count=n) for v, n in values]
+        facets={name: [FacetValue(value=v, count=n, label=result.labels.get(name, {}).get(v))
+                       for v, n in values]
                 for name, values in result.facets.items()},
         other=result.other, rollup=result.rollup,
         query_ms=round((time.perf_counter() - began) * 1000, 2))

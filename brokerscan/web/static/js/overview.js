@@ -175,22 +175,14 @@ async function render(root) {
         href: searchHref(`country:${f.value}`, view),
       })), { label: "country", empty: "no country known (loopback and private addresses have none)" });
       const asnItems = counts.facets.asn.map((f) => ({
-        label: `AS${f.value}`, value: f.count, href: searchHref(`asn:${f.value}`, view), asn: f.value,
+        label: f.label ? `AS${f.value} ${f.label}` : `AS${f.value}`, value: f.count,
+        href: searchHref(`asn:${f.value}`, view), asn: f.value,
       }));
-      draw(at.asns, asnItems, { label: "network", empty: "no network known" });
       at.world.replaceChildren();
       await map(at.world, counts.facets.country.map((f) => ({ code: String(f.value), value: f.count })),
         (code) => searchHref(`country:${code}`, view));
       at.world.append(h("p", { class: "muted small" },
         `${fmt(counts.other.country || 0)} without a known country. Shapes: Natural Earth.`));
-      // The organisation of each top network: the API's facets carry numbers only, so one
-      // service of each network is asked for its organisation (a few at a time).
-      const orgs = await limited(asnItems.map((item) => () =>
-        get("services", { q: `asn:${item.asn}`, limit: 1, ...scope })), 2);
-      asnItems.forEach((item, i) => {
-        const hit = orgs[i] && orgs[i].results && orgs[i].results[0];
-        if (hit && hit.org) item.label = `AS${item.asn} ${hit.org}`;
-      });
       draw(at.asns, asnItems, { label: "network", empty: "no network known" });
     }).catch(failed(at.top, at.asns, at.world));
 

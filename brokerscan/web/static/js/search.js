@@ -10,11 +10,15 @@ import {
 
 /** Results per page (``limit=`` in the URL changes it, up to the API's 1,000). */
 const PAGE = 50;
-/** The facets beside the results: field, how many values, how a value reads. */
+/** The facets beside the results: field, how many values. The first group is counted
+ *  from the rollups when the query allows (fast on any store) and brings the total; the
+ *  second reads the rows, so it is asked for apart and fills in when it comes. */
 const FACETS = [
-  ["protocol", 5], ["port", 10], ["country", 10], ["asn", 10], ["org", 10], ["product", 10],
-  ["version", 10], ["anonymous", 2], ["mqtt.level", 3], ["mqtt.return_code", 8],
-  ["tls.version", 5], ["cert.trusted", 2], ["cert.self_signed", 2], ["status", 6],
+  ["protocol", 5], ["port", 10], ["country", 10], ["asn", 10], ["anonymous", 2], ["status", 6],
+];
+const MORE_FACETS = [
+  ["org", 10], ["product", 10], ["version", 10], ["mqtt.level", 3], ["mqtt.return_code", 8],
+  ["tls.version", 5], ["cert.trusted", 2], ["cert.self_signed", 2],
 ];
 
 const SYNTAX = [
@@ -70,21 +74,22 @@ function help(fields, input) {
         ], fields, { class: "compact", id: "fields" }))));
 }
 
-function facetLabel(field, value, names) {
+function facetLabel(field, facet, names) {
+  const value = facet.value;
   if (field === "country") return names[value] ? `${names[value]} (${value})` : String(value);
   if (field === "mqtt.level") return `MQTT ${LEVELS[value] || value}`;
   if (field === "mqtt.return_code") return `${value} ${CONNACK[value] || ""}`.trim();
-  if (field === "asn") return `AS${value}`;
+  if (field === "asn") return facet.label ? `AS${value} ${facet.label}` : `AS${value}`;
   return String(value);
 }
 
-function facetList(count, query, view, names) {
-  return FACETS.filter(([field]) => (count.facets[field] || []).length).map(([field]) =>
+function facetList(count, query, view, names, facets) {
+  return facets.filter(([field]) => (count.facets[field] || []).length).map(([field]) =>
     h("section", { "aria-label": `facet ${field}` }, h("h3", {}, field),
       h("ul", {}, count.facets[field].map((f) => h("li", {},
         h("a", { href: searchHref(refine(query, field, f.value), view),
           dataset: { facet: field, value: String(f.value) } },
-        h("span", { class: "v" }, facetLabel(field, f.value, names)),
+        h("span", { class: "v" }, facetLabel(field, f, names)),
         h("span", { class: "c" }, fmt(f.count))))))));
 }
 
@@ -155,6 +160,9 @@ async function render(root) {
   const counting = get("count", {
     q: query, facets: FACETS.map(([f, n]) => `${f}:${n}`).join(","), ...scope,
   }).then((count) => ({ count }), (error) => ({ error }));
+  const countingMore = get("count", {
+    q: query, facets: MORE_FACETS.map(([f, n]) => `${f}:${n}`).join(","), ...scope,
+  }).then((count) => ({ count }), (error) => ({ error }));
   let found;
   try {
     found = await get("services", { q: query, cursor, limit: size, ...scope });
@@ -198,7 +206,14 @@ async function render(root) {
   totalBox.dataset.total = String(total);
   fill(shown, found.results.length ? `${range} of ${fmt(total)} ${total === 1 ? "result" : "results"}`
     : `no results (${fmt(total)})`);
-  side.append(...facetList(counted.count, query, view, names));
+  side.append(...facetList(counted.count, query, view, names, FACETS));
+  const more = await countingMore;
+  if (more.error) {
+    side.append(errorBox(more.error, "more facets"));
+    return;
+  }
+  side.append(...facetList(more.count, query, view, names, MORE_FACETS));
+  performance.mark("brokerscan:facets");
 }
 
 /** Ask the API whether the query in the box reads, a moment after each key. */

@@ -125,9 +125,11 @@ class ShardStart:
     :ivar reason: why not (empty when *run*)
     :ivar sweep_state: the sweep's state (None for an unknown shard)
     :ivar shard_state: the shard's state after this call (None for an unknown shard)
-    :ivar position: where to start: the last checkpoint
+    :ivar position: where to resume the walk: the last checkpoint
     :ivar end_exponent: where the shard ends (exclusive)
     :ivar attempts: attempts so far, this one included when *run*
+    :ivar unfinished: exponents below *position* left unfinished by the last run: probe
+        them first
     """
 
     run: bool
@@ -137,6 +139,7 @@ class ShardStart:
     position: int
     end_exponent: int
     attempts: int
+    unfinished: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,8 +11,10 @@ pool). The rules they keep:
   again when their sweep runs again. Messages are delivered at least once, so a start or
   finish that arrives for a shard already finished changes nothing.
 - The counts of a shard (probes, open, hits, statuses) cover exactly the exponents
-  ``[first_exponent, position)``: :func:`checkpoint_shard` and :func:`finish_shard` *add*
-  what was counted since the previous checkpoint, together with the new position.
+  ``[first_exponent, position)`` except ``unfinished`` (targets abandoned by a run that
+  was handed back, migration 0007: the next run probes them first):
+  :func:`checkpoint_shard` and :func:`finish_shard` *add* what was counted since the
+  previous checkpoint, together with the new position.
 
 Why one piece: every statement on ``sweeps`` and ``sweep_shards``, so that the state
 machine's transitions and the counts they carry are read, and kept consistent, together.
@@ -265,7 +267,8 @@ async def shard_counts(conn: Conn, sweep_id: str) -> ShardCounts:
         if await conn.fetchval("SELECT 1 FROM sweeps WHERE id = $1", sweep_id) is None:
             raise UnknownSweep(f"no sweep {sweep_id}")
         by_state = await conn.fetch(
-            "SELECT state, count(*) AS n, sum(position - first_exponent) AS covered,"
+            "SELECT state, count(*) AS n,"
+            " sum(position - first_exponent - cardinality(unfinished)) AS covered,"
             " sum(probes) AS probes, sum(open) AS open"
             " FROM sweep_shards WHERE sweep_id = $1 GROUP BY state",
             sweep_id,
@@ -340,13 +343,15 @@ async def start_shard(
 ) -> ShardStart:
     """Decide whether a worker that received this shard's message should run it.
 
-    Runs it (attempts + 1, state running, from the last checkpoint) unless the shard is
+    Runs it (attempts + 1, state running, from the last checkpoint: its ``unfinished``
+    targets, then the walk from its ``position``) unless the shard is
     already done, cancelled or failed, the sweep is paused (the shard becomes paused) or
     cancelled (cancelled), or this would be attempt ``max_attempts + 1`` (failed).
     """
     async with conn.transaction():
         row = await conn.fetchrow(
-            "SELECT sh.state, sh.position, sh.end_exponent, sh.attempts, sh.last_error,"
+            "SELECT sh.state, sh.position, sh.unfinished, sh.end_exponent, sh.attempts,"
+            " sh.last_error,"
             " s.state AS sweep"
             " FROM sweep_shards sh JOIN sweeps s ON s.id = sh.sweep_id"
             " WHERE sh.sweep_id = $1 AND sh.shard_index = $2 FOR UPDATE OF sh",
@@ -382,6 +387,7 @@ async def start_shard(
     return ShardStart(
         run=not reason, reason=reason, sweep_state=sweep, shard_state=new,
         position=row["position"], end_exponent=row["end_exponent"], attempts=attempts,
+        unfinished=tuple(row["unfinished"]),
     )  # fmt: skip
 
 
@@ -420,7 +426,8 @@ async def checkpoint_shard(
     worker: str | None = None,
 ) -> bool:
     """Record that a running shard reached *position*, adding the counts made since the
-    previous checkpoint.
+    previous checkpoint (its ``unfinished`` targets are left as they are: a run that
+    checkpoints has not probed them yet).
 
     :param worker: if given, only that worker's run may checkpoint (a stale redelivery
         cannot move a shard another worker now runs)
@@ -449,6 +456,7 @@ async def finish_shard(
     statuses: Mapping[str, int],
     error: str | None = None,
     worker: str | None = None,
+    unfinished: Sequence[int] = (),
 ) -> bool:
     """Record the end of a run, adding the counts made since the last checkpoint.
 
@@ -457,6 +465,10 @@ async def finish_shard(
     shard that is not done, cancelled or failed.
 
     :param position: where the run stopped (ignored for ``done``)
+    :param unfinished: exponents below *position* whose targets the run did not finish
+        (see :func:`scheduler.sweeps.hand_back`); they replace the recorded ones unless
+        *position* is behind the recorded one or the state is ``failed`` (a failure
+        keeps the last hand-back for ``sweep retry``)
     :param worker: as for :func:`checkpoint_shard`
     :returns: True if recorded; False if the shard had already finished (or is another
         worker's), and nothing changed
@@ -473,13 +485,16 @@ async def finish_shard(
         f"UPDATE sweep_shards SET {_ADD_COUNTS}, state = $3, error = $9,"
         " attempts = CASE WHEN $3 = 'paused' THEN greatest(attempts - 1, 0)"
         "   ELSE attempts END,"
+        " unfinished = CASE WHEN $3 = 'done' THEN '{}'::bigint[]"
+        "   WHEN $3 <> 'failed' AND least($10, end_exponent) >= position THEN $12::bigint[]"
+        "   ELSE unfinished END,"
         " position = CASE WHEN $3 = 'done' THEN end_exponent"
         "   ELSE greatest(position, least($10, end_exponent)) END,"
         " finished_at = CASE WHEN $3 = 'paused' THEN NULL ELSE now() END"
         " WHERE sweep_id = $1 AND shard_index = $2 AND state = ANY($11::text[])"
         " AND ($8::text IS NULL OR worker = $8)",
         sweep_id, index, state, *_counts(probes, open, hits, statuses), worker, error,
-        position, from_states,
+        position, from_states, list(unfinished),
     )  # fmt: skip
     if status == "UPDATE 1":
         return True

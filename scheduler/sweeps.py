@@ -8,16 +8,22 @@ shards): ``sweep plan 0.0.0.0/0`` answers in well under a second.
 Ports are split by transport into *groups*: plaintext ports go to the ``probe`` queue,
 TLS ports to ``probe-tls`` (handshakes cost more CPU, so the pools are sized apart). Each
 group has its own permutation and shards.
+
+A shard run that stops early hands the rest back as a :class:`HandBack`: the exponent to
+resume the walk at, and the exponents before it whose targets were started but not
+finished (abandoned at a shutdown); the next run probes those first, then the walk
+(:func:`hand_back`, :meth:`SweepPlan.targets_at`). Every target is probed by exactly one
+run: finished ones lie before the resume point and are not in the list.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -30,11 +36,13 @@ from scheduler.targets import Exclusions, eligible, read_targets
 __all__ = [
     "DEFAULT_SHARD_SIZE",
     "MAX_SHARDS",
+    "HandBack",
     "PortGroup",
     "SweepPlan",
     "SweepSpec",
     "describe_plan",
     "exponent_after",
+    "hand_back",
     "plan_sweep",
 ]
 
@@ -140,6 +148,27 @@ class SweepPlan:
             shard = replace(shard, first_exponent=max(shard.first_exponent, from_exponent))
         return shard_targets(shard, None, self.ips, group.ports)
 
+    def targets_at(self, group: PortGroup,
+                   exponents: Iterable[int]) -> Iterator[tuple[int, PortSpec]]:
+        """The targets at these exponents of the group's walk, in that order (an
+        exponent whose element is past ``n`` stands for no target and gives none)."""
+        if not group.shards:
+            return
+        perm, size = group.shards[0].permutation, self.ips.size
+        for exponent in exponents:
+            index = perm.index_at(exponent)
+            if index is not None:  # port-major, as in scheduler.shards
+                k, i = divmod(index, size)
+                yield self.ips.nth(i), group.ports[k]
+
+    def element_of(self, group: PortGroup, ip: int, spec: PortSpec) -> int:
+        """The group element that stands for target ``(ip, spec)`` (its index + 1).
+
+        :raises KeyError: not a target of this plan
+        :raises ValueError: not a port of this group
+        """
+        return group.ports.index(spec) * self.ips.size + self.ips.index_of(ip) + 1
+
 
 def plan_sweep(spec: SweepSpec) -> SweepPlan:
     """Resolve a spec: parse, apply blocklists and scope, cut each port group into shards.
@@ -184,6 +213,53 @@ def exponent_after(shard: Shard, first_exponent: int, launched: int) -> int:
         x = x * g % p
         exponent += 1
     return exponent
+
+
+class HandBack(NamedTuple):
+    """Where a shard resumes: the walk at ``position``, after the targets at the exponents
+    ``unfinished`` (each below ``position``)."""
+
+    position: int
+    unfinished: tuple[int, ...]
+
+
+def hand_back(shard: Shard, position: int, unfinished: Sequence[int], launched: int,
+              abandoned: Collection[int]) -> HandBack:
+    """Where a shard resumes after a run that stopped early.
+
+    The run began at ``(position, unfinished)``: it started the targets at the exponents
+    ``unfinished`` first (each stands for a target: they come from an earlier hand-back),
+    then the walk from ``position``, ``launched`` targets in all, and finished all of
+    them but the ``abandoned`` ones (given as group elements, see
+    :meth:`SweepPlan.element_of`). The result keeps every target not finished, and only
+    those: the ``unfinished`` not reached or abandoned, then the abandoned ones of the
+    walk, in walk order; the walk resumes after the last target started. Pure, and
+    O(launched): one multiplication per exponent walked.
+
+    :raises ValueError: an abandoned element is not among the targets started (a target
+        would be lost)
+    """
+    perm = shard.permutation
+    abandoned = frozenset(abandoned)
+    redone = min(launched, len(unfinished))
+    left = [e for e in unfinished[:redone] if perm.element_at(e) in abandoned]
+    left += unfinished[redone:]
+    found = len(left) - (len(unfinished) - redone)
+    g, p, n = perm.generator, perm.prime, perm.n
+    x = perm.element_at(position)
+    exponent, seen, walked = position, 0, launched - redone
+    while seen < walked and exponent < shard.end_exponent:
+        if x <= n:
+            seen += 1
+            if x in abandoned:
+                left.append(exponent)
+                found += 1
+        x = x * g % p
+        exponent += 1
+    if found != len(abandoned):
+        raise ValueError(f"shard {shard.index}: {len(abandoned) - found} abandoned target(s)"
+                         f" not among the {launched} started from exponent {position}")
+    return HandBack(exponent, tuple(left))
 
 
 def describe_plan(plan: SweepPlan, names: Names) -> dict[str, Any]:

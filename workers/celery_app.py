@@ -14,8 +14,9 @@
   visibility timeout if Redis is ever the broker;
 * one queue per kind of work (plaintext shards, TLS shards), so pools are sized apart;
 * SIGTERM is Celery's warm shutdown: no new shard starts, and a running shard hands the
-  rest of its work back within about a second plus the probes in flight
-  (:mod:`workers.tasks`), so the worker exits well within the stop timeouts of
+  rest of its work back within about 4 s, whatever the sweep's timeouts (probes in
+  flight get 3 s, then are abandoned and handed back: :mod:`workers.shardrun`), so the
+  worker exits within 10 s, well within the stop timeouts of
   ``deploy/`` (systemd ``TimeoutStopSec``, Kubernetes ``terminationGracePeriodSeconds``).
 
 ``celery -A workers.celery_app worker`` works too: ``app`` is built on first access, from

@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import cast
+from typing import Any, cast
 
 from brokerscan.model import (
     Probe,
@@ -70,7 +70,8 @@ class ScanStats:
     total: int | None = None
     started: int = 0  # connects started
     done: int = 0  # targets finished, whatever the outcome
-    open: int = 0  # TCP connection established
+    open: int = 0  # of the targets done, those whose TCP connection was established
+    abandoned: int = 0  # started, then given up by ``Engine.abort``: no result, not done
     statuses: Counter[str] = field(default_factory=Counter)
     hits: Counter[str] = field(default_factory=Counter)  # by protocol
     began: float = field(default_factory=time.monotonic)
@@ -115,6 +116,10 @@ class Engine:
         self._limiter = limiter or LocalRateLimiter(config.rate)
         self._tls = TlsOptions(handshake_timeout=config.tls_handshake_timeout)
         self._tasks: set[asyncio.Task[None]] = set()
+        # Probes running, with their target and the socket not yet handed to them (an
+        # entry leaves the moment its result is emitted, see ``_probe``).
+        self._probing: dict[asyncio.Task[Any], tuple[int, PortSpec, list[socket.socket]]] = {}
+        self._connector: Connector | None = None
         self._in_flight = 0
         self._wake: asyncio.Event | None = None
         self._sink: Sink = lambda _r: None
@@ -131,13 +136,37 @@ class Engine:
         if self._wake is not None:
             self._wake.set()
 
+    def abort(self) -> list[tuple[int, PortSpec]]:
+        """Stop now: start no new target and abandon every target in flight (its connect
+        closed, its probe cancelled), with no result and not counted as done. ``run``
+        then returns at once.
+
+        :returns: the abandoned targets, for the caller to run again some other time
+        """
+        self._stopping = True
+        abandoned: list[tuple[int, PortSpec]] = []
+        if self._connector is not None:
+            abandoned += [(ip, self._spec_of(ctx)) for ip, ctx in self._connector.abandon()]
+        for task, (ip, spec, unused) in self._probing.items():
+            task.cancel()
+            for sock in unused:  # not handed to the probe yet (it may not have begun)
+                sock.close()
+            abandoned.append((ip, spec))
+        self._probing.clear()
+        self._in_flight -= len(abandoned)
+        self.stats.abandoned += len(abandoned)
+        if self._wake is not None:
+            self._wake.set()
+        return abandoned
+
     async def run(self, targets: Iterable[tuple[int, PortSpec]], sink: Sink,
                   total: int | None = None) -> ScanStats:
         """Probe every target and pass each result to ``sink``; return the final stats."""
         self._sink = sink
         self.stats = ScanStats(total=total)
         self._wake = asyncio.Event()
-        connector = Connector(self.scope, self.config.connect_timeout, self._connected)
+        connector = self._connector = Connector(self.scope, self.config.connect_timeout,
+                                                self._connected)
         iterator: Iterator[tuple[int, PortSpec]] = iter(targets)
         exhausted = False
         try:
@@ -164,6 +193,7 @@ class Engine:
                 self._wake.clear()
                 await self._wake.wait()
         finally:
+            self._connector = None
             connector.close()
             for task in list(self._tasks):
                 task.cancel()
@@ -186,6 +216,12 @@ class Engine:
             err = status_of(exc, connected=False)
             self._finish_failure(ip, spec, err.status, err.message)
 
+    def _spec_of(self, ctx: object) -> PortSpec:
+        """The target's spec from the context its connect carries."""
+        if self._observe_connect is None:
+            return cast(PortSpec, ctx)
+        return cast(tuple[PortSpec, float], ctx)[0]
+
     def _connected(self, ctx: object, ip: int, sock: socket.socket | None, code: int) -> None:
         if self._observe_connect is None:
             spec = cast(PortSpec, ctx)
@@ -200,8 +236,9 @@ class Engine:
                 status = err.status
             self._finish_failure(ip, spec, status, errno.errorcode.get(code, str(code)))
             return
-        self.stats.open += 1
-        task = asyncio.ensure_future(self._probe(ip, spec, sock))
+        first = [sock]
+        task = asyncio.ensure_future(self._probe(ip, spec, first))
+        self._probing[task] = (ip, spec, first)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -228,12 +265,12 @@ class Engine:
 
     # -- the probe phase: one Task per open port ----------------------------------------
 
-    async def _probe(self, ip: int, spec: PortSpec, sock: socket.socket) -> None:
+    async def _probe(self, ip: int, spec: PortSpec, first: list[socket.socket]) -> None:
+        """Probe one open port; ``first`` holds its connected socket until a probe dials."""
         started = time.monotonic()
         address = _ip_text(ip)
         observed_at = _now()
         tls_seen: list[TlsInfo | None] = [None]
-        first: list[socket.socket] = [sock]
         tls = [self._tls if spec.tls else None]
         cfg = self.config
 
@@ -292,6 +329,12 @@ class Engine:
             for leftover in first:
                 leftover.close()
         assert outcome is not None
+        # Nothing awaits from here on: a probe either emits its result in this step or
+        # is abandoned by ``abort`` (cancelled, and out of ``_probing``): then no result.
+        me = asyncio.current_task()
+        if me is None or self._probing.pop(me, None) is None:
+            return
+        self.stats.open += 1
         ws_info = outcome.websocket or websocket[0]
         over_ws = spec.websocket or (outcome.websocket is not None
                                      and outcome.protocol is Protocol.MQTT)

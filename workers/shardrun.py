@@ -3,31 +3,41 @@
 The steps, each idempotent so that a redelivered or retried shard is harmless:
 
 1. ``start_shard`` in PostgreSQL: should this message run (not done already, not over
-   its attempt cap, sweep still running)? From which exponent (a paused shard resumes)?
+   its attempt cap, sweep still running)? From where (a paused shard resumes: first the
+   targets its last run left unfinished, then the walk from its position)?
 2. Rebuild the sweep's plan from its spec (cached per sweep) and walk the shard.
 3. Run the engine with the fleet's rate budget (Redis), publishing every result to the
    results exchange (``ResultPublisher``: persistent, confirmed, many results a message,
-   each keyed by (sweep, ip, port), see :mod:`brokerscan.stream.wire`); every half second look
-   at the sweep's control state and flush live counters to Redis; stop early when the
-   sweep is paused or cancelled, or when the shard has run for ``max_seconds`` (the rest
-   of it is handed back).
+   each keyed by (sweep, ip, port), see :mod:`brokerscan.stream.wire`). Beside it, a
+   watcher looks every half second at the sweep's control state and flushes live
+   counters to Redis; it stops the run early when the sweep is paused or cancelled, when
+   the worker shuts down, or when the shard has run for ``max_seconds``.
 4. Wait until every result is confirmed, then ``finish_shard`` (done, or paused /
-   pending with the exponent reached), and only then return: the Celery task acks after.
+   cancelled with where to resume), and only then return: the Celery task acks after.
 
 A dependency that is away (PostgreSQL, Redis, RabbitMQ) raises :class:`TransientError`:
 the task retries later, and the error is recorded as the shard's ``last_error`` (when
 PostgreSQL answers) so that a shard that finally fails says why.
 
-Graceful shutdown: when the worker is told to stop (SIGTERM to its main process), the
+Stopping early: when the worker is told to stop (SIGTERM to its main process), the
 context's ``draining`` test turns true; within half a second the engine starts no new
-target, the targets in flight finish (bounded by the sweep's ``--timeout``), every result
-is confirmed, and the rest of the shard is handed back (``paused`` at the exponent
-reached, queued again by the scheduler), exactly as the time limit does. A hand-back is
-not a failed attempt.
+target, the probes in flight get ``drain_grace`` seconds (3) to finish, and the rest are
+abandoned with no result published for them (a cancelled probe is not a timeout). Every
+result published is confirmed, and the rest of the shard is handed back (``paused``,
+queued again by the scheduler) as a :class:`~scheduler.sweeps.HandBack`: the walk
+resumes after the last target started, and the abandoned targets, kept with the shard
+(``unfinished``), are probed first by the next run. So a hand-back takes under 5 s
+whatever the sweep's ``--timeout``, and every target is probed exactly once. The time
+limit, a pause and a cancel stop the same way. A hand-back is not a failed attempt. A
+worker killed outright records nothing: the message comes again and runs from the last
+hand-back (some targets probed twice, none lost).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import itertools
 import logging
 import time
 from collections import Counter, OrderedDict
@@ -43,15 +53,16 @@ from brokerscan.oneline import describe
 from brokerscan.settings import Settings
 from brokerscan.stream.publisher import PublisherError, ResultPublisher
 from scheduler import live, state
+from scheduler.ports import PortSpec
 from scheduler.shards import Shard
-from scheduler.sweeps import SweepPlan, SweepSpec, exponent_after, plan_sweep
+from scheduler.sweeps import SweepPlan, SweepSpec, hand_back, plan_sweep
 from storage.db import DatabaseError, Pool, create_pool
 from workers.engine import Engine, ScanConfig, ScanStats
 from workers.probes.base import ProbeOptions
 from workers.ratebudget import FleetRateLimiter, RateLimiter
 from workers.transport import Scope
 
-__all__ = ["MAX_ATTEMPTS", "MAX_SHARD_SECONDS", "ShardReport", "TransientError",
+__all__ = ["DRAIN_GRACE", "MAX_ATTEMPTS", "MAX_SHARD_SECONDS", "ShardReport", "TransientError",
            "WorkerContext", "fail_shard", "note_failure", "run_shard"]
 
 log = logging.getLogger(__name__)
@@ -59,6 +70,11 @@ log = logging.getLogger(__name__)
 #: A shard runs at most this long, then hands the rest of its work back (Celery's time
 #: limits in :mod:`workers.celery_app` are set above it).
 MAX_SHARD_SECONDS = 900.0
+
+#: Seconds the probes in flight get to finish once a run is told to stop; the rest are
+#: abandoned and handed back. Most probes end within a second; the ones still waiting
+#: after this are waiting for a timeout.
+DRAIN_GRACE = 3.0
 
 MAX_ATTEMPTS = 5  # deliveries of one shard before it is marked failed
 _CHECK_EVERY = 0.5  # seconds between looks at the control state (and counter flushes)
@@ -82,16 +98,19 @@ class WorkerContext:
     def __init__(self, settings: Settings, worker_id: str,
                  max_seconds: float = MAX_SHARD_SECONDS, *, queues: list[str] | None = None,
                  connections: int | None = None,
-                 draining: Callable[[], bool] = lambda: False, metrics: bool = False) -> None:
+                 draining: Callable[[], bool] = lambda: False, metrics: bool = False,
+                 drain_grace: float = DRAIN_GRACE) -> None:
         """:param queues: the queues this worker consumes (its heartbeat says so).
         :param connections: the most connections in flight in this process, whatever a
             sweep asks for (what its file descriptors allow).
         :param draining: true once the worker is shutting down: hand the shard back.
-        :param metrics: feed :mod:`workers.metrics` (off: not a single extra call)."""
+        :param metrics: feed :mod:`workers.metrics` (off: not a single extra call).
+        :param drain_grace: seconds the probes in flight get once a run must stop."""
         self.settings = settings
         self.names = settings.names()
         self.worker_id = worker_id
         self.max_seconds = max_seconds
+        self.drain_grace = drain_grace
         self.queues = queues or [self.names.probe_queue, self.names.probe_tls_queue]
         self.connections = connections
         self.draining = draining
@@ -277,33 +296,56 @@ async def _run(ctx: WorkerContext, sweep_id: str, shard_id: int, spec_data: dict
         limiter = meter.limiter
     flusher = _Flusher(redis, ctx, sweep_id)
     stop_reason: list[str] = []
-    began = last = ctx.busy_tick = time.monotonic()
+    abandoned: list[tuple[int, PortSpec]] = []
+    began = ctx.busy_tick = time.monotonic()
+    finished = asyncio.Event()
 
     async def ready() -> None:
-        nonlocal last
         await publisher.wait_ready()
-        now = ctx.busy_tick = time.monotonic()
-        if now - last < _CHECK_EVERY:
-            return
-        last = now
-        if not stop_reason:
-            current = await control.state()
-            if current != "running":
-                stop_reason.append(current)
-                engine.stop()
-            elif ctx.draining():
-                stop_reason.append("shutdown")
-                engine.stop()
-                log.info("shard %s/%s: worker shutting down; handing the rest back",
-                         sweep_id, shard_id)
-            elif now - began > ctx.max_seconds:
-                # Hand the rest back: a paused shard of a running sweep is queued again.
-                stop_reason.append("time limit")
-                engine.stop()
-        await flusher.flush(engine.stats)
-        if meter is not None:
-            meter.flush(engine.stats, engine.in_flight, publisher.confirmed)
-        heartbeat.update(probes=engine.stats.done)
+        ctx.busy_tick = time.monotonic()
+
+    async def why_stop(now: float) -> str | None:
+        current = await control.state()
+        if current != "running":
+            return current
+        if ctx.draining():
+            log.info("shard %s/%s: worker shutting down; handing the rest back",
+                     sweep_id, shard_id)
+            return "shutdown"
+        if now - began > ctx.max_seconds:
+            return "time limit"  # a paused shard of a running sweep is queued again
+        return None
+
+    async def watch() -> None:
+        """Every half second (whether or not the engine's loop turns: probes waiting
+        for their timeouts do not turn it): stop the run when it must, abandon what is
+        still in flight after the grace, flush the counters."""
+        stopped_at = 0.0
+        try:
+            while not finished.is_set():
+                now = ctx.busy_tick = time.monotonic()
+                pause = _CHECK_EVERY
+                if not stop_reason:
+                    reason = await why_stop(now)
+                    if reason is not None:
+                        stop_reason.append(reason)
+                        stopped_at = now
+                        engine.stop()
+                if stop_reason and engine.in_flight:
+                    left = stopped_at + ctx.drain_grace - now
+                    if left <= 0:
+                        abandoned.extend(engine.abort())
+                    else:
+                        pause = min(pause, left)
+                await flusher.flush(engine.stats)
+                if meter is not None:
+                    meter.flush(engine.stats, engine.in_flight, publisher.confirmed)
+                heartbeat.update(probes=engine.stats.done)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(finished.wait(), pause)
+        except Exception:
+            engine.abort()  # the run is retried from its last hand-back: nothing is lost
+            raise
 
     saw = None if meter is None else meter.saw
 
@@ -315,8 +357,19 @@ async def _run(ctx: WorkerContext, sweep_id: str, shard_id: int, spec_data: dict
     engine = Engine(_config(spec, sweep_id, ctx.connections), ctx.scope, ready=ready,
                     limiter=limiter,
                     observe_connect=None if meter is None else meter.observe_connect)
-    stats = await engine.run(plan.targets_of(group, shard, start.position),
-                             sink)
+    targets = itertools.chain(plan.targets_at(group, start.unfinished),
+                              plan.targets_of(group, shard, start.position))
+    watcher = asyncio.create_task(watch())
+    try:
+        stats = await engine.run(targets, sink)
+    except BaseException:
+        finished.set()
+        await asyncio.wait([watcher])
+        if not watcher.cancelled():
+            watcher.exception()  # seen: the run's own failure is the one reported
+        raise
+    finished.set()
+    await watcher  # the watcher's failure (Redis away) is the run's
     await publisher.flush()  # every result confirmed before the shard is recorded
     await flusher.flush(stats)
     if meter is not None:
@@ -325,16 +378,19 @@ async def _run(ctx: WorkerContext, sweep_id: str, shard_id: int, spec_data: dict
     hits, statuses = dict(stats.hits), dict(stats.statuses)
     async with pool.acquire() as conn:
         if stop_reason:
-            reached = exponent_after(shard, start.position, stats.started)
+            back = hand_back(shard, start.position, start.unfinished, stats.started,
+                             {plan.element_of(group, ip, port) for ip, port in abandoned})
             end_state: Literal["paused", "cancelled"] = \
                 "cancelled" if stop_reason[0] == "cancelled" else "paused"
             await state.finish_shard(conn, sweep_id, shard_id, state=end_state,
-                                     position=reached, worker=ctx.worker_id, probes=stats.done,
+                                     position=back.position, unfinished=back.unfinished,
+                                     worker=ctx.worker_id, probes=stats.done,
                                      open=stats.open, hits=hits, statuses=statuses)
             outcome = "handed-back" if stop_reason[0] in ("shutdown", "time limit") \
                 else end_state
             return ShardReport(outcome, f"shard {sweep_id}/{shard_id} stopped "
-                                        f"({stop_reason[0]}) at {reached}")
+                                        f"({stop_reason[0]}) at {back.position}, "
+                                        f"{len(back.unfinished)} unfinished before it")
         await state.finish_shard(conn, sweep_id, shard_id, state="done",
                                  position=shard.end_exponent, worker=ctx.worker_id,
                                  probes=stats.done, open=stats.open, hits=hits,

@@ -14,7 +14,8 @@ The worker's life is wired through Celery's own signals, not by wrapping the tas
   process starts beating its heartbeat at once, so an idle worker is visible;
 * ``worker_shutting_down`` (SIGTERM to the main process, Celery's warm shutdown): a byte
   of memory shared with every child turns to 1, and each child's running shard hands
-  the rest of its work back within about a second (:mod:`workers.shardrun`);
+  the rest of its work back within about 4 s, probes still in flight abandoned and
+  handed back too (:mod:`workers.shardrun`);
 * ``task_prerun`` / ``task_postrun`` / ``task_success`` / ``task_retry``: the busy gauge
   and the shard-run counters of :mod:`workers.metrics` (when metrics are on);
 * ``worker_process_shutdown``: connections closed, heartbeat key deleted, the process's

@@ -423,15 +423,22 @@ class Connector:
             self._callback(entry[1], entry[2], None, errno.ETIMEDOUT)
         self._sweeper = self._loop.call_later(0.2, self._sweep) if deadlines else None
 
-    def close(self) -> None:
-        """Abandon every connect in flight (no callbacks)."""
+    def abandon(self) -> list[tuple[int, object]]:
+        """Close every connect in flight, with no callback for any; return their
+        ``(ip, ctx)``. The connector stays usable."""
+        abandoned = [(ip, ctx) for sock, ctx, ip in self._pending.values()]
         for sock, _, _ in self._pending.values():
-            sock.close()
+            sock.close()  # closing a socket also takes it out of the epoll set
         self._pending.clear()
         self._deadlines.clear()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        return abandoned
+
+    def close(self) -> None:
+        """Abandon every connect in flight (no callbacks)."""
+        self.abandon()
         self._loop.remove_reader(self._epoll.fileno())
         self._epoll.close()
 

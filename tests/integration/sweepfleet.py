@@ -169,6 +169,17 @@ class Fleet:
 
         return asyncio.run(fetch())
 
+    def query(self, sql: str, *args: Any) -> Any:
+        """The first value of the first row of ``sql`` in the fleet's database."""
+        async def fetch() -> Any:
+            conn = await asyncpg.connect(self.database_url)
+            try:
+                return await conn.fetchval(sql, *args)
+            finally:
+                await conn.close()
+
+        return asyncio.run(fetch())
+
     def results(self) -> Counter[str]:
         """Drain the results queue: how many times each result arrived, by its key
         ``"sweep|ip|port"`` (every message unpacked, every line validated)."""

@@ -1,5 +1,6 @@
 """The engine's own guarantees, against real sockets on loopback: scope before any packet,
-the concurrency bound, the rate limit, the per-target deadline, and one result per target.
+the concurrency bound, the rate limit, the per-target deadline, one result per target, and
+none for a target abandoned by ``abort``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import pytest
 
 from brokerscan.model import ScanResult, Status
 from scheduler.ports import PortSpec
-from tests.waiting import HANG, wait_for_async
+from tests import servers
+from tests.waiting import HANG, holds_for_async, wait_for_async
 from workers.engine import Engine, ScanConfig
 from workers.transport import Scope
 
@@ -141,3 +143,42 @@ async def test_stop_finishes_in_flight_and_starts_nothing_new():
     stats = await asyncio.wait_for(run, 5)
     assert 0 < stats.done < len(targets)
     assert stats.done == stats.started
+
+
+async def test_abort_abandons_in_flight_targets_without_a_result():
+    # Three kinds of target on ops addresses: a listener that never accepts (the kernel
+    # completes the handshake, then nothing answers: the probe waits for its timeout),
+    # a listener whose accept queue is full (the SYN is dropped: the connect waits), and
+    # closed ports (refused at once). Timeouts far beyond the test: only abort ends them.
+    silent_host, _ = servers.allocate("ops", SILENT.port)
+    full_host, _ = servers.allocate("ops", SILENT.port)
+    silent = socket.create_server((silent_host, SILENT.port), backlog=64)
+    full = socket.socket()
+    full.bind((full_host, SILENT.port))
+    full.listen(0)
+    filler = socket.create_connection((full_host, SILENT.port))  # fills the queue
+    try:
+        targets = ([(ip(silent_host), SILENT)] * 3 + [(ip(full_host), SILENT)] * 2
+                   + [(ip("127.62.48.0") + i, SILENT) for i in range(5)])
+        results: list[ScanResult] = []
+        engine = Engine(ScanConfig(connect_timeout=60, io_timeout=60, total_timeout=60,
+                                   emit_failures=True, rate=0), Scope(["127.0.0.0/8"]))
+        run = asyncio.ensure_future(engine.run(targets, results.append))
+        await wait_for_async(lambda: engine.stats.done == 5, HANG, "the refused ports done")
+        # both phases in flight: 3 probes waiting for a CONNACK, 2 connects for a SYN-ACK
+        await wait_for_async(lambda: len(engine._probing) == 3, HANG, "3 probes waiting")
+        assert engine.in_flight == 5
+        began = time.monotonic()
+        abandoned = engine.abort()
+        stats = await asyncio.wait_for(run, 5)
+        assert time.monotonic() - began < 1
+    finally:
+        filler.close()
+        full.close()
+        silent.close()
+    assert sorted(abandoned) == sorted(targets[:5])
+    assert engine.in_flight == 0
+    assert [r.status for r in results] == [Status.CONNECTION_REFUSED] * 5
+    assert (stats.started, stats.done, stats.abandoned, stats.open) == (10, 5, 5, 0)
+    assert stats.statuses == {"connection-refused": 5}
+    await holds_for_async(lambda: len(results) == 5, 0.5, "no result for the abandoned")

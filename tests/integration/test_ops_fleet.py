@@ -1,17 +1,21 @@
 """Operating a fleet, with real processes: start-up checks, metrics and health of every role
-during a real sweep, graceful shutdown, failed shards that say why and can be retried.
+during a real sweep, graceful shutdown (and the shard runner's hand-back, in this
+process), failed shards that say why and can be retried.
 
 Real PostgreSQL, Redis and RabbitMQ; real ``brokerscan scheduler``, ``worker`` (prefork,
 so the multiprocess metrics are what is tested), ``enrich-worker`` and ``store-worker``
 processes. Swept ranges are in 127.62.32.0/19, where nothing listens (every probe is a
-refused connect, which is what a sweep mostly meets); listeners in 127.62.0.0/20.
+refused connect, which is what a sweep mostly meets) but for the silent listeners of the
+shutdown tests; other listeners in 127.62.0.0/20.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,9 +28,12 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from brokerscan.settings import Settings
+from scheduler.sweeps import SweepSpec, plan_sweep
 from tests import servers
 from tests.faultproxy import FaultProxy
 from tests.integration.sweepfleet import Fleet
+from workers.shardrun import WorkerContext, run_shard
 
 pytestmark = pytest.mark.integration
 
@@ -231,6 +238,98 @@ def test_sigterm_hands_the_rest_of_the_shard_back(fleet: Fleet) -> None:
     seen = fleet.results()
     assert len(seen) == 1024 and max(seen.values()) == 1  # every target exactly once
     assert fleet.shards(sweep_id)[0]["attempts"] == 1
+
+
+@pytest.mark.parametrize("pool", ["prefork", "solo"])
+def test_sigterm_with_probes_waiting_on_a_tarpit_exits_within_10_s(fleet: Fleet,
+                                                                   pool: str) -> None:
+    # A quarter of the swept addresses hold their connections open and never answer (a
+    # listener whose connections the kernel accepts and nobody reads): each probe there
+    # waits for the sweep's timeouts, the defaults (3 s connect, 5 s per read, 20 s in
+    # all), far past the 10 s a shutdown may take. The worker must abandon them, publish
+    # nothing for them, and hand them back with the shard.
+    base = "127.62.52"
+    silent = [socket.create_server((f"{base}.{i}", 1883), backlog=64) for i in range(0, 256, 4)]
+    try:
+        fleet.start_scheduler()
+        w1 = fleet.spawn("w1", "worker", "--pool", pool, "--concurrency", "1")
+        sweep_id = fleet.start_sweep(f"{base}.0/24", "--ports", "1883", "--allow-reserved",
+                                     "--all", "--rate", "20", "--shards", "1", "--seed", "6")
+        spec = json.loads(fleet.query("SELECT spec FROM sweeps WHERE id = $1", sweep_id))
+        assert (spec["connect_timeout"], spec["io_timeout"], spec["total_timeout"]) == \
+            (3.0, 5.0, 20.0)
+        fleet.wait_for(sweep_id, "probing", lambda s: s["probes"] > 40)
+        began = time.monotonic()
+        w1.send_signal(signal.SIGTERM)
+        assert w1.wait(timeout=30) == 0, fleet.log("w1")
+        took = time.monotonic() - began
+        assert took < 10, f"{took:.1f} s\n{fleet.log('w1')}"
+        shard = fleet.shards(sweep_id)[0]
+        assert shard["state"] in ("paused", "pending", "queued"), shard
+        assert shard["attempts"] == 0 and shard["unfinished"], shard  # abandoned, kept
+        first = fleet.results()
+        assert max(first.values()) == 1 and len(first) == shard["probes"], fleet.log("w1")
+        assert shard["probes"] + len(shard["unfinished"]) < 256  # stopped mid-walk
+
+        fleet.start_worker("w2")
+        fleet.wait_state(sweep_id, {"finished"}, timeout=120)
+        seen = first + fleet.results()
+        assert len(seen) == 256 and max(seen.values()) == 1  # every target exactly once
+        shard = fleet.shards(sweep_id)[0]
+        assert shard["probes"] == 256 and shard["unfinished"] == [], shard
+    finally:
+        for listener in silent:
+            listener.close()
+
+
+# The shard runner in this process, against the fleet's services and real sockets: runs
+# stopped by the time limit with a short grace (the same mechanism as a shutdown) hand
+# back exactly what they did not finish, run after run, even targets abandoned twice.
+BASE = "127.62.56"  # a /26 of the swept ranges
+SILENT = range(0, 64, 4)  # the addresses that hold their connections
+
+
+def settings_of(fleet: Fleet) -> Settings:
+    return Settings(namespace=fleet.namespace, database_url=fleet.database_url,
+                    redis_url=fleet.env["BROKERSCAN_REDIS_URL"],
+                    results_url=fleet.env["BROKERSCAN_RESULTS_URL"], scope=["127.0.0.0/8"])
+
+
+def test_time_limited_runs_hand_back_their_abandoned_targets(fleet: Fleet) -> None:
+    silent = [socket.create_server((f"{BASE}.{i}", 1883), backlog=64) for i in SILENT]
+    try:
+        sweep_id = fleet.start_sweep(f"{BASE}.0/26", "--ports", "1883", "--allow-reserved",
+                                     "--all", "--rate", "0", "--shards", "1", "--seed", "9",
+                                     "--connect-timeout", "3", "--io-timeout", "3",
+                                     "--timeout", "4")
+        spec = json.loads(fleet.query("SELECT spec FROM sweeps WHERE id = $1", sweep_id))
+        shard = plan_sweep(SweepSpec.model_validate(spec)).locate(0)[1].to_dict()
+
+        async def run(max_seconds: float, grace: float) -> str:
+            ctx = WorkerContext(settings_of(fleet), "test:1", max_seconds, drain_grace=grace)
+            try:
+                return (await run_shard(ctx, sweep_id, 0, spec, shard)).outcome
+            finally:
+                await ctx.close()
+
+        outcomes = []
+        # two runs cut short: 0.2 s of time, then 0.2 s of grace, far below the 3 s the
+        # silent listeners hold each probe; then one run with time to finish
+        for max_seconds, grace in ((0.2, 0.2), (0.2, 0.2), (900.0, 3.0)):
+            outcome = asyncio.run(run(max_seconds, grace))
+            row = fleet.shards(sweep_id)[0]
+            outcomes.append((outcome, row["probes"], sorted(row["unfinished"])))
+    finally:
+        for listener in silent:
+            listener.close()
+    (o1, p1, u1), (o2, p2, u2), (o3, p3, u3) = outcomes
+    # run 1 started every target (no rate limit): the refused ones finished, the silent
+    # ones were abandoned; run 2 started only those and abandoned them again
+    assert (o1, p1, len(u1)) == ("handed-back", 64 - len(SILENT), len(SILENT)), outcomes
+    assert (o2, p2, u2) == ("handed-back", p1, u1), outcomes
+    assert (o3, p3, u3) == ("done", 64, []), outcomes
+    results = fleet.results()
+    assert len(results) == 64 and max(results.values()) == 1  # every target exactly once
 
 
 # -- failures: visible and recoverable ---------------------------------------------------------

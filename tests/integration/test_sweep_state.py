@@ -244,6 +244,51 @@ async def test_paused_run_resumes_where_it_stopped(conn: db.Conn) -> None:
     assert (start.run, start.position) == (True, 25)
 
 
+async def test_handed_back_run_keeps_its_unfinished_targets(conn: db.Conn) -> None:
+    sweep_id = await new_sweep(conn, shards=1)
+    await state.claim_pending(conn, sweep_id, 1)
+    await state.start_shard(conn, sweep_id, 0, "w1", 3)
+    # Shut down: 30 exponents started, 3 of them abandoned when the grace ran out.
+    assert await state.finish_shard(
+        conn, sweep_id, 0, state="paused", position=30, unfinished=[4, 17, 29], probes=27,
+        open=0, hits={}, statuses={"connection-refused": 27}, worker="w1",
+    )  # fmt: skip
+    counts = await state.shard_counts(conn, sweep_id)
+    assert (counts.covered, counts.probes) == (27, 27)
+    await state.claim_pending(conn, sweep_id, 1)
+    start = await state.start_shard(conn, sweep_id, 0, "w2", 3)
+    assert (start.run, start.position, start.unfinished, start.attempts) == (
+        True, 30, (4, 17, 29), 1)  # a hand-back is not a failed attempt
+    # The next run is handed back before it reaches the walk: 4 done, 17 abandoned again.
+    assert await state.finish_shard(
+        conn, sweep_id, 0, state="paused", position=30, unfinished=[17, 29], probes=1,
+        open=0, hits={}, statuses={"connection-refused": 1}, worker="w2",
+    )  # fmt: skip
+    assert not await state.finish_shard(  # a stale run of w1: not its shard any more
+        conn, sweep_id, 0, state="paused", position=10, unfinished=[], probes=0, open=0,
+        hits={}, statuses={}, worker="w1",
+    )  # fmt: skip
+    await state.claim_pending(conn, sweep_id, 1)
+    start = await state.start_shard(conn, sweep_id, 0, "w3", 3)
+    assert (start.position, start.unfinished) == (30, (17, 29))
+    # A failure keeps the hand-back for the retry; a finish clears it.
+    await state.finish_shard(conn, sweep_id, 0, state="failed", position=0, probes=0, open=0,
+                             hits={}, statuses={}, error="boom")
+    assert (await state.shard_counts(conn, sweep_id)).covered == 28
+    await state.retry_failed(conn, sweep_id)
+    await state.claim_pending(conn, sweep_id, 1)
+    start = await state.start_shard(conn, sweep_id, 0, "w4", 3)
+    assert (start.position, start.unfinished) == (30, (17, 29))
+    assert await state.finish_shard(
+        conn, sweep_id, 0, state="done", position=100, probes=72, open=0, hits={},
+        statuses={"connection-refused": 72},
+    )  # fmt: skip
+    counts = await state.shard_counts(conn, sweep_id)
+    assert (counts.covered, counts.probes) == (100, 100)
+    assert await conn.fetchval("SELECT unfinished FROM sweep_shards WHERE sweep_id = $1",
+                               sweep_id) == []
+
+
 async def test_attempts_cap(conn: db.Conn) -> None:
     sweep_id = await new_sweep(conn, shards=1)
     await state.claim_pending(conn, sweep_id, 1)

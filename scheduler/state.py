@@ -12,7 +12,7 @@ pool). The rules they keep:
   finish that arrives for a shard already finished changes nothing.
 - The counts of a shard (probes, open, hits, statuses) cover exactly the exponents
   ``[first_exponent, position)`` except ``unfinished`` (targets abandoned by a run that
-  was handed back, migration 0007: the next run probes them first):
+  was handed back, migration 0006: the next run probes them first):
   :func:`checkpoint_shard` and :func:`finish_shard` *add* what was counted since the
   previous checkpoint, together with the new position.
 

@@ -7,8 +7,7 @@
 -- first, then resumes the walk at `position`. The counts of a shard now cover
 -- [first_exponent, position) except `unfinished`. At most one entry per connection that
 -- was in flight, so the array stays small.
--- Numbered 0007: 0006 is issue 12's. Independent of 0004, 0005 and 0006: it touches only
--- the sweep_shards table of 0001.
+-- It touches only the sweep_shards table of 0001.
 
 ALTER TABLE sweep_shards
     ADD COLUMN unfinished bigint[] NOT NULL DEFAULT '{}'

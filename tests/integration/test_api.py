@@ -177,10 +177,15 @@ def test_count_with_facets_equals_the_searcher(world: World, side: str) -> None:
                 assert body["total"] == mine.total == len(
                     reference_keys(view_items(RECORDS, view), parse(query)))
                 assert body["facets"] == {
-                    name: [{"value": v, "count": n} for v, n in values]
+                    name: [{"value": v, "count": n,
+                            "label": mine.labels.get(name, {}).get(v)} for v, n in values]
                     for name, values in mine.facets.items()}
                 assert body["other"] == mine.other and body["rollup"] is mine.rollup
                 assert body["view"] == view.describe() and body["query_ms"] >= 0
+                for entry in body["facets"]["asn"]:  # named by an organisation it records
+                    names = {i.values["org"] for i in view_items(RECORDS, view)
+                             if i.values["asn"] == entry["value"] and i.values["org"]}
+                    assert (entry["label"] in names) if names else entry["label"] is None
 
 
 @pytest.mark.parametrize("side", SIDES)

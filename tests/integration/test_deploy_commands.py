@@ -49,7 +49,7 @@ def k8s_roles() -> dict[str, tuple[list[str], dict[str, str]]]:
             .endswith("serve")}
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(420)
 @pytest.mark.parametrize("recipe", ["compose", "k8s"])
 def test_recipe_commands_run_a_sweep(recipe: str, tmp_path: Path) -> None:
     fleet = Fleet(tmp_path)
@@ -66,11 +66,13 @@ def test_recipe_commands_run_a_sweep(recipe: str, tmp_path: Path) -> None:
                       "BROKERSCAN_METRICS_PORT": str(address[1])}
             fleet.spawn(name, *command, env=local)
         for name, address in addresses.items():
-            wait_until(f"{name} ready", lambda a=address: healthy(a), fleet=fleet)  # type: ignore[misc]
+            # five processes start at once on two cores: readiness waits for all of them
+            wait_until(f"{name} ready", lambda a=address: healthy(a),  # type: ignore[misc]
+                       timeout=120, fleet=fleet)
         sweep_id = fleet.start_sweep("127.62.48.0/26", "--ports", "1883,8883",
                                      "--allow-reserved", "--all", "--connect-timeout", "1",
                                      "--timeout", "2")
-        assert fleet.wait_state(sweep_id, {"finished"})["probes"] == 128
+        assert fleet.wait_state(sweep_id, {"finished"}, timeout=150)["probes"] == 128
         assert len(fleet.results()) == 128
     finally:
         fleet.teardown()

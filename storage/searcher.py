@@ -11,10 +11,11 @@ not grow with the result set.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast
 
 from storage.queries import Params, decode_cursor, encode_cursor
 from storage.reader import Row, StoreReader
@@ -52,6 +53,10 @@ EXPORT_COLUMNS: Final = (
     "cert_subject", "cert_issuer", "cert_sha256", "cert_self_signed", "cert_expired",
     "cert_trusted", "asn", "org", "country", "sweep_id", "first_seen", "last_seen",
 )
+#: Export columns whose text a remote server chose (a spreadsheet must not run it).
+_FOREIGN_TEXT: Final = frozenset({"product", "version", "amqp_mechanisms", "tls_version",
+                                  "cert_subject", "cert_issuer", "cert_sha256", "org",
+                                  "country", "sweep_id"})
 _LEVEL_NAMES: Final = {"3": "3.1", "4": "3.1.1", "5": "5.0"}
 #: Rollup columns that hold their values as they are (no sentinel for unknown).
 _PLAIN_ROLLUP_COLUMNS: Final = frozenset({"port", "transport", "tls", "status"})
@@ -155,6 +160,9 @@ class Searcher(StoreReader):
                 or not 0 <= port <= 65535 or not transport.isalpha() \
                 or not transport.isascii():
             raise ValueError("invalid cursor: not a cursor of this listing")
+        return self._after_key(params, ip, port, transport)
+
+    def _after_key(self, params: Params, ip: str, port: int, transport: str) -> str:
         values: list[object] = [ip, port, transport]
         if self.dialect.positional:
             marks = [f"{params.add(ip)}::inet", params.add(port), params.add(transport)]
@@ -194,6 +202,83 @@ class Searcher(StoreReader):
         hits = [self._hit(r) for r in rows[:limit]]
         more = encode_cursor(list(hits[-1].key)) if len(rows) > limit else None
         return Page(hits, more)
+
+    async def export_rows(self, query: str | Node, *, view: View = CURRENT,
+                          records: bool = False, chunk: int = _EXPORT_CHUNK,
+                          ) -> AsyncIterator[list[Sequence[Any]]]:
+        """Every row of *query* for a bulk export, a chunk at a time, as the driver gives
+        them: with *records*, ``(ip, port, transport, record)`` (the record as JSON text);
+        otherwise the :data:`EXPORT_COLUMNS` in order (:meth:`export_cells` makes them
+        plain). ``ip`` is text, and nothing is decoded here: an export is bounded by the
+        work per row. The next chunk is asked for before this one is handed over, so the
+        store reads it while the caller writes this one."""
+        node = _node(query)
+        ip_text = "host(ip)" if self.dialect.positional else "ip"
+        wanted = ("port", "transport", "record") if records else EXPORT_COLUMNS[1:]
+        columns = ", ".join((f"{ip_text} AS ip_text", *wanted))
+
+        def select(after: Sequence[Any] | None) -> tuple[str, list[object]]:
+            params = Params(self.dialect)
+            frm = source(self.dialect, params, view)
+            where = [compile_where(self.dialect, params, node)]
+            if after is not None:
+                where.append(self._after_key(params, str(after[0]), int(after[1]),
+                                             str(after[2])))
+            return (f"SELECT {columns} FROM {frm} WHERE {' AND '.join(where)} "
+                    f"ORDER BY {', '.join(self._order())} LIMIT {params.add(chunk + 1)}",
+                    params.values)
+
+        pending = asyncio.ensure_future(self.fetch(*select(None)))
+        try:
+            while True:
+                rows = cast(list[Sequence[Any]], await pending)  # records index by position
+                more = len(rows) > chunk
+                rows = rows[:chunk]
+                if more:
+                    pending = asyncio.ensure_future(self.fetch(*select(rows[-1])))
+                if rows:
+                    yield rows
+                if not more:
+                    return
+        finally:
+            pending.cancel()
+
+    def export_cells(self, escape: Callable[[str], str] | None = None,
+                     ) -> Callable[[Sequence[Any]], list[object]]:
+        """A function from a row of :meth:`export_rows` to its plain cells: times in ISO
+        8601, booleans ``true``/``false``, None for unknown, numbers as they are; *escape*
+        applied to the text that comes from the Internet (products, certificate names,
+        organisations, ...)."""
+        d = self.dialect
+
+        def moment(value: Any) -> object:
+            return None if value is None else d.decode_time(value).isoformat()
+
+        def flag(value: Any) -> object:
+            return None if value is None else "true" if value else "false"
+
+        def foreign(value: Any) -> object:
+            return value if value is None or escape is None else escape(value)
+
+        convert: list[Callable[[Any], object] | None] = []
+        for column in EXPORT_COLUMNS:
+            if column in ("first_seen", "last_seen"):
+                convert.append(moment)
+            elif column in ("tls", "anonymous", "cert_self_signed", "cert_expired",
+                            "cert_trusted"):
+                convert.append(flag)
+            elif column in _FOREIGN_TEXT:
+                convert.append(foreign)
+            else:
+                convert.append(None)
+        steps = [(i, f) for i, f in enumerate(convert) if f is not None]
+
+        def cells(row: Sequence[Any]) -> list[object]:
+            out: list[object] = list(row)
+            for i, f in steps:
+                out[i] = f(out[i])
+            return out
+        return cells
 
     async def export(self, query: str | Node, *, view: View = CURRENT,
                      chunk: int = _EXPORT_CHUNK) -> AsyncIterator[list[Hit]]:

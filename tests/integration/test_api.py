@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import csv
 import json
 import os
 import subprocess
@@ -20,7 +21,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -28,6 +29,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from brokerscan.model import AsnInfo, ScanResult
 from storage import migrate
 from storage.census import census_report, diff_sweeps
 from storage.search.compile import View
@@ -42,7 +44,30 @@ from tests.searchref import make_search_results, reference_keys, view_items
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _hostile(results: list[ScanResult]) -> list[ScanResult]:
+    """Two more services whose server-chosen text reads as a spreadsheet formula."""
+    amqp = next(r for r in results if r.amqp is not None and r.amqp.server_properties)
+    tls = next(r for r in results if r.tls is not None and r.tls.certificate is not None)
+    assert amqp.amqp is not None and amqp.amqp.server_properties is not None
+    assert tls.tls is not None and tls.tls.certificate is not None
+    return [
+        amqp.model_copy(update={
+            "ip": "10.250.0.1",
+            "asn": AsnInfo(number=64512, organization='=HYPERLINK("http://x")'),
+            "amqp": amqp.amqp.model_copy(update={
+                "server_properties": amqp.amqp.server_properties.model_copy(
+                    update={"product": "@SUM(A1)", "version": "-2"})})}),
+        tls.model_copy(update={
+            "ip": "10.250.0.2",
+            "tls": tls.tls.model_copy(update={"certificate": tls.tls.certificate.model_copy(
+                update={"subject": "+1 evil", "issuer": "\tx"})})}),
+    ]
+
+
 RESULTS = make_search_results(900, seed=11)
+RESULTS += _hostile(RESULTS)
 RECORDS = [r.to_json() for r in RESULTS]
 
 #: (API parameters, the view they name)
@@ -247,15 +272,46 @@ def test_export_rows_equal_the_count_in_csv_and_jsonl(world: World, side: str) -
                     assert response.headers["content-type"].startswith("text/csv")
                     lines = list(response.iter_lines())
                 assert lines[0] == ",".join(EXPORT_COLUMNS)
-                rows = [line.split(",", 3)[:3] for line in lines[1:]]
+                rows = list(csv.reader(lines[1:]))
                 assert len(rows) == total == len(expected)
-                assert [(ip, int(port), t) for ip, port, t in rows] == expected
+                assert [(ip, int(port), t) for ip, port, t, *_ in rows] == expected
+                # every cell as the searcher decodes it, written plain and formula-safe
+                assert rows == [[reference_cell(h.values[c]) for c in EXPORT_COLUMNS]
+                                for h in world.run(_hits(s.store, query, view))]
                 response = client.get("/api/v1/export",
                                       params={"q": query, "format": "jsonl", **params})
                 assert response.headers["content-type"].startswith("application/x-ndjson")
                 records = [json.loads(line) for line in response.text.splitlines()]
                 assert len(records) == total
                 assert [(r["ip"], r["port"], r["transport"]) for r in records] == expected
+
+
+def reference_cell(value: object) -> str:
+    """A CSV cell as the API documents it (written independently of its code)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return value.isoformat()
+    text = str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+async def _hits(store: Searcher, query: str, view: View) -> list[Any]:
+    return [h async for chunk in store.export(query, view=view) for h in chunk]
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_export_writes_no_formula(world: World, side: str) -> None:
+    with world.sides[side].client() as client:
+        text = client.get("/api/v1/export", params={"q": "ip:10.250.0.0/24"}).text
+    rows = {r["ip"]: r for r in csv.DictReader(text.splitlines())}
+    assert rows["10.250.0.1"]["org"] == "'=HYPERLINK(\"http://x\")"
+    assert (rows["10.250.0.1"]["product"], rows["10.250.0.1"]["version"]) == ("'@SUM(A1)",
+                                                                              "'-2")
+    assert (rows["10.250.0.2"]["cert_subject"], rows["10.250.0.2"]["cert_issuer"]) == (
+        "'+1 evil", "'\tx")
 
 
 def _rss_kib(pid: int) -> int:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Annotated, Final, Literal
 
 from fastapi import APIRouter, Depends, Query
@@ -25,9 +24,9 @@ from brokerscan.api.models import ErrorBody
 from storage.search.compile import View
 from storage.search.parse import parse
 from storage.search.tree import Node
-from storage.searcher import EXPORT_COLUMNS, Hit, Searcher
+from storage.searcher import EXPORT_COLUMNS, Searcher
 
-__all__ = ["csv_cell", "router"]
+__all__ = ["formula_safe", "router"]
 
 router = APIRouter(tags=["search"])
 
@@ -35,38 +34,30 @@ _FORMULA: Final = frozenset("=+-@\t\r")
 _MEDIA: Final = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
 
 
-def csv_cell(value: object) -> object:
-    """One CSV cell (see the module docstring); numbers go to the writer as they are.
-    (Called once per cell of an export: the common kinds are tested first.)"""
-    if isinstance(value, str):
-        return "'" + value if value[:1] in _FORMULA else value
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value
+def formula_safe(text: str) -> str:
+    """A text cell a spreadsheet will not run (see the module docstring)."""
+    return "'" + text if text[:1] in _FORMULA else text
 
 
-def _csv(chunk: list[Hit], header: bool) -> str:
+def _header() -> str:
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    if header:
-        writer.writerow(EXPORT_COLUMNS)
-    writer.writerows([csv_cell(h.values[c]) for c in EXPORT_COLUMNS] for h in chunk)
+    csv.writer(out, lineterminator="\n").writerow(EXPORT_COLUMNS)
     return out.getvalue()
 
 
 async def _stream(searcher: Searcher, node: Node, view: View, kind: str,
                   ) -> AsyncIterator[str]:
-    if kind == "csv":
-        yield _csv([], header=True)
-    async for chunk in searcher.export(node, view=view):
-        if kind == "csv":
-            yield _csv(chunk, header=False)
-        else:
-            yield "".join(h.record + "\n" for h in chunk)
+    if kind == "jsonl":
+        async for rows in searcher.export_rows(node, view=view, records=True):
+            yield "\n".join([r[3] if isinstance(r[3], str) else str(r[3])
+                             for r in rows]) + "\n"
+        return
+    yield _header()
+    cells = searcher.export_cells(formula_safe)
+    async for rows in searcher.export_rows(node, view=view):
+        out = io.StringIO()
+        csv.writer(out, lineterminator="\n").writerows(map(cells, rows))
+        yield out.getvalue()
 
 
 @router.get("/export", response_class=StreamingResponse, responses={

@@ -1,0 +1,1 @@
+"""Benchmarks (see docs/benchmarks.md); each module runs as a script."""

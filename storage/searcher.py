@@ -39,6 +39,7 @@ __all__ = [
     "Hit",
     "Page",
     "Searcher",
+    "formula_safe",
     "parse_facets",
 ]
 
@@ -53,6 +54,15 @@ EXPORT_COLUMNS: Final = (
     "cert_subject", "cert_issuer", "cert_sha256", "cert_self_signed", "cert_expired",
     "cert_trusted", "asn", "org", "country", "sweep_id", "first_seen", "last_seen",
 )
+_FORMULA: Final = frozenset("=+-@\t\r")
+
+
+def formula_safe(text: str) -> str:
+    """A text cell that a spreadsheet will not run as a formula: text starting with ``=``,
+    ``+``, ``-``, ``@``, a tab or a carriage return gets a leading ``'``."""
+    return "'" + text if text[:1] in _FORMULA else text
+
+
 #: Export columns whose text a remote server chose (a spreadsheet must not run it).
 _FOREIGN_TEXT: Final = frozenset({"product", "version", "amqp_mechanisms", "tls_version",
                                   "cert_subject", "cert_issuer", "cert_sha256", "org",
@@ -243,7 +253,7 @@ class Searcher(StoreReader):
         finally:
             pending.cancel()
 
-    def export_cells(self, escape: Callable[[str], str] | None = None,
+    def export_cells(self, escape: Callable[[str], str] | None = formula_safe,
                      ) -> Callable[[Sequence[Any]], list[object]]:
         """A function from a row of :meth:`export_rows` to its plain cells: times in ISO
         8601, booleans ``true``/``false``, None for unknown, numbers as they are; *escape*

@@ -32,13 +32,14 @@ from storage.census import Diff, census_report, diff_sweeps
 from storage.db import DatabaseError
 from storage.search.compile import View
 from storage.search.parse import parse
-from storage.search.tree import QueryError
+from storage.search.tree import Node, QueryError
 from storage.searcher import (
     EXPORT_COLUMNS,
     MAX_PAGE,
     CountResult,
     Hit,
     Searcher,
+    formula_safe,
     parse_facets,
 )
 from storage.store import Store, StoreError, describe_store, open_store, store_url
@@ -173,7 +174,10 @@ async def _search(args: argparse.Namespace, settings: Settings) -> int:
             _print_counts(counted, args.format, sys.stdout)
             return 0
         if args.everything:
-            await _print_hits(store.export(node, view=view), args.format, sys.stdout)
+            if args.format in ("csv", "jsonl"):
+                await _print_export(store, node, view, args.format, sys.stdout)
+            else:
+                await _print_hits(store.export(node, view=view), args.format, sys.stdout)
             return 0
         try:
             page = await store.search(node, view=view, limit=args.limit, cursor=args.cursor)
@@ -220,6 +224,30 @@ def _print_counts(counted: CountResult, fmt: str, out: IO[str]) -> None:
             out.write(f"  {'(other)':<40}{counted.other[name]:>12,}\n")
 
 
+def _cell(value: Any) -> Any:
+    """A CSV cell, as the API's export writes it."""
+    if value is None or isinstance(value, int | float) and not isinstance(value, bool):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return formula_safe(value.isoformat() if isinstance(value, datetime) else str(value))
+
+
+async def _print_export(store: Store, node: Node, view: View, fmt: str, out: IO[str],
+                        ) -> None:
+    """Everything, as CSV or JSON lines: the API's export path (no decoding)."""
+    assert isinstance(store, Searcher)  # both stores are
+    if fmt == "jsonl":
+        async for rows in store.export_rows(node, view=view, records=True):
+            out.write("".join(str(r[3]).replace("\n", " ") + "\n" for r in rows))
+        return
+    writer = csv.writer(out)
+    writer.writerow(EXPORT_COLUMNS)
+    cells = store.export_cells()
+    async for rows in store.export_rows(node, view=view):
+        writer.writerows(map(cells, rows))
+
+
 async def _print_hits(chunks: AsyncIterator[list[Hit]], fmt: str, out: IO[str]) -> None:
     writer = csv.writer(out) if fmt == "csv" else None
     if writer is not None:
@@ -234,7 +262,7 @@ async def _print_hits(chunks: AsyncIterator[list[Hit]], fmt: str, out: IO[str]) 
             elif fmt == "json":
                 out.write(("" if first else ",\n") + hit.record)
             elif writer is not None:
-                writer.writerow(_plain(hit.values[c]) for c in EXPORT_COLUMNS)
+                writer.writerow(_cell(hit.values[c]) for c in EXPORT_COLUMNS)
             else:
                 out.write(_table_row(hit) + "\n")
             first = False

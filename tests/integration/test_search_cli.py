@@ -8,6 +8,7 @@ reconfigured (from password-only to anonymous access).
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -116,6 +117,15 @@ async def test_search_report_and_diff_over_two_real_scans(fleet: Fleet, store_ur
     current = {json.loads(line)["ip"]: json.loads(line) for line in hits.stdout.splitlines()}
     assert set(current) == set(fleet.hosts)
     assert current[fleet.hosts[1]]["mqtt"]["anonymous"] is True
+    # CSV: everything (the export path) and one page (decoded hits) write the same cells
+    everything = ok("search", "protocol:mqtt", "--format", "csv", "--all", "--store",
+                    store_url).stdout
+    page = ok("search", "protocol:mqtt", "--format", "csv", "--limit", "1000", "--store",
+              store_url).stdout
+    assert everything == page
+    rows = list(csv.DictReader(everything.splitlines()))
+    assert {r["ip"]: r["anonymous"] for r in rows}[fleet.hosts[1]] == "true"
+    assert {r["ip"] for r in rows} == set(fleet.hosts)
     count = json.loads(ok("search", "mqtt.anonymous:true", "--count", "--format", "json",
                           "--store", store_url).stdout)
     assert count["total"] == 3

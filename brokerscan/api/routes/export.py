@@ -26,17 +26,11 @@ from storage.search.parse import parse
 from storage.search.tree import Node
 from storage.searcher import EXPORT_COLUMNS, Searcher
 
-__all__ = ["formula_safe", "router"]
+__all__ = ["router"]
 
 router = APIRouter(tags=["search"])
 
-_FORMULA: Final = frozenset("=+-@\t\r")
 _MEDIA: Final = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
-
-
-def formula_safe(text: str) -> str:
-    """A text cell a spreadsheet will not run (see the module docstring)."""
-    return "'" + text if text[:1] in _FORMULA else text
 
 
 def _header() -> str:
@@ -53,7 +47,7 @@ async def _stream(searcher: Searcher, node: Node, view: View, kind: str,
                              for r in rows]) + "\n"
         return
     yield _header()
-    cells = searcher.export_cells(formula_safe)
+    cells = searcher.export_cells()
     async for rows in searcher.export_rows(node, view=view):
         out = io.StringIO()
         csv.writer(out, lineterminator="\n").writerows(map(cells, rows))

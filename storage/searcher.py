@@ -7,6 +7,10 @@ rows) and on the compiler of :mod:`storage.search.compile`; every value is a par
 Results are ordered by (ip, port, transport) and paged by a cursor on that key, so a page is
 an index range scan however deep it is; an export walks the same pages, so its memory does
 not grow with the result set.
+
+Why one piece: every operation is a method of one class over the same three things (the
+view's FROM item, the compiled WHERE and the dialect's decoding); split by operation, each
+file would import the others' private helpers (the keyset clause, the facet ranking).
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ sweeps) and ``import`` (results written by ``scan -o`` into a store).
 
 A query that cannot be run is one line naming the column and what was expected, with the
 query and a caret under it, and exit code 2. Every command says which store it used.
+
+Why one piece: the four commands share how a store is opened and named, how a view and a
+query are checked, and how hits, counts and reports are printed in each format; they are
+the read side's one face on the command line.
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ file would import the others' private helpers (the keyset clause, the facet rank
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import ipaddress
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -67,6 +69,36 @@ def formula_safe(text: str) -> str:
     return "'" + text if text[:1] in _FORMULA else text
 
 
+def _pg_csv_line() -> str:
+    """One CSV line of :data:`EXPORT_COLUMNS` as a PostgreSQL expression: the cells
+    :meth:`Searcher.export_cells` and Python's csv writer make (quoted when a cell holds a
+    comma, a quote or a line break). Column names only: no value enters this text."""
+    cells = []
+    for column in EXPORT_COLUMNS:
+        if column == "ip":
+            cells.append("host(ip)")
+        elif column in ("first_seen", "last_seen"):
+            # isoformat(): microseconds only when there are some
+            cells.append(f"coalesce(replace(to_char({column} AT TIME ZONE 'UTC', "
+                         f"'YYYY-MM-DD\"T\"HH24:MI:SS.US'), '.000000', '') || '+00:00', '')")
+        elif column in _FLAG_COLUMNS:
+            cells.append(f"CASE {column} WHEN TRUE THEN 'true' WHEN FALSE THEN 'false' "
+                         "ELSE '' END")
+        elif column in _FOREIGN_TEXT:
+            safe = (f"CASE WHEN left({column}, 1) IN ('=', '+', '-', '@', chr(9), chr(13)) "
+                    f"THEN chr(39) || {column} ELSE {column} END")
+            special = " + ".join(f"strpos({column}, {c})" for c in
+                                 ("','", "'\"'", "chr(10)", "chr(13)"))
+            cells.append(
+                f"CASE WHEN {column} IS NULL THEN '' WHEN {special} = 0 THEN {safe} "
+                f"ELSE '\"' || replace({safe}, '\"', '\"\"') || '\"' END")
+        else:  # numbers, and names from a fixed vocabulary (transport, status, ...)
+            cells.append(f"coalesce(CAST({column} AS text), '')")
+    return "concat_ws(',', " + ", ".join(cells) + ")"
+
+
+_FLAG_COLUMNS: Final = frozenset({"tls", "anonymous", "cert_self_signed", "cert_expired",
+                                  "cert_trusted"})
 #: Export columns whose text a remote server chose (a spreadsheet must not run it).
 _FOREIGN_TEXT: Final = frozenset({"product", "version", "amqp_mechanisms", "tls_version",
                                   "cert_subject", "cert_issuer", "cert_sha256", "org",
@@ -217,18 +249,39 @@ class Searcher(StoreReader):
         more = encode_cursor(list(hits[-1].key)) if len(rows) > limit else None
         return Page(hits, more)
 
+    async def export_csv(self, query: str | Node, *, view: View = CURRENT,
+                         ) -> AsyncIterator[str]:
+        """Every row of *query* as CSV text (no header: :data:`EXPORT_COLUMNS`), a chunk at
+        a time: empty for unknown, ``true``/``false``, ISO 8601 times, text from servers
+        made :func:`formula_safe`. PostgreSQL writes each line itself (the work per row is
+        what bounds an export, and it is done beside this process); SQLite's rows are
+        written here."""
+        if self.dialect.positional:
+            async for rows in self.export_rows(query, view=view, line=_pg_csv_line()):
+                yield "\n".join([r[3] for r in rows]) + "\n"
+            return
+        cells = self.export_cells()
+        async for rows in self.export_rows(query, view=view):
+            out = io.StringIO()
+            csv.writer(out, lineterminator="\n").writerows(map(cells, rows))
+            yield out.getvalue()
+
     async def export_rows(self, query: str | Node, *, view: View = CURRENT,
-                          records: bool = False, chunk: int = _EXPORT_CHUNK,
+                          records: bool = False, line: str | None = None,
+                          chunk: int = _EXPORT_CHUNK,
                           ) -> AsyncIterator[list[Sequence[Any]]]:
         """Every row of *query* for a bulk export, a chunk at a time, as the driver gives
         them: with *records*, ``(ip, port, transport, record)`` (the record as JSON text);
-        otherwise the :data:`EXPORT_COLUMNS` in order (:meth:`export_cells` makes them
-        plain). ``ip`` is text, and nothing is decoded here: an export is bounded by the
-        work per row. The next chunk is asked for before this one is handed over, so the
-        store reads it while the caller writes this one."""
+        with *line* (an SQL expression over the view's columns), ``(ip, port, transport,
+        line)``; otherwise the :data:`EXPORT_COLUMNS` in order (:meth:`export_cells` makes
+        them plain). ``ip`` is text, and nothing is decoded here: an export is bounded by
+        the work per row. The next chunk is asked for before this one is handed over, so
+        the store reads it while the caller writes this one."""
         node = _node(query)
         ip_text = "host(ip)" if self.dialect.positional else "ip"
-        wanted = ("port", "transport", "record") if records else EXPORT_COLUMNS[1:]
+        wanted: Sequence[str] = ("port", "transport", "record") if records \
+            else ("port", "transport", f"{line} AS line") if line is not None \
+            else EXPORT_COLUMNS[1:]
         columns = ", ".join((f"{ip_text} AS ip_text", *wanted))
 
         def select(after: Sequence[Any] | None) -> tuple[str, list[object]]:
@@ -278,8 +331,7 @@ class Searcher(StoreReader):
         for column in EXPORT_COLUMNS:
             if column in ("first_seen", "last_seen"):
                 convert.append(moment)
-            elif column in ("tls", "anonymous", "cert_self_signed", "cert_expired",
-                            "cert_trusted"):
+            elif column in _FLAG_COLUMNS:
                 convert.append(flag)
             elif column in _FOREIGN_TEXT:
                 convert.append(foreign)
@@ -321,8 +373,8 @@ class Searcher(StoreReader):
         rollup = uses_rollup(view, node, [name for name, _ in facets])
         together: dict[str, list[tuple[Any, int]]] = {}
         scalar = [(name, size) for name, size in facets if lookup(name).kind is not Kind.SET]
-        if not rollup and self.dialect.positional and scalar:
-            total, together = await self._facets_in_one_scan(node, view, scalar)
+        if self.dialect.positional and scalar:
+            total, together = await self._facets_in_one_scan(node, view, scalar, rollup)
         else:
             params = Params(self.dialect)
             frm = source(self.dialect, params, view, rollup=rollup)
@@ -356,28 +408,33 @@ class Searcher(StoreReader):
         return {int(r["asn"]): str(r["org"]) for r in rows if r["org"] is not None}
 
     async def _facets_in_one_scan(self, node: Node, view: View,
-                                  facets: Sequence[tuple[str, int]],
+                                  facets: Sequence[tuple[str, int]], rollup: bool,
                                   ) -> tuple[int, dict[str, list[tuple[Any, int]]]]:
-        """The total and the facets of a count the rollups cannot answer, from one scan of
-        the rows (PostgreSQL's grouping sets) rather than one scan each: the same groups,
-        ranked as :meth:`_facet` ranks them (count, then value; unknown values left out)."""
+        """The total and the facets of a count, from one scan of the rows or the rollup
+        (PostgreSQL's grouping sets) rather than one scan each: the same groups, ranked as
+        :meth:`_facet` ranks them (count, then value; unknown values and groups of a
+        rollup that came down to 0 left out)."""
         names = list(dict.fromkeys(name for name, _ in facets))
         sizes = {name: max(s for n, s in facets if n == name) for name in names}
         params = Params(self.dialect)
-        frm = source(self.dialect, params, view)
-        where = compile_where(self.dialect, params, node)
-        exprs = [group_expr(self.dialect, name) for name in names]
+        frm = source(self.dialect, params, view, rollup=rollup)
+        where = compile_where(self.dialect, params, node, rollup=rollup)
+        counted = "coalesce(sum(n), 0)" if rollup else "count(*)"
+        exprs = [group_expr(self.dialect, name, rollup=rollup) for name in names]
         values = ", ".join(f"{e} AS v{i}" for i, e in enumerate(exprs))
         flags = ", ".join(f"GROUPING({e}) AS g{i}" for i, e in enumerate(exprs))
-        unknown = " AND ".join(f"v{i} IS NULL" for i in range(len(exprs)))
-        order = ", ".join(f"v{i}" for i in range(len(exprs)))
-        groups = ", ".join(f"g{i}" for i in range(len(exprs)))
-        sql = (f"SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY {groups} "
-               f"ORDER BY ({unknown}), n DESC, {order}) AS rank FROM ("
-               f"SELECT {values}, {flags}, count(*) AS n FROM {frm} WHERE {where} "
-               f"GROUP BY GROUPING SETS ((), {', '.join(f'({e})' for e in exprs)})) AS g"
-               f") AS ranked WHERE rank <= {params.add(max(sizes.values()))} "
-               f"ORDER BY {groups}, rank")
+        everything = " AND ".join(f"g{i} = 1" for i in range(len(exprs)))
+        # Each facet's top values by its own top-N sort over the groups (one sort of every
+        # group of every facet cost more than the scan on a rollup of 10^5 rows). The
+        # branches come back in order, each sorted: an Append runs its plans one by one.
+        tops = "".join(
+            f" UNION ALL (SELECT * FROM g WHERE g{i} = 0 AND v{i} IS NOT NULL AND n > 0 "
+            f"ORDER BY n DESC, v{i} LIMIT {params.add(sizes[name])})"
+            for i, name in enumerate(names))
+        sql = (f"WITH g AS MATERIALIZED (SELECT {values}, {flags}, {counted} AS n "
+               f"FROM {frm} WHERE {where} "
+               f"GROUP BY GROUPING SETS ((), {', '.join(f'({e})' for e in exprs)})) "
+               f"(SELECT * FROM g WHERE {everything}){tops}")
         out: dict[str, list[tuple[Any, int]]] = {name: [] for name in names}
         total = 0  # no row at all: nothing matched (the empty grouping set still gives one)
         for row in await self.fetch(sql, params.values):
@@ -385,10 +442,9 @@ class Searcher(StoreReader):
             if i is None:
                 total = int(row["n"])
                 continue
-            name, value = names[i], row[f"v{i}"]
-            if value is not None and len(out[name]) < sizes[name]:
-                out[name].append((self._facet_value(lookup(name).column, value),
-                                  int(row["n"])))
+            name = names[i]
+            out[name].append((self._facet_value(lookup(name).column, row[f"v{i}"]),
+                              int(row["n"])))
         return total, out
 
     async def _facet(self, node: Node, view: View, name: str, size: int, rollup: bool,

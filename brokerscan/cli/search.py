@@ -245,15 +245,13 @@ async def _print_export(store: Store, node: Node, view: View, fmt: str, out: IO[
         async for rows in store.export_rows(node, view=view, records=True):
             out.write("".join(str(r[3]).replace("\n", " ") + "\n" for r in rows))
         return
-    writer = csv.writer(out)
-    writer.writerow(EXPORT_COLUMNS)
-    cells = store.export_cells()
-    async for rows in store.export_rows(node, view=view):
-        writer.writerows(map(cells, rows))
+    csv.writer(out, lineterminator="\n").writerow(EXPORT_COLUMNS)
+    async for text in store.export_csv(node, view=view):
+        out.write(text)
 
 
 async def _print_hits(chunks: AsyncIterator[list[Hit]], fmt: str, out: IO[str]) -> None:
-    writer = csv.writer(out) if fmt == "csv" else None
+    writer = csv.writer(out, lineterminator="\n") if fmt == "csv" else None
     if writer is not None:
         writer.writerow(EXPORT_COLUMNS)
     if fmt == "json":

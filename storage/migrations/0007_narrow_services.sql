@@ -28,6 +28,9 @@ SELECT ip, port, transport, last_seen, latest FROM services_core ORDER BY ip, po
 
 ALTER TABLE services_core DROP COLUMN latest;
 CLUSTER services_core USING services_core_pkey;
+-- A certificate's fingerprint is looked up as such (cert.sha256:...): one service of many.
+CREATE INDEX services_core_cert_sha256 ON services_core (cert_sha256)
+    WHERE cert_sha256 IS NOT NULL;
 ANALYZE services_core;
 ANALYZE services_records;
 

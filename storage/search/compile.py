@@ -12,9 +12,10 @@ A query runs against a *view*:
 Counts whose filter and groups use only the census's dimensions (protocol, port, transport,
 tls, anonymous, country, asn, status; and sweep in the history) read the rollups instead
 (``services_rollup`` for the current view, ``rollup`` for a sweep): a few thousand rows
-instead of millions. Every leaf predicate is wrapped in ``COALESCE(..., FALSE)``, so that an
-unknown value is "does not match" and ``NOT`` turns it into "matches", as the reference
-evaluator over JSON records does.
+instead of millions. Every leaf predicate under a ``NOT`` is wrapped in
+``COALESCE(..., FALSE)``, so that an unknown value is "does not match" and ``NOT`` turns it
+into "matches", as the reference evaluator over JSON records does; outside ``NOT`` an unknown
+filters as false does, and the bare comparison can use an index (an address range, say).
 """
 
 from __future__ import annotations
@@ -211,16 +212,18 @@ class _Compiler:
 
     # -- nodes --------------------------------------------------------------------------
 
-    def node(self, node: Node) -> str:
+    def node(self, node: Node, negated: bool = False) -> str:
         if isinstance(node, All):
             return "1 = 1"
         if isinstance(node, Not):
-            return f"NOT ({self.node(node.item)})"
+            return f"NOT ({self.node(node.item, True)})"
         if isinstance(node, And):
-            return "(" + " AND ".join(self.node(item) for item in node.items) + ")"
+            return "(" + " AND ".join(self.node(i, negated) for i in node.items) + ")"
         if isinstance(node, Or):
-            return "(" + " OR ".join(self.node(item) for item in node.items) + ")"
-        return f"COALESCE({self.leaf(node)}, FALSE)"
+            return "(" + " OR ".join(self.node(i, negated) for i in node.items) + ")"
+        # Outside NOT, unknown and false filter alike (AND and OR of a filter never turn an
+        # unknown into true), and a bare comparison can use an index.
+        return f"COALESCE({self.leaf(node)}, FALSE)" if negated else f"({self.leaf(node)})"
 
     def leaf(self, node: Node) -> str:
         if isinstance(node, Bare):

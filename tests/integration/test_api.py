@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import csv
+import io
 import json
 import os
 import subprocess
@@ -61,6 +62,7 @@ def _hostile(results: list[ScanResult]) -> list[ScanResult]:
                     update={"product": "@SUM(A1)", "version": "-2"})})}),
         tls.model_copy(update={
             "ip": "10.250.0.2",
+            "asn": AsnInfo(number=64513, organization='two\nlines, "quoted"\r'),
             "tls": tls.tls.model_copy(update={"certificate": tls.tls.certificate.model_copy(
                 update={"subject": "+1 evil", "issuer": "\tx"})})}),
     ]
@@ -270,9 +272,9 @@ def test_export_rows_equal_the_count_in_csv_and_jsonl(world: World, side: str) -
                     assert response.status_code == 200
                     assert response.headers["transfer-encoding"] == "chunked"
                     assert response.headers["content-type"].startswith("text/csv")
-                    lines = list(response.iter_lines())
-                assert lines[0] == ",".join(EXPORT_COLUMNS)
-                rows = list(csv.reader(lines[1:]))
+                    text = response.read().decode()
+                assert text.startswith(",".join(EXPORT_COLUMNS) + "\n")
+                rows = list(csv.reader(io.StringIO(text, newline="")))[1:]
                 assert len(rows) == total == len(expected)
                 assert [(ip, int(port), t) for ip, port, t, *_ in rows] == expected
                 # every cell as the searcher decodes it, written plain and formula-safe
@@ -306,12 +308,13 @@ async def _hits(store: Searcher, query: str, view: View) -> list[Any]:
 def test_export_writes_no_formula(world: World, side: str) -> None:
     with world.sides[side].client() as client:
         text = client.get("/api/v1/export", params={"q": "ip:10.250.0.0/24"}).text
-    rows = {r["ip"]: r for r in csv.DictReader(text.splitlines())}
+    rows = {r["ip"]: r for r in csv.DictReader(io.StringIO(text, newline=""))}
     assert rows["10.250.0.1"]["org"] == "'=HYPERLINK(\"http://x\")"
     assert (rows["10.250.0.1"]["product"], rows["10.250.0.1"]["version"]) == ("'@SUM(A1)",
                                                                               "'-2")
     assert (rows["10.250.0.2"]["cert_subject"], rows["10.250.0.2"]["cert_issuer"]) == (
         "'+1 evil", "'\tx")
+    assert rows["10.250.0.2"]["org"] == 'two\nlines, "quoted"\r'  # quoted whole
 
 
 def _rss_kib(pid: int) -> int:

@@ -241,6 +241,22 @@ def test_many_facets_in_one_scan_rank_as_one_scan_each(stores: Stores, view: Vie
             assert result.facets[name] == one, (query, name)
 
 
+@pytest.mark.parametrize("view", VIEWS[:2])
+def test_rollup_facets_in_one_scan_rank_as_one_scan_each(stores: Stores, view: View) -> None:
+    """The same on the rollups (services_rollup, or rollup for a sweep)."""
+    facets = parse_facets("country:3,asn:3,port,tls,anonymous,status:2,transport,port:1")
+    for query in ("", "protocol:mqtt anonymous:true", "country:DE OR asn:3320", "port:99"):
+        node = parse(query)
+        assert uses_rollup(view, node, [name for name, _ in facets])
+        result = stores.run(stores.pg.count(node, view=view, facets=facets))
+        assert result.rollup
+        assert result.total == len(reference_keys(view_items(RECORDS, view), node))
+        sizes = {name: max(s for n, s in facets if n == name) for name, _ in facets}
+        for name, size in sizes.items():
+            one = stores.run(stores.pg._facet(node, view, name, size, True))
+            assert result.facets[name] == one, (query, name)
+
+
 def test_rollup_and_rows_agree(stores: Stores) -> None:
     """The rollups (services_rollup for the current view, rollup for a sweep) give the same
     counts as the rows they summarise."""

@@ -47,11 +47,8 @@ async def _stream(searcher: Searcher, node: Node, view: View, kind: str,
                              for r in rows]) + "\n"
         return
     yield _header()
-    cells = searcher.export_cells()
-    async for rows in searcher.export_rows(node, view=view):
-        out = io.StringIO()
-        csv.writer(out, lineterminator="\n").writerows(map(cells, rows))
-        yield out.getvalue()
+    async for text in searcher.export_csv(node, view=view):
+        yield text
 
 
 @router.get("/export", response_class=StreamingResponse, responses={

@@ -150,8 +150,14 @@ CREATE TABLE api_tokens (
 );
 """
 
+#: Step 3: a certificate's fingerprint is looked up as such (as in PostgreSQL's 0007).
+_V3: Final = """
+CREATE INDEX IF NOT EXISTS services_cert_sha256 ON services (cert_sha256)
+    WHERE cert_sha256 IS NOT NULL;
+"""
+
 #: The schema steps, in order; ``PRAGMA user_version`` is how many a file has.
-STEPS: Final = (_V1, _V2)
+STEPS: Final = (_V1, _V2, _V3)
 
 
 def version(conn: sqlite3.Connection) -> int:

@@ -137,10 +137,29 @@ def _json(body: Mapping[str, Any]) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode() + b"\n"
 
 
+#: Held while an ops request is answered, and by a fork (a prefork pool's children): a
+#: child forked while a handler thread held a lock of its own (glibc's resolver in a
+#: readiness check, logging, the metrics registry) would inherit it locked and hang at its
+#: first use (seen: a worker's children never came up). A fork waits for the answer.
+_ANSWERING = threading.Lock()
+_FORK_GUARD: list[bool] = []
+
+
+def _guard_forks() -> None:
+    if not _FORK_GUARD:
+        _FORK_GUARD.append(True)
+        os.register_at_fork(before=_ANSWERING.acquire, after_in_parent=_ANSWERING.release,
+                            after_in_child=_ANSWERING.release)
+
+
 class _Handler(BaseHTTPRequestHandler):
     health: Health  # set on the subclass each server makes
 
     def do_GET(self) -> None:
+        with _ANSWERING:
+            self._answer()
+
+    def _answer(self) -> None:
         path = self.path.split("?", 1)[0]
         try:
             if path == "/metrics":
@@ -193,6 +212,7 @@ class OpsServer:
         self._server.allow_reuse_address = True
         self._server.server_bind()
         self._server.server_activate()
+        _guard_forks()
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         name="brokerscan-ops", daemon=True)
         self._thread.start()

@@ -34,8 +34,9 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.api import Case, Plain, record, start_server
+from storage.db import DatabaseError
 from storage.searcher import Searcher, parse_facets
-from storage.store import open_store
+from storage.store import StoreError, open_store
 from storage.tokens import create_token
 
 
@@ -247,4 +248,7 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except (StoreError, DatabaseError, OSError) as exc:  # a store that is not there
+        raise SystemExit(f"readside: {exc}") from None

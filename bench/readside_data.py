@@ -64,11 +64,11 @@ from brokerscan.model import (
 )
 from brokerscan.mqttcodes import return_code_name
 from enrichment.lookup import open_enricher
-from storage.db import connect
+from storage.db import DatabaseError, connect
 from storage.migrate import migrate
 from storage.partitions import ensure_partitions
 from storage.rows import COLUMNS, observation_row
-from storage.store import open_store
+from storage.store import StoreError, open_store
 
 START = datetime(2026, 9, 1, 0, 0, tzinfo=UTC)
 SLICE = 200_000
@@ -312,10 +312,13 @@ def main() -> None:
     parser.add_argument("--sweeps", type=int, default=10)
     args = parser.parse_args()
     began = time.perf_counter()
-    if args.store.startswith("sqlite:"):
-        asyncio.run(build_sqlite(args.store, args.services, args.sweeps))
-    else:
-        asyncio.run(build_postgres(args.store, args.services, args.sweeps))
+    try:
+        if args.store.startswith("sqlite:"):
+            asyncio.run(build_sqlite(args.store, args.services, args.sweeps))
+        else:
+            asyncio.run(build_postgres(args.store, args.services, args.sweeps))
+    except (StoreError, DatabaseError, asyncpg.PostgresError, OSError) as exc:
+        raise SystemExit(f"readside_data: {exc}") from None
     print(f"built in {time.perf_counter() - began:.0f} s")
 
 

@@ -43,8 +43,7 @@ async def _stream(searcher: Searcher, node: Node, view: View, kind: str,
                   ) -> AsyncIterator[str]:
     if kind == "jsonl":
         async for rows in searcher.export_rows(node, view=view, records=True):
-            yield "\n".join([r[3] if isinstance(r[3], str) else str(r[3])
-                             for r in rows]) + "\n"
+            yield "\n".join([str(r[3]) for r in rows]) + "\n"  # records as stored
         return
     yield _header()
     async for text in searcher.export_csv(node, view=view):

@@ -52,8 +52,8 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str)
     (["scan", "--allow-reserved"], ["no targets"]),
     (["scan", "127.10.0.1"], ["--allow-reserved"]),  # loopback is reserved space
     (["scan", "198.51.100.7", "--allow-reserved"], ["outside the scope"]),
-    (["scan", "127.10.0.1", "--allow-reserved", "-o", "/nonexistent/dir/out.jsonl"],
-     ["/nonexistent/dir/out.jsonl"]),
+    (["scan", "127.10.0.1", "--allow-reserved", "-o", "/dev/null/out.jsonl"],
+     ["/dev/null/out.jsonl"]),
     (["frobnicate"], ["frobnicate"]),
     (["enrich-worker", "--per-message", "0"], ["--per-message"]),
     (["enrich-worker", "--prefetch", "70000"], ["--prefetch"]),

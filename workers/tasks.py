@@ -11,15 +11,20 @@ idempotent, so a retry or a redelivery is harmless.
 The worker's life is wired through Celery's own signals, not by wrapping the task:
 
 * ``worker_process_init`` (a prefork child) or ``worker_ready`` (the solo pool): the
-  process starts beating its heartbeat at once, so an idle worker is visible;
+  process starts beating its heartbeat at once, so an idle worker is visible. The solo
+  pool also puts a one-second tick on the event loop's timer: its loop polls the broker
+  connection for as long as its next timer allows, up to 10 s, and only between polls
+  does it see that a warm shutdown was asked for, so a shard that handed its work back
+  would otherwise keep the process up to 10 s more;
 * ``worker_shutting_down`` (SIGTERM to the main process, Celery's warm shutdown): a byte
   of memory shared with every child turns to 1, and each child's running shard hands
   the rest of its work back within about 4 s, probes still in flight abandoned and
   handed back too (:mod:`workers.shardrun`);
 * ``task_prerun`` / ``task_postrun`` / ``task_success`` / ``task_retry``: the busy gauge
   and the shard-run counters of :mod:`workers.metrics` (when metrics are on);
-* ``worker_process_shutdown``: connections closed, heartbeat key deleted, the process's
-  live gauges dropped.
+* ``worker_process_shutdown`` (a prefork child) or ``worker_shutdown`` (the solo pool,
+  whose main process ran the shards): connections closed, heartbeat key deleted, the
+  process's live gauges dropped.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from celery.signals import (
     worker_process_init,
     worker_process_shutdown,
     worker_ready,
+    worker_shutdown,
     worker_shutting_down,
 )
 
@@ -113,10 +119,20 @@ def _child_started(**_: Any) -> None:
     _start_process()
 
 
+def _tick() -> None:
+    """Nothing: a timer entry that keeps the solo pool's event loop polling briefly."""
+
+
+_TICK = 1.0  # seconds: the longest a solo worker's loop waits before it looks at its state
+
+
 @worker_ready.connect
-def _worker_ready(**_: Any) -> None:
+def _worker_ready(sender: Any = None, **_: Any) -> None:
     if _app is not None and _app.conf.get("brokerscan_pool") == "solo":
         _start_process()  # the solo pool runs tasks in this very process
+        timer = getattr(sender, "timer", None)  # the consumer's, which its event loop polls by
+        if timer is not None:
+            timer.call_repeatedly(_TICK, _tick)
 
 
 @worker_shutting_down.connect
@@ -126,6 +142,7 @@ def _shutting_down(sig: str = "", how: str = "", **_: Any) -> None:
 
 
 @worker_process_shutdown.connect
+@worker_shutdown.connect
 def _shutdown(**_: Any) -> None:
     global _process
     if _process is not None and _process.pid == os.getpid():

@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from redis import Redis as SyncRedis
 
 from brokerscan.settings import Settings
 from scheduler.sweeps import SweepSpec, plan_sweep
@@ -264,6 +265,12 @@ def test_sigterm_with_probes_waiting_on_a_tarpit_exits_within_10_s(fleet: Fleet,
         assert w1.wait(timeout=30) == 0, fleet.log("w1")
         took = time.monotonic() - began
         assert took < 10, f"{took:.1f} s\n{fleet.log('w1')}"
+        # its processes said goodbye: no heartbeat left to expire on its own
+        left = SyncRedis.from_url(fleet.env["BROKERSCAN_REDIS_URL"])
+        try:
+            assert left.keys(f"{fleet.namespace}:worker:*") == [], fleet.log("w1")
+        finally:
+            left.close()
         shard = fleet.shards(sweep_id)[0]
         assert shard["state"] in ("paused", "pending", "queued"), shard
         assert shard["attempts"] == 0 and shard["unfinished"], shard  # abandoned, kept

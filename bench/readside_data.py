@@ -311,6 +311,10 @@ def main() -> None:
                         help="results of one sweep before churn (default: 1,100,000)")
     parser.add_argument("--sweeps", type=int, default=10)
     args = parser.parse_args()
+    if not args.store.startswith(("sqlite:", "postgresql:", "postgres:")):
+        parser.error(f"--store {args.store!r}: use postgresql://... or sqlite:////...")
+    if args.services < 1 or args.sweeps < 1:
+        parser.error("--services and --sweeps must be at least 1")
     began = time.perf_counter()
     try:
         if args.store.startswith("sqlite:"):

@@ -118,7 +118,11 @@ def main() -> int:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-web-") as work:
-        server = ApiServer(Path(work), args.store, "--no-auth", "--rate-limit", "0")
+        try:
+            server = ApiServer(Path(work), args.store, "--no-auth", "--rate-limit", "0")
+        except AssertionError as exc:  # serve did not come up: its own one-line reason
+            lines = [line for line in str(exc).splitlines() if line.strip()]
+            raise SystemExit(f"web_paint: {lines[-1] if lines else exc}") from None
         try:
             # one warm-up load each: the server's first answers open its pool and caches
             measure(server.url, "/", "brokerscan:headline")

@@ -243,7 +243,9 @@ async def _print_export(store: Store, node: Node, view: View, fmt: str, out: IO[
     assert isinstance(store, Searcher)  # both stores are
     if fmt == "jsonl":
         async for rows in store.export_rows(node, view=view, records=True):
-            out.write("".join(str(r[3]).replace("\n", " ") + "\n" for r in rows))
+            # records as stored, as the API's export writes them: compact JSON, whose
+            # strings never hold a raw line break
+            out.write("".join(str(r[3]) + "\n" for r in rows))
         return
     csv.writer(out, lineterminator="\n").writerow(EXPORT_COLUMNS)
     async for text in store.export_csv(node, view=view):

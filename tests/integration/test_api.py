@@ -48,7 +48,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _hostile(results: list[ScanResult]) -> list[ScanResult]:
-    """Two more services whose server-chosen text reads as a spreadsheet formula."""
+    """Two more services whose server-chosen text reads as a spreadsheet formula (their
+    10.250.0.x addresses are stored records only: nothing dials them)."""
     amqp = next(r for r in results if r.amqp is not None and r.amqp.server_properties)
     tls = next(r for r in results if r.tls is not None and r.tls.certificate is not None)
     assert amqp.amqp is not None and amqp.amqp.server_properties is not None

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Make this checkout ready to run: system packages (as root on Debian), then .venv with
-# brokerscan and its test tools. Idempotent and quiet when there is nothing to do.
+# brokerscan and its test tools, exactly as uv.lock pins them (hashes checked; a lock that
+# no longer matches pyproject.toml is an error, never a silent re-resolve). Idempotent and
+# quiet when there is nothing to do (a no-op sync takes well under a second).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -45,25 +47,22 @@ if [ "${#missing[@]}" -gt 0 ]; then
     fi
 fi
 
-# --- .venv with the project and its test extras
+# --- .venv, exactly as uv.lock says (the project, its dependencies and the test extra)
 python3 -c 'import sys; raise SystemExit(sys.version_info < (3, 11))' || {
     say "python3 is $(python3 -V 2>&1); brokerscan needs Python >= 3.11"
     exit 1
 }
-if [ ! -x .venv/bin/python ]; then
-    say "creating .venv"
-    python3 -m venv .venv
+# shellcheck source=scripts/uv.sh
+. scripts/uv.sh
+ensure_uv
+if ! out="$(uv_run lock --check --offline 2>&1)"; then
+    cause="$(printf '%s\n' "$out" | sed -n 's/^ *cause: //p' | head -n 1)"
+    say "uv.lock does not match pyproject.toml${cause:+ ($cause)}: run '$UV lock' and commit uv.lock"
+    exit 1
 fi
-stamp=.venv/.brokerscan-bootstrap
-want="$(cat pyproject.toml <(pwd) | sha256sum | cut -d' ' -f1)"
-if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ] \
-    || ! .venv/bin/python -c 'import brokerscan' >/dev/null 2>&1; then
-    say "installing brokerscan[test] into .venv (log: .venv/bootstrap-pip.log)"
-    .venv/bin/python -m pip install --disable-pip-version-check -e '.[test]' \
-        >.venv/bootstrap-pip.log 2>&1 || {
-        tail -n 30 .venv/bootstrap-pip.log >&2
-        say "pip install failed (full log: .venv/bootstrap-pip.log)"
-        exit 1
-    }
-    printf '%s\n' "$want" >"$stamp"
+# --locked: never re-resolve; --exact (the default for sync): nothing beside what is locked
+if ! out="$(uv_run sync --locked --extra test 2>&1)"; then
+    printf '%s\n' "$out" | tail -n 20 >&2
+    say "installing uv.lock into .venv failed"
+    exit 1
 fi

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# THE test command (README, CI): bootstrap, start the services, then ruff, mypy, pytest
-# (unit and integration tiers) and the unit tier again with every dependency at its declared
-# floor (scripts/lower_bounds.sh, .venv-floor, rebuilt only when pyproject.toml changes).
+# THE test command (README, CI): bootstrap (.venv exactly as uv.lock pins it), start the
+# services, then ruff, mypy, pytest (unit and integration tiers) and the unit tier again with
+# every dependency at its declared floor (scripts/floors.sh: .venv-floor from floors.txt).
 # Extra arguments go to pytest and skip the floor run: scripts/test.sh -k servers
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -25,9 +25,9 @@ case "$rc" in
 esac
 if [ "$#" -eq 0 ]; then
     echo "== pytest tests/unit at the dependency floors"
-    bash scripts/lower_bounds.sh || failed+=(floors)
+    bash scripts/floors.sh || failed+=(floors)
 else
-    echo "== floors: skipped (pytest arguments given; scripts/lower_bounds.sh runs them)"
+    echo "== floors: skipped (pytest arguments given; scripts/floors.sh runs them)"
 fi
 
 if [ "${#failed[@]}" -gt 0 ]; then

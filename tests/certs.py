@@ -35,6 +35,7 @@ Files written (all PEM, keys unencrypted PKCS#8):
 from __future__ import annotations
 
 import ipaddress
+import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -46,6 +47,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
     CertificatePublicKeyTypes,
 )
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = ["Issued", "Pki", "issue", "make_ca", "make_pki", "name", "write_issued"]
@@ -102,6 +104,15 @@ def name(cn: str, org: str | None = "brokerscan tests") -> x509.Name:
 
 def _rsa() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def dsa_key() -> PrivateKey:
+    """A 2048-bit DSA key: no Web PKI algorithm, still met on old brokers. cryptography >= 51
+    deprecates DSA and warns on every use: the warning is silenced for this call only."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        from cryptography.hazmat.primitives.asymmetric import dsa
+        return dsa.generate_private_key(key_size=2048)
 
 
 def _hash_for(key: PrivateKey) -> hashes.SHA256 | None:
@@ -164,7 +175,7 @@ def issue(cn: str, issuer: Issued | None, *, key: PrivateKey | None = None,
     :param cn: the subject common name.
     :param issuer: the signing CA, or None for a self-signed certificate.
     :param key: the subject's key (a fresh RSA 2048 key if None).
-    :param sans: subjectAltName entries (default: ``DNS:<cn>``).
+    :param sans: subjectAltName entries (default: ``DNS:<cn>``; ``[]``: no extension).
     :param client: mark it for clientAuth instead of serverAuth.
     :param not_before: start of validity (default: a day ago).
     :param not_after: end of validity (default: a year from now).
@@ -176,9 +187,9 @@ def issue(cn: str, issuer: Issued | None, *, key: PrivateKey | None = None,
     builder = _builder(subject, issuer.cert.subject if issuer else subject, key.public_key(),
                        not_before or NOW - timedelta(days=1),
                        not_after or NOW + timedelta(days=365))
-    builder = builder.add_extension(
-        x509.SubjectAlternativeName(sans if sans is not None else [x509.DNSName(cn)]),
-        critical=False)
+    names = sans if sans is not None else [x509.DNSName(cn)]
+    if names:  # no names at all: no extension (an empty SAN is not valid DER, RFC 5280 4.2.1.6)
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None),
                                     critical=True)
     eku = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH

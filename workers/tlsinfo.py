@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import dh, dsa, ec, ed448, ed25519, rsa, x448, x25519
+from cryptography.hazmat.primitives.asymmetric import dh, ec, ed448, ed25519, rsa, x448, x25519
 from cryptography.utils import CryptographyDeprecationWarning
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import NameOID, PublicKeyAlgorithmOID
 
 from brokerscan.model import TlsCertificate, TlsInfo
 from workers.tlshooks import HandshakeWatch, peer_chain
@@ -101,6 +101,8 @@ def _sans(cert: x509.Certificate) -> list[str]:
 
 def _key(cert: x509.Certificate) -> tuple[str, int | None, str | None]:
     try:
+        if cert.public_key_algorithm_oid == PublicKeyAlgorithmOID.DSA:
+            return "DSA", _dsa_key_size(cert), None
         key = cert.public_key()
     except Exception:  # an algorithm cryptography does not load (GOST, SM2, ...)
         try:
@@ -116,8 +118,6 @@ def _key(cert: x509.Certificate) -> tuple[str, int | None, str | None]:
         return "Ed25519", 256, None
     if isinstance(key, ed448.Ed448PublicKey):
         return "Ed448", 456, None
-    if isinstance(key, dsa.DSAPublicKey):
-        return "DSA", key.key_size, None
     if isinstance(key, dh.DHPublicKey):
         return "DH", key.key_size, None
     if isinstance(key, x25519.X25519PublicKey):
@@ -125,6 +125,17 @@ def _key(cert: x509.Certificate) -> tuple[str, int | None, str | None]:
     if isinstance(key, x448.X448PublicKey):
         return "X448", 448, None
     return type(key).__name__, None, None
+
+
+def _dsa_key_size(cert: x509.Certificate) -> int | None:
+    """A DSA key's size. DSA is still seen on old brokers and is recorded as such, but
+    cryptography >= 51 deprecates it and warns on every load: the warning is silenced for
+    this one load only (trust never loads DSA keys, :func:`workers.tlstrust._cheap_to_check`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        key = cert.public_key()
+    size = getattr(key, "key_size", None)
+    return size if isinstance(size, int) else None
 
 
 def _signature_algorithm(cert: x509.Certificate) -> str | None:

@@ -74,9 +74,10 @@ from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import dsa, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.utils import CryptographyDeprecationWarning
+from cryptography.x509.oid import PublicKeyAlgorithmOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
 from workers.tlspath import MAX_INTERMEDIATES, FailureNamer, load_der, policy_reason
@@ -203,15 +204,19 @@ def _cheap_to_check(cert: x509.Certificate) -> bool:
     """Is a signature check with this certificate's key bounded in cost?
 
     OpenSSL caps RSA moduli at 16384 bits and, above 3072 bits, exponents at 64 bits; a
-    3072-bit modulus with a 3072-bit exponent still costs ~5 ms a check. DSA is not Web PKI.
+    3072-bit modulus with a 3072-bit exponent still costs ~5 ms a check. DSA is not Web PKI:
+    it is left out by its algorithm identifier, before its key is loaded (cryptography >= 51
+    deprecates DSA and warns on every load).
     """
     try:
+        if cert.public_key_algorithm_oid == PublicKeyAlgorithmOID.DSA:
+            return False
         key = cert.public_key()
     except Exception:  # an algorithm nobody can check: refused at once, cheaply
         return True
     if isinstance(key, rsa.RSAPublicKey):
         return key.public_numbers().e <= MAX_RSA_EXPONENT
-    return not isinstance(key, dsa.DSAPublicKey)
+    return True
 
 
 def _considered(chain_der: Sequence[bytes]) -> tuple[list[x509.Certificate], str | None]:

@@ -1,5 +1,5 @@
-"""pyproject.toml declares what the code imports, each with a floor that scripts/lower_bounds.sh
-installs and tests.
+"""pyproject.toml declares what the code imports, each with a floor that scripts/floors.sh
+installs and tests; uv.lock and floors.txt pin what the venvs hold.
 
 Every Python file of the product, the tests and the benchmarks is parsed; every import counts
 (module level or inside a function). A third-party top-level module is mapped to the
@@ -10,12 +10,15 @@ distribution that installs it (``importlib.metadata.packages_distributions``). T
 - the tests and benchmarks import only the ``dependencies`` and the ``test`` extra;
 - every runtime dependency is imported by the product, every test requirement is imported by
   a test or a benchmark, or is listed below with the reason it is not;
-- every requirement has one ``>=`` floor, which scripts/floor_pins.py turns into a pin.
+- every requirement has one ``>=`` floor, and floors.txt (scripts/floors.sh --lock) pins it;
+- uv.lock pins every requirement within its range, with hashes, and the venv holds exactly
+  what its lock pins.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib.metadata
 import importlib.util
 import sys
 import tomllib
@@ -157,27 +160,85 @@ def test_every_declared_package_is_used() -> None:
     assert set(NOT_IMPORTED) & by_anyone == set(), "imported after all: not NOT_IMPORTED"
 
 
-def _floor_pins() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("floor_pins", ROOT / "scripts/floor_pins.py")
+def _floors() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("floors", ROOT / "scripts/floors.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_every_requirement_has_a_floor_to_pin() -> None:
-    floor_pins = _floor_pins()
-    texts = floor_pins.declared(PYPROJECT)
-    pins = [floor_pins.floor_pin(text) for text in texts]
-    assert len(pins) == len(texts) == len(set(RUNTIME) | set(TEST)) + len(
+def test_every_requirement_has_a_floor() -> None:
+    floors = _floors()
+    texts = floors.declared(PYPROJECT)
+    found = dict(floors.floor(text) for text in texts)
+    assert len(found) == len(texts) == len(set(RUNTIME) | set(TEST)) + len(
         PYPROJECT["build-system"]["requires"])
-    assert "redis==5.0.1" in pins  # the first redis whose asyncio client has aclose()
+    assert found["redis"] == "5.0.1"  # the first redis whose asyncio client has aclose()
 
 
 def test_a_requirement_without_a_floor_is_refused() -> None:
-    floor_pins = _floor_pins()
-    assert floor_pins.floor_pin('mmdb-writer[x]>=0.2.7; python_version < "4"') == (
-        'mmdb-writer[x]==0.2.7; python_version < "4"')
+    floors = _floors()
+    assert floors.floor('mmdb-writer[x]>=0.2.7; python_version < "4"') == ("mmdb-writer", "0.2.7")
     for text in ("redis", "redis<6", "redis>=5,>=6"):
         with pytest.raises(ValueError, match="'>=' floor"):
-            floor_pins.floor_pin(text)
+            floors.floor(text)
+
+
+def test_floors_txt_holds_every_floor() -> None:
+    floors = _floors()
+    text = (ROOT / "floors.txt").read_text(encoding="utf-8")
+    assert floors.problems(PYPROJECT, text) == []
+    # a floor moved, or a requirement added, since floors.txt was made: named
+    moved = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    deps = moved["project"]["dependencies"]
+    deps[deps.index("redis>=5.0.1")] = "redis>=5.1"
+    deps.append("brand-new>=1.0")
+    assert floors.problems(moved, text) == [
+        "redis floor 5.1 but floors.txt has 5.0.1", "brand-new is not in floors.txt"]
+
+
+def _locked() -> dict[str, str]:
+    lock = tomllib.loads((ROOT / "uv.lock").read_text(encoding="utf-8"))
+    return {canonicalize_name(p["name"]): p["version"] for p in lock["package"]}
+
+
+def test_uv_lock_pins_every_requirement_within_its_range() -> None:
+    locked = _locked()
+    for name, req in {**RUNTIME, **TEST}.items():
+        assert name in locked, f"{name} is not in uv.lock: run .uv/bin/uv lock"
+        assert req.specifier.contains(locked[name], prereleases=True), (name, locked[name])
+    # what the issue named, and what lies beneath them, are all locked, with hashes
+    lock = tomllib.loads((ROOT / "uv.lock").read_text(encoding="utf-8"))
+    for package in lock["package"]:
+        if package["name"] == "brokerscan":
+            continue
+        files = [*package.get("wheels", []), *([package["sdist"]] if "sdist" in package else [])]
+        assert files and all(f["hash"].startswith("sha256:") for f in files), package["name"]
+        for dep in package.get("dependencies", []):
+            assert canonicalize_name(dep["name"]) in locked, (package["name"], dep["name"])
+
+
+def test_this_venv_holds_exactly_what_its_lock_pins() -> None:
+    """.venv is uv.lock (scripts/bootstrap.sh), .venv-floor is floors.txt (scripts/floors.sh);
+    .venv-latest is resolved afresh on purpose (scripts/latest.sh): nothing to compare."""
+    venv = Path(sys.prefix).name
+    want: dict[str, str]
+    if venv == ".venv":
+        want = {name: version for name, version in _locked().items() if name != "brokerscan"}
+        # locked for other platforms and Pythons only (Windows; Python < 3.11.3)
+        markers_left_out = {"colorama", "tzdata", "async-timeout"}
+    elif venv == ".venv-floor":
+        want = _floors().pinned((ROOT / "floors.txt").read_text(encoding="utf-8"))
+        markers_left_out = set()
+    else:
+        pytest.skip(f"{sys.prefix} is not installed from a lock (scripts/latest.sh resolves anew)")
+    have: dict[str, str] = {canonicalize_name(dist.metadata["Name"]): dist.version
+                            for dist in importlib.metadata.distributions()}
+    have.pop("brokerscan", None)
+    extra = {name: v for name, v in have.items() if name not in want}
+    differ = {name: (v, have[name]) for name, v in want.items()
+              if name in have and have[name] != v}
+    missing = set(want) - set(have) - markers_left_out
+    assert (extra, differ) == ({}, {}), "installed beside or unlike the lock"
+    assert missing == set(), "locked but not installed"

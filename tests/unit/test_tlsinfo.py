@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from brokerscan.model import TlsInfo
-from tests.certs import Issued, Pki, issue, make_ca, make_pki, name
+from tests.certs import Issued, Pki, dsa_key, issue, make_ca, make_pki, name
 from workers.tlshooks import HandshakeWatch, TlsSelfCheckError, check_hooks, peer_chain
 from workers.tlsinfo import (
     Describer,
@@ -106,6 +106,14 @@ def test_ec_and_ed25519_keys(tls_pki: Pki) -> None:
     ed_self = _issued(issue("ed-self", None, key=tls_pki.ed25519.key))
     desc = describe_certificate(ed_self.der, NOW)
     assert desc is not None and desc.signature_algorithm == "ed25519" and desc.self_signed
+
+
+def test_dsa_key_is_recorded_without_a_warning(tls_pki: Pki) -> None:
+    # cryptography >= 51 warns on every DSA load; the suite turns warnings into errors
+    dsa_leaf = _issued(issue("dsa.test", tls_pki.ca, key=dsa_key()))
+    desc = describe_certificate(dsa_leaf.der, NOW)
+    assert desc is not None
+    assert (desc.key_type, desc.key_bits, desc.key_curve) == ("DSA", 2048, None)
 
 
 def test_client_certificate_without_sans(tls_pki: Pki) -> None:

@@ -4,9 +4,7 @@
 # shellcheck shell=bash
 
 UV=.uv/bin/uv
-# Bytecode is compiled at install, as pip does: an old release's invalid escape then warns
-# once there, not at every import under the suite's filterwarnings = error.
-export UV_PYTHON_DOWNLOADS=never UV_PYTHON=python3 UV_NO_PROGRESS=1 UV_COMPILE_BYTECODE=1
+export UV_PYTHON_DOWNLOADS=never UV_PYTHON=python3 UV_NO_PROGRESS=1
 
 ensure_uv() {
     local want have

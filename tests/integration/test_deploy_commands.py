@@ -96,7 +96,8 @@ def test_recipe_commands_run_a_sweep(recipe: str, tmp_path: Path) -> None:
 def keda_queries() -> dict[str, str]:
     docs = yaml.safe_load_all((DEPLOY / "k8s" / "keda" / "scaledobjects.yaml").read_text())
     return {d["metadata"]["name"]: d["spec"]["triggers"][0]["metadata"]["query"]
-            for d in docs if d and d["kind"] == "ScaledObject"}
+            for d in docs if d and d["kind"] == "ScaledObject"
+            and d["spec"]["triggers"][0]["type"] == "postgresql"}
 
 
 def test_keda_trigger_counts_waiting_and_running_shards(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from storage.store import open_store
 from tests import servers
-from tests.apiserver import ApiServer, make_token
+from tests.apiserver import ApiServer, cli, make_token
 from tests.searchref import make_search_results
 from tests.waiting import wait_for
 
@@ -29,8 +29,8 @@ RESULTS = make_search_results(60, seed=5)
 
 
 class Serve:
-    def __init__(self, server: ApiServer, metrics: str, token: str) -> None:
-        self.server, self.metrics, self.token = server, metrics, token
+    def __init__(self, server: ApiServer, store: str, metrics: str, token: str) -> None:
+        self.server, self.store, self.metrics, self.token = server, store, metrics, token
 
     def scrape(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
         body = httpx.get(f"{self.metrics}/metrics", timeout=10).text
@@ -63,7 +63,7 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
     server = ApiServer(workdir, url, "--rate-limit", "0", "--metrics-port", str(port),
                        env=env)
     try:
-        yield Serve(server, f"http://{host}:{port}", token)
+        yield Serve(server, url, f"http://{host}:{port}", token)
     finally:
         server.stop()
 
@@ -130,3 +130,18 @@ def test_metrics_port_needs_no_token_and_says_ready(serve: Serve) -> None:
     ready = httpx.get(f"{serve.metrics}/readyz", timeout=10)
     assert ready.status_code == 200 and ready.json()["role"] == "serve"
     assert httpx.get(f"{serve.metrics}/healthz", timeout=10).status_code == 200
+
+
+def test_a_taken_metrics_port_is_one_line(serve: Serve, tmp_path: Path) -> None:
+    host, port = serve.metrics.removeprefix("http://").rsplit(":", 1)
+    api_host, api_port = servers.allocate("api", 8080)
+    proc = cli("serve", "--store", f"sqlite:///{tmp_path}/none.db", "--host", api_host,
+               "--port", str(api_port), "--metrics-port", port, check=False,
+               env={**os.environ, "BROKERSCAN_METRICS_HOST": host})
+    assert proc.returncode == 2, proc.stderr  # no store there: bad input, checked first
+    proc = cli("serve", "--store", serve.store, "--host", api_host, "--port", str(api_port),
+               "--metrics-port", port, check=False,
+               env={**os.environ, "BROKERSCAN_METRICS_HOST": host})
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (f"brokerscan: error: serve: cannot serve metrics on "
+                                   f"{host}:{port}: Address already in use")

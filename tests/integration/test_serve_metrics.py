@@ -132,13 +132,9 @@ def test_metrics_port_needs_no_token_and_says_ready(serve: Serve) -> None:
     assert httpx.get(f"{serve.metrics}/healthz", timeout=10).status_code == 200
 
 
-def test_a_taken_metrics_port_is_one_line(serve: Serve, tmp_path: Path) -> None:
+def test_a_taken_metrics_port_is_one_line(serve: Serve) -> None:
     host, port = serve.metrics.removeprefix("http://").rsplit(":", 1)
     api_host, api_port = servers.allocate("api", 8080)
-    proc = cli("serve", "--store", f"sqlite:///{tmp_path}/none.db", "--host", api_host,
-               "--port", str(api_port), "--metrics-port", port, check=False,
-               env={**os.environ, "BROKERSCAN_METRICS_HOST": host})
-    assert proc.returncode == 2, proc.stderr  # no store there: bad input, checked first
     proc = cli("serve", "--store", serve.store, "--host", api_host, "--port", str(api_port),
                "--metrics-port", port, check=False,
                env={**os.environ, "BROKERSCAN_METRICS_HOST": host})

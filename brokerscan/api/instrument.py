@@ -20,8 +20,9 @@ A path that matches no route is ``route="unmatched"``, a method outside the usua
 ``method="other"``: nothing a client sends can make a new series.
 
 Written by hand on ``prometheus_client`` rather than with an instrumentation package: the
-route template is one attribute Starlette already leaves in the scope, the whole thing is
-a few dozen lines, and the names stay in this project's scheme.
+route template follows from what the router leaves in the scope (:func:`route_template`),
+the whole thing is a few dozen lines, and the names stay in this project's scheme (and
+the uv.lock that four branches edit stays as it is).
 """
 
 from __future__ import annotations
@@ -76,12 +77,17 @@ def route_template(scope: Scope) -> str:
     template = str(scope.get("path", ""))
     if app_root and template.startswith(app_root):
         template = template[len(app_root):]
-    for name, value in params.items():
+    # right to left (parameters come in the order of the path): a value that is also an
+    # earlier literal segment, or another parameter's value, is found in its own place
+    end = len(template)
+    for name, value in reversed(list(params.items())):
         text = str(value)
-        at = template.rfind(text) if text else -1
-        if at < 1 or template[at - 1] != "/":
+        at = template.rfind(text, 0, end) if text else -1
+        after = at + len(text)
+        if at < 1 or template[at - 1] != "/" or template[after:after + 1] not in ("", "/"):
             return UNMATCHED
-        template = template[:at] + "{" + name + "}" + template[at + len(text):]
+        template = template[:at] + "{" + name + "}" + template[after:]
+        end = at
     return template or "/"
 
 

@@ -33,7 +33,7 @@ COMMANDS = frozenset({"db"})
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``db migrate`` and ``db maintain``."""
+    """Add ``db migrate``, ``db wait``, ``db maintain`` and ``db grant-readonly``."""
     db = sub.add_parser("db", help="the PostgreSQL database")
     db_verbs = db.add_subparsers(dest="verb", required=True, parser_class=type(db))
     db_verbs.add_parser("migrate", help="apply migrations")
@@ -52,7 +52,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    """Run ``db migrate``, ``db maintain`` or ``db grant-readonly``."""
+    """Run ``db migrate``, ``db wait``, ``db maintain`` or ``db grant-readonly``."""
     if args.verb == "grant-readonly":
         return run_async(_grant(args, settings))
     if args.verb == "wait":

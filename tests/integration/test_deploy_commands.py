@@ -6,8 +6,9 @@ the committed ScaledObject, counts work while shards wait or run and nothing aft
 behind, waits for an unmigrated database until it is migrated, and gives up in one line.
 
 Service URLs (and the metrics port) are the local test ones; everything else (arguments,
-settings such as the log format) is the recipe's. ``serve`` lands on another branch: its
-command is checked for shape in tests/unit/test_deploy.py, not run here.
+settings such as the log format) is the recipe's. ``serve`` runs too, on a loopback
+address instead of the recipe's ``0.0.0.0`` (tests never listen beyond loopback): its
+metrics port, the one Prometheus scrapes, must answer like every other role's.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def compose_roles() -> dict[str, tuple[list[str], dict[str, str]]]:
     return {name: (list(s["command"]), {k: _defaults(v) for k, v in s["environment"].items()})
             for name, s in services.items()
             if name in ("scheduler", "probe-worker", "probe-tls-worker", "enrich-worker",
-                        "store-worker")}
+                        "store-worker", "serve")}
 
 
 def k8s_roles() -> dict[str, tuple[list[str], dict[str, str]]]:
@@ -60,8 +61,7 @@ def k8s_roles() -> dict[str, tuple[list[str], dict[str, str]]]:
     return {d["metadata"]["name"]: (d["spec"]["template"]["spec"]["containers"][0]["args"],
                                     dict(config))
             for d in docs if d["kind"] == "Deployment"
-            and d["metadata"]["name"].startswith("brokerscan-")
-            and not d["metadata"]["name"].endswith("serve")}
+            and d["metadata"]["name"].startswith("brokerscan-")}
 
 
 @pytest.mark.timeout(420)
@@ -71,11 +71,14 @@ def test_recipe_commands_run_a_sweep(recipe: str, tmp_path: Path) -> None:
     fleet.setup()
     try:
         roles = compose_roles() if recipe == "compose" else k8s_roles()
-        assert len(roles) == 5
+        assert len(roles) == 6
         addresses = {}
         for name, (command, env) in roles.items():
             address = servers.allocate("ops", 0)
             addresses[name] = address
+            if command[0] == "serve":  # the API on loopback, not the recipe's 0.0.0.0
+                assert command[1:] == ["--host", "0.0.0.0", "--port", "8080"]
+                command = ["serve", "--host", address[0], "--port", "0"]
             local = {k: v for k, v in env.items() if k not in _LOCAL}
             local |= {"BROKERSCAN_METRICS_HOST": address[0],
                       "BROKERSCAN_METRICS_PORT": str(address[1])}

@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     # Seconds before a shard whose dependency failed (Redis, PostgreSQL, RabbitMQ away) is
     # tried again; doubles on each retry up to 60 s; the fifth failure gives it up.
     shard_retry_seconds: float = Field(default=5.0, gt=0, le=60)
+    # Celery task events (a worker's task-received/started/succeeded..., the scheduler's
+    # task-sent) for Flower and celery-exporter; off by default: each shard then costs a
+    # few more messages on the task broker, and nothing of brokerscan reads them.
+    task_events: bool = False
     # Log lines as text (for people) or json (one object a line, for log pipelines).
     log_format: Literal["text", "json"] = "text"
 

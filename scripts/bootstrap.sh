@@ -27,6 +27,11 @@ has_cmd redis-server || missing+=(redis-server)
 has_cmd pg_ctlcluster && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
 has_cmd openssl || missing+=(openssl)
 has_cmd systemd-analyze || missing+=(systemd)  # deploy/ units are verified by the tests
+# promtool checks and unit-tests deploy/prometheus (rules, config): Debian's prometheus
+has_cmd promtool || missing+=(prometheus)
+# the exporters whose series the alert rules read (tests/integration/test_exporters.py)
+has_cmd prometheus-redis-exporter || missing+=(prometheus-redis-exporter)
+has_cmd prometheus-postgres-exporter || missing+=(prometheus-postgres-exporter)
 # kubectl renders deploy/k8s (kubectl kustomize); Debian's kubernetes-client when absent
 has_cmd kubectl || missing+=(kubernetes-client)
 # Qpid Proton for the system Python: a real AMQP 1.0 server in the protocol-depth tests.
@@ -41,6 +46,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq >/dev/null
         apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+        # promtool and the exporters' programs are wanted, not their services
+        if command -v systemctl >/dev/null; then
+            for unit in prometheus prometheus-redis-exporter prometheus-postgres-exporter; do
+                if [[ " ${missing[*]} " == *" $unit "* ]]; then
+                    systemctl disable --now "$unit" >/dev/null 2>&1 || true
+                fi
+            done
+        fi
     else
         say "missing system packages: ${missing[*]}"
         say "install them as root (apt-get install ${missing[*]}); integration tests need them"

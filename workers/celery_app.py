@@ -71,7 +71,9 @@ def make_app(settings: Settings, *, queues: list[str] | None = None,
                   durable=True),
         ],
         worker_hijack_root_logger=False,
-        worker_send_task_events=False,
+        # opt-in (BROKERSCAN_TASK_EVENTS) for Flower and celery-exporter
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
     )
     app.conf.brokerscan_settings = settings
     app.conf.brokerscan_queues = queues

@@ -1,14 +1,131 @@
-"""The hook where operations (issue 11) instrument the API: ``GET /metrics`` and the
-``brokerscan_http_request_seconds{route}`` middleware are mounted by :func:`instrument`,
-which :func:`brokerscan.api.app.build_app` calls once every route is added (so a
-middleware can label requests by their route template, never by an address)."""
+"""The API's metrics: one ASGI middleware that :func:`instrument` adds to the app once every
+route is in place (:func:`brokerscan.api.app.build_app` calls it last, so it is the
+outermost middleware and times everything the app does, security and headers included).
+
+Metrics (``brokerscan serve`` serves them on ``--metrics-port``, like every other role;
+the API's own port has no ``/metrics``):
+
+``brokerscan_http_requests_total{route,method,status}``
+    requests answered, by route *template* (``/api/v1/hosts/{ip}``, never the address
+    asked for), method and status code;
+``brokerscan_http_request_seconds{route}``
+    time from the request to the last byte of the answer (a histogram);
+``brokerscan_http_requests_in_flight``
+    requests being answered now;
+``brokerscan_http_response_bytes_total{route}``
+    body bytes sent, counted as they go: ``route="/api/v1/export"`` is the export bytes,
+    and it moves while a long export streams.
+
+A path that matches no route is ``route="unmatched"``, a method outside the usual set
+``method="other"``: nothing a client sends can make a new series.
+
+Written by hand on ``prometheus_client`` rather than with an instrumentation package: the
+route template follows from what the router leaves in the scope (:func:`route_template`),
+the whole thing is a few dozen lines, and the names stay in this project's scheme (and
+the uv.lock that four branches edit stays as it is).
+"""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+import time
+from typing import Final
 
-__all__ = ["instrument"]
+from fastapi import FastAPI
+from prometheus_client import Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["IN_FLIGHT", "REQUESTS", "REQUEST_SECONDS", "RESPONSE_BYTES", "Instrument",
+           "instrument", "route_template"]
+
+REQUESTS = Counter("brokerscan_http_requests_total",
+                   "API requests answered, by route template, method and status",
+                   ["route", "method", "status"])
+REQUEST_SECONDS = Histogram("brokerscan_http_request_seconds",
+                            "Time from an API request to the last byte of its answer",
+                            ["route"],
+                            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
+                                     10, 30, 60, 300))
+IN_FLIGHT = Gauge("brokerscan_http_requests_in_flight", "API requests being answered")
+RESPONSE_BYTES = Counter("brokerscan_http_response_bytes_total",
+                         "Body bytes of API answers sent, by route template (export: "
+                         "route=\"/api/v1/export\")", ["route"])
+
+_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED: Final = "unmatched"
+
+
+def route_template(scope: Scope) -> str:
+    """The template of the route that answered *scope* (read after the app ran), or
+    ``unmatched``.
+
+    FastAPI leaves the matched endpoint and its path parameters in the scope, but the
+    route object it leaves has no router prefix (``/hosts/{ip}`` for ``/api/v1/hosts/...``)
+    and a page route or a mount leaves none: so the template is the request's path with
+    each parameter's value put back as ``{name}``. A mounted app (``/static``) is one
+    route, its prefix. A path whose parameters cannot be found in it is ``unmatched``
+    rather than a new series.
+    """
+    if "endpoint" not in scope:
+        return UNMATCHED
+    app_root = str(scope.get("app_root_path", ""))
+    mount = str(scope.get("root_path", ""))
+    if mount.startswith(app_root):
+        mount = mount[len(app_root):]
+    params = scope.get("path_params") or {}
+    if mount and not params:
+        return mount
+    template = str(scope.get("path", ""))
+    if app_root and template.startswith(app_root):
+        template = template[len(app_root):]
+    # right to left (parameters come in the order of the path): a value that is also an
+    # earlier literal segment, or another parameter's value, is found in its own place
+    end = len(template)
+    for name, value in reversed(list(params.items())):
+        text = str(value)
+        at = template.rfind(text, 0, end) if text else -1
+        after = at + len(text)
+        if at < 1 or template[at - 1] != "/" or template[after:after + 1] not in ("", "/"):
+            return UNMATCHED
+        template = template[:at] + "{" + name + "}" + template[after:]
+        end = at
+    return template or "/"
+
+
+class Instrument:
+    """The middleware: counts, times and sizes every HTTP request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method = scope.get("method", "GET")
+        method = method if method in _METHODS else "other"
+        status = 500  # what the client gets if the app raises before answering
+        start = time.perf_counter()
+
+        async def counted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            elif message["type"] == "http.response.body":
+                size = len(message.get("body", b""))
+                if size:
+                    RESPONSE_BYTES.labels(route_template(scope)).inc(size)
+            await send(message)
+
+        IN_FLIGHT.inc()
+        try:
+            await self.app(scope, receive, counted)
+        finally:
+            IN_FLIGHT.dec()
+            route = route_template(scope)
+            REQUESTS.labels(route, method, str(status)).inc()
+            REQUEST_SECONDS.labels(route).observe(time.perf_counter() - start)
 
 
 def instrument(app: FastAPI) -> None:
-    """Mount metrics on *app* (nothing yet: issue 11 fills this in)."""
+    """Add the metrics middleware to *app* (call once, after every route is added)."""
+    app.add_middleware(Instrument)

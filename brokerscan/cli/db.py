@@ -1,18 +1,28 @@
-"""``brokerscan db``: the PostgreSQL database (``migrate``, ``maintain``,
-``grant-readonly``)."""
+"""``brokerscan db``: the PostgreSQL database (``migrate``, ``wait``, ``maintain``,
+``grant-readonly``).
+
+``db wait`` blocks until the database answers at the schema version this brokerscan
+needs, for what must start after the migrations (a Kubernetes init container, a systemd
+``ExecStartPre=``): a database still booting or not yet migrated is waited for, up to
+``--timeout`` (then exit 1, the last reason in one line); a schema this brokerscan cannot
+use (newer, or an applied migration edited) is exit 2 at once: waiting will not fix it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
+import time
 
 import asyncpg
 
-from brokerscan.cli.errors import EXIT_UNAVAILABLE, CliError
+from brokerscan.cli.errors import EXIT_BAD_INPUT, EXIT_UNAVAILABLE, CliError
+from brokerscan.cli.options import non_negative
 from brokerscan.cli.services import database_url, run_async
 from brokerscan.settings import Settings
-from storage.db import connect
+from storage.db import DatabaseError, MigrationError, connect
 from storage.grants import READ_TABLES, grant_readonly
 from storage.migrate import migrate
 from storage.pgstore import PgStore
@@ -23,10 +33,14 @@ COMMANDS = frozenset({"db"})
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``db migrate`` and ``db maintain``."""
+    """Add ``db migrate``, ``db wait``, ``db maintain`` and ``db grant-readonly``."""
     db = sub.add_parser("db", help="the PostgreSQL database")
     db_verbs = db.add_subparsers(dest="verb", required=True, parser_class=type(db))
     db_verbs.add_parser("migrate", help="apply migrations")
+    wait = db_verbs.add_parser(
+        "wait", help="wait until the database answers at this brokerscan's schema version")
+    wait.add_argument("--timeout", type=non_negative(float), default=300.0, metavar="S",
+                      help="give up after S seconds, exit 1 (default: %(default)s)")
     maintain = db_verbs.add_parser(
         "maintain", help="premake partitions, drop those past retention, report health")
     maintain.add_argument("--retention-days", type=int, default=None,
@@ -38,9 +52,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    """Run ``db migrate``, ``db maintain`` or ``db grant-readonly``."""
+    """Run ``db migrate``, ``db wait``, ``db maintain`` or ``db grant-readonly``."""
     if args.verb == "grant-readonly":
         return run_async(_grant(args, settings))
+    if args.verb == "wait":
+        return asyncio.run(_wait(args.timeout, database_url(settings)))
     return run_async(_migrate(settings) if args.verb == "migrate" else _maintain(args, settings))
 
 
@@ -63,6 +79,36 @@ async def _migrate(settings: Settings) -> int:
     applied = await migrate(database_url(settings))
     print("applied: " + ", ".join(applied) if applied else "database is up to date")
     return 0
+
+
+#: Seconds between two looks at a database that is not ready yet.
+WAIT_INTERVAL = 1.0
+
+
+async def _wait(seconds: float, url: str) -> int:
+    deadline = time.monotonic() + seconds
+    said = ""
+    while True:
+        try:
+            conn = await connect(url)  # requires every migration to be applied
+        except MigrationError as exc:
+            if "db migrate" not in str(exc):  # ahead, or edited: no wait fixes that
+                raise CliError(str(exc), EXIT_BAD_INPUT) from None
+            reason = str(exc)
+        except DatabaseError as exc:
+            reason = str(exc)
+        else:
+            await conn.close()
+            print("database is ready")
+            return 0
+        if time.monotonic() >= deadline:
+            raise CliError(f"database not ready after {seconds:g} s: {reason}",
+                           EXIT_UNAVAILABLE)
+        if reason != said:
+            print(f"brokerscan: waiting for the database: {reason}", file=sys.stderr,
+                  flush=True)
+            said = reason
+        await asyncio.sleep(min(WAIT_INTERVAL, max(0.0, deadline - time.monotonic())))
 
 
 async def _maintain(args: argparse.Namespace, settings: Settings) -> int:

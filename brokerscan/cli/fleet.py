@@ -139,7 +139,9 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
                    metrics=metrics)
     argv = ["worker", "-Q", ",".join(chosen), "-P", args.pool, "--loglevel", "INFO",
             "-n", f"brokerscan-{os.getpid()}@{socket.gethostname()}", "--without-gossip",
-            "--without-mingle", "--without-heartbeat"]
+            "--without-mingle"]
+    if not settings.task_events:  # Flower and celery-exporter tell live workers by these
+        argv.append("--without-heartbeat")
     if args.concurrency:
         argv += ["-c", str(args.concurrency)]
     log.info("worker: starting (queues %s, pool %s, %s connections per process, nofile %d)",

@@ -10,7 +10,8 @@ from typing import Final
 
 from brokerscan.settings import Settings
 
-__all__ = ["MAX_RATE", "add_depth_options", "add_ops_options", "add_rate_option",
+__all__ = ["MAX_RATE", "add_depth_options", "add_metrics_option", "add_ops_options",
+           "add_rate_option",
            "add_target_options", "amqp_versions", "mqtt_levels", "non_negative",
            "ops_settings", "positive_int", "ws_paths"]
 
@@ -93,13 +94,19 @@ def _port(text: str) -> int:
     return value
 
 
+def add_metrics_option(parser: argparse.ArgumentParser) -> None:
+    """``--metrics-port``: where a long-running role serves ``/metrics``, ``/healthz`` and
+    ``/readyz`` (default: ``BROKERSCAN_METRICS_PORT``)."""
+    parser.add_argument("--metrics-port", type=_port, default=None, metavar="PORT",
+                        help="serve /metrics, /healthz and /readyz on this port "
+                             "(default: BROKERSCAN_METRICS_PORT; unset: not served)")
+
+
 def add_ops_options(parser: argparse.ArgumentParser) -> None:
     """What every long-running role shares: its metrics/health port and its log format
     (both default to the settings, ``BROKERSCAN_METRICS_PORT`` and
     ``BROKERSCAN_LOG_FORMAT``)."""
-    parser.add_argument("--metrics-port", type=_port, default=None, metavar="PORT",
-                        help="serve /metrics, /healthz and /readyz on this port "
-                             "(default: BROKERSCAN_METRICS_PORT; unset: not served)")
+    add_metrics_option(parser)
     parser.add_argument("--log-format", choices=("text", "json"), default=None,
                         help="log lines as text or JSON objects (default: "
                              "BROKERSCAN_LOG_FORMAT, else text)")

@@ -4,6 +4,11 @@ The store is opened (read-only for PostgreSQL) and the address bound before the 
 starts, so a store that cannot be opened or an address that is taken is one line and exit
 1. ``--no-auth`` is for one user on their own machine: it is refused on any address that is
 not loopback.
+
+``--metrics-port`` (or ``BROKERSCAN_METRICS_PORT``) serves ``/metrics``, ``/healthz`` and
+``/readyz`` on a port of their own, as every other role does (:mod:`brokerscan.health`;
+the API's metrics: :mod:`brokerscan.api.instrument`): no token there, and the API's port
+answers no ``/metrics``. Readiness there is the store answering.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from pathlib import Path
 
 from brokerscan.api.app import DEFAULT_BURST, DEFAULT_RATE, build_app
 from brokerscan.cli.errors import EXIT_UNAVAILABLE, CliError
-from brokerscan.cli.options import non_negative
+from brokerscan.cli.options import add_metrics_option, non_negative
+from brokerscan.cli.services import pg_check, start_ops_server
+from brokerscan.health import Health
 from brokerscan.settings import Settings
 from storage.db import DatabaseError
 from storage.sqlitestore import path_of
@@ -45,6 +52,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    help="requests a token may make at once (default: %(default)s)")
     p.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"),
                    default="info")
+    add_metrics_option(p)
 
 
 def _is_loopback(host: str) -> bool:
@@ -79,6 +87,8 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Run ``serve`` until interrupted."""
+    if args.metrics_port is not None:
+        settings = settings.model_copy(update={"metrics_port": args.metrics_port})
     if args.no_auth and not _is_loopback(args.host):
         raise CliError(f"--no-auth serves without tokens, so only on a loopback address, "
                        f"not {args.host}")
@@ -92,7 +102,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             raise CliError(f"no store at {path}: scan first, or name one with --store")
     sock = _bind(args.host, args.port)
     try:
-        return asyncio.run(_serve(args, settings, url, sock))
+        checks = {"store": pg_check(url)} if url.startswith("postgres") else {}
+        ops = start_ops_server(settings, Health("serve", checks=checks))
+        try:
+            return asyncio.run(_serve(args, settings, url, sock))
+        finally:
+            if ops is not None:
+                ops.stop()
     finally:
         sock.close()
 

@@ -79,6 +79,17 @@ FLEET = dashboard("brokerscan-fleet", "brokerscan: fleet", [
           [prom("sum(rate(brokerscan_store_rows_total[1m]))", "rows/s"),
            prom("histogram_quantile(0.99, sum by (le) "
                 "(rate(brokerscan_store_batch_seconds_bucket[5m])))", "batch p99 (s)")]),
+    panel(13, "API requests/s by route and status", "timeseries",
+          [prom("sum by (route, status) (rate(brokerscan_http_requests_total[5m]))",
+                "{{route}} {{status}}")], unit="reqps"),
+    panel(14, "API latency p99 by route", "timeseries",
+          [prom("histogram_quantile(0.99, sum by (le, route) "
+                "(rate(brokerscan_http_request_seconds_bucket[5m])))", "{{route}}")],
+          unit="s"),
+    panel(15, "API export bytes/s, requests in flight", "timeseries",
+          [prom('sum(rate(brokerscan_http_response_bytes_total{route="/api/v1/export"}[5m]))',
+                "export bytes/s"),
+           prom("sum(brokerscan_http_requests_in_flight)", "in flight")]),
 ], "now-6h")
 
 _PER_DAY = ("SELECT day::timestamptz AS time, {what} AS value FROM rollup"

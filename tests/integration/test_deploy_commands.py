@@ -1,26 +1,35 @@
 """The recipes' commands are real: each role's command and environment, read out of
 ``deploy/compose.yaml`` and the Kubernetes Deployments, run as local processes against the
 local services until a small sweep completes; and the KEDA trigger's query, read out of
-the committed ScaledObject, counts work while shards wait or run and nothing after.
+the committed ScaledObject, counts work while shards wait or run and nothing after; and
+``brokerscan db wait``, what the Kubernetes init containers and the systemd units start
+behind, waits for an unmigrated database until it is migrated, and gives up in one line.
 
 Service URLs (and the metrics port) are the local test ones; everything else (arguments,
-settings such as the log format) is the recipe's. ``serve`` lands on another branch: its
-command is checked for shape in tests/unit/test_deploy.py, not run here.
+settings such as the log format) is the recipe's. ``serve`` runs too, on a loopback
+address instead of the recipe's ``0.0.0.0`` (tests never listen beyond loopback): its
+metrics port, the one Prometheus scrapes, must answer like every other role's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import subprocess
+import sys
 from pathlib import Path
 
 import asyncpg
 import pytest
 import yaml
 
-from tests import servers
+from storage.migrate import migrate
+from tests import pg, servers
+from tests.apiserver import cli
 from tests.integration.sweepfleet import Fleet
 from tests.integration.test_ops_fleet import healthy, wait_until
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -30,12 +39,18 @@ _LOCAL = ("BROKERSCAN_DATABASE_URL", "BROKERSCAN_REDIS_URL", "BROKERSCAN_BROKER_
           "BROKERSCAN_METRICS_PORT", "BROKERSCAN_METRICS_HOST")
 
 
+def _defaults(value: object) -> str:
+    """*value* with compose's ``${NAME:-default}`` as the default (the passwords,
+    ``${NAME:?...}``, are among the local URLs replaced anyway)."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(value))
+
+
 def compose_roles() -> dict[str, tuple[list[str], dict[str, str]]]:
     services = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
-    return {name: (list(s["command"]), {k: str(v) for k, v in s["environment"].items()})
+    return {name: (list(s["command"]), {k: _defaults(v) for k, v in s["environment"].items()})
             for name, s in services.items()
             if name in ("scheduler", "probe-worker", "probe-tls-worker", "enrich-worker",
-                        "store-worker")}
+                        "store-worker", "serve")}
 
 
 def k8s_roles() -> dict[str, tuple[list[str], dict[str, str]]]:
@@ -45,8 +60,8 @@ def k8s_roles() -> dict[str, tuple[list[str], dict[str, str]]]:
     config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
     return {d["metadata"]["name"]: (d["spec"]["template"]["spec"]["containers"][0]["args"],
                                     dict(config))
-            for d in docs if d["kind"] == "Deployment" and not d["metadata"]["name"]
-            .endswith("serve")}
+            for d in docs if d["kind"] == "Deployment"
+            and d["metadata"]["name"].startswith("brokerscan-")}
 
 
 @pytest.mark.timeout(420)
@@ -56,11 +71,14 @@ def test_recipe_commands_run_a_sweep(recipe: str, tmp_path: Path) -> None:
     fleet.setup()
     try:
         roles = compose_roles() if recipe == "compose" else k8s_roles()
-        assert len(roles) == 5
+        assert len(roles) == 6
         addresses = {}
         for name, (command, env) in roles.items():
             address = servers.allocate("ops", 0)
             addresses[name] = address
+            if command[0] == "serve":  # the API on loopback, not the recipe's 0.0.0.0
+                assert command[1:] == ["--host", "0.0.0.0", "--port", "8080"]
+                command = ["serve", "--host", address[0], "--port", "0"]
             local = {k: v for k, v in env.items() if k not in _LOCAL}
             local |= {"BROKERSCAN_METRICS_HOST": address[0],
                       "BROKERSCAN_METRICS_PORT": str(address[1])}
@@ -81,7 +99,8 @@ def test_recipe_commands_run_a_sweep(recipe: str, tmp_path: Path) -> None:
 def keda_queries() -> dict[str, str]:
     docs = yaml.safe_load_all((DEPLOY / "k8s" / "keda" / "scaledobjects.yaml").read_text())
     return {d["metadata"]["name"]: d["spec"]["triggers"][0]["metadata"]["query"]
-            for d in docs if d and d["kind"] == "ScaledObject"}
+            for d in docs if d and d["kind"] == "ScaledObject"
+            and d["spec"]["triggers"][0]["type"] == "postgresql"}
 
 
 def test_keda_trigger_counts_waiting_and_running_shards(tmp_path: Path) -> None:
@@ -115,3 +134,42 @@ def test_keda_trigger_counts_waiting_and_running_shards(tmp_path: Path) -> None:
         assert measure() == {"brokerscan-probe": 0, "brokerscan-probe-tls": 0}
     finally:
         fleet.teardown()
+
+
+def test_db_wait_waits_for_the_migrations(tmp_path: Path) -> None:
+    async def create() -> None:
+        await pg.create_database(url)
+
+    url = pg.new_database_url()
+    asyncio.run(create())
+    env = {**os.environ, "BROKERSCAN_DATABASE_URL": url}
+    # not migrated, a short timeout: one line, exit 1, the reason given
+    proc = cli("db", "wait", "--timeout", "0.5", env=env, check=False)
+    assert proc.returncode == 1, proc.stderr
+    (last,) = [line for line in proc.stderr.splitlines() if "not ready" in line]
+    assert "database not ready after 0.5 s" in last and "db migrate" in last
+    assert "Traceback" not in proc.stderr
+    # waiting: it holds until the schema is there, then says so and exits 0
+    log = tmp_path / "wait.log"
+    with open(log, "wb") as out:
+        waiter = subprocess.Popen([sys.executable, "-m", "brokerscan.cli", "db", "wait",
+                                   "--timeout", "120"], env=env, stdout=out,
+                                  stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: b"waiting for the database" in log.read_bytes(), 30,
+                 "db wait to say what it waits for")
+        assert waiter.poll() is None
+        asyncio.run(migrate(url))
+        wait_for(lambda: waiter.poll() is not None, 30, "db wait to end once migrated")
+        assert waiter.returncode == 0 and b"database is ready" in log.read_bytes()
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+        waiter.wait()
+        asyncio.run(pg.drop_database(url))
+    # nothing listens: still one line and exit 1
+    host, port = servers.allocate("ops", 1)
+    proc = cli("db", "wait", "--timeout", "0.5", check=False, env={
+        **os.environ, "BROKERSCAN_DATABASE_URL": f"postgresql://u@{host}:{port}/none"})
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) >= 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("brokerscan: error: database not ready")

@@ -9,7 +9,14 @@
   (no output at all: it exits 0 on warnings);
 - the Grafana dashboards are what ``deploy/grafana/dashboards.py`` writes, with fixed
   datasource uids; and the rules the recipes must keep (non-root, probes on the metrics
-  port, grace periods above the shutdown bound).
+  port, grace periods above the shutdown bound);
+- the defects an SRE review found, each with the check that would have caught it: compose's
+  RabbitMQ without a fixed ``hostname`` (queues orphaned when recreated), services without a
+  restart policy, passwords inline, admin UIs on every address; a migration Job whose fixed
+  name cannot take a new image, roles that do not wait for the schema; systemd roles that
+  ``Requires=`` a one-shot migrate without retry, and units that restart on exit 2 (bad
+  configuration); a Prometheus target without a listener (serve), no exporters, and
+  autoscaling on a gauge that freezes.
 
 Every tool is a test dependency or installed by ``scripts/test.sh``: a missing one fails.
 """
@@ -78,6 +85,59 @@ def test_compose_recipe_rules() -> None:
         assert "healthz" in " ".join(service["healthcheck"]["test"])
     assert services["serve"]["command"] == ["serve", "--host", "0.0.0.0", "--port", "8080"]
     assert "management" in services["rabbitmq"]["image"]
+    # RabbitMQ's node name (and data directory) follow the host name: a fixed one keeps
+    # the durable queues across a recreated container
+    assert services["rabbitmq"]["hostname"] == "rabbitmq"
+    for name, service in services.items():
+        if name == "migrate":
+            assert service["restart"] == "no"  # a one-shot: done is done
+        else:
+            assert service.get("restart") in ("unless-stopped", "always"), name
+
+
+def test_compose_keeps_passwords_out_and_admin_uis_on_loopback() -> None:
+    text = (DEPLOY / "compose.yaml").read_text()
+    required = set(re.findall(r"\$\{(\w+):\?", text))
+    example = {line.split("=", 1)[0] for line in
+               (DEPLOY / "compose.env.example").read_text().splitlines()
+               if line and not line.startswith("#")}
+    assert required and required <= example, required - example
+    for name, service in compose()["services"].items():
+        for key, value in (service.get("environment") or {}).items():
+            for password in re.findall(r"://[^/:@\s]+:([^@\s]+)@", str(value)):
+                assert password.startswith("${"), f"{name}: {key} has a password inline"
+            if re.search(r"PASS(WORD)?$", key):
+                assert str(value).startswith("${"), f"{name}: {key} is inline"
+        for port in service.get("ports", []):
+            if name == "serve":  # the API: it needs a token, and TLS goes in front
+                assert port == "8080:8080"
+            else:
+                assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port}"
+    init = (DEPLOY / "postgres" / "grafana-readonly.sh").read_text()
+    assert "PASSWORD :'password'" in init and "BROKERSCAN_GRAFANA_DB_PASSWORD" in init
+    proc = run("sh", "-n", DEPLOY / "postgres" / "grafana-readonly.sh")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_prometheus_scrapes_every_role_and_exporter() -> None:
+    services = compose()["services"]
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    jobs = config["scrape_configs"]
+    targets = {t for job in jobs for sc in job.get("static_configs", []) for t in sc["targets"]}
+    names = {n for job in jobs for sd in job.get("dns_sd_configs", []) for n in sd["names"]}
+    assert names == {"scheduler", "probe-worker", "probe-tls-worker", "enrich-worker",
+                     "store-worker", "serve"}
+    assert {"rabbitmq:15692", "redis-exporter:9121", "postgres-exporter:9187"} <= targets
+    for target in targets:
+        assert target.split(":")[0] in services, target
+    # every role, serve included, listens where the dns_sd job looks (9100)
+    for name in names:
+        env = services[name]["environment"]
+        assert env["BROKERSCAN_METRICS_PORT"] == "9100", name
+    plugins = (DEPLOY / "rabbitmq" / "enabled_plugins").read_text()
+    assert "rabbitmq_prometheus" in plugins and "rabbitmq_management" in plugins
+    assert config["rule_files"] == ["rules/brokerscan.yml"]
+    assert "./prometheus/rules:/etc/prometheus/rules:ro" in services["prometheus"]["volumes"]
 
 
 @pytest.mark.parametrize("overlay", ["base", "keda"])
@@ -99,34 +159,107 @@ def test_kustomize_output_is_valid_kubernetes(overlay: str, tmp_path: Path) -> N
 
 
 def test_keda_schema_refuses_the_amqp_trap(tmp_path: Path) -> None:
-    """The committed schema is not a rubber stamp: an unknown field is refused."""
-    doc = next(d for d in kustomize("keda") if d["kind"] == "ScaledObject")
-    doc["spec"]["triggers"][0]["metadata"] = {"queueName": "x"}
-    doc["spec"]["triggers"][0]["type"] = "rabbitmq"
-    doc["spec"]["replicas"] = 3
-    bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps(doc))
-    proc = run(tool("check-jsonschema"), "--schemafile",
-               DEPLOY / "k8s" / "keda" / "schema" / "scaledobject.schema.json", bad)
-    assert proc.returncode == 1
+    """The committed schema is not a rubber stamp: an unknown field is refused, and so is a
+    RabbitMQ trigger over amqp (it sees no unacked message: a busy pool reads as idle)."""
+    schema = DEPLOY / "k8s" / "keda" / "schema" / "scaledobject.schema.json"
+    objects = {d["metadata"]["name"]: d for d in kustomize("keda")
+               if d["kind"] == "ScaledObject"}
+    unknown = json.loads(json.dumps(objects["brokerscan-probe"]))
+    unknown["spec"]["replicas"] = 3
+    amqp = json.loads(json.dumps(objects["brokerscan-enrich"]))
+    amqp["spec"]["triggers"][0]["metadata"]["protocol"] = "amqp"
+    for name, doc in (("unknown", unknown), ("amqp", amqp)):
+        bad = tmp_path / f"{name}.json"
+        bad.write_text(json.dumps(doc))
+        proc = run(tool("check-jsonschema"), "--schemafile", schema, bad)
+        assert proc.returncode == 1, name
+
+
+def test_keda_scales_on_work_waiting() -> None:
+    """The probe pools on shards waiting or running, the stream's workers on their queue's
+    depth (ready and unacked): never on brokerscan_stream_lag_seconds, which freezes."""
+    from brokerscan.names import Names
+
+    names = Names()
+    objects = {d["metadata"]["name"]: d for d in kustomize("keda")
+               if d["kind"] == "ScaledObject"}
+    assert set(objects) == {"brokerscan-probe", "brokerscan-probe-tls", "brokerscan-enrich",
+                            "brokerscan-store"}
+    queues = {}
+    for name, doc in objects.items():
+        (trigger,) = doc["spec"]["triggers"]
+        assert doc["spec"]["scaleTargetRef"]["name"] == name
+        if name.startswith("brokerscan-probe"):
+            assert trigger["type"] == "postgresql"
+            assert "s.state IN ('queued', 'running')" in trigger["metadata"]["query"]
+        else:
+            assert trigger["type"] == "rabbitmq" and trigger["metadata"]["protocol"] == "http"
+            assert trigger["metadata"]["mode"] == "QueueLength"
+            queues[name] = trigger["metadata"]["queueName"]
+    assert queues == {"brokerscan-enrich": names.results_queue,
+                      "brokerscan-store": names.enriched_queue}
+    assert objects["brokerscan-store"]["spec"]["maxReplicaCount"] <= 2
+
+
+def test_migration_job_is_named_after_its_image(tmp_path: Path) -> None:
+    """A Job's pod template cannot change: re-applying a fixed name with a new image fails.
+    The name carries the tag, in the base and in an overlay that changes the tag (with the
+    base's replacements block, as the base says)."""
+    def job(docs: list[dict[str, Any]]) -> tuple[str, str]:
+        (found,) = [d for d in docs if d["kind"] == "Job"]
+        (container,) = found["spec"]["template"]["spec"]["containers"]
+        return found["metadata"]["name"], container["image"]
+
+    name, image = job(kustomize("base"))
+    assert name == f"brokerscan-migrate-{image.rsplit(':', 1)[1]}"
+    base = yaml.safe_load((DEPLOY / "k8s" / "base" / "kustomization.yaml").read_text())
+    shutil.copytree(DEPLOY / "k8s" / "base", tmp_path / "base")
+    overlay = tmp_path / "upgrade"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "resources": ["../base"], "images": [{"name": "brokerscan", "newTag": "0.2.0"}],
+        "replacements": base["replacements"]}))
+    proc = run(tool("kubectl"), "kustomize", overlay)
+    assert proc.returncode == 0, proc.stderr
+    assert job([d for d in yaml.safe_load_all(proc.stdout) if d]) == (
+        "brokerscan-migrate-0.2.0", "brokerscan:0.2.0")
 
 
 def test_deployments_keep_the_rules() -> None:
-    deployments = {d["metadata"]["name"]: d for d in kustomize("base")
-                   if d["kind"] == "Deployment"}
-    assert set(deployments) == {f"brokerscan-{r}" for r in (
+    docs = kustomize("base")
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    roles = {f"brokerscan-{r}" for r in (
         "scheduler", "probe", "probe-tls", "enrich", "store", "serve")}
+    exporters = {"redis-exporter", "postgres-exporter"}
+    assert set(deployments) == roles | exporters
+    config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    assert config["BROKERSCAN_METRICS_PORT"] == "9100"  # every role listens there, serve too
+    for name, dep in deployments.items():
+        pod = dep["spec"]["template"]["spec"]
+        port = dep["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"]
+        (container,) = pod["containers"]
+        # the scraped port is a port the container listens on
+        assert {"name": "metrics", "containerPort": int(port)} in container["ports"], name
+        for one in [container, *pod.get("initContainers", [])]:
+            sec = one["securityContext"]
+            assert sec["runAsNonRoot"] and not sec["allowPrivilegeEscalation"], name
+            assert sec["capabilities"]["drop"] == ["ALL"] and sec["readOnlyRootFilesystem"]
+            assert sec["seccompProfile"]["type"] == "RuntimeDefault"
+        if name in exporters:
+            assert container["livenessProbe"] and container["readinessProbe"]
+            assert container["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "brokerscan"
+            continue
+        # a role starts once the schema is its image's (the migration Job runs apart)
+        (wait,) = pod["initContainers"]
+        assert wait["args"][:2] == ["db", "wait"] and wait["image"] == container["image"]
+        assert wait["envFrom"] == container["envFrom"]
     budgets = {d["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"]
                for d in kustomize("base") if d["kind"] == "PodDisruptionBudget"}
     assert {"probe", "probe-tls", "enrich", "store", "serve"} <= budgets
-    for name, dep in deployments.items():
-        pod = dep["spec"]["template"]["spec"]
+    for name in roles:
+        pod = deployments[name]["spec"]["template"]["spec"]
         assert pod["terminationGracePeriodSeconds"] >= SHUTDOWN_BOUND + GRACE_MARGIN, name
         (container,) = pod["containers"]
-        sec = container["securityContext"]
-        assert sec["runAsNonRoot"] and not sec["allowPrivilegeEscalation"], name
-        assert sec["capabilities"]["drop"] == ["ALL"] and sec["readOnlyRootFilesystem"]
-        assert sec["seccompProfile"]["type"] == "RuntimeDefault"
         assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
         assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
         assert container["resources"]["requests"]["cpu"]
@@ -153,10 +286,24 @@ def test_systemd_units_verify_clean(tmp_path: Path) -> None:
     for unit in units:
         text = unit.read_text()
         assert "User=brokerscan" in text
+        # exit 2 is bad configuration: restarting cannot fix it
+        assert "RestartPreventExitStatus=2" in text, unit.name
         if "Type=oneshot" not in text:
             assert "KillMode=mixed" in text and "LimitNOFILE=" in text
             stop = int(re.search(r"TimeoutStopSec=(\d+)", text).group(1))  # type: ignore[union-attr]
             assert stop >= SHUTDOWN_BOUND + GRACE_MARGIN, unit.name
+            # a role does not fail with the migrate unit's first try: it waits for the
+            # schema itself, within its start timeout
+            assert "Requires=brokerscan-migrate" not in text, unit.name
+            assert "Wants=brokerscan-migrate.service" in text, unit.name
+            wait = re.search(r"^ExecStartPre=\S+/brokerscan db wait --timeout (\d+)$", text,
+                             re.M)
+            assert wait, unit.name
+            start = int(re.search(r"TimeoutStartSec=(\d+)", text).group(1))  # type: ignore[union-attr]
+            assert start > int(wait.group(1)), unit.name
+            assert "Restart=always" in text
+        else:  # the migrate one-shot retries a database that is not up yet
+            assert "Restart=on-failure" in text and "StartLimitIntervalSec=0" in text
         # the units name /opt/brokerscan; verify them against this checkout's binary
         (tmp_path / unit.name).write_text(
             text.replace("/opt/brokerscan/.venv/bin/brokerscan", str(brokerscan)))

@@ -27,14 +27,20 @@ import errno
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 
+from redis.asyncio import Redis
+
 from brokerscan.model import Status
-from scheduler.blocklist import IPSet
+from brokerscan.names import Names
+from scheduler import live
+from scheduler.blocklist import IPSet, default_blocklist, parse_blocklist
 from scheduler.ports import PortSpec
+from scheduler.sweeps import SweepSpec
 from workers.engine import Engine
 from workers.transport import Scope
-from workers.zmap import Route, ZmapError, preflight, run_zmap
+from workers.zmap import Route, ZmapError, ZmapFailed, preflight, run_zmap
 
-__all__ = ["DISCOVERY_NAMES", "Discovery", "ZmapError", "blocked_for"]
+__all__ = ["DISCOVERY_NAMES", "Discovery", "ZmapError", "ZmapFailed", "blocked_for",
+           "discover_shard", "rate_share"]
 
 #: The discovery stages a run may ask for.
 DISCOVERY_NAMES = ("zmap",)
@@ -160,3 +166,35 @@ class Discovery:
     @property
     def found(self) -> int:
         return sum(len(ips) for ips in self.open.values())
+
+
+async def rate_share(redis: Redis, names: Names, sweep_id: str, worker_id: str,
+                     rate: float) -> float:
+    """This worker's share of a sweep's fleet-wide rate: the rate divided among the live
+    workers busy on the sweep (this one included); 0 stays unlimited."""
+    if rate <= 0:
+        return 0.0
+    busy = {w.worker_id for w in await live.live_workers(redis, names)
+            if w.sweep_id == sweep_id}
+    return rate / len(busy | {worker_id})
+
+
+async def discover_shard(walk: Targets, engine: Engine, spec: SweepSpec, *, scope: Scope,
+                         rate: float, stopped: Callable[[], bool],
+                         ) -> Iterator[tuple[int, PortSpec]]:
+    """The discovery step of a shard run: ZMap over the shard's remaining walk (``walk``:
+    its unfinished targets, then the walk from its position), at ``rate``; returns what
+    the engine runs instead of the walk. Stopped while ZMap runs: nothing at all.
+
+    :raises ZmapError: ZMap cannot run on this worker (the shard fails, with the line)
+    :raises ZmapFailed: a ZMap run failed (the shard is retried)
+    """
+    optout = parse_blocklist("\n".join(spec.optout), "<opt-out>") if spec.optout \
+        else IPSet.empty()
+    blocked = blocked_for(IPSet.from_networks(spec.scope), optout,
+                          None if spec.allow_reserved else default_blocklist())
+    stage = Discovery(walk, scope=scope, blocked=blocked, rate=rate, seed=spec.seed,
+                      cooldown=spec.discovery_cooldown, stopped=stopped)
+    if not await stage.discover(stage.plan()):
+        return iter(())
+    return stage.narrowed(engine)

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["Answer", "Route", "ZmapError", "cidr_lines", "parse_line", "preflight",
+__all__ = ["Answer", "Route", "ZmapError", "ZmapFailed", "cidr_lines", "parse_line", "preflight",
            "run_zmap"]
 
 #: CAP_NET_RAW's bit in /proc/PID/status CapEff (linux/capability.h).
@@ -50,7 +50,12 @@ _TERM_GRACE = 3.0
 
 
 class ZmapError(Exception):
-    """ZMap cannot run, or failed: one line for the operator."""
+    """ZMap cannot run here (missing, no capability, no route): one line; retrying will
+    not help until the deployment changes."""
+
+
+class ZmapFailed(ZmapError):
+    """A ZMap run failed or ran out of time: one line; another run may succeed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +228,7 @@ async def run_zmap(binary: str, route: Route, port: int, allow: Iterable[tuple[i
                     pending = asyncio.ensure_future(reader.readline())
                 done, _ = await asyncio.wait([pending], timeout=0.2)
                 if loop.time() > limit:
-                    raise ZmapError(f"zmap ran past its time limit "
+                    raise ZmapFailed(f"zmap ran past its time limit "
                                     f"({_deadline(targets, rate, cooldown):.0f} s)")
                 if not done:
                     continue
@@ -239,7 +244,7 @@ async def run_zmap(binary: str, route: Route, port: int, allow: Iterable[tuple[i
             if code != 0:
                 log = (await errors).decode("utf-8", "replace").strip().splitlines()
                 last = log[-1] if log else f"exit status {code}"
-                raise ZmapError(f"zmap failed: {last.split('] ', 1)[-1]}")
+                raise ZmapFailed(f"zmap failed: {last.split('] ', 1)[-1]}")
         finally:
             if pending is not None:
                 pending.cancel()

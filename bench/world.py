@@ -33,7 +33,9 @@ in the world namespace are stopped, both namespaces deleted). Needs root, ``ip``
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import ctypes
 import ipaddress
 import json
 import os
@@ -42,12 +44,14 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
 __all__ = ["RANGE", "World", "WorldConfig", "WorldError"]
 
@@ -74,6 +78,9 @@ class WorldConfig:
     :param seed: draws the broker addresses and the silent hash.
     :param allowed: the addresses a test permits as targets (``stray`` counts SYNs to any
         other); default: ``network``.
+    :param amqp_server: ``rabbitmq`` (a real node, ~12 s to start) or ``mini``
+        (brokerscan's own AMQP 0-9-1 mini broker: Connection.Start, at once), for tests
+        that must stay quick.
     """
 
     network: str = "198.18.0.0/24"
@@ -82,6 +89,7 @@ class WorldConfig:
     amqp: int = 0
     seed: int = 1
     allowed: tuple[str, ...] = ()
+    amqp_server: Literal["rabbitmq", "mini"] = "rabbitmq"
 
     @staticmethod
     def census(network: str, *, silent: float = 0.94, per_100k: float = 1.7,
@@ -158,7 +166,9 @@ class World:
         self._nft()
         if cfg.mqtt:
             self._start_mosquitto()
-        if cfg.amqp:
+        if cfg.amqp and cfg.amqp_server == "mini":
+            self._start_mini_amqp()
+        elif cfg.amqp:
             self._start_rabbitmq()
 
     def _nft(self) -> None:
@@ -232,6 +242,16 @@ table inet world {{
         proc = self._spawn([binary, "-c", str(config)], log="mosquitto.log")
         self._wait_listening(proc, self.mqtt_hosts[0], MQTT_PORT, 20, "mosquitto.log")
 
+    def _start_mini_amqp(self) -> None:
+        code = ("import threading\n"
+                "from brokerscan.cli.minibrokers import MiniServer, ServerThread, amqp091\n"
+                f"ServerThread([MiniServer('0.0.0.0', {AMQP_PORT}, amqp091('RabbitMQ', "
+                "'3.12.1'))]).start()\nthreading.Event().wait()\n")
+        proc = self._spawn([sys.executable, "-c", code],
+                           {"PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+                           log="mini-amqp.log")
+        self._wait_listening(proc, self.amqp_hosts[0], AMQP_PORT, 30, "mini-amqp.log")
+
     def _start_rabbitmq(self) -> None:
         script = "/usr/lib/rabbitmq/bin/rabbitmq-server"
         if not os.access(script, os.X_OK):
@@ -286,6 +306,28 @@ table inet world {{
         done: subprocess.CompletedProcess[str] = subprocess.run(
             self.command(argv), capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]
         return done
+
+    def relay(self, ports: Sequence[int]) -> None:
+        """Make the machine's services on 127.0.0.1 (PostgreSQL, Redis, RabbitMQ: ``ports``)
+        reachable from the scanner namespace at the same address and ports, through a
+        relay process (so a worker in the scanner namespace joins the fleet). Stopped by
+        :meth:`close`."""
+        argv = [sys.executable, str(Path(__file__).resolve()), "relay", self.scanner_ns,
+                *map(str, ports)]
+        log = self._path("relay.log")
+        with log.open("wb") as out:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        self._procs.append(proc)
+        probe = self.command([sys.executable, "-c",
+                              "import socket,sys\nfor p in sys.argv[1:]: "
+                              "socket.create_connection(('127.0.0.1', int(p)), 1).close()",
+                              *map(str, ports)])
+        deadline = time.monotonic() + 20
+        while subprocess.run(probe, capture_output=True).returncode != 0:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise WorldError(f"the relay did not start: {log.read_text()[-1000:]}")
+            time.sleep(0.1)  # the relay binding its ports: polled, with a hang bound
 
     def syn_counts(self) -> dict[str, int]:
         """Packets counted by the world's table: syn, stray, accepted, silent, refused."""
@@ -360,3 +402,65 @@ def world(config: WorldConfig) -> Iterator[World]:
     """:class:`World` as a plain context manager (for ``with world(cfg) as w``)."""
     with World(config) as built:
         yield built
+
+
+# -- the relay process: ``python bench/world.py relay NAMESPACE PORT...`` -------------------
+
+_CLONE_NEWNET = 0x40000000
+
+
+def _setns(fd: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, _CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "setns failed")
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(1 << 16):
+            writer.write(data)
+            await writer.drain()
+    except OSError:
+        pass
+    finally:
+        writer.close()
+
+
+async def _relay(namespace: str, ports: list[int]) -> None:
+    """Listen on 127.0.0.1:PORT inside ``namespace`` and forward each connection to
+    127.0.0.1:PORT here. A socket belongs to the namespace its thread was in when it was
+    made: the listeners are made inside, every upstream socket outside."""
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    inside = os.open(f"/var/run/netns/{namespace}", os.O_RDONLY)
+    listeners = []
+    _setns(inside)
+    try:
+        for port in ports:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", port))
+            listeners.append((port, sock))
+    finally:
+        _setns(home)
+
+    def handler(port: int) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter],
+                                       Awaitable[None]]:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                writer.close()
+                return
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        return serve
+
+    servers = [await asyncio.start_server(handler(port), sock=sock, backlog=1024)
+               for port, sock in listeners]
+    await asyncio.gather(*(server.serve_forever() for server in servers))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "relay":
+        asyncio.run(_relay(sys.argv[2], [int(p) for p in sys.argv[3:]]))
+    else:
+        raise SystemExit("usage: world.py relay NAMESPACE PORT...")

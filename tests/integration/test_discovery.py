@@ -2,9 +2,11 @@
 connect engine, no SYN outside the allowed targets, and one-line errors before any packet.
 
 The world is 198.18.0.0/22 in namespaces of the test's own (SAFETY.md): 85% silent, the
-rest refusing, Mosquitto brokers on 1883 and a RabbitMQ node on 5672 behind a few
-addresses. An opt-out list removes 198.18.1.0/26 from the scan; the world's nftables
-counter ``stray`` counts every SYN to an address outside the scan's eligible targets.
+rest refusing, Mosquitto brokers on 1883 and AMQP 0-9-1 on 5672 (brokerscan's mini broker
+here, to keep CI quick) behind a few addresses. An opt-out list removes 198.18.1.0/26;
+the world's nftables counter ``stray`` counts every SYN to an address outside the eligible
+targets. The sweep test runs a real Celery worker in the scanner namespace (the machine's
+PostgreSQL, Redis and RabbitMQ reached through the world's relay) and a real scheduler.
 """
 
 from __future__ import annotations
@@ -12,14 +14,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bench.world import World, WorldConfig
+from tests.integration.sweepfleet import Fleet
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -38,8 +44,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     for tool in ("zmap", "nft", "capsh"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is not installed; scripts/bootstrap.sh installs it")
+    # AMQP from brokerscan's mini broker (a RabbitMQ node would add ~12 s to CI; the
+    # benchmarks run real RabbitMQ).
     with World(WorldConfig(network=NETWORK, silent=0.85, mqtt=3, amqp=2, seed=16,
-                           allowed=ALLOWED)) as built:
+                           allowed=ALLOWED, amqp_server="mini")) as built:
         yield built
 
 
@@ -131,3 +139,45 @@ def test_no_route_is_one_line(tmp_path: Path, optout: Path) -> None:
                            "env", "BROKERSCAN_SCOPE=198.18.0.0/15", *argv],
                           capture_output=True, text=True, timeout=60)
     assert_one_line_error(proc, "no route to 198.18.")
+
+
+def test_sigterm_hands_a_discovery_shard_back(world: World, optout: Path,
+                                              tmp_path: Path) -> None:
+    world.relay([5432, 6379, 5672])  # the fleet's services, seen from the scanner side
+    world.reset_counts()
+    fleet = Fleet(tmp_path)
+    fleet.env["BROKERSCAN_SCOPE"] = "198.18.0.0/15"
+    fleet.setup()
+    inside = tuple(world.command([]))
+    try:
+        fleet.start_scheduler()
+        fleet.spawn("w1", "worker", "--pool", "solo", prefix=inside)
+        sweep_id = fleet.start_sweep(
+            NETWORK, "--ports", "1883", "--allow-reserved", "--blocklist", str(optout),
+            "--shards", "1", "--seed", "7", "--rate", "20000", "--discovery", "zmap",
+            "--discovery-cooldown", "6", "--connect-timeout", "1", "--io-timeout", "1",
+            "--timeout", "3")
+        # ZMap has sent every SYN and is listening out its cooldown: stop the worker now.
+        wait_for(lambda: world.syn_counts()["syn"] >= ELIGIBLE, 60, "ZMap's SYNs",
+                 detail=fleet.logs)
+        stopped_at = time.monotonic()
+        fleet.processes["w1"].send_signal(signal.SIGTERM)
+        assert fleet.processes["w1"].wait(timeout=30) == 0, fleet.log("w1")
+        assert time.monotonic() - stopped_at < 6  # it did not wait for ZMap to finish
+        shard = fleet.shards(sweep_id)[0]
+        assert shard["state"] in ("paused", "queued"), shard  # handed back, not failed
+        assert shard["probes"] == 0 and shard["attempts"] <= 1, shard
+        assert not world.run(["pgrep", "-x", "zmap"]).stdout  # ZMap went with it
+        # Another worker takes the shard up again and finishes it, every target once.
+        fleet.spawn("w2", "worker", "--pool", "solo", prefix=inside)
+        status = fleet.wait_state(sweep_id, {"finished"}, timeout=90)
+        assert status["probes"] == ELIGIBLE
+        seen = fleet.results()
+        assert max(seen.values()) == 1
+        assert world.syn_counts()["stray"] == 0
+        found = {key.split("|")[1] for key in seen}
+        assert found == {ip for ip, port in world.brokers if port == 1883
+                         and (not ip.startswith("198.18.1.") or
+                              int(ip.rsplit(".", 1)[1]) >= 64)}
+    finally:
+        fleet.teardown()

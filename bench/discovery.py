@@ -30,6 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from bench.world import MQTT_PORT, World, WorldConfig  # noqa: E402
+from tests.integration.sweepfleet import Fleet  # noqa: E402
 
 
 def _scan(world: World, args: argparse.Namespace, out: Path, *extra: str) -> dict[str, Any]:
@@ -72,6 +73,68 @@ def bench_scan(args: argparse.Namespace) -> dict[str, Any]:
             "same_brokers_as_truth": same}
 
 
+PORTS = "1883,8883,5672,5671"
+
+
+def _sweep(world: World, fleet: Fleet, args: argparse.Namespace, *extra: str,
+           window: float | None) -> dict[str, Any]:
+    """One sweep of the network on the fleet: to the end, or for ``window`` seconds."""
+    world.reset_counts()
+    began = time.monotonic()
+    sweep_id = fleet.start_sweep(
+        args.network, "--ports", PORTS, "--allow-reserved", "--seed", "7",
+        "--rate", str(args.rate), "--concurrency", str(args.concurrency),
+        "--connect-timeout", str(args.connect_timeout), *extra)
+    status: dict[str, Any] = {}
+    while True:
+        status = fleet.status(sweep_id)
+        seconds = time.monotonic() - began
+        if status["state"] in ("finished", "failed", "cancelled"):
+            break
+        if window is not None and seconds >= window:
+            fleet.cli("sweep", "cancel", sweep_id)
+            break
+        time.sleep(1.0)  # a benchmark's sampling period, not a wait for a condition
+    seen = fleet.results()
+    found = sorted({key.split("|", 2)[1] + ":" + key.rsplit("|", 1)[1] for key in seen})
+    return {"state": status["state"], "seconds": round(seconds, 1),
+            "targets": status["targets"], "probes": status["probes"],
+            "probes_per_s": round(status["probes"] / seconds),
+            "hits": status.get("hits"), "brokers_found": found,
+            "duplicates": sum(n - 1 for n in seen.values()),
+            "world_syns": world.syn_counts()}
+
+
+def bench_sweep(args: argparse.Namespace) -> dict[str, Any]:
+    config = WorldConfig(network=args.network, silent=args.silent, mqtt=args.brokers,
+                         amqp=args.brokers, seed=args.seed)
+    with World(config) as world, tempfile.TemporaryDirectory() as tmp:
+        world.relay([5432, 6379, 5672])
+        fleet = Fleet(Path(tmp))
+        fleet.env["BROKERSCAN_SCOPE"] = "198.18.0.0/15"
+        fleet.setup()
+        try:
+            fleet.spawn("scheduler", "scheduler")
+            for i in range(args.workers):
+                fleet.spawn(f"w{i}", "worker", "--pool", "solo",
+                            prefix=tuple(world.command([])))
+            zmap = _sweep(world, fleet, args, "--discovery", "zmap",
+                          "--discovery-cooldown", str(args.cooldown), window=None)
+            connect = _sweep(world, fleet, args, window=args.window)
+        finally:
+            fleet.teardown()
+        truth = sorted(f"{ip}:{port}" for ip, port in world.brokers)
+    return {"network": args.network, "ports": PORTS, "silent": args.silent,
+            "workers": args.workers, "brokers": len(truth),
+            "options": {"rate": args.rate, "concurrency": args.concurrency,
+                        "connect_timeout": args.connect_timeout, "cooldown": args.cooldown,
+                        "connect_window": args.window},
+            "connect": connect, "discovery": zmap,
+            "probes_per_s_ratio": round(zmap["probes_per_s"] / max(1, connect["probes_per_s"]),
+                                        2),
+            "discovery_found_all": zmap["brokers_found"] == truth}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -84,8 +147,21 @@ def main() -> None:
     scan.add_argument("--concurrency", type=int, default=1000)
     scan.add_argument("--connect-timeout", type=float, default=3.0)
     scan.add_argument("--cooldown", type=float, default=8.0)
+    sweep = sub.add_parser("sweep", help="a fleet sweep of a network x 4 ports")
+    sweep.add_argument("--network", default="198.18.0.0/15")
+    sweep.add_argument("--brokers", type=int, default=8, help="of each kind (MQTT, AMQP)")
+    sweep.add_argument("--silent", type=float, default=0.94)
+    sweep.add_argument("--seed", type=int, default=1)
+    sweep.add_argument("--workers", type=int, default=2)
+    sweep.add_argument("--rate", type=float, default=10_000)
+    sweep.add_argument("--concurrency", type=int, default=1000)
+    sweep.add_argument("--connect-timeout", type=float, default=3.0)
+    sweep.add_argument("--cooldown", type=float, default=8.0)
+    sweep.add_argument("--window", type=float, default=90.0,
+                       help="seconds the connect-only sweep runs before it is cancelled "
+                            "(its rate is steady: slot-bound)")
     args = parser.parse_args()
-    result = bench_scan(args)
+    result = bench_scan(args) if args.what == "scan" else bench_sweep(args)
     for side in ("connect", "discovery"):
         result[side]["brokers_found"] = len(result[side]["brokers_found"])
     print(json.dumps(result, indent=2))

@@ -23,6 +23,7 @@ What stays the same as without discovery:
 
 from __future__ import annotations
 
+import asyncio
 import errno
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -123,33 +124,41 @@ class Discovery:
         self._route = preflight(first, last)
 
     async def discover(self, plan: dict[int, IPSet]) -> bool:
-        """Run ZMap once per port and keep what answered.
+        """Run ZMap on every port at once (one process per port, 2.1.1 scans one port a
+        run), each at its share of the rate, and keep what answered. At once, not one
+        after another: the cooldowns overlap, and the SYN rate is the same.
 
         :returns: False when stopped before ZMap finished (nothing may be started then)
         :raises ZmapError: ZMap failed or ran out of time
         """
         if self._route is None:
             self.check(plan)
-        for port, allow in plan.items():
-            if not allow:
-                continue
-            assert self._route is not None
-            binary, route = self._route
-            self.sent += allow.size
-            opened, refused = self.open[port], self.refused[port]
-            async for answer in run_zmap(binary, route, port, allow.ranges,
-                                         self._blocked.ranges, targets=allow.size,
-                                         rate=self.rate, seed=self.seed,
-                                         cooldown=self.cooldown, stopped=self._stopped):
-                if answer.port != port or answer.ip not in allow:
-                    self.ignored += 1
-                elif answer.kind == "synack":
-                    opened.add(answer.ip)
-                else:
-                    refused.add(answer.ip)
-            if self._stopped():
-                return False
-        return True
+        runs = [(port, allow) for port, allow in plan.items() if allow]
+        if not runs:
+            return True
+        rate = self.rate / len(runs)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for port, allow in runs:
+                    group.create_task(self._run(port, allow, rate))
+        except ExceptionGroup as failed:  # the other runs were stopped; report the first
+            raise failed.exceptions[0] from None
+        return not self._stopped()
+
+    async def _run(self, port: int, allow: IPSet, rate: float) -> None:
+        assert self._route is not None
+        binary, route = self._route
+        self.sent += allow.size
+        opened, refused = self.open[port], self.refused[port]
+        async for answer in run_zmap(binary, route, port, allow.ranges, self._blocked.ranges,
+                                     targets=allow.size, rate=rate, seed=self.seed,
+                                     cooldown=self.cooldown, stopped=self._stopped):
+            if answer.port != port or answer.ip not in allow:
+                self.ignored += 1
+            elif answer.kind == "synack":
+                opened.add(answer.ip)
+            else:
+                refused.add(answer.ip)
 
     def narrowed(self, engine: Engine) -> Iterator[tuple[int, PortSpec]]:
         """The walk again, in order: yields the targets that answered SYN-ACK and settles

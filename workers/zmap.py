@@ -192,7 +192,8 @@ def _deadline(targets: int, rate: float, cooldown: float) -> float:
 async def run_zmap(binary: str, route: Route, port: int, allow: Iterable[tuple[int, int]],
                    block: Iterable[tuple[int, int]], *, targets: int, rate: float,
                    seed: int, cooldown: float,
-                   stopped: Callable[[], bool] = lambda: False) -> AsyncIterator[Answer]:
+                   stopped: Callable[[], bool] = lambda: False,
+                   time_limit: float | None = None) -> AsyncIterator[Answer]:
     """Run ZMap once on ``port`` over ``allow`` minus ``block``; yield its answers as read.
 
     :param allow: inclusive address ranges to send to (ours, already checked).
@@ -200,6 +201,8 @@ async def run_zmap(binary: str, route: Route, port: int, allow: Iterable[tuple[i
     :param targets: how many addresses ``allow`` holds (for the time limit).
     :param stopped: polled while ZMap runs; when true, ZMap is terminated and the
         iteration ends (its answers so far were yielded).
+    :param time_limit: seconds ZMap may run (default: twice its sending time at ``rate``,
+        plus the cooldown, plus 30 s).
     :raises ZmapError: ZMap failed (its last log line), or ran past its time limit.
     """
     with tempfile.TemporaryDirectory(prefix="brokerscan-zmap-") as tmp:
@@ -217,7 +220,9 @@ async def run_zmap(binary: str, route: Route, port: int, allow: Iterable[tuple[i
         assert proc.stdout is not None and proc.stderr is not None
         errors = asyncio.ensure_future(proc.stderr.read())
         loop = asyncio.get_running_loop()
-        limit = loop.time() + _deadline(targets, rate, cooldown)
+        if time_limit is None:
+            time_limit = _deadline(targets, rate, cooldown)
+        limit = loop.time() + time_limit
         reader = proc.stdout
         pending: asyncio.Task[bytes] | None = None
         try:
@@ -228,8 +233,7 @@ async def run_zmap(binary: str, route: Route, port: int, allow: Iterable[tuple[i
                     pending = asyncio.ensure_future(reader.readline())
                 done, _ = await asyncio.wait([pending], timeout=0.2)
                 if loop.time() > limit:
-                    raise ZmapFailed(f"zmap ran past its time limit "
-                                    f"({_deadline(targets, rate, cooldown):.0f} s)")
+                    raise ZmapFailed(f"zmap ran past its time limit ({time_limit:.0f} s)")
                 if not done:
                     continue
                 line, pending = pending.result(), None

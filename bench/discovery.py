@@ -19,18 +19,25 @@ Needs root, zmap, nftables and Mosquitto. The issue's target: discovery >= 5x fa
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
+
+import aio_pika
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from bench.world import MQTT_PORT, World, WorldConfig  # noqa: E402
+from brokerscan.model import ScanResult  # noqa: E402
+from brokerscan.stream.wire import message_lines  # noqa: E402
 from tests.integration.sweepfleet import Fleet  # noqa: E402
+from tests.services import RABBIT_URL  # noqa: E402
 
 
 def _scan(world: World, args: argparse.Namespace, out: Path, *extra: str) -> dict[str, Any]:
@@ -95,14 +102,30 @@ def _sweep(world: World, fleet: Fleet, args: argparse.Namespace, *extra: str,
             fleet.cli("sweep", "cancel", sweep_id)
             break
         time.sleep(1.0)  # a benchmark's sampling period, not a wait for a condition
-    seen = fleet.results()
-    found = sorted({key.split("|", 2)[1] + ":" + key.rsplit("|", 1)[1] for key in seen})
-    return {"state": status["state"], "seconds": round(seconds, 1),
+    records = asyncio.run(_drain(fleet))
+    seen = Counter(f"{r.ip}:{r.port}" for r in records)
+    found = sorted({f"{r.ip}:{r.port}" for r in records if r.protocol is not None})
+    return {"others": dict(Counter(f"{r.port}/{r.status.value}" for r in records
+                                   if r.protocol is None)),
+            "state": status["state"], "seconds": round(seconds, 1),
             "targets": status["targets"], "probes": status["probes"],
             "probes_per_s": round(status["probes"] / seconds),
             "hits": status.get("hits"), "brokers_found": found,
             "duplicates": sum(n - 1 for n in seen.values()),
             "world_syns": world.syn_counts()}
+
+
+async def _drain(fleet: Fleet) -> list[ScanResult]:
+    """Every result the sweep published (the fleet's results queue, emptied)."""
+    records: list[ScanResult] = []
+    connection = await aio_pika.connect(RABBIT_URL)
+    async with connection:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=1000)
+        queue = await channel.get_queue(fleet.results_queue)
+        while (message := await queue.get(no_ack=True, fail=False, timeout=5)) is not None:
+            records += (ScanResult.model_validate_json(line) for line in message_lines(message))
+    return records
 
 
 def bench_sweep(args: argparse.Namespace) -> dict[str, Any]:

@@ -87,7 +87,7 @@ class Discovery:
         self.ignored = 0  # answers from addresses ZMap was not asked about
 
     def plan(self) -> dict[int, IPSet]:
-        """The addresses to send to, by port (the walk's, minus anything blocked).
+        """The addresses to send to, by port: the walk's (:meth:`checked`).
 
         :raises ZmapError: an address outside the scope (a bug upstream: nothing sent)
         """
@@ -103,13 +103,21 @@ class Discovery:
                     ranges[-1] = (ranges[-1][0], max(ranges[-1][1], ip))
                 else:
                     ranges.append((ip, ip))
-            allow = IPSet(ranges)
+            plan[port] = IPSet(ranges)
+        return self.checked(plan)
+
+    def checked(self, plan: dict[int, IPSet]) -> dict[int, IPSet]:
+        """``plan`` (addresses by port, e.g. a whole scan's) checked against the scope,
+        minus anything blocked.
+
+        :raises ZmapError: an address outside the scope (a bug upstream: nothing sent)
+        """
+        for allow in plan.values():
             outside = allow.difference(self._scope)
             if outside:
                 raise ZmapError(f"refusing to give ZMap targets outside the scope "
                                 f"({', '.join(outside.describe_ranges(limit=3))})")
-            plan[port] = allow.difference(self._blocked)
-        return plan
+        return {port: allow.difference(self._blocked) for port, allow in plan.items()}
 
     def check(self, plan: dict[int, IPSet]) -> None:
         """Everything ZMap needs (binary, CAP_NET_RAW, route, gateway), before any packet.

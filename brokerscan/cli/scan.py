@@ -187,8 +187,8 @@ def plan_discovery(args: argparse.Namespace, plan: ScanPlan, scope: Scope,
     discovery = Discovery(lambda: iter_targets(plan.ips, plan.ports), scope=scope,
                           blocked=plan.blocked, rate=args.rate, seed=secrets.randbits(32),
                           cooldown=args.discovery_cooldown)
-    try:
-        ports = discovery.plan()
+    try:  # every address of the plan on every port (iter_targets' walk, without walking)
+        ports = discovery.checked({spec.port: plan.ips for spec in plan.ports})
         discovery.check(ports)
     except ZmapError as exc:
         raise CliError(str(exc)) from None

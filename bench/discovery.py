@@ -38,6 +38,7 @@ from brokerscan.model import ScanResult  # noqa: E402
 from brokerscan.stream.wire import message_lines  # noqa: E402
 from tests.integration.sweepfleet import Fleet  # noqa: E402
 from tests.services import RABBIT_URL  # noqa: E402
+from tests.waiting import wait_for  # noqa: E402
 
 
 def _scan(world: World, args: argparse.Namespace, out: Path, *extra: str) -> dict[str, Any]:
@@ -91,7 +92,8 @@ def _sweep(world: World, fleet: Fleet, args: argparse.Namespace, *extra: str,
     sweep_id = fleet.start_sweep(
         args.network, "--ports", PORTS, "--allow-reserved", "--seed", "7",
         "--rate", str(args.rate), "--concurrency", str(args.concurrency),
-        "--connect-timeout", str(args.connect_timeout), *extra)
+        "--connect-timeout", str(args.connect_timeout), "--shard-size", str(args.shard_size),
+        *extra)
     status: dict[str, Any] = {}
     while True:
         status = fleet.status(sweep_id)
@@ -141,6 +143,9 @@ def bench_sweep(args: argparse.Namespace) -> dict[str, Any]:
             for i in range(args.workers):
                 fleet.spawn(f"w{i}", "worker", "--pool", "solo",
                             prefix=tuple(world.command([])))
+            # Every worker consuming before the sweep starts (else one takes every shard).
+            wait_for(lambda: all(" ready." in fleet.log(f"w{i}") for i in range(args.workers)),
+                     120, "the workers to be ready", detail=fleet.logs)
             zmap = _sweep(world, fleet, args, "--discovery", "zmap",
                           "--discovery-cooldown", str(args.cooldown), window=None)
             connect = _sweep(world, fleet, args, window=args.window)
@@ -151,7 +156,7 @@ def bench_sweep(args: argparse.Namespace) -> dict[str, Any]:
             "workers": args.workers, "brokers": len(truth),
             "options": {"rate": args.rate, "concurrency": args.concurrency,
                         "connect_timeout": args.connect_timeout, "cooldown": args.cooldown,
-                        "connect_window": args.window},
+                        "connect_window": args.window, "shard_size": args.shard_size},
             "connect": connect, "discovery": zmap,
             "probes_per_s_ratio": round(zmap["probes_per_s"] / max(1, connect["probes_per_s"]),
                                         2),
@@ -180,6 +185,7 @@ def main() -> None:
     sweep.add_argument("--concurrency", type=int, default=1000)
     sweep.add_argument("--connect-timeout", type=float, default=3.0)
     sweep.add_argument("--cooldown", type=float, default=8.0)
+    sweep.add_argument("--shard-size", type=int, default=250_000)
     sweep.add_argument("--window", type=float, default=90.0,
                        help="seconds the connect-only sweep runs before it is cancelled "
                             "(its rate is steady: slot-bound)")

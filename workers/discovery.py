@@ -27,6 +27,7 @@ import asyncio
 import errno
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 
@@ -40,13 +41,18 @@ from workers.engine import Engine
 from workers.transport import Scope
 from workers.zmap import Route, ZmapError, ZmapFailed, preflight, run_zmap
 
-__all__ = ["DISCOVERY_NAMES", "Discovery", "ZmapError", "ZmapFailed", "blocked_for",
+if TYPE_CHECKING:  # shardrun imports this module for its hook
+    from workers.shardrun import WorkerContext
+
+__all__ = ["DISCOVERY_NAMES", "Discovery", "Walk", "ZmapError", "ZmapFailed", "blocked_for",
            "discover_shard", "rate_share"]
 
 #: The discovery stages a run may ask for.
 DISCOVERY_NAMES = ("zmap",)
 
-Targets = Callable[[], Iterator[tuple[int, PortSpec]]]
+#: A walk of targets, and what makes one (called again to replay the walk).
+Walk = Iterator[tuple[int, PortSpec]]
+Targets = Callable[[], Walk]
 
 _REFUSED = errno.errorcode[errno.ECONNREFUSED]
 _TIMEOUT = errno.errorcode[errno.ETIMEDOUT]
@@ -196,21 +202,22 @@ async def rate_share(redis: Redis, names: Names, sweep_id: str, worker_id: str,
     return rate / len(busy | {worker_id})
 
 
-async def discover_shard(walk: Targets, engine: Engine, spec: SweepSpec, *, scope: Scope,
-                         rate: float, stopped: Callable[[], bool],
-                         ) -> Iterator[tuple[int, PortSpec]]:
-    """The discovery step of a shard run: ZMap over the shard's remaining walk (``walk``:
-    its unfinished targets, then the walk from its position), at ``rate``; returns what
-    the engine runs instead of the walk. Stopped while ZMap runs: nothing at all.
+async def discover_shard(walk: Targets, engine: Engine, spec: SweepSpec, ctx: WorkerContext,
+                         sweep_id: str, *, stopped: Callable[[], bool]) -> Walk:
+    """The discovery step of a shard run (the hook in :mod:`workers.shardrun`): ZMap over
+    the shard's remaining walk (``walk``: its unfinished targets, then the walk from its
+    position), at this worker's :func:`rate_share`; returns what the engine runs instead
+    of the walk. Stopped while ZMap runs: nothing at all (the whole shard is handed back).
 
     :raises ZmapError: ZMap cannot run on this worker (the shard fails, with the line)
     :raises ZmapFailed: a ZMap run failed (the shard is retried)
     """
+    rate = await rate_share(ctx.redis(), ctx.names, sweep_id, ctx.worker_id, spec.rate)
     optout = parse_blocklist("\n".join(spec.optout), "<opt-out>") if spec.optout \
         else IPSet.empty()
     blocked = blocked_for(IPSet.from_networks(spec.scope), optout,
                           None if spec.allow_reserved else default_blocklist())
-    stage = Discovery(walk, scope=scope, blocked=blocked, rate=rate, seed=spec.seed,
+    stage = Discovery(walk, scope=ctx.scope, blocked=blocked, rate=rate, seed=spec.seed,
                       cooldown=spec.discovery_cooldown, stopped=stopped)
     if not await stage.discover(stage.plan()):
         return iter(())

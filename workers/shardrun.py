@@ -1,4 +1,5 @@
 """Running one shard of a sweep inside a worker process (the async half of the task).
+One piece: every step below shares one run's state (engine, watcher, publisher, hand-back).
 
 The steps, each idempotent so that a redelivered or retried shard is harmless:
 
@@ -41,7 +42,7 @@ import itertools
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 import asyncpg
@@ -57,7 +58,7 @@ from scheduler.ports import PortSpec
 from scheduler.shards import Shard
 from scheduler.sweeps import SweepPlan, SweepSpec, hand_back, plan_sweep
 from storage.db import DatabaseError, Pool, create_pool
-from workers.discovery import ZmapFailed, discover_shard, rate_share
+from workers.discovery import Walk, ZmapFailed, discover_shard
 from workers.engine import Engine, ScanConfig, ScanStats
 from workers.probes.base import ProbeOptions
 from workers.ratebudget import FleetRateLimiter, RateLimiter
@@ -237,8 +238,7 @@ async def run_shard(ctx: WorkerContext, sweep_id: str, shard_id: int, spec: dict
     try:
         return await _run(ctx, sweep_id, shard_id, spec, shard_data)
     except (DatabaseError, OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
-            asyncpg.InterfaceError, RedisError, PublisherError, TimeoutError,
-            ZmapFailed) as exc:
+            asyncpg.InterfaceError, RedisError, PublisherError, TimeoutError, ZmapFailed) as exc:
         raise TransientError(describe(exc)) from exc
     finally:
         ctx.busy_tick = None
@@ -359,17 +359,13 @@ async def _run(ctx: WorkerContext, sweep_id: str, shard_id: int, spec_data: dict
     engine = Engine(_config(spec, sweep_id, ctx.connections), ctx.scope, ready=ready,
                     limiter=limiter,
                     observe_connect=None if meter is None else meter.observe_connect)
-    def walk() -> Iterator[tuple[int, PortSpec]]:
+    def walk() -> Walk:
         return itertools.chain(plan.targets_at(group, start.unfinished),
                                plan.targets_of(group, shard, start.position))
-
-    targets = walk()
     watcher = asyncio.create_task(watch())
     try:
-        if spec.discovery is not None:  # ZMap first; the engine probes what answered
-            share = await rate_share(redis, ctx.names, sweep_id, ctx.worker_id, spec.rate)
-            targets = await discover_shard(walk, engine, spec, scope=ctx.scope, rate=share,
-                                           stopped=lambda: bool(stop_reason))
+        targets = walk() if spec.discovery is None else await discover_shard(  # ZMap first
+            walk, engine, spec, ctx, sweep_id, stopped=lambda: bool(stop_reason))
         stats = await engine.run(targets, sink)
     except BaseException:
         finished.set()

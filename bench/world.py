@@ -47,7 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -395,13 +395,6 @@ def _run(argv: list[str]) -> str:
 
 def _ip(*args: str) -> str:
     return _run(["ip", *args])
-
-
-@contextlib.contextmanager
-def world(config: WorldConfig) -> Iterator[World]:
-    """:class:`World` as a plain context manager (for ``with world(cfg) as w``)."""
-    with World(config) as built:
-        yield built
 
 
 # -- the relay process: ``python bench/world.py relay NAMESPACE PORT...`` -------------------

@@ -191,28 +191,30 @@ class Discovery:
         return sum(len(ips) for ips in self.open.values())
 
 
-async def rate_share(redis: Redis, names: Names, sweep_id: str, worker_id: str,
+async def rate_share(redis: Redis, names: Names, queue: str, worker_id: str,
                      rate: float) -> float:
-    """This worker's share of a sweep's fleet-wide rate: the rate divided among the live
-    workers busy on the sweep (this one included); 0 stays unlimited."""
+    """This worker's share of a sweep's fleet-wide rate: the rate divided among every live
+    worker process that consumes ``queue`` (this one included), busy or not, so that ZMap
+    runs that start together never add up to more than the budget; 0 stays unlimited."""
     if rate <= 0:
         return 0.0
-    busy = {w.worker_id for w in await live.live_workers(redis, names)
-            if w.sweep_id == sweep_id}
-    return rate / len(busy | {worker_id})
+    consumers = {w.worker_id for w in await live.live_workers(redis, names)
+                 if queue in w.queues}
+    return rate / len(consumers | {worker_id})
 
 
 async def discover_shard(walk: Targets, engine: Engine, spec: SweepSpec, ctx: WorkerContext,
-                         sweep_id: str, *, stopped: Callable[[], bool]) -> Walk:
+                         queue: str, *, stopped: Callable[[], bool]) -> Walk:
     """The discovery step of a shard run (the hook in :mod:`workers.shardrun`): ZMap over
     the shard's remaining walk (``walk``: its unfinished targets, then the walk from its
-    position), at this worker's :func:`rate_share`; returns what the engine runs instead
-    of the walk. Stopped while ZMap runs: nothing at all (the whole shard is handed back).
+    position), at this worker's :func:`rate_share` among ``queue``'s consumers; returns
+    what the engine runs instead of the walk. Stopped while ZMap runs: nothing at all (the
+    whole shard is handed back).
 
     :raises ZmapError: ZMap cannot run on this worker (the shard fails, with the line)
     :raises ZmapFailed: a ZMap run failed (the shard is retried)
     """
-    rate = await rate_share(ctx.redis(), ctx.names, sweep_id, ctx.worker_id, spec.rate)
+    rate = await rate_share(ctx.redis(), ctx.names, queue, ctx.worker_id, spec.rate)
     optout = parse_blocklist("\n".join(spec.optout), "<opt-out>") if spec.optout \
         else IPSet.empty()
     blocked = blocked_for(IPSet.from_networks(spec.scope), optout,

@@ -365,7 +365,7 @@ async def _run(ctx: WorkerContext, sweep_id: str, shard_id: int, spec_data: dict
     watcher = asyncio.create_task(watch())
     try:
         targets = walk() if spec.discovery is None else await discover_shard(  # ZMap first
-            walk, engine, spec, ctx, sweep_id, stopped=lambda: bool(stop_reason))
+            walk, engine, spec, ctx, group.queue(ctx.names), stopped=lambda: bool(stop_reason))
         stats = await engine.run(targets, sink)
     except BaseException:
         finished.set()

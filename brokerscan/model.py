@@ -7,8 +7,10 @@ deliberate, versioned change (bump :data:`SCHEMA_VERSION`).
 
 Version 2 only added: WebSocket transports (``ws``, ``wss``) and the ``websocket`` object,
 the ``mqtt-ws`` probe, ``tls_retried``, the MQTT broker product, ``$SYS`` version and
-unasked packets, and the AMQP 1.0 SASL mechanisms. Every version-1 record is therefore a
-valid record still (``schema_version`` accepts 1 and 2), so consumers read both.
+unasked packets, and the AMQP 1.0 SASL mechanisms. Version 3 only added
+``discovered_by``: the stateless discovery stage (ZMap) that found the port open before the
+probe dialled it, or null for the connect engine alone. Every earlier record is therefore a
+valid record still (``schema_version`` accepts 1, 2 and 3), so consumers read them all.
 """
 
 from __future__ import annotations
@@ -47,9 +49,9 @@ __all__ = [
     "result_schema",
 ]
 
-SCHEMA_VERSION: Final = 2
-#: The versions this model reads (a version-1 record is a valid version-2 record).
-READABLE_VERSIONS: Final = (1, 2)
+SCHEMA_VERSION: Final = 3
+#: The versions this model reads (an older record is a valid version-3 record).
+READABLE_VERSIONS: Final = (1, 2, 3)
 
 
 class Status(StrEnum):
@@ -303,7 +305,7 @@ class GeoInfo(_Frozen):
 class ScanResult(_Frozen):
     """One probed (ip, port): the record every stage of brokerscan speaks."""
 
-    schema_version: Literal[1, 2] = SCHEMA_VERSION
+    schema_version: Literal[1, 2, 3] = SCHEMA_VERSION
     sweep_id: str | None = None
     # When the sweep (or local scan) began: the same for every record of it, so storage can
     # partition on it and keep (sweep_started_at, sweep_id, ip, port) unique across re-runs.
@@ -318,6 +320,9 @@ class ScanResult(_Frozen):
     probes: list[Probe] = Field(default_factory=list)  # what we tried, in order
     # The plaintext probes met a TLS record, so they were tried again inside TLS.
     tls_retried: bool = False
+    # The stateless discovery stage that saw the port answer SYN-ACK first ("zmap"); null
+    # when the connect engine dialled the target without one.
+    discovered_by: Literal["zmap"] | None = None
     error: str | None = None  # supplementary text; query on status, not this
     tls: TlsInfo | None = None
     mqtt: MqttResult | None = None

@@ -23,7 +23,7 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import cached_property
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -80,6 +80,9 @@ class SweepSpec(BaseModel):
     sys_version: bool = False
     amqp_versions: tuple[str, ...] = ("0-9-1",)
     ws_paths: tuple[str, ...] = ("/mqtt", "/", "/ws")
+    # A stateless SYN stage before the probes (workers.discovery); None: connect only.
+    discovery: Literal["zmap"] | None = None
+    discovery_cooldown: float = Field(default=8.0, ge=0)
 
 
 @dataclass(frozen=True)

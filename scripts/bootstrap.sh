@@ -34,6 +34,12 @@ has_cmd prometheus-redis-exporter || missing+=(prometheus-redis-exporter)
 has_cmd prometheus-postgres-exporter || missing+=(prometheus-postgres-exporter)
 # kubectl renders deploy/k8s (kubectl kustomize); Debian's kubernetes-client when absent
 has_cmd kubectl || missing+=(kubernetes-client)
+# The simulated Internet (bench/world.py) and the discovery stage: namespaces and routes
+# (iproute2), verdicts per address (nftables), ZMap's SYNs, capsh for the no-CAP_NET_RAW test
+has_cmd ip || missing+=(iproute2)
+has_cmd nft || missing+=(nftables)
+has_cmd zmap || missing+=(zmap)
+has_cmd capsh || missing+=(libcap2-bin)
 # Qpid Proton for the system Python: a real AMQP 1.0 server in the protocol-depth tests.
 /usr/bin/python3 -c 'import proton' >/dev/null 2>&1 || missing+=(python3-qpid-proton)
 # the dashboard's browser tests drive Debian's Chromium through Playwright (no browser

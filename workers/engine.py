@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from brokerscan.model import (
     Probe,
@@ -60,6 +60,7 @@ class ScanConfig:
     sweep_id: str | None = None
     sweep_started_at: datetime | None = None
     emit_failures: bool = False  # also emit results for refused/timed-out connects
+    discovered_by: Literal["zmap"] | None = None  # a discovery stage chose the targets
     probe: ProbeOptions = field(default_factory=ProbeOptions)
 
 
@@ -216,6 +217,14 @@ class Engine:
             err = status_of(exc, connected=False)
             self._finish_failure(ip, spec, err.status, err.message)
 
+    def settle(self, ip: int, spec: PortSpec, status: Status, message: str) -> None:
+        """Count a target that a discovery stage already found closed (refused or
+        silent), as if its connect had ended so: started, done, counted, and written
+        with ``emit_failures``; no socket. Called from the target iterator."""
+        self.stats.started += 1
+        self._in_flight += 1
+        self._finish_failure(ip, spec, status, message)
+
     def _spec_of(self, ctx: object) -> PortSpec:
         """The target's spec from the context its connect carries."""
         if self._observe_connect is None:
@@ -249,7 +258,7 @@ class Engine:
                 sweep_id=self.config.sweep_id, sweep_started_at=self.config.sweep_started_at,
                 ip=_ip_text(ip), port=spec.port,
                 transport=_transport(spec.tls, spec.websocket), observed_at=_now(),
-                status=status, error=message))
+                status=status, error=message, discovered_by=self.config.discovered_by))
         self._release()
 
     def _release(self) -> None:
@@ -345,7 +354,7 @@ class Engine:
             observed_at=observed_at,
             duration_ms=round((time.monotonic() - started) * 1000, 3),
             status=outcome.status, protocol=outcome.protocol, probes=tried,
-            tls_retried=retried,
+            tls_retried=retried, discovered_by=cfg.discovered_by,
             error=outcome.error, tls=tls_seen[0], mqtt=outcome.mqtt, amqp=outcome.amqp,
             websocket=ws_info, raw=outcome.raw[: cfg.probe.max_reply_bytes] or None))
         self._release()

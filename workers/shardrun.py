@@ -1,4 +1,5 @@
 """Running one shard of a sweep inside a worker process (the async half of the task).
+One piece: every step below shares one run's state (engine, watcher, publisher, hand-back).
 
 The steps, each idempotent so that a redelivered or retried shard is harmless:
 
@@ -57,6 +58,7 @@ from scheduler.ports import PortSpec
 from scheduler.shards import Shard
 from scheduler.sweeps import SweepPlan, SweepSpec, hand_back, plan_sweep
 from storage.db import DatabaseError, Pool, create_pool
+from workers.discovery import Walk, ZmapFailed, discover_shard
 from workers.engine import Engine, ScanConfig, ScanStats
 from workers.probes.base import ProbeOptions
 from workers.ratebudget import FleetRateLimiter, RateLimiter
@@ -198,7 +200,7 @@ def _config(spec: SweepSpec, sweep_id: str, connections: int | None) -> ScanConf
         tls_handshake_timeout=min(spec.io_timeout, spec.total_timeout),
         concurrency=concurrency, rate=spec.rate, sweep_id=sweep_id,
         sweep_started_at=spec.started_at,
-        emit_failures=spec.emit_failures,
+        emit_failures=spec.emit_failures, discovered_by=spec.discovery,
         probe=ProbeOptions(client_id_prefix=spec.client_id_prefix,
                            mqtt_levels=spec.mqtt_levels, sys_version=spec.sys_version,
                            amqp_versions=spec.amqp_versions, ws_paths=spec.ws_paths))
@@ -236,7 +238,7 @@ async def run_shard(ctx: WorkerContext, sweep_id: str, shard_id: int, spec: dict
     try:
         return await _run(ctx, sweep_id, shard_id, spec, shard_data)
     except (DatabaseError, OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
-            asyncpg.InterfaceError, RedisError, PublisherError, TimeoutError) as exc:
+            asyncpg.InterfaceError, RedisError, PublisherError, TimeoutError, ZmapFailed) as exc:
         raise TransientError(describe(exc)) from exc
     finally:
         ctx.busy_tick = None
@@ -357,10 +359,13 @@ async def _run(ctx: WorkerContext, sweep_id: str, shard_id: int, spec_data: dict
     engine = Engine(_config(spec, sweep_id, ctx.connections), ctx.scope, ready=ready,
                     limiter=limiter,
                     observe_connect=None if meter is None else meter.observe_connect)
-    targets = itertools.chain(plan.targets_at(group, start.unfinished),
-                              plan.targets_of(group, shard, start.position))
+    def walk() -> Walk:
+        return itertools.chain(plan.targets_at(group, start.unfinished),
+                               plan.targets_of(group, shard, start.position))
     watcher = asyncio.create_task(watch())
     try:
+        targets = walk() if spec.discovery is None else await discover_shard(  # ZMap first
+            walk, engine, spec, ctx, group.queue(ctx.names), stopped=lambda: bool(stop_reason))
         stats = await engine.run(targets, sink)
     except BaseException:
         finished.set()

@@ -10,9 +10,9 @@ from typing import Final
 
 from brokerscan.settings import Settings
 
-__all__ = ["MAX_RATE", "add_depth_options", "add_metrics_option", "add_ops_options",
-           "add_rate_option",
-           "add_target_options", "amqp_versions", "mqtt_levels", "non_negative",
+__all__ = ["MAX_RATE", "add_depth_options", "add_discovery_options", "add_metrics_option",
+           "add_ops_options", "add_rate_option", "add_target_options", "amqp_versions",
+           "mqtt_levels", "non_negative",
            "ops_settings", "positive_int", "ws_paths"]
 
 #: The highest rate any command accepts (a typo guard, far above what a fleet can do).
@@ -156,3 +156,14 @@ def add_depth_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ws-paths", type=ws_paths, default=("/mqtt", "/", "/ws"),
                         help="WebSocket upgrade paths, tried in order until one upgrades "
                              "(default: /mqtt,/,/ws; at most 8)")
+
+
+def add_discovery_options(parser: argparse.ArgumentParser) -> None:
+    """``--discovery zmap`` and its cooldown: a stateless SYN stage before the probes."""
+    parser.add_argument("--discovery", choices=("zmap",), default=None,
+                        help="find open ports with ZMap's SYNs first (needs zmap and "
+                             "CAP_NET_RAW), then probe only those (default: connect to "
+                             "every target)")
+    parser.add_argument("--discovery-cooldown", type=non_negative(float), default=8.0,
+                        metavar="SECONDS",
+                        help="seconds ZMap listens after its last SYN (default: 8)")

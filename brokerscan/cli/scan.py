@@ -15,6 +15,8 @@ import dataclasses
 import json
 import secrets
 import sys
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import IO
 
@@ -23,6 +25,7 @@ import asyncpg
 from brokerscan.cli.errors import EXIT_UNAVAILABLE, CliError
 from brokerscan.cli.options import (
     add_depth_options,
+    add_discovery_options,
     add_rate_option,
     add_target_options,
     mqtt_levels,
@@ -39,12 +42,13 @@ from scheduler.targets import TargetError, eligible, iter_targets, parse_target,
 from storage.db import DatabaseError
 from storage.sink import StoreSink
 from storage.store import Store, StoreError, describe_store, open_store, store_url
+from workers.discovery import Discovery, ZmapError, blocked_for
 from workers.engine import Engine, ScanConfig, ScanStats
 from workers.probes.base import ProbeOptions
 from workers.transport import Scope
 
-__all__ = ["COMMANDS", "ScanPlan", "add_commands", "open_output", "plan_scan", "print_report",
-           "progress_line", "run", "run_scan", "want_progress"]
+__all__ = ["COMMANDS", "ScanPlan", "add_commands", "open_output", "plan_discovery",
+           "plan_scan", "print_report", "progress_line", "run", "run_scan", "want_progress"]
 
 COMMANDS = frozenset({"scan"})
 
@@ -80,6 +84,7 @@ def _add_scan_options(scan: argparse.ArgumentParser) -> None:
     scan.add_argument("--mqtt-all-levels", action="store_true",
                       help="try every MQTT level, not just until one answers")
     add_depth_options(scan)
+    add_discovery_options(scan)
     scan.add_argument("--client-id-prefix", default=None,
                       help="prefix of the random MQTT client id (default: from settings)")
     scan.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
@@ -94,10 +99,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 class ScanPlan:
     """What a scan will do, resolved and validated before any packet."""
 
-    def __init__(self, ips: IPSet, ports: list[PortSpec], notes: list[str]) -> None:
+    def __init__(self, ips: IPSet, ports: list[PortSpec], notes: list[str],
+                 blocked: IPSet | None = None) -> None:
+        """:param blocked: what must never be sent to (outside the scope, opted out,
+            reserved unless allowed): a discovery stage's blocklist."""
         self.ips = ips
         self.ports = ports
         self.notes = notes
+        self.blocked = blocked if blocked is not None else ips.complement()
 
     @property
     def total(self) -> int:
@@ -136,7 +145,8 @@ def plan_scan(args: argparse.Namespace, settings: Settings) -> ScanPlan:
     if ips.size == 0:
         raise CliError(f"nothing to scan: {excluded.describe()}")
     notes = [f"excluded: {excluded.describe()}"] if excluded.total else []
-    return ScanPlan(ips, ports, notes)
+    blocked = blocked_for(scope, optout, None if args.allow_reserved else blocklist)
+    return ScanPlan(ips, ports, notes, blocked)
 
 
 def _why_excluded(spec: str, ips: IPSet, blocklist: IPSet, optout: IPSet, scope: IPSet,
@@ -165,8 +175,29 @@ def scan_config(args: argparse.Namespace, settings: Settings) -> ScanConfig:
                            ws_paths=args.ws_paths))
 
 
+def plan_discovery(args: argparse.Namespace, plan: ScanPlan, scope: Scope,
+                   ) -> tuple[Discovery, dict[int, IPSet]] | None:
+    """The discovery stage of a scan (``--discovery``), checked before any packet: its
+    allowlist is the plan's own targets, its blocklist the plan's exclusions.
+
+    :raises CliError: ZMap cannot run here (missing binary, no CAP_NET_RAW, no route)
+    """
+    if args.discovery is None:
+        return None
+    discovery = Discovery(lambda: iter_targets(plan.ips, plan.ports), scope=scope,
+                          blocked=plan.blocked, rate=args.rate, seed=secrets.randbits(32),
+                          cooldown=args.discovery_cooldown)
+    try:  # every address of the plan on every port (iter_targets' walk, without walking)
+        ports = discovery.checked({spec.port: plan.ips for spec in plan.ports})
+        discovery.check(ports)
+    except ZmapError as exc:
+        raise CliError(str(exc)) from None
+    return discovery, ports
+
+
 async def _scan(args: argparse.Namespace, settings: Settings) -> int:
     plan = plan_scan(args, settings)
+    discovery = plan_discovery(args, plan, Scope(settings.scope))
     try:
         enricher = open_enricher(settings.enrichment_sources)
     except EnrichmentError as exc:
@@ -187,12 +218,13 @@ async def _scan(args: argparse.Namespace, settings: Settings) -> int:
     started = datetime.now(UTC)
     config = dataclasses.replace(
         scan_config(args, settings), sweep_started_at=started,
-        sweep_id=f"scan-{started:%Y%m%dT%H%M%S}-{secrets.token_hex(3)}")
+        sweep_id=f"scan-{started:%Y%m%dT%H%M%S}-{secrets.token_hex(3)}",
+        discovered_by=args.discovery)
     sink = StoreSink(store) if store is not None else None
     try:
         stats = await run_scan(plan, config, Scope(settings.scope), out,
                                progress=want_progress(args.progress), enricher=enricher,
-                               store=sink)
+                               store=sink, discovery=discovery)
     except (StoreError, DatabaseError, asyncpg.PostgresError) as exc:
         assert sink is not None  # nothing else raises these
         kept = f"; all {sink.added} are in {args.output}" \
@@ -201,6 +233,8 @@ async def _scan(args: argparse.Namespace, settings: Settings) -> int:
             else f"{type(exc).__name__}: {exc}"
         raise CliError(f"store: {why}; {sink.written} of {sink.added} results stored "
                        f"(scan {config.sweep_id}){kept}", EXIT_UNAVAILABLE) from None
+    except ZmapError as exc:
+        raise CliError(str(exc), EXIT_UNAVAILABLE) from None
     finally:
         if out is not None and out is not sys.stdout:
             out.close()
@@ -223,9 +257,11 @@ class ScanRun:
 
 async def run_scan(plan: ScanPlan, config: ScanConfig, scope: Scope, out: IO[str] | None,
                    *, progress: bool, enricher: Enricher | None = None,
-                   store: StoreSink | None = None) -> ScanRun:
+                   store: StoreSink | None = None,
+                   discovery: tuple[Discovery, dict[int, IPSet]] | None = None) -> ScanRun:
     """Run the engine over a plan: enrich each result, write it as JSONL to ``out`` and to
-    ``store``, and count it in the report."""
+    ``store``, and count it in the report. With ``discovery`` (from
+    :func:`plan_discovery`), ZMap runs first and the engine probes what answered."""
     report = Report()
     engine = Engine(config, scope, ready=store.ready if store is not None else None)
 
@@ -243,7 +279,14 @@ async def run_scan(plan: ScanPlan, config: ScanConfig, scope: Scope, out: IO[str
     if store is not None:
         store.start()
     try:
-        stats = await engine.run(iter_targets(plan.ips, plan.ports), sink, total=plan.total)
+        began = time.monotonic()
+        targets: Iterator[tuple[int, PortSpec]] = iter_targets(plan.ips, plan.ports)
+        if discovery is not None:
+            stage, ports = discovery
+            await stage.discover(ports)
+            targets = stage.narrowed(engine)
+        stats = await engine.run(targets, sink, total=plan.total)
+        stats.began = began  # the rate and duration include the discovery stage
     finally:
         if ticker is not None:
             ticker.cancel()

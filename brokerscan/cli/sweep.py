@@ -25,7 +25,12 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from brokerscan.cli.errors import CliError
-from brokerscan.cli.options import add_depth_options, add_rate_option, add_target_options
+from brokerscan.cli.options import (
+    add_depth_options,
+    add_discovery_options,
+    add_rate_option,
+    add_target_options,
+)
 from brokerscan.cli.services import check_broker, database_url, run_async
 from brokerscan.cli.text import format_duration, format_rate
 from brokerscan.settings import Settings
@@ -65,6 +70,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             p.add_argument("--concurrency", type=int, default=1000,
                            help="connections in flight per worker process")
             add_depth_options(p)
+            add_discovery_options(p)
     status = verbs.add_parser("status", help="progress, rates, hits, shards, workers")
     status.add_argument("sweep_id", nargs="?")
     status.add_argument("--watch", action="store_true")
@@ -105,7 +111,8 @@ def _spec(args: argparse.Namespace, settings: Settings) -> SweepSpec:
                      "connect_timeout": args.connect_timeout, "io_timeout": args.io_timeout,
                      "total_timeout": args.timeout, "concurrency": args.concurrency,
                      "sys_version": args.sys_version, "amqp_versions": args.amqp_versions,
-                     "ws_paths": args.ws_paths}
+                     "ws_paths": args.ws_paths, "discovery": args.discovery,
+                     "discovery_cooldown": args.discovery_cooldown}
         return SweepSpec(
             name=getattr(args, "name", None) or "", targets=specs, ports=args.ports,
             probe=args.probe, allow_reserved=args.allow_reserved, optout=cidrs,

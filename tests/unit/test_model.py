@@ -53,7 +53,7 @@ def test_json_round_trip_keeps_raw_bytes_and_nested_results():
 @pytest.mark.parametrize("change", [
     {"port": 70000},
     {"status": "kinda-worked"},
-    {"schema_version": 3},
+    {"schema_version": 4},
     {"transport": "quic"},
     {"unexpected": 1},
 ])
@@ -86,6 +86,17 @@ def test_version_1_records_are_still_valid():
     data["probes"] = ["mqtt", "amqp"]
     old = ScanResult.model_validate(data)
     assert old.schema_version == 1 and old.websocket is None
+
+
+def test_version_2_records_are_still_valid():
+    # Version 3 only added discovered_by, so a version-2 record reads as one without it.
+    data = json.loads(_result().model_dump_json())
+    data.pop("discovered_by")
+    data["schema_version"] = 2
+    old = ScanResult.model_validate(data)
+    assert old.schema_version == 2 and old.discovered_by is None
+    found = _result().model_copy(update={"discovered_by": "zmap"})
+    assert ScanResult.model_validate_json(found.model_dump_json()).discovered_by == "zmap"
 
 
 def test_websocket_transports_and_probe_names():

@@ -51,8 +51,11 @@ class Settings(BaseSettings):
     # The address that endpoint listens on (0.0.0.0: reachable by Prometheus and probes).
     metrics_host: str = "0.0.0.0"
     # Seconds before a shard whose dependency failed (Redis, PostgreSQL, RabbitMQ away) is
-    # tried again; doubles on each retry up to 60 s; the fifth failure gives it up.
+    # tried again; doubles on each retry up to 60 s.
     shard_retry_seconds: float = Field(default=5.0, gt=0, le=60)
+    # Seconds an outage may last without costing the shard an attempt (its retries are
+    # free until then; after, each failed run counts, and the fifth gives the shard up).
+    shard_outage_seconds: float = Field(default=600.0, ge=0)
     # Log lines as text (for people) or json (one object a line, for log pipelines).
     log_format: Literal["text", "json"] = "text"
 

@@ -238,7 +238,7 @@ def test_sigterm_hands_the_rest_of_the_shard_back(fleet: Fleet) -> None:
     fleet.wait_state(sweep_id, {"finished"}, timeout=60)
     seen = fleet.results()
     assert len(seen) == 1024 and max(seen.values()) == 1  # every target exactly once
-    assert fleet.shards(sweep_id)[0]["attempts"] == 1
+    assert fleet.shards(sweep_id)[0]["attempts"] == 0  # no run was lost
 
 
 @pytest.mark.parametrize("pool", ["prefork", "solo"])
@@ -341,13 +341,45 @@ def test_time_limited_runs_hand_back_their_abandoned_targets(fleet: Fleet) -> No
 
 # -- failures: visible and recoverable ---------------------------------------------------------
 
-def test_failed_shards_say_why_and_can_be_retried(fleet: Fleet) -> None:
+def test_an_outage_within_its_grace_costs_no_attempt(fleet: Fleet) -> None:
+    # Redis gone for this worker through six failed runs (every in-flight
+    # shard failed before issue 17): within shard_outage_seconds nothing is spent, the
+    # shard waits, and it finishes once Redis is back, every target counted once.
     proxy = FaultProxy("127.0.0.1", 6379, host=servers.allocate("ops", 0)[0])
     try:
         fleet.start_scheduler()
         fleet.start_worker("w1", env={"BROKERSCAN_REDIS_URL": f"redis://{proxy.host}:"
                                                               f"{proxy.port}/0",
                                       "BROKERSCAN_SHARD_RETRY_SECONDS": "0.2"})
+        sweep_id = fleet.start_sweep("127.62.48.0/24", "--ports", "1883", "--allow-reserved",
+                                     "--all", "--rate", "40", "--shards", "1", "--seed", "4",
+                                     "--connect-timeout", "1", "--timeout", "2")
+        fleet.wait_for(sweep_id, "probing", lambda s: s["probes"] > 20)
+        proxy.refuse_new()
+        proxy.cut()
+        wait_until("six failed runs", lambda: fleet.log("w1").count("no attempt spent"),
+                   lambda n: n >= 6, timeout=60, fleet=fleet)
+        shard = fleet.shards(sweep_id)[0]
+        assert shard["attempts"] == 0 and shard["state"] in ("queued", "running"), shard
+        assert "outage too long" not in fleet.log("w1")
+        proxy.refuse_new(False)
+        status = fleet.wait_state(sweep_id, {"finished"}, timeout=90)
+        assert fleet.shards(sweep_id)[0]["attempts"] == 0
+        assert status["probes"] == 256 and sum(status["statuses"].values()) == 256
+        assert len(fleet.results()) == 256
+    finally:
+        proxy.stop()
+
+
+def test_failed_shards_say_why_and_can_be_retried(fleet: Fleet) -> None:
+    proxy = FaultProxy("127.0.0.1", 6379, host=servers.allocate("ops", 0)[0])
+    try:
+        fleet.start_scheduler()
+        # no grace: every run that fails on the outage is an attempt
+        fleet.start_worker("w1", env={"BROKERSCAN_REDIS_URL": f"redis://{proxy.host}:"
+                                                              f"{proxy.port}/0",
+                                      "BROKERSCAN_SHARD_RETRY_SECONDS": "0.2",
+                                      "BROKERSCAN_SHARD_OUTAGE_SECONDS": "0"})
         sweep_id = fleet.start_sweep("127.62.44.0/24", "--ports", "1883", "--allow-reserved",
                                      "--all", "--rate", "40", "--shards", "1", "--seed", "4",
                                      "--connect-timeout", "1", "--timeout", "2")

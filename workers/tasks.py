@@ -20,6 +20,8 @@ The worker's life is wired through Celery's own signals, not by wrapping the tas
   connection for as long as its next timer allows, up to 10 s, and only between polls
   does it see that a warm shutdown was asked for, so a shard that handed its work back
   would otherwise keep the process up to 10 s more;
+* ``worker_ready`` also puts the readiness gate (:mod:`workers.readiness`) on the
+  consumer's timer: a worker whose ``/readyz`` fails stops consuming until it passes;
 * ``worker_shutting_down`` (SIGTERM to the main process, Celery's warm shutdown): a byte
   of memory shared with every child turns to 1, and each child's running shard hands
   the rest of its work back within about 4 s, probes still in flight abandoned and
@@ -136,11 +138,16 @@ _TICK = 1.0  # seconds: the longest a solo worker's loop waits before it looks a
 
 @worker_ready.connect
 def _worker_ready(sender: Any = None, **_: Any) -> None:
-    if _app is not None and _app.conf.get("brokerscan_pool") == "solo":
+    if _app is None:
+        return
+    timer = getattr(sender, "timer", None)  # the consumer's, which its event loop polls by
+    if _app.conf.get("brokerscan_pool") == "solo":
         _start_process()  # the solo pool runs tasks in this very process
-        timer = getattr(sender, "timer", None)  # the consumer's, which its event loop polls by
         if timer is not None:
             timer.call_repeatedly(_TICK, _tick)
+    gate = _app.conf.get("brokerscan_gate")
+    if gate is not None and timer is not None:  # not ready: take no shard (readiness.py)
+        timer.call_repeatedly(_TICK, gate.apply, (sender,))
 
 
 @worker_shutting_down.connect

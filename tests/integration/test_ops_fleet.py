@@ -34,6 +34,7 @@ from scheduler.sweeps import SweepSpec, plan_sweep
 from tests import servers
 from tests.faultproxy import FaultProxy
 from tests.integration.sweepfleet import Fleet
+from tests.waiting import holds_for
 from workers.shardrun import WorkerContext, run_shard
 
 pytestmark = pytest.mark.integration
@@ -367,6 +368,34 @@ def test_an_outage_within_its_grace_costs_no_attempt(fleet: Fleet) -> None:
         assert fleet.shards(sweep_id)[0]["attempts"] == 0
         assert status["probes"] == 256 and sum(status["statuses"].values()) == 256
         assert len(fleet.results()) == 256
+    finally:
+        proxy.stop()
+
+
+def test_a_worker_that_is_not_ready_takes_no_shard_until_it_is(fleet: Fleet) -> None:
+    proxy = FaultProxy("127.0.0.1", 6379, host=servers.allocate("ops", 0)[0])
+    try:
+        fleet.start_scheduler()
+        fleet.start_worker("w1", env={"BROKERSCAN_REDIS_URL": f"redis://{proxy.host}:"
+                                                              f"{proxy.port}/0"})
+        wait_until("w1 up", lambda: "ready." in fleet.log("w1"), fleet=fleet)
+        proxy.refuse_new()
+        proxy.cut()  # its /readyz fails: Redis does not answer it
+        wait_until("w1 not ready", lambda: "takes no shard until it is" in fleet.log("w1"),
+                   fleet=fleet)
+        sweep_id = fleet.start_sweep("127.62.50.0/26", "--ports", "1883", "--allow-reserved",
+                                     "--all", "--shards", "1", "--seed", "5",
+                                     "--connect-timeout", "1", "--timeout", "2")
+        wait_until("the shard queued", lambda: fleet.shards(sweep_id)[0]["state"],
+                   lambda s: s == "queued", fleet=fleet)
+        holds_for(lambda: fleet.shards(sweep_id)[0]["state"] == "queued", 4.0,
+                  "the shard left alone by a worker that is not ready")
+        assert "Task brokerscan.run_shard" not in fleet.log("w1")  # never even received
+        proxy.refuse_new(False)
+        fleet.wait_state(sweep_id, {"finished"}, timeout=60)
+        assert "worker ready again" in fleet.log("w1")
+        assert fleet.shards(sweep_id)[0]["attempts"] == 0
+        assert len(fleet.results()) == 64
     finally:
         proxy.stop()
 

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     # Seconds an outage may last without costing the shard an attempt (its retries are
     # free until then; after, each failed run counts, and the fifth gives the shard up).
     shard_outage_seconds: float = Field(default=600.0, ge=0)
+    # Seconds a shard may stay queued before the scheduler checks whether its message was
+    # lost (its queue holds fewer messages than such shards) and sends it again.
+    shard_lost_seconds: float = Field(default=120.0, gt=0)
     # Log lines as text (for people) or json (one object a line, for log pipelines).
     log_format: Literal["text", "json"] = "text"
 

@@ -69,7 +69,8 @@ class Dispatcher:
         self._sent_by_queue: Counter[str] = Counter()
         #: lost runs and lost messages (issue 17): :mod:`scheduler.recovery`
         self.recovery = Recovery(self.names, settings.broker_url,
-                                 [self.names.probe_queue, self.names.probe_tls_queue])
+                                 [self.names.probe_queue, self.names.probe_tls_queue],
+                                 lost_after=settings.shard_lost_seconds)
 
     def stop(self) -> None:
         """Finish the round under way and return from :meth:`run` (signal-handler safe)."""

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     # Seconds a shard may stay queued before the scheduler checks whether its message was
     # lost (its queue holds fewer messages than such shards) and sends it again.
     shard_lost_seconds: float = Field(default=120.0, gt=0)
+    # A probe worker whose readiness (/readyz) fails takes no shard until it passes; off:
+    # it keeps taking shards, which then retry on the outage (and, past its grace, fail).
+    ready_gate: bool = True
     # Log lines as text (for people) or json (one object a line, for log pipelines).
     log_format: Literal["text", "json"] = "text"
 

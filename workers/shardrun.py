@@ -29,8 +29,19 @@ resumes after the last target started, and the abandoned targets, kept with the 
 (``unfinished``), are probed first by the next run. So a hand-back takes under 5 s
 whatever the sweep's ``--timeout``, and every target is probed exactly once. The time
 limit, a pause and a cancel stop the same way. A hand-back is not a failed attempt. A
-worker killed outright records nothing: the message comes again and runs from the last
-hand-back (some targets probed twice, none lost).
+worker killed outright records nothing more: the message comes again and runs from its
+last checkpoint (about a second of work probed twice, none lost).
+
+Checkpoints (issue 17): every ``checkpoint_every`` seconds the run waits until every
+result so far is confirmed and records in PostgreSQL where the shard would resume and
+what it counted since the previous checkpoint (one UPDATE, only while this run holds the
+shard); the live counts in Redis are what it counted since then, replaced at each write.
+A run that finds another holding the shard stops.
+
+Why one piece: the run's start, its engine, its watcher, its checkpoints and its end all
+read and write the same state (the start's resume point, the engine's counters, the
+counts at the last checkpoint, the stop reason); split apart, the rule that every target
+is counted once would be checked across files.
 """
 
 from __future__ import annotations
@@ -247,13 +258,46 @@ class _Tally:
         self.checkpoint += 1
 
     async def flush(self, stats: ScanStats) -> None:
+        """Write the live part; a Redis that is away skips it (Redis is a cache: the next
+        write replaces it all, and the durable counts are in PostgreSQL)."""
         now = _Counts.of(stats)
         part = self.since(now)
-        await live.put_run(self.redis, self.ctx.names, self.sweep_id, self.shard_id,
-                           live.RunCounts(self.run_id, self.checkpoint, part.done, part.open,
-                                          dict(part.hits), dict(part.statuses)),
-                           new_probes=max(0, now.done - self.sent_done))
+        try:
+            await live.put_run(self.redis, self.ctx.names, self.sweep_id, self.shard_id,
+                               live.RunCounts(self.run_id, self.checkpoint, part.done,
+                                              part.open, dict(part.hits),
+                                              dict(part.statuses)),
+                               new_probes=max(0, now.done - self.sent_done))
+        except (RedisError, OSError) as exc:
+            log.debug("shard %s/%s: live counts not written (%s)", self.sweep_id,
+                      self.shard_id, describe(exc))
+            return
         self.sent_done = now.done
+
+
+class _Patient:
+    """The fleet rate budget, waited for while Redis is away (up to ``patience``
+    seconds): probing on without the budget would break the sweep's rate, and failing
+    the run at once would throw away its work since the last checkpoint for a Redis that
+    restarts in a second."""
+
+    def __init__(self, inner: RateLimiter, patience: float = 10.0) -> None:
+        self.inner, self.patience = inner, patience
+
+    async def acquire(self, wanted: int) -> int:
+        give_up: float | None = None
+        while True:
+            try:
+                return await self.inner.acquire(wanted)
+            except (RedisError, OSError) as exc:
+                now = time.monotonic()
+                if give_up is None:
+                    give_up = now + self.patience
+                    log.warning("rate budget unreachable (%s); waiting up to %.0f s",
+                                describe(exc), self.patience)
+                if now >= give_up:
+                    raise
+                await asyncio.sleep(0.5)
 
 
 class _Counts(NamedTuple):
@@ -371,7 +415,8 @@ async def _run(ctx: WorkerContext, sweep_id: str, shard_id: int, spec_data: dict
         raise ValueError(f"shard {shard_id} of {sweep_id} does not match its plan")
     heartbeat.update(sweep_id=sweep_id, shard=shard_id, run=run_id, probes=0, state="busy")
     control = live.ControlWatch(redis, ctx.names, sweep_id)
-    limiter: RateLimiter = FleetRateLimiter(redis, ctx.names.sweep_rate(sweep_id), spec.rate)
+    limiter: RateLimiter = _Patient(FleetRateLimiter(redis, ctx.names.sweep_rate(sweep_id),
+                                                     spec.rate))
     meter = None
     if ctx.metrics:
         from workers.metrics import RateWaitMeter, ShardMeter

@@ -138,7 +138,9 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     server = start_ops_server(settings, health)
     app = make_app(settings, queues=chosen, connections=args.connections, pool=args.pool,
                    metrics=metrics)
-    gate = app.conf.brokerscan_gate = ReadyGate(health, chosen).start()
+    gate = ReadyGate(health, chosen)
+    if settings.ready_gate:
+        app.conf.brokerscan_gate = gate.start()
     argv = ["worker", "-Q", ",".join(chosen), "-P", args.pool, "--loglevel", "INFO",
             "-n", f"brokerscan-{os.getpid()}@{socket.gethostname()}", "--without-gossip",
             "--without-mingle", "--without-heartbeat"]

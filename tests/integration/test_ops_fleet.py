@@ -343,9 +343,9 @@ def test_time_limited_runs_hand_back_their_abandoned_targets(fleet: Fleet) -> No
 # -- failures: visible and recoverable ---------------------------------------------------------
 
 def test_an_outage_within_its_grace_costs_no_attempt(fleet: Fleet) -> None:
-    # Redis gone for this worker through six failed runs (every in-flight
-    # shard failed before issue 17): within shard_outage_seconds nothing is spent, the
-    # shard waits, and it finishes once Redis is back, every target counted once.
+    # Redis gone for this worker (five failed runs failed the shard before issue 17):
+    # within shard_outage_seconds nothing is spent, the worker, not ready, stops taking
+    # the shard, which waits, and finishes once Redis is back, every target counted once.
     proxy = FaultProxy("127.0.0.1", 6379, host=servers.allocate("ops", 0)[0])
     try:
         fleet.start_scheduler()
@@ -358,10 +358,12 @@ def test_an_outage_within_its_grace_costs_no_attempt(fleet: Fleet) -> None:
         fleet.wait_for(sweep_id, "probing", lambda s: s["probes"] > 20)
         proxy.refuse_new()
         proxy.cut()
-        wait_until("six failed runs", lambda: fleet.log("w1").count("no attempt spent"),
-                   lambda n: n >= 6, timeout=60, fleet=fleet)
-        shard = fleet.shards(sweep_id)[0]
-        assert shard["attempts"] == 0 and shard["state"] in ("queued", "running"), shard
+        wait_until("failed runs, then a worker that is not ready",
+                   lambda: "takes no shard until it is" in fleet.log("w1")
+                   and "no attempt spent" in fleet.log("w1"), timeout=60, fleet=fleet)
+        holds_for(lambda: fleet.shards(sweep_id)[0]["attempts"] == 0
+                  and fleet.shards(sweep_id)[0]["state"] in ("queued", "running"), 8.0,
+                  "the shard waiting without spending attempts")
         assert "outage too long" not in fleet.log("w1")
         proxy.refuse_new(False)
         status = fleet.wait_state(sweep_id, {"finished"}, timeout=90)
@@ -408,7 +410,8 @@ def test_failed_shards_say_why_and_can_be_retried(fleet: Fleet) -> None:
         fleet.start_worker("w1", env={"BROKERSCAN_REDIS_URL": f"redis://{proxy.host}:"
                                                               f"{proxy.port}/0",
                                       "BROKERSCAN_SHARD_RETRY_SECONDS": "0.2",
-                                      "BROKERSCAN_SHARD_OUTAGE_SECONDS": "0"})
+                                      "BROKERSCAN_SHARD_OUTAGE_SECONDS": "0",
+                                      "BROKERSCAN_READY_GATE": "false"})
         sweep_id = fleet.start_sweep("127.62.44.0/24", "--ports", "1883", "--allow-reserved",
                                      "--all", "--rate", "40", "--shards", "1", "--seed", "4",
                                      "--connect-timeout", "1", "--timeout", "2")

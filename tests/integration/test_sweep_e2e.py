@@ -17,7 +17,7 @@ import pytest
 from tests import servers
 from tests.faultproxy import FaultProxy
 from tests.integration.sweepfleet import Fleet
-from tests.waiting import holds_for
+from tests.waiting import holds_for, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -94,9 +94,10 @@ def test_worker_killed_mid_shard_loses_nothing(fleet: Fleet, zoo: None) -> None:
     sweep_id = start(fleet, 1_500)
     fleet.wait_for(sweep_id, "probing", lambda s: s["probes"] > 1000)
     victim = fleet.processes["w1"].pid
-    running = [s for s in fleet.shards(sweep_id)
-               if s["state"] == "running" and s["worker"].endswith(f":{victim}")]
-    assert running, "w1 was not running a shard"
+    running = wait_for(lambda: [s for s in fleet.shards(sweep_id)
+                                if s["state"] == "running"
+                                and s["worker"].endswith(f":{victim}")],
+                       30, "w1 running a shard", detail=fleet.logs)
     fleet.kill("w1")
     status = fleet.wait_state(sweep_id, {"finished"}, timeout=180)
     seen = fleet.results()

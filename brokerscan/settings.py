@@ -51,12 +51,21 @@ class Settings(BaseSettings):
     # The address that endpoint listens on (0.0.0.0: reachable by Prometheus and probes).
     metrics_host: str = "0.0.0.0"
     # Seconds before a shard whose dependency failed (Redis, PostgreSQL, RabbitMQ away) is
-    # tried again; doubles on each retry up to 60 s; the fifth failure gives it up.
+    # tried again; doubles on each retry up to 60 s.
     shard_retry_seconds: float = Field(default=5.0, gt=0, le=60)
     # Celery task events (a worker's task-received/started/succeeded..., the scheduler's
     # task-sent) for Flower and celery-exporter; off by default: each shard then costs a
     # few more messages on the task broker, and nothing of brokerscan reads them.
     task_events: bool = False
+    # Seconds an outage may last without costing the shard an attempt (its retries are
+    # free until then; after, each failed run counts, and the fifth gives the shard up).
+    shard_outage_seconds: float = Field(default=600.0, ge=0)
+    # Seconds a shard may stay queued before the scheduler checks whether its message was
+    # lost (its queue holds fewer messages than such shards) and sends it again.
+    shard_lost_seconds: float = Field(default=120.0, gt=0)
+    # A probe worker whose readiness (/readyz) fails takes no shard until it passes; off:
+    # it keeps taking shards, which then retry on the outage (and, past its grace, fail).
+    ready_gate: bool = True
     # Log lines as text (for people) or json (one object a line, for log pipelines).
     log_format: Literal["text", "json"] = "text"
 

@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 from brokerscan.oneline import describe
 from brokerscan.settings import Settings
 from scheduler import live, state
+from scheduler.recovery import Recovery
 from scheduler.sweeps import SweepSpec, plan_sweep
 from storage.db import Conn, DatabaseError, Pool, create_pool
 
@@ -66,6 +67,10 @@ class Dispatcher:
         self._shard_dicts: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
         self._states: dict[str, str] = {}
         self._sent_by_queue: Counter[str] = Counter()
+        #: lost runs and lost messages (issue 17): :mod:`scheduler.recovery`
+        self.recovery = Recovery(self.names, settings.broker_url,
+                                 [self.names.probe_queue, self.names.probe_tls_queue],
+                                 lost_after=settings.shard_lost_seconds)
 
     def stop(self) -> None:
         """Finish the round under way and return from :meth:`run` (signal-handler safe)."""
@@ -109,6 +114,8 @@ class Dispatcher:
                         self._note_state(sweep.id, ended.state, ended.failed_shards)
                 else:
                     self._note_state(sweep.id, "running")
+        await self.recovery.round(pool, redis, [s.id for s in sweeps if s.state == "running"],
+                                  lambda sweep_id, row: self._resend(pool, sweep_id, row))
         await live.beat_scheduler(redis, self.names, {
             "hostname": socket.gethostname(), "pid": os.getpid(), "at": time.time(),
             "sweeps": [s.id for s in sweeps if s.state == "running"]})
@@ -146,6 +153,23 @@ class Dispatcher:
             for row in rows:
                 DISPATCHED.labels(_short(row.queue, self.names.namespace)).inc()
         return len(rows)
+
+    async def _resend(self, pool: Pool, sweep_id: str, row: state.ShardRow) -> None:
+        """Send a queued shard's message again (:mod:`scheduler.recovery`)."""
+        sweep = await self._sweep(pool, sweep_id)
+        spec, shards = self._messages(sweep)
+        await asyncio.to_thread(
+            self.app.send_task, self.names.run_shard_task,
+            args=[sweep.id, row.index, spec, shards[row.index]], queue=row.queue,
+            task_id=f"{sweep.id}:{row.index}:{row.attempts}:r{row.requeues}",
+            retry=True, retry_policy={"max_retries": 3, "interval_start": 0.5})
+
+    async def _sweep(self, pool: Pool, sweep_id: str) -> state.SweepRow:
+        async with pool.acquire() as conn:
+            sweep = await state.get_sweep(conn, sweep_id)
+        if sweep is None:
+            raise state.UnknownSweep(f"no sweep {sweep_id}")
+        return sweep
 
     async def run(self, *, until_idle: bool = False) -> None:
         """Dispatch until :meth:`stop` (or, with ``until_idle``, until no sweep is

@@ -4,11 +4,21 @@ Nothing here is durable (Redis runs without persistence); the durable record of 
 in PostgreSQL. Every key comes from :class:`~brokerscan.names.Names`:
 
 ``sweep_live``
-    a hash of counters that workers add to about once a second: ``probes``, ``open``,
-    ``hits:<protocol>``, ``status:<status>``; plus ``sec:<unix second>`` (probes flushed in
-    that second, by Redis's clock, the last ``keep`` seconds only) and ``sec:lo`` /
-    ``sec:hi`` (the range of those fields), from which :func:`read_counts` estimates
-    probes/s without any state in the CLI.
+    a hash that running shards write to about twice a second: ``run:<shard>`` (a JSON
+    :class:`RunCounts`: what the shard's current run counted since its last checkpoint,
+    tagged with the run's id and the checkpoint's number, *replaced* at every write,
+    never added to); plus ``sec:<unix second>`` (probes flushed in that second, by
+    Redis's clock, the last ``keep`` seconds only) and ``sec:lo`` / ``sec:hi`` (the range
+    of those fields), from which :func:`read_counts` estimates probes/s without any state
+    in the CLI.
+
+    Why counts are not added up here: a run replayed from its checkpoint (a worker killed,
+    a message delivered again, an outage) would add its targets twice, and a Redis
+    restarted empty would lose them. The durable counts are in PostgreSQL, written with
+    each checkpoint; the live view is those plus each running shard's ``run:`` entry
+    *if* it belongs to the run that holds the shard and to its last checkpoint
+    (:mod:`scheduler.status`), so every target counts once, and a lost hash is rebuilt
+    by the next write of every run.
 ``sweep_control``
     the state workers obey: ``running``, ``paused`` or ``cancelled``.
 ``worker``
@@ -43,22 +53,22 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from brokerscan.names import Names
 
 __all__ = [
-    "CONTROL_STATES", "ControlWatch", "Heartbeat", "LiveCounts", "WorkerInfo", "add_counts",
-    "beat_scheduler", "get_control", "live_workers", "probes_per_second", "read_counts",
-    "scheduler_alive", "set_control",
+    "CONTROL_STATES", "ControlWatch", "Heartbeat", "LiveCounts", "LiveRuns", "RunCounts",
+    "WorkerInfo", "beat_scheduler", "drop_run", "get_control", "live_workers",
+    "probes_per_second", "put_run", "read_counts", "scheduler_alive", "set_control",
+    "worker_heartbeat",
 ]
 
 log = logging.getLogger(__name__)
 
 CONTROL_STATES = frozenset({"running", "paused", "cancelled"})
 
-# KEYS[1]: the live hash. ARGV[1]: seconds of samples to keep; ARGV[2]: probes; then
-# field, delta pairs. One round trip, atomic, and the sample is stamped by Redis's clock.
+# KEYS[1]: the live hash. ARGV[1]: seconds of samples to keep; ARGV[2]: probes new since
+# the last write (the rate sample); ARGV[3], ARGV[4]: the run's field and its JSON. One
+# round trip, atomic, and the sample is stamped by Redis's clock.
 _ADD_LUA = """
 local key = KEYS[1]
-for i = 3, #ARGV, 2 do
-  redis.call('HINCRBY', key, ARGV[i], ARGV[i + 1])
-end
+redis.call('HSET', key, ARGV[3], ARGV[4])
 local probes = tonumber(ARGV[2])
 if probes <= 0 then return 0 end
 local now = tonumber(redis.call('TIME')[1])
@@ -95,7 +105,7 @@ def _text(value: bytes | str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class LiveCounts:
-    """A sweep's live counters.
+    """A sweep's counts as people watch them.
 
     :ivar probes_per_second: over the last few seconds; ``None`` before there is a sample.
     """
@@ -116,32 +126,68 @@ class LiveCounts:
         return max(0, total - self.probes) / self.probes_per_second
 
 
-async def add_counts(redis: Redis, names: Names, sweep_id: str, *, probes: int, open: int,
-                     hits: Mapping[str, int], statuses: Mapping[str, int],
-                     keep: int = 60) -> None:
-    """Add a worker's counts since its last flush to the sweep's counters.
+@dataclass(frozen=True, slots=True)
+class RunCounts:
+    """What one run of a shard counted since its last checkpoint.
 
-    :param probes: targets probed (the rate samples count these).
-    :param open: targets whose port accepted.
-    :param hits: brokers found, by protocol.
-    :param statuses: results by status.
+    :ivar run_id: the run (``sweep_shards.run_id``)
+    :ivar checkpoint: the number of the checkpoint these counts follow
+        (``sweep_shards.checkpoints``)
+    """
+
+    run_id: str
+    checkpoint: int
+    probes: int = 0
+    open: int = 0
+    hits: dict[str, int] = field(default_factory=dict)
+    statuses: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({"run": self.run_id, "cp": self.checkpoint, "probes": self.probes,
+                           "open": self.open, "hits": self.hits,
+                           "statuses": self.statuses}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> RunCounts | None:
+        """The entry, or None if it is not one (a foreign or damaged field)."""
+        try:
+            data = json.loads(text)
+            return cls(str(data["run"]), int(data["cp"]), int(data["probes"]),
+                       int(data["open"]), {str(k): int(v) for k, v in data["hits"].items()},
+                       {str(k): int(v) for k, v in data["statuses"].items()})
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+
+@dataclass(frozen=True, slots=True)
+class LiveRuns:
+    """A sweep's live hash: each running shard's :class:`RunCounts` and the probe rate."""
+
+    runs: dict[int, RunCounts] = field(default_factory=dict)
+    probes_per_second: float | None = None
+
+
+async def put_run(redis: Redis, names: Names, sweep_id: str, shard: int, counts: RunCounts,
+                  *, new_probes: int, keep: int = 60) -> None:
+    """Replace a run's counts since its last checkpoint (and add *new_probes* to the
+    rate samples).
+
+    :param new_probes: targets probed since the previous write (the rate sample).
     :param keep: seconds of per-second samples to keep.
     """
-    pairs: list[str | int] = []
-    for name, delta in (("probes", probes), ("open", open),
-                        *((f"hits:{k}", v) for k, v in hits.items()),
-                        *((f"status:{k}", v) for k, v in statuses.items())):
-        if delta < 0:
-            raise ValueError(f"counts only grow: {name} {delta}")
-        if delta:
-            pairs += [name, delta]
-    if not pairs:
-        return
+    if min(counts.probes, counts.open, new_probes) < 0:
+        raise ValueError(f"counts cannot be negative: {counts}, {new_probes}")
     key = names.sweep_live(sweep_id)
+    args = (keep, new_probes, f"run:{shard}", counts.to_json())
     try:
-        await redis.evalsha(_ADD_SHA, 1, key, keep, probes, *pairs)
+        await redis.evalsha(_ADD_SHA, 1, key, *args)
     except NoScriptError:  # a restarted Redis, or the first call ever
-        await redis.eval(_ADD_LUA, 1, key, keep, probes, *pairs)
+        await redis.eval(_ADD_LUA, 1, key, *args)
+
+
+async def drop_run(redis: Redis, names: Names, sweep_id: str, shard: int) -> None:
+    """Forget a shard's run counts (its run ended: the durable counts hold them)."""
+    await redis.hdel(names.sweep_live(sweep_id), f"run:{shard}")
 
 
 def probes_per_second(samples: Mapping[int, int], now: int, window: int = 10) -> float | None:
@@ -166,8 +212,8 @@ def probes_per_second(samples: Mapping[int, int], now: int, window: int = 10) ->
 
 
 async def read_counts(redis: Redis, names: Names, sweep_id: str, *,
-                      window: int = 10) -> LiveCounts:
-    """Read a sweep's counters and estimate its current probe rate.
+                      window: int = 10) -> LiveRuns:
+    """Read a sweep's run counts and estimate its current probe rate.
 
     :param window: seconds the rate is averaged over.
     """
@@ -175,25 +221,17 @@ async def read_counts(redis: Redis, names: Names, sweep_id: str, *,
         pipe.hgetall(names.sweep_live(sweep_id))
         pipe.time()
         raw, (now, _micros) = await pipe.execute()
-    probes = opened = 0
-    hits: dict[str, int] = {}
-    statuses: dict[str, int] = {}
+    runs: dict[int, RunCounts] = {}
     samples: dict[int, int] = {}
     for key, value in raw.items():
-        name, number = _text(key), int(value)
-        kind, _, rest = name.partition(":")
-        if name == "probes":
-            probes = number
-        elif name == "open":
-            opened = number
-        elif kind == "hits":
-            hits[rest] = number
-        elif kind == "status":
-            statuses[rest] = number
+        kind, _, rest = _text(key).partition(":")
+        if kind == "run" and rest.isdigit():
+            run = RunCounts.from_json(value)
+            if run is not None:
+                runs[int(rest)] = run
         elif kind == "sec" and rest.isdigit():
-            samples[int(rest)] = number
-    return LiveCounts(probes, opened, hits, statuses,
-                      probes_per_second(samples, int(now), window))
+            samples[int(rest)] = int(value)
+    return LiveRuns(runs, probes_per_second(samples, int(now), window))
 
 
 # -- control --------------------------------------------------------------------------
@@ -422,6 +460,12 @@ async def live_workers(redis: Redis, names: Names) -> list[WorkerInfo]:
                              {_text(k): _text(v) for k, v in raw.items()})
             for key, raw in zip(keys, hashes, strict=True)
             if raw]  # an empty one expired between SCAN and HGETALL
+
+
+async def worker_heartbeat(redis: Redis, names: Names, worker_id: str) -> dict[str, str] | None:
+    """One worker's heartbeat fields (``run`` is the run it holds), None if it lapsed."""
+    raw = await redis.hgetall(names.worker(worker_id))
+    return {_text(k): _text(v) for k, v in raw.items()} if raw else None
 
 
 # -- scheduler heartbeat ---------------------------------------------------------------

@@ -115,6 +115,9 @@ class ShardRow:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     updated_at: datetime | None = None
+    run_id: str | None = None
+    checkpoints: int = 0
+    requeues: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,9 +130,13 @@ class ShardStart:
     :ivar shard_state: the shard's state after this call (None for an unknown shard)
     :ivar position: where to resume the walk: the last checkpoint
     :ivar end_exponent: where the shard ends (exclusive)
-    :ivar attempts: attempts so far, this one included when *run*
+    :ivar attempts: lost runs so far (a run whose worker vanished, or that kept
+        failing past the outage grace); the shard fails when they reach the cap
     :ivar unfinished: exponents below *position* left unfinished by the last run: probe
         them first
+    :ivar busy: not run because a live run of another worker holds the shard: try the
+        message again later (it is neither dropped nor an attempt)
+    :ivar checkpoints: checkpoints written so far (this run's live counts are since then)
     """
 
     run: bool
@@ -140,6 +147,8 @@ class ShardStart:
     end_exponent: int
     attempts: int
     unfinished: tuple[int, ...] = ()
+    busy: bool = False
+    checkpoints: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +158,7 @@ class ShardCounts:
     :ivar states: shards per state, every state present
     :ivar covered: exponents behind the shards' positions (done work, checkpoints included)
     :ivar probes: probes recorded so far (done shards and checkpoints of the others)
+    :ivar requeues: times the scheduler put a shard back (worker gone, message lost)
     """
 
     states: dict[ShardState, int]
@@ -157,6 +167,7 @@ class ShardCounts:
     open: int
     hits: dict[str, int]
     statuses: dict[str, int]
+    requeues: int = 0
 
 
 # ----------------------------------------------------------------------------- row mapping
@@ -194,7 +205,8 @@ def shard_row(r: Row) -> ShardRow:
         statuses=_json(r["statuses"]), worker=r["worker"], error=r["error"],
         last_error=r["last_error"], last_error_at=r["last_error_at"],
         queued_at=r["queued_at"], started_at=r["started_at"],
-        finished_at=r["finished_at"], updated_at=r["updated_at"],
+        finished_at=r["finished_at"], updated_at=r["updated_at"], run_id=r["run_id"],
+        checkpoints=r["checkpoints"], requeues=r["requeues"],
     )  # fmt: skip
 
 

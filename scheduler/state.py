@@ -23,7 +23,8 @@ machine's transitions and the counts they carry are read, and kept consistent, t
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal, cast, get_args
 
 import asyncpg
@@ -69,8 +70,13 @@ __all__ = [
     "failed_shards",
     "maybe_finish_sweep",
     "note_shard_error",
+    "put_back",
     "queued_or_running",
+    "requeue_queued",
+    "running_runs",
+    "stale_queued",
     "retry_failed",
+    "spend_attempt",
     "set_sweep_state",
     "shard_counts",
     "start_shard",
@@ -269,7 +275,7 @@ async def shard_counts(conn: Conn, sweep_id: str) -> ShardCounts:
         by_state = await conn.fetch(
             "SELECT state, count(*) AS n,"
             " sum(position - first_exponent - cardinality(unfinished)) AS covered,"
-            " sum(probes) AS probes, sum(open) AS open"
+            " sum(probes) AS probes, sum(open) AS open, sum(requeues) AS requeues"
             " FROM sweep_shards WHERE sweep_id = $1 GROUP BY state",
             sweep_id,
         )
@@ -290,6 +296,7 @@ async def shard_counts(conn: Conn, sweep_id: str) -> ShardCounts:
         open=sum(int(r["open"]) for r in by_state),
         hits=sums["hits"],
         statuses=sums["statuses"],
+        requeues=sum(int(r["requeues"]) for r in by_state),
     )
 
 
@@ -339,19 +346,33 @@ async def queued_or_running(conn: Conn, sweep_id: str) -> int:
 
 
 async def start_shard(
-    conn: Conn, sweep_id: str, index: int, worker: str, max_attempts: int
+    conn: Conn, sweep_id: str, index: int, worker: str, max_attempts: int, *,
+    run_id: str | None = None, released: str | None = None,
+    holder_alive: Callable[[str, str], Awaitable[bool]] | None = None,
 ) -> ShardStart:
     """Decide whether a worker that received this shard's message should run it.
 
-    Runs it (attempts + 1, state running, from the last checkpoint: its ``unfinished``
-    targets, then the walk from its ``position``) unless the shard is
+    Runs it (state running, held by *run_id*, from the last checkpoint: its
+    ``unfinished`` targets, then the walk from its ``position``) unless the shard is
     already done, cancelled or failed, the sweep is paused (the shard becomes paused) or
-    cancelled (cancelled), or this would be attempt ``max_attempts + 1`` (failed).
+    cancelled (cancelled), another live run holds it (``busy``: try again later), or the
+    lost runs reach ``max_attempts`` (failed).
+
+    Attempts count lost runs, not deliveries: a shard found running under a run that
+    is not *released* (the run that sent this message again after a transient failure)
+    and whose worker no longer runs it (*holder_alive* false) was lost, and costs one.
+    A transient outage, retried within its grace, costs nothing.
+
+    :param run_id: this run's id (default: a new one)
+    :param released: the run that ended transiently and sent this message again
+    :param holder_alive: ``(worker, run_id) -> bool``: does that worker still run it?
+        (default: no)
     """
+    run_id = run_id or uuid.uuid4().hex
     async with conn.transaction():
         row = await conn.fetchrow(
             "SELECT sh.state, sh.position, sh.unfinished, sh.end_exponent, sh.attempts,"
-            " sh.last_error,"
+            " sh.last_error, sh.worker, sh.run_id, sh.checkpoints,"
             " s.state AS sweep"
             " FROM sweep_shards sh JOIN sweeps s ON s.id = sh.sweep_id"
             " WHERE sh.sweep_id = $1 AND sh.shard_index = $2 FOR UPDATE OF sh",
@@ -362,6 +383,16 @@ async def start_shard(
         shard, sweep, attempts = row["state"], row["sweep"], row["attempts"]
         last_error = row["last_error"]
         new, reason, error = shard, "", None
+        held = shard == "running" and row["run_id"] is not None \
+            and row["run_id"] != released
+        if held and holder_alive is not None and row["worker"] \
+                and await holder_alive(row["worker"], row["run_id"]):
+            return ShardStart(False, f"shard is running on {row['worker']}", sweep, shard,
+                              row["position"], row["end_exponent"], attempts,
+                              tuple(row["unfinished"]), busy=True,
+                              checkpoints=row["checkpoints"])
+        if held and shard not in _FINAL and sweep == "running":
+            attempts += 1  # the run that held it was lost
         if shard in _FINAL:
             reason = f"shard is {shard} already"
         elif sweep in ("paused", "cancelled"):
@@ -374,29 +405,60 @@ async def start_shard(
                 reason += f"; last error: {last_error}"
             error = reason
         else:
-            new, attempts = "running", attempts + 1
-        if new != shard or new == "running":
+            new = "running"
+        if new != shard or new == "running" or attempts != row["attempts"]:
             await conn.execute(
                 "UPDATE sweep_shards SET state = $3, attempts = $4, updated_at = now(),"
                 " worker = CASE WHEN $3 = 'running' THEN $5 ELSE worker END,"
+                " run_id = CASE WHEN $3 = 'running' THEN $7 ELSE run_id END,"
                 " started_at = CASE WHEN $3 = 'running' THEN now() ELSE started_at END,"
                 " finished_at = CASE WHEN $3 IN ('cancelled', 'failed') THEN now() END,"
                 " error = $6 WHERE sweep_id = $1 AND shard_index = $2",
-                sweep_id, index, new, attempts, worker, error,
+                sweep_id, index, new, attempts, worker, error, run_id,
             )  # fmt: skip
     return ShardStart(
         run=not reason, reason=reason, sweep_state=sweep, shard_state=new,
         position=row["position"], end_exponent=row["end_exponent"], attempts=attempts,
-        unfinished=tuple(row["unfinished"]),
+        unfinished=tuple(row["unfinished"]), checkpoints=row["checkpoints"],
     )  # fmt: skip
 
 
-async def note_shard_error(conn: Conn, sweep_id: str, index: int, error: str) -> None:
+async def spend_attempt(conn: Conn, sweep_id: str, index: int, error: str,
+                        max_attempts: int) -> bool:
+    """Count a run that failed on an outage longer than its grace as an attempt, and give
+    the shard up (``failed``, with why) once attempts reach *max_attempts*.
+
+    :returns: whether the shard is failed now
+    """
+    row = await conn.fetchrow(
+        "UPDATE sweep_shards SET attempts = attempts + 1, updated_at = now(),"
+        " last_error = $3, last_error_at = now(),"
+        " state = CASE WHEN attempts + 1 >= $4 THEN 'failed' ELSE state END,"
+        " finished_at = CASE WHEN attempts + 1 >= $4 THEN now() ELSE finished_at END,"
+        " error = CASE WHEN attempts + 1 >= $4"
+        "   THEN 'gave up after ' || (attempts + 1) || ' attempts; last error: ' || $3"
+        "   ELSE error END"
+        " WHERE sweep_id = $1 AND shard_index = $2"
+        " AND state NOT IN ('done', 'cancelled', 'failed') RETURNING state",
+        sweep_id, index, error[:2000], max_attempts)
+    return row is not None and row["state"] == "failed"
+
+
+async def note_shard_error(conn: Conn, sweep_id: str, index: int, error: str,
+                           run_id: str | None = None) -> None:
     """Record why a run of the shard failed (``last_error``), kept when the shard is
-    given up so that the operator sees the cause, not only the count of attempts."""
+    given up so that the operator sees the cause, not only the count of attempts.
+
+    :param run_id: the run that failed, if it held the shard: it holds it no more (the
+        shard is ``queued`` again, its message sent again by the worker)
+    """
     await conn.execute(
-        "UPDATE sweep_shards SET last_error = $3, last_error_at = now(), updated_at = now()"
-        " WHERE sweep_id = $1 AND shard_index = $2", sweep_id, index, error[:2000])
+        "UPDATE sweep_shards SET last_error = $3, last_error_at = now(), updated_at = now(),"
+        " state = CASE WHEN state = 'running' AND run_id = $4 THEN 'queued' ELSE state END,"
+        " queued_at = CASE WHEN state = 'running' AND run_id = $4 THEN now()"
+        "   ELSE queued_at END,"
+        " run_id = CASE WHEN state = 'running' AND run_id = $4 THEN NULL ELSE run_id END"
+        " WHERE sweep_id = $1 AND shard_index = $2", sweep_id, index, error[:2000], run_id)
 
 
 _ADD_COUNTS = """
@@ -424,21 +486,30 @@ async def checkpoint_shard(
     hits: Mapping[str, int] | None = None,
     statuses: Mapping[str, int] | None = None,
     worker: str | None = None,
+    run_id: str | None = None,
+    unfinished: Sequence[int] | None = None,
 ) -> bool:
     """Record that a running shard reached *position*, adding the counts made since the
-    previous checkpoint (its ``unfinished`` targets are left as they are: a run that
-    checkpoints has not probed them yet).
+    previous checkpoint, in one statement: the counts always cover exactly what the
+    checkpoint says is done, so a run replayed from it counts nothing twice.
 
-    :param worker: if given, only that worker's run may checkpoint (a stale redelivery
-        cannot move a shard another worker now runs)
-    :returns: False, and nothing changes, if the shard is not running (or not *worker*'s)
-        or *position* is behind the recorded one: the worker should stop
+    :param worker: if given, only that worker's run may checkpoint
+    :param run_id: if given, only that run may checkpoint (a stale redelivery or a run
+        that was superseded cannot move a shard another run now holds)
+    :param unfinished: exponents below *position* not finished yet (targets in flight);
+        ``None`` keeps the recorded ones
+    :returns: False, and nothing changes, if the shard is not running (or not *worker*'s
+        or *run_id*'s) or *position* is behind the recorded one: the run should stop
     """
     status = await conn.execute(
-        f"UPDATE sweep_shards SET position = $3, {_ADD_COUNTS}"
+        f"UPDATE sweep_shards SET position = $3, {_ADD_COUNTS},"
+        " checkpoints = checkpoints + 1,"
+        " unfinished = coalesce($10::bigint[], unfinished)"
         " WHERE sweep_id = $1 AND shard_index = $2 AND state = 'running'"
-        " AND position <= $3 AND $3 <= end_exponent AND ($8::text IS NULL OR worker = $8)",
-        sweep_id, index, position, *_counts(probes, open, hits, statuses), worker,
+        " AND position <= $3 AND $3 <= end_exponent AND ($8::text IS NULL OR worker = $8)"
+        " AND ($9::text IS NULL OR run_id = $9)",
+        sweep_id, index, position, *_counts(probes, open, hits, statuses), worker, run_id,
+        None if unfinished is None else list(unfinished),
     )  # fmt: skip
     return status == "UPDATE 1"
 
@@ -457,6 +528,7 @@ async def finish_shard(
     error: str | None = None,
     worker: str | None = None,
     unfinished: Sequence[int] = (),
+    run_id: str | None = None,
 ) -> bool:
     """Record the end of a run, adding the counts made since the last checkpoint.
 
@@ -470,6 +542,8 @@ async def finish_shard(
         *position* is behind the recorded one or the state is ``failed`` (a failure
         keeps the last hand-back for ``sweep retry``)
     :param worker: as for :func:`checkpoint_shard`
+    :param run_id: as for :func:`checkpoint_shard` (ignored for ``done`` from a final
+        state: the work was done)
     :returns: True if recorded; False if the shard had already finished (or is another
         worker's), and nothing changed
     :raises UnknownShard: no such shard
@@ -479,22 +553,22 @@ async def finish_shard(
     from_states = ["pending", "queued", "running", "paused"]
     if state == "done":
         from_states += ["cancelled", "failed"]  # the work was done: count it
-    # A run that ends paused stopped cleanly (pause, time limit, worker shutdown): it was
-    # not a failed attempt, so it does not count towards the cap.
+    # A run that ends (paused, too: a pause, the time limit, a worker shutdown) was not
+    # lost, so it costs no attempt (attempts count lost runs, see start_shard).
     status = await conn.execute(
         f"UPDATE sweep_shards SET {_ADD_COUNTS}, state = $3, error = $9,"
-        " attempts = CASE WHEN $3 = 'paused' THEN greatest(attempts - 1, 0)"
-        "   ELSE attempts END,"
         " unfinished = CASE WHEN $3 = 'done' THEN '{}'::bigint[]"
         "   WHEN $3 <> 'failed' AND least($10, end_exponent) >= position THEN $12::bigint[]"
         "   ELSE unfinished END,"
         " position = CASE WHEN $3 = 'done' THEN end_exponent"
         "   ELSE greatest(position, least($10, end_exponent)) END,"
-        " finished_at = CASE WHEN $3 = 'paused' THEN NULL ELSE now() END"
+        " finished_at = CASE WHEN $3 = 'paused' THEN NULL ELSE now() END,"
+        " checkpoints = checkpoints + 1"
         " WHERE sweep_id = $1 AND shard_index = $2 AND state = ANY($11::text[])"
-        " AND ($8::text IS NULL OR worker = $8)",
+        " AND ($8::text IS NULL OR worker = $8)"
+        " AND ($13::text IS NULL OR run_id = $13 OR state IN ('cancelled', 'failed'))",
         sweep_id, index, state, *_counts(probes, open, hits, statuses), worker, error,
-        position, from_states, list(unfinished),
+        position, from_states, list(unfinished), run_id,
     )  # fmt: skip
     if status == "UPDATE 1":
         return True
@@ -504,3 +578,57 @@ async def finish_shard(
     if exists is None:
         raise UnknownShard(f"sweep {sweep_id} has no shard {index}")
     return False
+
+
+# ---------------------------------------------------------------------- runs and faults
+
+
+async def running_runs(conn: Conn, sweep_id: str,
+                       indexes: Sequence[int] | None = None) -> dict[int, tuple[str, str, int]]:
+    """The running shards of a sweep (only *indexes*, if given): index -> (worker,
+    run id, checkpoints). What the live counts of a run are checked against, and what
+    the scheduler checks heartbeats against."""
+    rows = await conn.fetch(
+        "SELECT shard_index, worker, run_id, checkpoints FROM sweep_shards"
+        " WHERE sweep_id = $1 AND state = 'running' AND run_id IS NOT NULL"
+        " AND ($2::integer[] IS NULL OR shard_index = ANY($2::integer[]))",
+        sweep_id, None if indexes is None else list(indexes))
+    return {r["shard_index"]: (r["worker"] or "", r["run_id"], r["checkpoints"])
+            for r in rows}
+
+
+async def put_back(conn: Conn, sweep_id: str, index: int, run_id: str, reason: str) -> bool:
+    """Put a running shard whose run was lost (its worker gone) back to pending, for the
+    dispatcher to queue again; the lost run costs one attempt (as in :func:`start_shard`).
+    Its checkpoint stays: the next run resumes there.
+
+    :returns: False if the shard is no longer held by *run_id* (nothing changes)
+    """
+    status = await conn.execute(
+        "UPDATE sweep_shards SET state = 'pending', attempts = attempts + 1,"
+        " requeues = requeues + 1, run_id = NULL, last_error = $4, last_error_at = now(),"
+        " updated_at = now()"
+        " WHERE sweep_id = $1 AND shard_index = $2 AND state = 'running' AND run_id = $3",
+        sweep_id, index, run_id, reason[:2000])
+    return bool(status == "UPDATE 1")
+
+
+async def stale_queued(conn: Conn, older_than: float) -> list[tuple[str, ShardRow]]:
+    """Shards of running sweeps queued more than *older_than* seconds ago and not
+    started since (oldest first): their message may be lost."""
+    rows = await conn.fetch(
+        "SELECT sh.* FROM sweep_shards sh JOIN sweeps s ON s.id = sh.sweep_id"
+        " WHERE s.state = 'running' AND sh.state = 'queued'"
+        " AND sh.queued_at < now() - make_interval(secs => $1)"
+        " ORDER BY sh.queued_at LIMIT 1000", older_than)
+    return [(r["sweep_id"], shard_row(r)) for r in rows]
+
+
+async def requeue_queued(conn: Conn, sweep_id: str, index: int) -> ShardRow | None:
+    """Mark a queued shard as queued again now (its message is sent again): the row,
+    or None if it is no longer queued."""
+    row = await conn.fetchrow(
+        "UPDATE sweep_shards SET queued_at = now(), requeues = requeues + 1,"
+        " updated_at = now() WHERE sweep_id = $1 AND shard_index = $2 AND state = 'queued'"
+        " RETURNING *", sweep_id, index)
+    return None if row is None else shard_row(row)

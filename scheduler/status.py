@@ -5,6 +5,7 @@ here, so both faces say the same thing."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Final, Literal
 
 from redis.asyncio import Redis
@@ -15,7 +16,7 @@ from scheduler import live, state
 from scheduler.records import SweepRow, SweepState, UnknownSweep
 from storage.db import Conn
 
-__all__ = ["STEER", "Verb", "list_sweeps", "steer_sweep", "sweep_status"]
+__all__ = ["STEER", "Verb", "list_sweeps", "live_counts", "steer_sweep", "sweep_status"]
 
 Verb = Literal["pause", "resume", "cancel"]
 #: The state each steering verb asks for.
@@ -54,12 +55,12 @@ async def sweep_status(conn: Conn, redis: Redis, names: Names, sweep_id: str | N
     sweep = await state.get_sweep(conn, sweep_id)
     if sweep is None:
         raise UnknownSweep(f"no sweep {sweep_id}")
-    shards = await state.shard_counts(conn, sweep_id)
+    counts = await live_counts(conn, redis, names, sweep_id)
+    shards = await state.shard_counts(conn, sweep_id)  # (the states; the counts are read)
     failed = await state.failed_shards(conn, sweep_id, limit=10)
-    counts = await live.read_counts(redis, names, sweep_id)
     workers = await live.live_workers(redis, names)
     scheduler = await live.scheduler_alive(redis, names)
-    probes = max(counts.probes, shards.probes)
+    probes = counts.probes
     running = sweep.state == "running"
     return {
         "id": sweep.id, "name": sweep.name, "state": sweep.state,
@@ -68,9 +69,8 @@ async def sweep_status(conn: Conn, redis: Redis, names: Names, sweep_id: str | N
         else 1.0,
         "probes_per_second": round(counts.probes_per_second or 0.0, 1) if running else 0.0,
         "eta_seconds": counts.eta(sweep.target_count) if running else None,
-        "hits": counts.hits or shards.hits, "open": max(counts.open, shards.open),
-        "statuses": counts.statuses or shards.statuses,
-        "shards": dict(shards.states),
+        "hits": counts.hits, "open": counts.open, "statuses": counts.statuses,
+        "shards": dict(shards.states), "requeued": shards.requeues,
         "failed_shards": [{"shard": f.index, "queue": f.queue, "attempts": f.attempts,
                            "error": f.error, "last_error": f.last_error,
                            "last_error_at": f.last_error_at.isoformat()
@@ -83,6 +83,37 @@ async def sweep_status(conn: Conn, redis: Redis, names: Names, sweep_id: str | N
         "scheduler_alive": scheduler,
         "created_at": sweep.created_at.isoformat(),
     }
+
+
+async def live_counts(conn: Conn, redis: Redis, names: Names, sweep_id: str,
+                      ) -> live.LiveCounts:
+    """A sweep's counts, each target once: the durable counts of every shard (PostgreSQL,
+    up to its last checkpoint) plus, for each running shard, what its run counted since
+    that checkpoint (Redis) if the entry belongs to the run that holds the shard and to its
+    last checkpoint. An entry of a lost or superseded run, or one from before the last
+    checkpoint, is left out: its targets are counted by the checkpoint, or will be by the
+    run that replays them. Read in this order (Redis, the durable counts, the runs), a
+    checkpoint written meanwhile can only leave a run's recent part out, never count it
+    twice. Redis restarted empty: the durable counts alone, until the runs' next writes.
+
+    :raises UnknownSweep: no such sweep
+    :raises RedisError: Redis cannot be reached
+    """
+    runs = await live.read_counts(redis, names, sweep_id)
+    durable = await state.shard_counts(conn, sweep_id)
+    marks = await state.running_runs(conn, sweep_id, list(runs.runs)) if runs.runs else {}
+    probes, opened = durable.probes, durable.open
+    hits, statuses = Counter(durable.hits), Counter(durable.statuses)
+    for index, run in runs.runs.items():
+        mark = marks.get(index)
+        if mark is None or (mark[1], mark[2]) != (run.run_id, run.checkpoint):
+            continue
+        probes += run.probes
+        opened += run.open
+        hits.update(run.hits)
+        statuses.update(run.statuses)
+    return live.LiveCounts(probes, opened, dict(sorted(hits.items())),
+                           dict(sorted(statuses.items())), runs.probes_per_second)
 
 
 async def steer_sweep(conn: Conn, redis: Redis, names: Names, sweep_id: str, verb: Verb,

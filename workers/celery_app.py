@@ -6,8 +6,10 @@
 * reject on worker lost: a child killed mid-shard (OOM, SIGKILL) requeues its message
   instead of acking it; redeliveries are capped by the shard's attempt count in
   PostgreSQL (RabbitMQ 3.x classic queues have no delivery limit of their own);
-* long-running tasks are cancelled on a lost broker connection (otherwise Celery runs a
-  late-ack task twice per connection loss);
+* long-running tasks keep running when the broker connection is lost (a RabbitMQ restart
+  must not throw away the shards in flight): their messages come back after the
+  reconnection, and a message whose shard a live run holds is tried again later
+  (:func:`scheduler.state.start_shard`), so a shard never runs twice at once;
 * soft and hard time limits above the longest shard (the shard runner stops itself and
   hands the rest of the shard back before ``max_shard_seconds``); RabbitMQ's consumer
   timeout (30 min by default) must stay above the hard limit, and so must Redis's
@@ -55,7 +57,7 @@ def make_app(settings: Settings, *, queues: list[str] | None = None,
         task_reject_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,
         worker_prefetch_multiplier=1,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         task_soft_time_limit=MAX_SHARD_SECONDS + 300,
         task_time_limit=MAX_SHARD_SECONDS + 600,
         broker_transport_options={"visibility_timeout": 2 * (MAX_SHARD_SECONDS + 600)},

@@ -137,6 +137,15 @@ class Engine:
         if self._wake is not None:
             self._wake.set()
 
+    def in_flight_targets(self) -> list[tuple[int, PortSpec]]:
+        """The targets started and not finished (connecting or being probed), as they are
+        now: what a checkpoint leaves unfinished. Nothing changes."""
+        targets: list[tuple[int, PortSpec]] = []
+        if self._connector is not None:
+            targets += [(ip, self._spec_of(ctx)) for ip, ctx in self._connector.pending_targets()]
+        targets += [(ip, spec) for ip, spec, _ in self._probing.values()]
+        return targets
+
     def abort(self) -> list[tuple[int, PortSpec]]:
         """Stop now: start no new target and abandon every target in flight (its connect
         closed, its probe cancelled), with no result and not counted as done. ``run``

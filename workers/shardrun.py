@@ -30,8 +30,19 @@ resumes after the last target started, and the abandoned targets, kept with the 
 (``unfinished``), are probed first by the next run. So a hand-back takes under 5 s
 whatever the sweep's ``--timeout``, and every target is probed exactly once. The time
 limit, a pause and a cancel stop the same way. A hand-back is not a failed attempt. A
-worker killed outright records nothing: the message comes again and runs from the last
-hand-back (some targets probed twice, none lost).
+worker killed outright records nothing more: the message comes again and runs from its
+last checkpoint (about a second of work probed twice, none lost).
+
+Checkpoints (issue 17): every ``checkpoint_every`` seconds the run waits until every
+result so far is confirmed and records in PostgreSQL where the shard would resume and
+what it counted since the previous checkpoint (one UPDATE, only while this run holds the
+shard); the live counts in Redis are what it counted since then, replaced at each write.
+A run that finds another holding the shard stops.
+
+Why one piece: the run's start, its engine, its watcher, its checkpoints and its end all
+read and write the same state (the start's resume point, the engine's counters, the
+counts at the last checkpoint, the stop reason); split apart, the rule that every target
+is counted once would be checked across files.
 """
 
 from __future__ import annotations
@@ -41,6 +52,7 @@ import contextlib
 import itertools
 import logging
 import time
+import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
@@ -64,8 +76,9 @@ from workers.probes.base import ProbeOptions
 from workers.ratebudget import FleetRateLimiter, RateLimiter
 from workers.transport import Scope
 
-__all__ = ["DRAIN_GRACE", "MAX_ATTEMPTS", "MAX_SHARD_SECONDS", "ShardReport", "TransientError",
-           "WorkerContext", "fail_shard", "note_failure", "run_shard"]
+__all__ = ["CHECKPOINT_EVERY", "DRAIN_GRACE", "MAX_ATTEMPTS", "MAX_SHARD_SECONDS", "ShardBusy",
+           "ShardReport", "TransientError", "WorkerContext", "fail_shard", "note_failure",
+           "run_shard", "spend_attempt"]
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +91,11 @@ MAX_SHARD_SECONDS = 900.0
 #: after this are waiting for a timeout.
 DRAIN_GRACE = 3.0
 
-MAX_ATTEMPTS = 5  # deliveries of one shard before it is marked failed
+MAX_ATTEMPTS = 5  # lost runs of one shard before it is marked failed
 _CHECK_EVERY = 0.5  # seconds between looks at the control state (and counter flushes)
+#: Seconds between a running shard's checkpoints: a fault replays at most about this much
+#: of a run (each is one confirm wait and one UPDATE of the shard's row).
+CHECKPOINT_EVERY = 1.0
 
 
 class ShardReport(NamedTuple):
@@ -91,7 +107,19 @@ class ShardReport(NamedTuple):
 
 
 class TransientError(Exception):
-    """A dependency is away: retry the shard later."""
+    """A dependency is away: retry the shard later.
+
+    :ivar run_id: the run that failed (the retry says it ended, so it costs no attempt)
+    """
+
+    def __init__(self, message: str, run_id: str | None = None) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+
+class ShardBusy(Exception):
+    """A live run of another worker holds the shard (this message is a duplicate, or came
+    back after a lost connection): try it again later; it is not an attempt."""
 
 
 class WorkerContext:
@@ -101,18 +129,21 @@ class WorkerContext:
                  max_seconds: float = MAX_SHARD_SECONDS, *, queues: list[str] | None = None,
                  connections: int | None = None,
                  draining: Callable[[], bool] = lambda: False, metrics: bool = False,
-                 drain_grace: float = DRAIN_GRACE) -> None:
+                 drain_grace: float = DRAIN_GRACE,
+                 checkpoint_every: float = CHECKPOINT_EVERY) -> None:
         """:param queues: the queues this worker consumes (its heartbeat says so).
         :param connections: the most connections in flight in this process, whatever a
             sweep asks for (what its file descriptors allow).
         :param draining: true once the worker is shutting down: hand the shard back.
         :param metrics: feed :mod:`workers.metrics` (off: not a single extra call).
-        :param drain_grace: seconds the probes in flight get once a run must stop."""
+        :param drain_grace: seconds the probes in flight get once a run must stop.
+        :param checkpoint_every: seconds between a running shard's checkpoints."""
         self.settings = settings
         self.names = settings.names()
         self.worker_id = worker_id
         self.max_seconds = max_seconds
         self.drain_grace = drain_grace
+        self.checkpoint_every = checkpoint_every
         self.queues = queues or [self.names.probe_queue, self.names.probe_tls_queue]
         self.connections = connections
         self.draining = draining
@@ -206,40 +237,106 @@ def _config(spec: SweepSpec, sweep_id: str, connections: int | None) -> ScanConf
                            amqp_versions=spec.amqp_versions, ws_paths=spec.ws_paths))
 
 
-class _Flusher:
-    """Sends the engine's counters to Redis as deltas since the last flush."""
+class _Tally:
+    """A run's counts at its last checkpoint, and the live view of the rest.
 
-    def __init__(self, redis: Redis, ctx: WorkerContext, sweep_id: str) -> None:
-        self.redis, self.ctx, self.sweep_id = redis, ctx, sweep_id
-        self.sent_done = self.sent_open = 0
-        self.sent_hits: Counter[str] = Counter()
-        self.sent_statuses: Counter[str] = Counter()
+    The engine's counters grow over the whole run; the checkpoints add to PostgreSQL what
+    was counted since the previous one, and the live entry in Redis is what was counted
+    since the last one (replaced at every write, see :mod:`scheduler.live`)."""
+
+    def __init__(self, redis: Redis, ctx: WorkerContext, sweep_id: str, shard_id: int,
+                 run_id: str, checkpoint: int) -> None:
+        self.redis, self.ctx, self.sweep_id, self.shard_id = redis, ctx, sweep_id, shard_id
+        self.run_id, self.checkpoint = run_id, checkpoint
+        self.base = _Counts(0, 0, Counter(), Counter())  # at the last checkpoint
+        self.sent_done = 0  # probes in the rate samples so far
+
+    def since(self, now: _Counts) -> _Counts:
+        """What was counted between the last checkpoint and *now*."""
+        return now.minus(self.base)
+
+    def checkpointed(self, at: _Counts) -> None:
+        self.base = at
+        self.checkpoint += 1
 
     async def flush(self, stats: ScanStats) -> None:
-        hits = Counter(stats.hits)
-        hits.subtract(self.sent_hits)
-        statuses = Counter(stats.statuses)
-        statuses.subtract(self.sent_statuses)
-        probes, opened = stats.done - self.sent_done, stats.open - self.sent_open
-        if not probes and not opened:
+        """Write the live part; a Redis that is away skips it (Redis is a cache: the next
+        write replaces it all, and the durable counts are in PostgreSQL)."""
+        now = _Counts.of(stats)
+        part = self.since(now)
+        try:
+            await live.put_run(self.redis, self.ctx.names, self.sweep_id, self.shard_id,
+                               live.RunCounts(self.run_id, self.checkpoint, part.done,
+                                              part.open, dict(part.hits),
+                                              dict(part.statuses)),
+                               new_probes=max(0, now.done - self.sent_done))
+        except (RedisError, OSError) as exc:
+            log.debug("shard %s/%s: live counts not written (%s)", self.sweep_id,
+                      self.shard_id, describe(exc))
             return
-        await live.add_counts(self.redis, self.ctx.names, self.sweep_id, probes=probes,
-                              open=opened, hits=+hits, statuses=+statuses)
-        self.sent_done, self.sent_open = stats.done, stats.open
-        self.sent_hits, self.sent_statuses = Counter(stats.hits), Counter(stats.statuses)
+        self.sent_done = now.done
+
+
+class _Patient:
+    """The fleet rate budget, waited for while Redis is away (up to ``patience``
+    seconds): probing on without the budget would break the sweep's rate, and failing
+    the run at once would throw away its work since the last checkpoint for a Redis that
+    restarts in a second."""
+
+    def __init__(self, inner: RateLimiter, patience: float = 10.0) -> None:
+        self.inner, self.patience = inner, patience
+
+    async def acquire(self, wanted: int) -> int:
+        give_up: float | None = None
+        while True:
+            try:
+                return await self.inner.acquire(wanted)
+            except (RedisError, OSError) as exc:
+                now = time.monotonic()
+                if give_up is None:
+                    give_up = now + self.patience
+                    log.warning("rate budget unreachable (%s); waiting up to %.0f s",
+                                describe(exc), self.patience)
+                if now >= give_up:
+                    raise
+                await asyncio.sleep(0.5)
+
+
+class _Counts(NamedTuple):
+    done: int
+    open: int
+    hits: Counter[str]
+    statuses: Counter[str]
+
+    @classmethod
+    def of(cls, stats: ScanStats) -> _Counts:
+        return cls(stats.done, stats.open, Counter(stats.hits), Counter(stats.statuses))
+
+    def minus(self, other: _Counts) -> _Counts:
+        hits, statuses = Counter(self.hits), Counter(self.statuses)
+        hits.subtract(other.hits)
+        statuses.subtract(other.statuses)
+        return _Counts(self.done - other.done, self.open - other.open, +hits, +statuses)
 
 
 async def run_shard(ctx: WorkerContext, sweep_id: str, shard_id: int, spec: dict[str, Any],
-                    shard_data: dict[str, Any]) -> ShardReport:
+                    shard_data: dict[str, Any], *, released: str | None = None) -> ShardReport:
     """Run (or skip) one shard; return what happened.
 
-    :raises TransientError: PostgreSQL, Redis or RabbitMQ is away; retry later.
+    :param released: the run that sent this message again after a transient failure (it
+        costs no attempt)
+    :raises TransientError: PostgreSQL, Redis or RabbitMQ is away; retry later (its
+        ``run_id`` names this run).
+    :raises ShardBusy: a live run of another worker holds the shard; try again later.
     """
+    run_id = uuid.uuid4().hex
+    took: list[str] = []  # the run id once the shard is ours
     try:
-        return await _run(ctx, sweep_id, shard_id, spec, shard_data)
+        return await _run(ctx, sweep_id, shard_id, spec, shard_data, run_id, released, took)
     except (DatabaseError, OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
             asyncpg.InterfaceError, RedisError, PublisherError, TimeoutError, ZmapFailed) as exc:
-        raise TransientError(describe(exc)) from exc
+        # a run that never took the shard leaves it as it was: the one released before
+        raise TransientError(describe(exc), took[0] if took else released) from exc
     finally:
         ctx.busy_tick = None
 
@@ -260,23 +357,57 @@ async def fail_shard(ctx: WorkerContext, sweep_id: str, shard_id: int, error: st
                     describe(exc))
 
 
-async def note_failure(ctx: WorkerContext, sweep_id: str, shard_id: int, error: str) -> None:
-    """Record why a run of the shard failed (``last_error``), if PostgreSQL answers; the
-    retry goes ahead either way."""
+async def spend_attempt(ctx: WorkerContext, sweep_id: str, shard_id: int, error: str,
+                        run_id: str | None = None) -> None:
+    """Count a failed run as an attempt (the outage outlasted its grace): the fifth gives
+    the shard up, and the sweep can end. Best effort, like :func:`note_failure`."""
     try:
         pool = await ctx.pool()
         async with pool.acquire() as conn:
-            await state.note_shard_error(conn, sweep_id, shard_id, error)
+            await state.note_shard_error(conn, sweep_id, shard_id, error, run_id)
+            if await state.spend_attempt(conn, sweep_id, shard_id, error, MAX_ATTEMPTS):
+                log.error("shard %s/%s: gave up after %d attempts (%s)", sweep_id, shard_id,
+                          MAX_ATTEMPTS, error)
+                await state.maybe_finish_sweep(conn, sweep_id)
+    except Exception as exc:  # the database may be what failed: the log has it then
+        log.warning("shard %s/%s: could not count its attempt (%s)", sweep_id, shard_id,
+                    describe(exc))
+
+
+async def note_failure(ctx: WorkerContext, sweep_id: str, shard_id: int, error: str,
+                       run_id: str | None = None) -> None:
+    """Record why a run of the shard failed (``last_error``) and that *run_id* holds it no
+    more, if PostgreSQL answers; the retry goes ahead either way."""
+    try:
+        pool = await ctx.pool()
+        async with pool.acquire() as conn:
+            await state.note_shard_error(conn, sweep_id, shard_id, error, run_id)
     except Exception as exc:  # the database may be what failed: the log has it then
         log.warning("shard %s/%s: could not record its error (%s)", sweep_id, shard_id,
                     describe(exc))
 
 
 async def _run(ctx: WorkerContext, sweep_id: str, shard_id: int, spec_data: dict[str, Any],
-               shard_data: dict[str, Any]) -> ShardReport:
+               shard_data: dict[str, Any], run_id: str, released: str | None,
+               took: list[str]) -> ShardReport:
     pool = await ctx.pool()
+    redis = ctx.redis()
+    await redis.ping()  # every dependency answers before the shard is taken
+    publisher = await ctx.publisher()
+    heartbeat = ctx.heartbeat()
+
+    async def holder_alive(worker: str, run: str) -> bool:
+        beat = await live.worker_heartbeat(redis, ctx.names, worker)
+        return beat is not None and beat.get("run") == run
+
     async with pool.acquire() as conn:
-        start = await state.start_shard(conn, sweep_id, shard_id, ctx.worker_id, MAX_ATTEMPTS)
+        start = await state.start_shard(conn, sweep_id, shard_id, ctx.worker_id, MAX_ATTEMPTS,
+                                        run_id=run_id, released=released,
+                                        holder_alive=holder_alive)
+    if start.busy:
+        raise ShardBusy(start.reason)
+    if start.run:
+        took.append(run_id)
     if not start.run:
         return ShardReport("skipped", f"shard {sweep_id}/{shard_id} skipped: {start.reason}")
     spec = SweepSpec.model_validate(spec_data)
@@ -284,19 +415,17 @@ async def _run(ctx: WorkerContext, sweep_id: str, shard_id: int, spec_data: dict
     group, shard = plan.locate(shard_id)
     if Shard.from_dict(shard_data) != shard:
         raise ValueError(f"shard {shard_id} of {sweep_id} does not match its plan")
-    redis = ctx.redis()
-    publisher = await ctx.publisher()
-    heartbeat = ctx.heartbeat()
-    heartbeat.update(sweep_id=sweep_id, shard=shard_id, probes=0, state="busy")
+    heartbeat.update(sweep_id=sweep_id, shard=shard_id, run=run_id, probes=0, state="busy")
     control = live.ControlWatch(redis, ctx.names, sweep_id)
-    limiter: RateLimiter = FleetRateLimiter(redis, ctx.names.sweep_rate(sweep_id), spec.rate)
+    limiter: RateLimiter = _Patient(FleetRateLimiter(redis, ctx.names.sweep_rate(sweep_id),
+                                                     spec.rate))
     meter = None
     if ctx.metrics:
         from workers.metrics import RateWaitMeter, ShardMeter
 
         meter = ShardMeter(group.queue(ctx.names), RateWaitMeter(limiter), publisher.confirmed)
         limiter = meter.limiter
-    flusher = _Flusher(redis, ctx, sweep_id)
+    tally = _Tally(redis, ctx, sweep_id, shard_id, run_id, start.checkpoints)
     stop_reason: list[str] = []
     abandoned: list[tuple[int, PortSpec]] = []
     began = ctx.busy_tick = time.monotonic()
@@ -321,7 +450,7 @@ async def _run(ctx: WorkerContext, sweep_id: str, shard_id: int, spec_data: dict
     async def watch() -> None:
         """Every half second (whether or not the engine's loop turns: probes waiting
         for their timeouts do not turn it): stop the run when it must, abandon what is
-        still in flight after the grace, flush the counters."""
+        still in flight after the grace, flush the live counts."""
         stopped_at = 0.0
         try:
             while not finished.is_set():
@@ -339,14 +468,49 @@ async def _run(ctx: WorkerContext, sweep_id: str, shard_id: int, spec_data: dict
                         abandoned.extend(engine.abort())
                     else:
                         pause = min(pause, left)
-                await flusher.flush(engine.stats)
+                await tally.flush(engine.stats)
                 if meter is not None:
                     meter.flush(engine.stats, engine.in_flight, publisher.confirmed)
                 heartbeat.update(probes=engine.stats.done)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(finished.wait(), pause)
         except Exception:
-            engine.abort()  # the run is retried from its last hand-back: nothing is lost
+            engine.abort()  # the run is retried from its last checkpoint: nothing is lost
+            raise
+
+    async def checkpoints() -> None:
+        """Every ``checkpoint_every`` seconds: once every result so far is confirmed,
+        record in PostgreSQL where the shard would resume (after the last target started,
+        those still in flight left unfinished) with the counts since the previous
+        checkpoint, in one statement. A fault then replays only what followed. A
+        checkpoint refused means another run holds the shard now: this one stops."""
+        try:
+            while not finished.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(finished.wait(), ctx.checkpoint_every)
+                if finished.is_set() or stop_reason:
+                    return
+                at = _Counts.of(engine.stats)  # one synchronous step: a consistent cut
+                started = engine.stats.started
+                flying = {plan.element_of(group, ip, port)
+                          for ip, port in engine.in_flight_targets()}
+                await publisher.flush()  # every result of the cut confirmed (and more)
+                back = hand_back(shard, start.position, start.unfinished, started, flying)
+                part = tally.since(at)
+                async with pool.acquire() as conn:
+                    ok = await state.checkpoint_shard(
+                        conn, sweep_id, shard_id, back.position, unfinished=back.unfinished,
+                        probes=part.done, open=part.open, hits=part.hits,
+                        statuses=part.statuses, run_id=run_id)
+                if not ok:
+                    log.warning("shard %s/%s: another run holds it now; stopping this one",
+                                sweep_id, shard_id)
+                    stop_reason.append("superseded")
+                    engine.abort()
+                    return
+                tally.checkpointed(at)
+        except Exception:
+            engine.abort()
             raise
 
     saw = None if meter is None else meter.saw
@@ -362,44 +526,55 @@ async def _run(ctx: WorkerContext, sweep_id: str, shard_id: int, spec_data: dict
     def walk() -> Walk:
         return itertools.chain(plan.targets_at(group, start.unfinished),
                                plan.targets_of(group, shard, start.position))
-    watcher = asyncio.create_task(watch())
+    helpers = [asyncio.create_task(watch()), asyncio.create_task(checkpoints())]
     try:
-        targets = walk() if spec.discovery is None else await discover_shard(  # ZMap first
-            walk, engine, spec, ctx, group.queue(ctx.names), stopped=lambda: bool(stop_reason))
-        stats = await engine.run(targets, sink)
-    except BaseException:
+        try:
+            targets = walk() if spec.discovery is None else await discover_shard(  # ZMap first
+                walk, engine, spec, ctx, group.queue(ctx.names),
+                stopped=lambda: bool(stop_reason))
+            stats = await engine.run(targets, sink)
+        except BaseException:
+            finished.set()
+            await asyncio.wait(helpers)
+            for helper in helpers:
+                if not helper.cancelled():
+                    helper.exception()  # seen: the run's own failure is the one reported
+            raise
         finished.set()
-        await asyncio.wait([watcher])
-        if not watcher.cancelled():
-            watcher.exception()  # seen: the run's own failure is the one reported
-        raise
-    finished.set()
-    await watcher  # the watcher's failure (Redis away) is the run's
-    await publisher.flush()  # every result confirmed before the shard is recorded
-    await flusher.flush(stats)
-    if meter is not None:
-        meter.flush(stats, 0, publisher.confirmed)
-    heartbeat.update(sweep_id="", shard="", probes=stats.done, state="idle")
-    hits, statuses = dict(stats.hits), dict(stats.statuses)
-    async with pool.acquire() as conn:
-        if stop_reason:
-            back = hand_back(shard, start.position, start.unfinished, stats.started,
-                             {plan.element_of(group, ip, port) for ip, port in abandoned})
-            end_state: Literal["paused", "cancelled"] = \
-                "cancelled" if stop_reason[0] == "cancelled" else "paused"
-            await state.finish_shard(conn, sweep_id, shard_id, state=end_state,
-                                     position=back.position, unfinished=back.unfinished,
-                                     worker=ctx.worker_id, probes=stats.done,
-                                     open=stats.open, hits=hits, statuses=statuses)
-            outcome = "handed-back" if stop_reason[0] in ("shutdown", "time limit") \
-                else end_state
-            return ShardReport(outcome, f"shard {sweep_id}/{shard_id} stopped "
-                                        f"({stop_reason[0]}) at {back.position}, "
-                                        f"{len(back.unfinished)} unfinished before it")
-        await state.finish_shard(conn, sweep_id, shard_id, state="done",
-                                 position=shard.end_exponent, worker=ctx.worker_id,
-                                 probes=stats.done, open=stats.open, hits=hits,
-                                 statuses=statuses)
-        await state.maybe_finish_sweep(conn, sweep_id)
-    return ShardReport("done", f"shard {sweep_id}/{shard_id} done: {stats.done} probes, "
-                               f"{stats.open} open")
+        for helper in helpers:
+            await helper  # a helper's failure (Redis or RabbitMQ away) is the run's
+        if stop_reason[:1] == ["superseded"]:
+            return ShardReport("superseded", f"shard {sweep_id}/{shard_id}: another run "
+                                             "holds it now; this one stopped")
+        await publisher.flush()  # every result confirmed before the shard is recorded
+        if meter is not None:
+            meter.flush(stats, 0, publisher.confirmed)
+        part = tally.since(_Counts.of(stats))
+        counts: dict[str, Any] = {"probes": part.done, "open": part.open,
+                                  "hits": dict(part.hits), "statuses": dict(part.statuses)}
+        async with pool.acquire() as conn:
+            if stop_reason:
+                back = hand_back(shard, start.position, start.unfinished, stats.started,
+                                 {plan.element_of(group, ip, port) for ip, port in abandoned})
+                end_state: Literal["paused", "cancelled"] = \
+                    "cancelled" if stop_reason[0] == "cancelled" else "paused"
+                await state.finish_shard(conn, sweep_id, shard_id, state=end_state,
+                                         position=back.position, unfinished=back.unfinished,
+                                         worker=ctx.worker_id, run_id=run_id, **counts)
+                outcome = "handed-back" if stop_reason[0] in ("shutdown", "time limit") \
+                    else end_state
+                report = ShardReport(outcome, f"shard {sweep_id}/{shard_id} stopped "
+                                              f"({stop_reason[0]}) at {back.position}, "
+                                              f"{len(back.unfinished)} unfinished before it")
+            else:
+                await state.finish_shard(conn, sweep_id, shard_id, state="done",
+                                         position=shard.end_exponent, worker=ctx.worker_id,
+                                         run_id=run_id, **counts)
+                await state.maybe_finish_sweep(conn, sweep_id)
+                report = ShardReport("done", f"shard {sweep_id}/{shard_id} done: "
+                                             f"{stats.done} probes, {stats.open} open")
+        with contextlib.suppress(RedisError, OSError):
+            await live.drop_run(redis, ctx.names, sweep_id, shard_id)  # counted durably now
+        return report
+    finally:
+        heartbeat.update(sweep_id="", shard="", run="", state="idle")

@@ -4,8 +4,12 @@ Celery tasks are synchronous, so each worker process owns one :class:`asyncio.Ru
 created lazily in that process (after the prefork fork, whatever the pool), and the
 runner's loop holds the process's connections (results publisher, Redis, PostgreSQL)
 across shards. Transient failures (a database, Redis or broker that is away) retry the
-task later, with a growing delay, after recording the error on the shard; a failure a
-retry cannot mend gives the shard up at once, with its error. The shard itself is
+task later, with a growing delay, after recording the error on the shard; the retry
+names the run that ended (``released``) and when the outage began (``outage_since``), so
+that an outage shorter than ``shard_outage_seconds`` costs the shard no attempt. A
+message for a shard that a live run of another worker holds (a duplicate, or one that
+came back after a lost broker connection) is tried again later. A failure a retry cannot
+mend gives the shard up at once, with its error. The shard itself is
 idempotent, so a retry or a redelivery is harmless.
 
 The worker's life is wired through Celery's own signals, not by wrapping the task:
@@ -16,6 +20,8 @@ The worker's life is wired through Celery's own signals, not by wrapping the tas
   connection for as long as its next timer allows, up to 10 s, and only between polls
   does it see that a warm shutdown was asked for, so a shard that handed its work back
   would otherwise keep the process up to 10 s more;
+* ``worker_ready`` also puts the readiness gate (:mod:`workers.readiness`) on the
+  consumer's timer: a worker whose ``/readyz`` fails stops consuming until it passes;
 * ``worker_shutting_down`` (SIGTERM to the main process, Celery's warm shutdown): a byte
   of memory shared with every child turns to 1, and each child's running shard hands
   the rest of its work back within about 4 s, probes still in flight abandoned and
@@ -34,6 +40,7 @@ import logging
 import mmap
 import os
 import socket
+import time
 from typing import Any
 
 from celery import Celery, Task
@@ -52,11 +59,13 @@ from celery.signals import (
 from brokerscan.oneline import describe
 from brokerscan.settings import Settings
 from workers.shardrun import (
+    ShardBusy,
     TransientError,
     WorkerContext,
     fail_shard,
     note_failure,
     run_shard,
+    spend_attempt,
 )
 
 __all__ = ["draining", "register"]
@@ -64,6 +73,7 @@ __all__ = ["draining", "register"]
 log = logging.getLogger(__name__)
 
 _RETRY_MAX = 60  # seconds: the longest pause before a shard is tried again
+_BUSY_RETRY = 12.0  # seconds: a worker heartbeat (10 s TTL) lapses within this
 
 # One byte shared (MAP_SHARED) with every child the pool forks: 1 once the worker is
 # shutting down. Made at import, in the main process, before any fork.
@@ -128,11 +138,16 @@ _TICK = 1.0  # seconds: the longest a solo worker's loop waits before it looks a
 
 @worker_ready.connect
 def _worker_ready(sender: Any = None, **_: Any) -> None:
-    if _app is not None and _app.conf.get("brokerscan_pool") == "solo":
+    if _app is None:
+        return
+    timer = getattr(sender, "timer", None)  # the consumer's, which its event loop polls by
+    if _app.conf.get("brokerscan_pool") == "solo":
         _start_process()  # the solo pool runs tasks in this very process
-        timer = getattr(sender, "timer", None)  # the consumer's, which its event loop polls by
         if timer is not None:
             timer.call_repeatedly(_TICK, _tick)
+    gate = _app.conf.get("brokerscan_gate")
+    if gate is not None and timer is not None:  # not ready: take no shard (readiness.py)
+        timer.call_repeatedly(_TICK, gate.apply, (sender,))
 
 
 @worker_shutting_down.connect
@@ -207,17 +222,36 @@ def register(app: Celery) -> None:
     @app.task(name=names.run_shard_task, bind=True, acks_late=True, max_retries=None,
               ignore_result=True)
     def run_shard_task(self: Task, sweep_id: str, shard_id: int, spec: dict[str, Any],
-                       shard: dict[str, Any]) -> dict[str, str]:
+                       shard: dict[str, Any], released: str | None = None,
+                       outage_since: float | None = None) -> dict[str, str]:
         process = _current(app)
         try:
             report = process.runner.run(run_shard(process.context, sweep_id, shard_id, spec,
-                                                  shard))
+                                                  shard, released=released))
+        except ShardBusy as exc:  # a duplicate message: look again once a beat could lapse
+            log.info("shard %s/%s: %s; trying this message again later", sweep_id, shard_id,
+                     exc)
+            raise self.retry(exc=exc, countdown=_BUSY_RETRY,
+                             kwargs={"released": released,
+                                     "outage_since": outage_since}) from exc
         except TransientError as exc:
-            log.warning("shard %s/%s: %s; retrying", sweep_id, shard_id, exc)
-            process.runner.run(note_failure(process.context, sweep_id, shard_id, str(exc)))
+            # The run is over (it ended here): the retry says so, and costs no attempt
+            # while the outage lasts less than shard_outage_seconds.
+            # Past the grace each failed run is an attempt, counted here (the fifth gives
+            # the shard up); the retry still names the run, so it is not counted twice.
+            now = time.time()
+            since = outage_since if outage_since is not None else now
+            free = now - since < settings.shard_outage_seconds
+            log.warning("shard %s/%s: %s; retrying (%s)", sweep_id, shard_id, exc,
+                        f"outage for {now - since:.0f} s: no attempt spent" if free
+                        else "outage too long: this run counts as an attempt")
+            process.runner.run(
+                (note_failure if free else spend_attempt)(process.context, sweep_id, shard_id,
+                                                          str(exc), exc.run_id))
             delay = min(_RETRY_MAX, settings.shard_retry_seconds
                         * 2 ** (self.request.retries or 0))
-            raise self.retry(exc=exc, countdown=delay) from exc
+            raise self.retry(exc=exc, countdown=delay, kwargs={
+                "released": exc.run_id, "outage_since": since}) from exc
         except Exception as exc:  # a retry would fail the same way: give the shard up
             error = describe(exc)
             log.error("shard %s/%s failed: %s", sweep_id, shard_id, error, exc_info=True)

@@ -423,6 +423,10 @@ class Connector:
             self._callback(entry[1], entry[2], None, errno.ETIMEDOUT)
         self._sweeper = self._loop.call_later(0.2, self._sweep) if deadlines else None
 
+    def pending_targets(self) -> list[tuple[int, object]]:
+        """The ``(ip, ctx)`` of every connect in flight (nothing changes)."""
+        return [(ip, ctx) for _, ctx, ip in self._pending.values()]
+
     def abandon(self) -> list[tuple[int, object]]:
         """Close every connect in flight, with no callback for any; return their
         ``(ip, ctx)``. The connector stays usable."""

@@ -233,6 +233,8 @@ class SweepDetail(_Body):
     open: int | None = None
     statuses: dict[str, int] = Field(default_factory=dict)
     shards: dict[str, int] = Field(default_factory=dict)
+    requeued: int = Field(default=0, description="times the scheduler put a shard back "
+                                                 "(its worker gone, or its message lost)")
     failed_shards: list[FailedShard] = Field(default_factory=list)
     retries: int = 0
     workers: list[SweepWorker] = Field(default_factory=list)

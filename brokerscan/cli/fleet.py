@@ -130,13 +130,17 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     metrics = settings.metrics_port is not None
     directory = _metrics_dir() if metrics else None
     from workers.celery_app import make_app  # Celery is slow to import: only when needed
+    from workers.readiness import ReadyGate
 
     began = time.monotonic()
-    server = start_ops_server(settings, Health(
-        "probe-worker", alive=lambda: _worker_alive(began),
-        checks=dependency_checks(settings, _WORKER_NEEDS)))
+    health = Health("probe-worker", alive=lambda: _worker_alive(began),
+                    checks=dependency_checks(settings, _WORKER_NEEDS))
+    server = start_ops_server(settings, health)
     app = make_app(settings, queues=chosen, connections=args.connections, pool=args.pool,
                    metrics=metrics)
+    gate = ReadyGate(health, chosen)
+    if settings.ready_gate:
+        app.conf.brokerscan_gate = gate.start()
     argv = ["worker", "-Q", ",".join(chosen), "-P", args.pool, "--loglevel", "INFO",
             "-n", f"brokerscan-{os.getpid()}@{socket.gethostname()}", "--without-gossip",
             "--without-mingle"]
@@ -152,6 +156,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     except SystemExit as exc:  # Celery exits through SystemExit: keep its code
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
+        gate.stop()
         if server is not None:
             server.stop()
         if directory is not None and directory.startswith(tempfile.gettempdir()):

@@ -268,7 +268,9 @@ def _render_status(d: dict[str, Any]) -> str:
         f"{d['probes']:,}/{d['targets']:,}  {d['probes_per_second']:,.0f} probes/s  ETA {eta}",
         f"hits: {hits}   open ports: {d['open']:,}",
         "shards: " + "  ".join(f"{s} {shards.get(s, 0):,}" for s in (
-            "done", "running", "queued", "pending", "paused", "failed", "cancelled")),
+            "done", "running", "queued", "pending", "paused", "failed", "cancelled"))
+        + (f"  (put back {d['requeued']:,} times: worker gone or message lost)"
+           if d.get("requeued") else ""),
         *_failed_lines(d),
         _workers_line(d["workers"])
         + ("" if d["scheduler_alive"] else "   (no scheduler running)"),

@@ -34,15 +34,16 @@ class Fleet:
     """One namespace, one database, a results queue, and the processes of a sweep."""
 
     def __init__(self, workdir: Path, *, broker_url: str | None = None,
-                 results_url: str | None = None) -> None:
+                 results_url: str | None = None, redis_url: str | None = None) -> None:
         self.workdir = workdir
         self.namespace = new_names().namespace
         self.database_url = pg.new_database_url()
+        self.results_url = results_url or RABBIT_URL
         self.env = {**os.environ,
                     "BROKERSCAN_NAMESPACE": self.namespace,
                     "BROKERSCAN_DATABASE_URL": self.database_url,
                     "BROKERSCAN_SCOPE": "127.0.0.0/8",
-                    "BROKERSCAN_REDIS_URL": REDIS_URL,
+                    "BROKERSCAN_REDIS_URL": redis_url or REDIS_URL,
                     "BROKERSCAN_BROKER_URL": broker_url or BROKER_URL,
                     "BROKERSCAN_RESULTS_URL": results_url or RABBIT_URL}
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -56,7 +57,7 @@ class Fleet:
         asyncio.run(self._bind_results())
 
     async def _bind_results(self) -> None:
-        connection = await aio_pika.connect(RABBIT_URL)
+        connection = await aio_pika.connect(self.results_url)
         async with connection:
             channel = await connection.channel()
             exchange = await channel.declare_exchange(f"{self.namespace}.results",
@@ -69,7 +70,7 @@ class Fleet:
         asyncio.run(self._cleanup())
 
     async def _cleanup(self) -> None:
-        connection = await aio_pika.connect(RABBIT_URL)
+        connection = await aio_pika.connect(self.results_url)
         async with connection:
             channel = await connection.channel()
             for queue in (self.results_queue, f"{self.namespace}.probe",
@@ -185,7 +186,7 @@ class Fleet:
         ``"sweep|ip|port"`` (every message unpacked, every line validated)."""
         async def drain() -> Counter[str]:
             seen: Counter[str] = Counter()
-            connection = await aio_pika.connect(RABBIT_URL)
+            connection = await aio_pika.connect(self.results_url)
             async with connection:
                 channel = await connection.channel()
                 await channel.set_qos(prefetch_count=1000)

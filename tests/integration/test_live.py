@@ -20,11 +20,14 @@ from scheduler.live import (
     ControlWatch,
     Heartbeat,
     LiveCounts,
-    add_counts,
+    LiveRuns,
+    RunCounts,
     beat_scheduler,
+    drop_run,
     get_control,
     live_workers,
     probes_per_second,
+    put_run,
     read_counts,
     scheduler_alive,
     set_control,
@@ -39,33 +42,43 @@ pytestmark = pytest.mark.integration
 # -- counters ---------------------------------------------------------------------------
 
 
-async def test_counters_add_up_under_concurrent_writers(redis, names):
+async def test_run_counts_are_replaced_per_shard_under_concurrent_writers(redis, names):
+    # 16 shards' runs write 40 times each at once: each shard keeps its last write (a run
+    # writes what it counted since its checkpoint: a replay replaces, never adds), and the
+    # rate samples add up every write's new probes.
     writers, flushes = 16, 40
 
     async def worker(i: int) -> None:
         client = Redis.from_url(REDIS_URL)  # one connection per writer, like a worker
         try:
-            for _ in range(flushes):
-                await add_counts(client, names, "s1", probes=10, open=2,
-                                 hits={"mqtt": 1, "amqp": i % 2},
-                                 statuses={"success": 2, "connection-refused": 8})
+            for n in range(1, flushes + 1):
+                await put_run(client, names, "s1", i,
+                              RunCounts(f"run{i}", 3, probes=10 * n, open=2 * n,
+                                        hits={"mqtt": n}, statuses={"success": 2 * n}),
+                              new_probes=10)
         finally:
             await client.aclose()
 
     await asyncio.gather(*(worker(i) for i in range(writers)))
-    counts = await read_counts(redis, names, "s1")
-    n = writers * flushes
-    assert (counts.probes, counts.open) == (10 * n, 2 * n)
-    assert counts.hits == {"mqtt": n, "amqp": n // 2}
-    assert counts.statuses == {"success": 2 * n, "connection-refused": 8 * n}
+    live = await read_counts(redis, names, "s1")
+    assert sorted(live.runs) == list(range(writers))
+    assert {r.run_id for r in live.runs.values()} == {f"run{i}" for i in range(writers)}
+    assert all(r == RunCounts(r.run_id, 3, 10 * flushes, 2 * flushes, {"mqtt": flushes},
+                              {"success": 2 * flushes}) for r in live.runs.values())
+    fields = await redis.hgetall(names.sweep_live("s1"))
+    assert sum(int(v) for k, v in fields.items()
+               if k.decode().startswith("sec:") and k.decode()[4:].isdigit()) == \
+        writers * flushes * 10
+    await drop_run(redis, names, "s1", 0)
+    assert 0 not in (await read_counts(redis, names, "s1")).runs
 
 
-async def test_zero_counts_write_nothing_and_negative_counts_are_refused(redis, names):
-    await add_counts(redis, names, "s1", probes=0, open=0, hits={"mqtt": 0}, statuses={})
-    assert await redis.exists(names.sweep_live("s1")) == 0
-    assert await read_counts(redis, names, "s1") == LiveCounts()
+async def test_negative_counts_are_refused_and_foreign_fields_ignored(redis, names):
+    assert await read_counts(redis, names, "s1") == LiveRuns()
     with pytest.raises(ValueError):
-        await add_counts(redis, names, "s1", probes=-1, open=0, hits={}, statuses={})
+        await put_run(redis, names, "s1", 0, RunCounts("r", 0, probes=-1), new_probes=0)
+    await redis.hset(names.sweep_live("s1"), mapping={"run:1": "not json", "run:x": "{}"})
+    assert (await read_counts(redis, names, "s1")).runs == {}
 
 
 def test_rate_estimate_from_samples():
@@ -88,7 +101,8 @@ async def test_rate_estimate_from_real_flushes_and_samples_are_trimmed(redis, na
     began = time.monotonic()
     end, flushes = began + 3.5, 0
     while time.monotonic() < end:
-        await add_counts(redis, names, "s1", probes=200, open=0, hits={}, statuses={}, keep=2)
+        await put_run(redis, names, "s1", 0, RunCounts("r", 0, probes=200 * (flushes + 1)),
+                      new_probes=200, keep=2)
         flushes += 1
         await asyncio.sleep(0.1)  # the scenario: a worker's flush interval
     written = 200 * flushes / (time.monotonic() - began)

@@ -34,6 +34,7 @@ from scheduler.sweeps import SweepSpec, plan_sweep
 from tests import servers
 from tests.faultproxy import FaultProxy
 from tests.integration.sweepfleet import Fleet
+from tests.waiting import holds_for
 from workers.shardrun import WorkerContext, run_shard
 
 pytestmark = pytest.mark.integration
@@ -238,7 +239,7 @@ def test_sigterm_hands_the_rest_of_the_shard_back(fleet: Fleet) -> None:
     fleet.wait_state(sweep_id, {"finished"}, timeout=60)
     seen = fleet.results()
     assert len(seen) == 1024 and max(seen.values()) == 1  # every target exactly once
-    assert fleet.shards(sweep_id)[0]["attempts"] == 1
+    assert fleet.shards(sweep_id)[0]["attempts"] == 0  # no run was lost
 
 
 @pytest.mark.parametrize("pool", ["prefork", "solo"])
@@ -341,13 +342,76 @@ def test_time_limited_runs_hand_back_their_abandoned_targets(fleet: Fleet) -> No
 
 # -- failures: visible and recoverable ---------------------------------------------------------
 
-def test_failed_shards_say_why_and_can_be_retried(fleet: Fleet) -> None:
+def test_an_outage_within_its_grace_costs_no_attempt(fleet: Fleet) -> None:
+    # Redis gone for this worker (five failed runs failed the shard before issue 17):
+    # within shard_outage_seconds nothing is spent, the worker, not ready, stops taking
+    # the shard, which waits, and finishes once Redis is back, every target counted once.
     proxy = FaultProxy("127.0.0.1", 6379, host=servers.allocate("ops", 0)[0])
     try:
         fleet.start_scheduler()
         fleet.start_worker("w1", env={"BROKERSCAN_REDIS_URL": f"redis://{proxy.host}:"
                                                               f"{proxy.port}/0",
                                       "BROKERSCAN_SHARD_RETRY_SECONDS": "0.2"})
+        sweep_id = fleet.start_sweep("127.62.48.0/24", "--ports", "1883", "--allow-reserved",
+                                     "--all", "--rate", "40", "--shards", "1", "--seed", "4",
+                                     "--connect-timeout", "1", "--timeout", "2")
+        fleet.wait_for(sweep_id, "probing", lambda s: s["probes"] > 20)
+        proxy.refuse_new()
+        proxy.cut()
+        wait_until("failed runs, then a worker that is not ready",
+                   lambda: "takes no shard until it is" in fleet.log("w1")
+                   and "no attempt spent" in fleet.log("w1"), timeout=60, fleet=fleet)
+        holds_for(lambda: fleet.shards(sweep_id)[0]["attempts"] == 0
+                  and fleet.shards(sweep_id)[0]["state"] in ("queued", "running"), 8.0,
+                  "the shard waiting without spending attempts")
+        assert "outage too long" not in fleet.log("w1")
+        proxy.refuse_new(False)
+        status = fleet.wait_state(sweep_id, {"finished"}, timeout=90)
+        assert fleet.shards(sweep_id)[0]["attempts"] == 0
+        assert status["probes"] == 256 and sum(status["statuses"].values()) == 256
+        assert len(fleet.results()) == 256
+    finally:
+        proxy.stop()
+
+
+def test_a_worker_that_is_not_ready_takes_no_shard_until_it_is(fleet: Fleet) -> None:
+    proxy = FaultProxy("127.0.0.1", 6379, host=servers.allocate("ops", 0)[0])
+    try:
+        fleet.start_scheduler()
+        fleet.start_worker("w1", env={"BROKERSCAN_REDIS_URL": f"redis://{proxy.host}:"
+                                                              f"{proxy.port}/0"})
+        wait_until("w1 up", lambda: "ready." in fleet.log("w1"), fleet=fleet)
+        proxy.refuse_new()
+        proxy.cut()  # its /readyz fails: Redis does not answer it
+        wait_until("w1 not ready", lambda: "takes no shard until it is" in fleet.log("w1"),
+                   fleet=fleet)
+        sweep_id = fleet.start_sweep("127.62.50.0/26", "--ports", "1883", "--allow-reserved",
+                                     "--all", "--shards", "1", "--seed", "5",
+                                     "--connect-timeout", "1", "--timeout", "2")
+        wait_until("the shard queued", lambda: fleet.shards(sweep_id)[0]["state"],
+                   lambda s: s == "queued", fleet=fleet)
+        holds_for(lambda: fleet.shards(sweep_id)[0]["state"] == "queued", 4.0,
+                  "the shard left alone by a worker that is not ready")
+        assert "Task brokerscan.run_shard" not in fleet.log("w1")  # never even received
+        proxy.refuse_new(False)
+        fleet.wait_state(sweep_id, {"finished"}, timeout=60)
+        assert "worker ready again" in fleet.log("w1")
+        assert fleet.shards(sweep_id)[0]["attempts"] == 0
+        assert len(fleet.results()) == 64
+    finally:
+        proxy.stop()
+
+
+def test_failed_shards_say_why_and_can_be_retried(fleet: Fleet) -> None:
+    proxy = FaultProxy("127.0.0.1", 6379, host=servers.allocate("ops", 0)[0])
+    try:
+        fleet.start_scheduler()
+        # no grace: every run that fails on the outage is an attempt
+        fleet.start_worker("w1", env={"BROKERSCAN_REDIS_URL": f"redis://{proxy.host}:"
+                                                              f"{proxy.port}/0",
+                                      "BROKERSCAN_SHARD_RETRY_SECONDS": "0.2",
+                                      "BROKERSCAN_SHARD_OUTAGE_SECONDS": "0",
+                                      "BROKERSCAN_READY_GATE": "false"})
         sweep_id = fleet.start_sweep("127.62.44.0/24", "--ports", "1883", "--allow-reserved",
                                      "--all", "--rate", "40", "--shards", "1", "--seed", "4",
                                      "--connect-timeout", "1", "--timeout", "2")

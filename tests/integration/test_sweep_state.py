@@ -204,23 +204,39 @@ async def test_cancel_cancels_waiting_shards(conn: db.Conn) -> None:
 async def test_run_checkpoint_finish_and_redelivery(conn: db.Conn) -> None:
     sweep_id = await new_sweep(conn, shards=2)
     await state.claim_pending(conn, sweep_id, 2)
-    start = await state.start_shard(conn, sweep_id, 0, "w1", 3)
-    assert (start.run, start.position, start.end_exponent, start.attempts) == (True, 0, 100, 1)
+    start = await state.start_shard(conn, sweep_id, 0, "w1", 3, run_id="r1")
+    assert (start.run, start.position, start.end_exponent, start.attempts) == (True, 0, 100, 0)
     assert await state.checkpoint_shard(
-        conn, sweep_id, 0, 40, probes=40, open=3, hits={"mqtt": 2}, statuses={"success": 3}
-    )
+        conn, sweep_id, 0, 40, probes=40, open=3, hits={"mqtt": 2}, statuses={"success": 3},
+        run_id="r1", unfinished=[38])
     assert not await state.checkpoint_shard(conn, sweep_id, 0, 30, probes=1)  # backwards
     assert not await state.checkpoint_shard(conn, sweep_id, 0, 50, worker="w2")  # not w2's
-    # The worker dies; the message comes back to another worker, from the checkpoint.
-    again = await state.start_shard(conn, sweep_id, 0, "w2", 3)
-    assert (again.run, again.position, again.attempts) == (True, 40, 2)
+    assert not await state.checkpoint_shard(conn, sweep_id, 0, 50, run_id="r0")  # not r0's
+    # A duplicate message while w1's run is alive: not run, not an attempt, nothing changes.
+    alive: list[tuple[str, str]] = []
+
+    async def holder_alive(worker: str, run: str) -> bool:
+        alive.append((worker, run))
+        return True
+
+    busy = await state.start_shard(conn, sweep_id, 0, "w2", 3, holder_alive=holder_alive)
+    assert (busy.run, busy.busy, busy.attempts, alive) == (False, True, 0, [("w1", "r1")])
+    # r1 failed transiently and sent its message again: that costs no attempt.
+    again = await state.start_shard(conn, sweep_id, 0, "w1", 3, run_id="r2", released="r1")
+    assert (again.run, again.position, again.unfinished, again.attempts,
+            again.checkpoints) == (True, 40, (38,), 0, 1)
+    # The worker dies; the message comes back to another worker, from the checkpoint: the
+    # lost run is one attempt.
+    again = await state.start_shard(conn, sweep_id, 0, "w2", 3, run_id="r3", released="r1",
+                                    holder_alive=lambda w, r: asyncio.sleep(0, False))
+    assert (again.run, again.position, again.attempts) == (True, 40, 1)
     finish = {"position": 100, "probes": 60, "open": 1, "hits": {"mqtt": 1, "amqp": 1},
               "statuses": {"success": 1, "connection-refused": 59}}  # fmt: skip
     assert await state.finish_shard(conn, sweep_id, 0, state="done", **finish)  # type: ignore[arg-type]
     assert not await state.finish_shard(conn, sweep_id, 0, state="done", **finish)  # type: ignore[arg-type]
     redelivered = await state.start_shard(conn, sweep_id, 0, "w3", 3)
     assert (redelivered.run, redelivered.reason, redelivered.attempts) == (
-        False, "shard is done already", 2
+        False, "shard is done already", 1
     )  # fmt: skip
     counts = await state.shard_counts(conn, sweep_id)
     assert (counts.states["done"], counts.states["queued"], counts.covered) == (1, 1, 100)
@@ -258,7 +274,7 @@ async def test_handed_back_run_keeps_its_unfinished_targets(conn: db.Conn) -> No
     await state.claim_pending(conn, sweep_id, 1)
     start = await state.start_shard(conn, sweep_id, 0, "w2", 3)
     assert (start.run, start.position, start.unfinished, start.attempts) == (
-        True, 30, (4, 17, 29), 1)  # a hand-back is not a failed attempt
+        True, 30, (4, 17, 29), 0)  # a hand-back is not a failed attempt
     # The next run is handed back before it reaches the walk: 4 done, 17 abandoned again.
     assert await state.finish_shard(
         conn, sweep_id, 0, state="paused", position=30, unfinished=[17, 29], probes=1,
@@ -302,6 +318,33 @@ async def test_attempts_cap(conn: db.Conn) -> None:
     assert await state.maybe_finish_sweep(conn, sweep_id)
     sweep = await state.get_sweep(conn, sweep_id)
     assert sweep is not None and (sweep.state, sweep.failed_shards) == ("failed", 1)
+
+
+async def test_lost_runs_are_put_back_and_stale_queued_shards_found(conn: db.Conn) -> None:
+    sweep_id = await new_sweep(conn, shards=3)
+    await state.claim_pending(conn, sweep_id, 3)
+    await state.start_shard(conn, sweep_id, 0, "w1", 3, run_id="r1")
+    assert await state.checkpoint_shard(conn, sweep_id, 0, 10, probes=10, run_id="r1")
+    await state.start_shard(conn, sweep_id, 1, "w2", 3, run_id="r2")
+    assert await state.running_runs(conn, sweep_id) == {0: ("w1", "r1", 1),
+                                                        1: ("w2", "r2", 0)}
+    assert await state.running_runs(conn, sweep_id, [1]) == {1: ("w2", "r2", 0)}
+    assert not await state.put_back(conn, sweep_id, 0, "r0", "no")  # not r0's any more
+    assert await state.put_back(conn, sweep_id, 0, "r1", "worker w1 stopped beating")
+    row = (await state.claim_pending(conn, sweep_id, 3))[0]
+    assert (row.index, row.position, row.attempts, row.requeues, row.run_id,
+            row.last_error) == (0, 10, 1, 1, None, "worker w1 stopped beating")
+    counts = await state.shard_counts(conn, sweep_id)
+    assert (counts.requeues, counts.probes) == (1, 10)
+    # shard 2 (and 0, queued again just now) are queued: stale once older than asked
+    assert await state.stale_queued(conn, 3600) == []
+    await conn.execute("UPDATE sweep_shards SET queued_at = now() - interval '1 hour'"
+                       " WHERE sweep_id = $1 AND shard_index = 2", sweep_id)
+    assert [(s, r.index) for s, r in await state.stale_queued(conn, 60)] == [(sweep_id, 2)]
+    again = await state.requeue_queued(conn, sweep_id, 2)
+    assert again is not None and again.requeues == 1
+    assert await state.stale_queued(conn, 60) == []
+    assert await state.requeue_queued(conn, sweep_id, 1) is None  # running, not queued
 
 
 async def test_maybe_finish_sweep(conn: db.Conn) -> None:

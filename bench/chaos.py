@@ -1,0 +1,225 @@
+"""Benchmark: the chaos suite (issue 17): a sweep through each fault, against a sweep with none.
+
+    .venv/bin/python bench/chaos.py [--addresses 8192] [--rate 1000] [--cases all]
+
+Every case is a whole fleet of real processes (scheduler, two ``--pool solo`` probe
+workers) on a namespace and a database of its own, sweeping ``--addresses`` loopback
+addresses (127.59.0.0 up) on ports 1883 and 5672, with one real Mosquitto among them
+(the one broker to find). Services the case breaks are the case's own (tests/chaos.py): a
+Redis, a RabbitMQ node, or a fault proxy in front of the machine's RabbitMQ. Cases:
+
+* ``baseline``: no fault (the same run's reference);
+* ``worker-kill``: a probe worker killed with -9 mid-sweep, a new one started;
+* ``redis-restart``: the fleet's Redis restarted empty (no persistence) mid-sweep;
+* ``rabbitmq-outage``: the RabbitMQ node (task broker and results) stopped for 8 s, then
+  started again with its data;
+* ``rabbitmq-recreated``: the task broker's node recreated without its data (every queued
+  shard's message gone; results go to the machine's RabbitMQ);
+* ``network-cut``: every connection to RabbitMQ cut once by the fault proxy.
+
+Per case: lost (targets with no result), duplicated (results published more than once:
+rework), whether ``sweep status`` ever counted more probes than targets or more hits
+than brokers, whether its final counts are exact (probes = targets, hits = 1 MQTT,
+statuses add up), whether the sweep finished, the sweep's wall time, the outage and the
+time from the service's return to the sweep's progress again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests import servers  # noqa: E402
+from tests.chaos import OwnRabbit, OwnRedis  # noqa: E402
+from tests.faultproxy import FaultProxy  # noqa: E402
+from tests.integration.sweepfleet import Fleet  # noqa: E402
+
+BASE = "127.59"
+MOSQUITTO = ("127.59.0.10", 1883)
+PORTS = (1883, 5672)
+CASES = ("baseline", "worker-kill", "redis-restart", "rabbitmq-outage", "rabbitmq-recreated",
+         "network-cut")
+
+
+@dataclass
+class Outcome:
+    case: str
+    lost: int
+    duplicated: int
+    overcounted: bool
+    exact: bool
+    finished: bool
+    wall: float
+    outage: float | None
+    recovery: float | None
+    note: str = ""
+
+
+class Watcher(threading.Thread):
+    """Reads ``sweep status`` over and over; remembers the largest counts it saw."""
+
+    def __init__(self, fleet: Fleet, sweep_id: str, targets: int) -> None:
+        super().__init__(daemon=True)
+        self.fleet, self.sweep_id, self.targets = fleet, sweep_id, targets
+        self.last: dict[str, Any] = {}
+        self.overcounted = False
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            proc = self.fleet.cli("sweep", "status", self.sweep_id, "--format", "json",
+                                  check=False)
+            if proc.returncode == 0:
+                import json
+
+                status = json.loads(proc.stdout)
+                self.last = status
+                if status["probes"] > self.targets or status["hits"].get("mqtt", 0) > 1 \
+                        or sum(status["statuses"].values()) > self.targets:
+                    self.overcounted = True
+                if status["state"] in ("finished", "failed", "cancelled"):
+                    return
+            self.done.wait(0.3)
+
+    def probes(self) -> int:
+        return int(self.last.get("probes", 0))
+
+
+def wait(test: Callable[[], bool], timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if test():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def run_case(case: str, workdir: Path, addresses: int, rate: int) -> Outcome:
+    targets = addresses * len(PORTS)
+    redis = OwnRedis(workdir / "redis").start() if case == "redis-restart" else None
+    rabbit = OwnRabbit(workdir / "rabbit").start() \
+        if case in ("rabbitmq-outage", "rabbitmq-recreated") else None
+    proxy = FaultProxy("127.0.0.1", 5672, host=servers.allocate("scratch", 0)[0]) \
+        if case == "network-cut" else None
+    urls: dict[str, str] = {}
+    if redis is not None:
+        urls["redis_url"] = redis.url
+    if rabbit is not None:
+        urls["broker_url"] = rabbit.broker_url
+        if case == "rabbitmq-outage":
+            urls["results_url"] = rabbit.results_url
+    if proxy is not None:
+        urls["broker_url"], urls["results_url"] = proxy.url(path="//"), proxy.url()
+    fleet = Fleet(workdir / "fleet", **urls)
+    (workdir / "fleet").mkdir(parents=True, exist_ok=True)
+    fleet.env["BROKERSCAN_SHARD_LOST_SECONDS"] = "15"
+    fleet.setup()
+    outage = recovery = None
+    try:
+        fleet.start_scheduler()
+        fleet.start_worker("w1")
+        fleet.start_worker("w2")
+        wait(lambda: all("ready." in fleet.log(n) for n in ("w1", "w2")), 60)
+        began = time.monotonic()
+        net = f"{BASE}.0.0/{33 - addresses.bit_length()}"
+        sweep_id = fleet.start_sweep(net, "--ports", ",".join(map(str, PORTS)),
+                                     "--allow-reserved", "--all", "--rate", str(rate),
+                                     "--shards", "8", "--seed", "13",
+                                     "--connect-timeout", "1", "--io-timeout", "1",
+                                     "--timeout", "3")
+        watcher = Watcher(fleet, sweep_id, targets)
+        watcher.start()
+        wait(lambda: watcher.probes() > targets // 3, 300)
+        fault = time.monotonic()
+        if case == "worker-kill":
+            fleet.kill("w1")
+            fleet.start_worker("w3")
+        elif case == "redis-restart":
+            assert redis is not None
+            redis.restart_empty()
+        elif case == "rabbitmq-outage":
+            assert rabbit is not None
+            rabbit.restart(away=8.0)
+        elif case == "rabbitmq-recreated":
+            assert rabbit is not None
+            rabbit.recreate()
+        elif case == "network-cut":
+            assert proxy is not None
+            proxy.cut()
+        if case != "baseline":
+            back = time.monotonic()
+            outage = back - fault
+            at = watcher.probes()
+            wait(lambda: watcher.probes() > at or watcher.last.get("state") == "finished",
+                 600)
+            recovery = time.monotonic() - back
+        watcher.join(timeout=900)
+        watcher.done.set()
+        wall = time.monotonic() - began
+        status = fleet.status(sweep_id)
+        seen = fleet.results()
+        expected = {f"{sweep_id}|{BASE}.{i >> 8}.{i & 255}|{port}"
+                    for i in range(addresses) for port in PORTS}
+        lost = len(expected - set(seen))
+        duplicated = sum(seen.values()) - len(seen)
+        exact = (status["probes"] == targets and status["hits"] == {"mqtt": 1}
+                 and sum(status["statuses"].values()) == targets)
+        requeued = status.get("requeued", 0)
+        return Outcome(case, lost, duplicated, watcher.overcounted, exact,
+                       status["state"] == "finished", wall, outage, recovery,
+                       f"requeued {requeued}" if requeued else "")
+    finally:
+        fleet.teardown()
+        for service in (redis, rabbit, proxy):
+            if service is not None:
+                service.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--addresses", type=int, default=8192)
+    parser.add_argument("--rate", type=int, default=1000)
+    parser.add_argument("--cases", default="all", help=f"comma-separated, of {CASES}")
+    args = parser.parse_args()
+    if not 256 <= args.addresses <= 65536 or args.addresses & (args.addresses - 1):
+        parser.error("--addresses must be a power of two from 256 to 65536")
+    cases = CASES if args.cases == "all" else tuple(c.strip() for c in args.cases.split(","))
+    unknown = sorted(set(cases) - set(CASES))
+    if unknown:
+        parser.error(f"unknown case(s) {', '.join(unknown)} (of {', '.join(CASES)})")
+    mosquitto_dir = Path(tempfile.mkdtemp(prefix="chaos-mq-"))
+    mosquitto = servers.start_mosquitto(mosquitto_dir, *MOSQUITTO)
+    targets = args.addresses * len(PORTS)
+    print(f"{targets:,} targets ({args.addresses:,} addresses x {len(PORTS)} ports), "
+          f"rate {args.rate}/s, 2 probe workers")
+    print("| case | lost | duplicated (rework) | status overcounted | counts exact | finished "
+          "| wall s | outage s | recovery s | note |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    try:
+        for case in cases:
+            with tempfile.TemporaryDirectory(prefix=f"chaos-{case}-") as tmp:
+                o = run_case(case, Path(tmp), args.addresses, args.rate)
+            print(f"| {o.case} | {o.lost} | {o.duplicated} ({100 * o.duplicated / targets:.2f}%)"
+                  f" | {'YES' if o.overcounted else 'no'} | {'yes' if o.exact else 'NO'}"
+                  f" | {'yes' if o.finished else 'NO'} | {o.wall:.1f}"
+                  f" | {'-' if o.outage is None else f'{o.outage:.1f}'}"
+                  f" | {'-' if o.recovery is None else f'{o.recovery:.1f}'} | {o.note} |",
+                  flush=True)
+    finally:
+        mosquitto.stop()
+        shutil.rmtree(mosquitto_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

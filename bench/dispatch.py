@@ -9,10 +9,10 @@ Two measurements, each with its baseline from the same run:
   over refusing loopback space (127.66.0.0/16, one closed port, 4 shards per worker, so
   every shard is light) per contender, at a fleet rate of 5,000 probes/s (a shard lasts a
   few seconds, many dispatch rounds, so "busy at once" means held, not a passing
-  overlap; the sweep's wall time is set by that rate, whatever the dispatch): the sized dispatcher (no ``--max-queued``) and the
-  old fixed cap (``--max-queued 8``, main's default). Reported: the most worker processes
-  busy at once (heartbeats sampled every 50 ms, as ``sweep status`` counts them) and the
-  sweep's wall time.
+  overlap; the sweep's wall time is set by that rate, whatever the dispatch): the sized
+  dispatcher (no ``--max-queued``) and the old fixed cap (``--max-queued 8``, main's
+  default). Reported: the most worker processes busy at once (heartbeats sampled every
+  50 ms, as ``sweep status`` counts them) and the sweep's wall time.
 * ``rate``: a full ``0.0.0.0/0`` plan (four default ports, 59,238 shards) recorded as
   ``sweep start`` does in a database and namespace of the bench's own, then dispatched by a
   real ``brokerscan scheduler`` process to a probe queue that no worker consumes: timed

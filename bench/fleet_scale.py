@@ -135,13 +135,14 @@ def run_fleet(net: str, workers: int) -> tuple[float, dict[str, float], dict[str
             time.sleep(2)  # the other roles' start-up off the clock
             services = _service_pids()
             before = {name: _cpu(p.pid) for name, p in fleet.processes.items()}
-            before_services = {k: sum(_cpu(p) for p in v) for k, v in services.items()}
+            before_services = {p: _cpu(p) for v in services.values() for p in v}
             sweep_id = fleet.start_sweep(net, "--ports", PORTS, "--allow-reserved",
                                          "--rate", "0", "--concurrency", "1000",
                                          "--seed", "11")
             elapsed = asyncio.run(_finished(fleet.database_url, sweep_id))
             cpu = {name: _cpu(p.pid) - before[name] for name, p in fleet.processes.items()}
-            cpu |= {k: sum(_cpu(p) for p in v) - before_services[k]
+            # processes that lived through the run (a backend that ended took its share)
+            cpu |= {k: sum(max(0.0, _cpu(p) - before_services[p]) for p in v)
                     for k, v in services.items()}
             shards = fleet.shards(sweep_id)
             probes = sum(s["probes"] for s in shards)

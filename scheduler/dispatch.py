@@ -72,7 +72,7 @@ class Dispatcher:
         self._shard_dicts: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
         self._states: dict[str, str] = {}
         self._sent_by_queue: Counter[str] = Counter()
-        self._capacity_cache: tuple[float, dict[str, int]] | None = None
+        self._capacity_cache: tuple[float, dict[str, int], int] | None = None
         self._turn = 0
 
     def stop(self) -> None:
@@ -108,10 +108,11 @@ class Dispatcher:
                 self._note_state(sweep.id, sweep.state)
         running = [s for s in sweeps if s.state == "running"]
         if running:
-            capacity = await self._capacity(redis)
+            capacity, processes = await self._capacity(redis)
             async with pool.acquire() as conn:
                 loads = await state.queue_loads(conn, [s.id for s in sweeps])
-            sent = await self._send_round(pool, running, self._round(running, loads, capacity))
+            sent = await self._send_round(pool, running,
+                                          self._round(running, loads, capacity, processes))
             async with pool.acquire() as conn:
                 for sweep in running:
                     if await state.maybe_finish_sweep(conn, sweep.id):
@@ -126,24 +127,27 @@ class Dispatcher:
         self.sent += sent
         return sent
 
-    async def _capacity(self, redis: Redis) -> dict[str, int]:
-        """Shards the live fleet runs at once, per queue, from the workers' heartbeats
-        (read at most once a second: they beat every 2 s)."""
+    async def _capacity(self, redis: Redis) -> tuple[dict[str, int], int]:
+        """Shards the live fleet runs at once, per queue and in all (each process counted
+        once), from the workers' heartbeats (read at most once a second: they beat every
+        2 s)."""
         now = time.monotonic()
         if self._capacity_cache is None or now >= self._capacity_cache[0]:
             workers = await live.live_workers(redis, self.names)
             found = sizing.capacity_by_queue((w.queues, w.capacity) for w in workers)
-            self._capacity_cache = (now + _CAPACITY_EVERY, found)
-        return self._capacity_cache[1]
+            self._capacity_cache = (now + _CAPACITY_EVERY, found,
+                                    sum(w.capacity for w in workers))
+        return self._capacity_cache[1], self._capacity_cache[2]
 
     def _round(self, running: list[state.SweepRow],
                loads: dict[tuple[str, str], sizing.QueueLoad],
-               capacity: dict[str, int]) -> list[tuple[str, str, int]]:
-        """What to send this round: (sweep, queue, shards), the queues interleaved.
+               capacity: dict[str, int], processes: int) -> list[tuple[str, str, int]]:
+        """What to send this round: (sweep, queue, shards).
 
-        Each queue is topped up to its capacity plus a margin (:mod:`scheduler.sizing`),
-        the room shared among the running sweeps (the tie-breaking turn rotates every
-        round); ``max_queued`` caps each sweep's backlog over both queues."""
+        Each queue is topped up to its capacity plus a margin, no more than the processes
+        can take over both queues (:func:`scheduler.sizing.fleet_room`), the room shared
+        among the running sweeps (the tie-breaking turn rotates every round);
+        ``max_queued`` caps each sweep's backlog over both queues."""
         self._turn += 1
         ids = [s.id for s in running]
         turn = ids[self._turn % len(ids):] + ids[:self._turn % len(ids)]
@@ -151,13 +155,17 @@ class Dispatcher:
         if self.max_queued is not None:
             caps = {}
             for sweep_id in ids:
-                backlog = sum(load.backlog for (s, _), load in loads.items() if s == sweep_id)
-                caps[sweep_id] = max(0, self.max_queued - backlog)
-        queues = sorted({q for (_, q) in loads} | set(capacity))
+                held = sum(load.backlog for (s, _), load in loads.items() if s == sweep_id)
+                caps[sweep_id] = max(0, self.max_queued - held)
+        backlog: dict[str, int] = {}
+        wanted: dict[str, int] = {}
+        for (sweep_id, queue), load in loads.items():
+            backlog[queue] = backlog.get(queue, 0) + load.backlog
+            if sweep_id in ids:
+                wanted[queue] = wanted.get(queue, 0) + load.pending
+        rooms = sizing.fleet_room(capacity, processes, backlog, wanted)
         plan: list[tuple[str, str, int]] = []
-        for queue in queues:
-            backlog = sum(load.backlog for (_, q), load in loads.items() if q == queue)
-            room = sizing.queue_room(capacity.get(queue, 0), backlog)
+        for queue, room in sorted(rooms.items()):
             mine = {s: loads[(s, queue)] for s in ids if (s, queue) in loads}
             given = sizing.allocate(room, mine, turn, caps)
             for sweep_id, count in given.items():

@@ -26,7 +26,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["QueueLoad", "allocate", "capacity_by_queue", "margin", "queue_room"]
+__all__ = ["QueueLoad", "allocate", "capacity_by_queue", "fleet_room", "margin", "queue_room"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +64,41 @@ def queue_room(capacity: int, backlog: int) -> int:
     worker consumes still gets the margin, so a fleet that starts after the sweep finds
     work at once."""
     return max(0, capacity + margin(capacity) - backlog)
+
+
+def fleet_room(capacity: Mapping[str, int], processes: int, backlog: Mapping[str, int],
+               wanted: Mapping[str, int]) -> dict[str, int]:
+    """Shards to send now, per queue.
+
+    Each queue gets up to its :func:`queue_room`; and since a process that consumes both
+    queues counts in both capacities but runs one shard at a time, all queues together
+    get no more than the processes plus each queue's margin, less the whole backlog. That
+    room is dealt one shard at a time to each queue in turn that still wants some, so
+    plaintext and TLS shards go out side by side.
+
+    :param capacity: per queue (:func:`capacity_by_queue`)
+    :param processes: the live processes' capacity, each counted once
+    :param backlog: shards queued or running, per queue
+    :param wanted: shards ready to be queued, per queue
+    """
+    queues = sorted(set(capacity) | set(backlog) | set(wanted))
+    rooms = {q: min(wanted.get(q, 0), queue_room(capacity.get(q, 0), backlog.get(q, 0)))
+             for q in queues}
+    left = max(0, processes + sum(margin(capacity.get(q, 0)) for q in queues)
+               - sum(backlog.values()))
+    given = dict.fromkeys(queues, 0)
+    while left > 0:
+        turn = [q for q in queues if given[q] < rooms[q]]
+        if not turn:
+            break
+        step = min(rooms[q] - given[q] for q in turn)  # whole rounds at once
+        step = min(step, left // len(turn)) or 1
+        for queue in turn:
+            if left == 0:
+                break
+            given[queue] += step
+            left -= step
+    return {q: n for q, n in given.items() if n}
 
 
 def allocate(room: int, loads: Mapping[str, QueueLoad], turn: Sequence[str],

@@ -80,6 +80,7 @@ def _bounded(fleet: Fleet, sweep_ids: list[str]) -> None:
     for queue, n in per_queue.items():
         capacity = TLS if queue.endswith("probe-tls") else PLAIN
         assert n <= capacity + margin(capacity), (queue, n, per_queue)
+    assert sum(per_queue.values()) <= PLAIN + TLS + margin(PLAIN) + margin(TLS), per_queue
 
 
 def _cancel(fleet: Fleet, *sweep_ids: str) -> None:

@@ -5,7 +5,14 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scheduler.sizing import QueueLoad, allocate, capacity_by_queue, margin, queue_room
+from scheduler.sizing import (
+    QueueLoad,
+    allocate,
+    capacity_by_queue,
+    fleet_room,
+    margin,
+    queue_room,
+)
 
 
 def test_capacity_sums_live_processes_per_queue() -> None:
@@ -68,3 +75,40 @@ def test_allocation_never_exceeds_room_or_pending_and_is_fair(
     for s in loaded:
         if got.get(s, 0) < loaded[s].pending:
             assert all(after[t] <= after[s] + 1 for t in got)
+
+
+def test_dual_queue_processes_are_not_counted_twice() -> None:
+    # 24 processes on both queues: each queue alone could take 24 + 3, together 24 + 6
+    capacity = {"probe": 24, "probe-tls": 24}
+    room = fleet_room(capacity, 24, {}, {"probe": 100, "probe-tls": 100})
+    assert room == {"probe": 15, "probe-tls": 15}
+    # only plaintext shards left: they get the plaintext queue's whole room
+    assert fleet_room(capacity, 24, {}, {"probe": 100}) == {"probe": 27}
+    # busy fleet: the backlog of both queues counts against the processes
+    assert fleet_room(capacity, 24, {"probe": 20, "probe-tls": 9}, {"probe": 50,
+                                                                    "probe-tls": 50}) == {
+        "probe": 1}
+
+
+def test_dedicated_pools_keep_their_own_room() -> None:
+    capacity = {"probe": 7, "probe-tls": 3}
+    wanted = {"probe": 96, "probe-tls": 96}
+    assert fleet_room(capacity, 10, {}, wanted) == {"probe": 9, "probe-tls": 5}
+    assert fleet_room(capacity, 10, {"probe": 9, "probe-tls": 2}, wanted) == {"probe-tls": 3}
+    assert fleet_room({}, 0, {}, wanted) == {"probe": 2, "probe-tls": 2}  # no worker yet
+
+
+@given(capacity=st.dictionaries(st.sampled_from(["p", "t"]), st.integers(0, 40)),
+       backlog=st.dictionaries(st.sampled_from(["p", "t"]), st.integers(0, 60)),
+       wanted=st.dictionaries(st.sampled_from(["p", "t"]), st.integers(0, 100)),
+       processes=st.integers(0, 80))
+def test_fleet_room_respects_every_bound(capacity: dict[str, int], backlog: dict[str, int],
+                                         wanted: dict[str, int], processes: int) -> None:
+    room = fleet_room(capacity, processes, backlog, wanted)
+    queues = set(capacity) | set(backlog) | set(wanted)
+    assert sum(room.values()) <= max(0, processes + sum(margin(capacity.get(q, 0))
+                                                        for q in queues)
+                                     - sum(backlog.values()))
+    for q, n in room.items():
+        assert 0 < n <= min(wanted.get(q, 0), queue_room(capacity.get(q, 0),
+                                                         backlog.get(q, 0)))

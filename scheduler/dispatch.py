@@ -1,11 +1,15 @@
-"""The scheduler's dispatch loop: keeps a bounded number of shards queued per sweep.
+"""The scheduler's dispatch loop: keeps each probe queue's backlog sized to the live fleet.
 
 PostgreSQL holds the truth (sweeps, shards, their states); this loop only moves shards
 from *pending* (or *paused*, once the sweep runs again) to *queued* and sends their Celery
-messages, at most ``max_queued`` queued-or-running shards per sweep (backpressure: the
-broker never holds a whole sweep). Claim and send happen in one transaction, so a send
-that fails leaves the shard pending. It also mirrors each sweep's state into Redis (what
-workers obey within half a second), marks sweeps finished, and beats a heartbeat.
+messages. Each queue's backlog (queued + running shards, every sweep) is kept at the live
+capacity of the processes that consume it, from their heartbeats, plus a small margin, the
+room shared fairly among running sweeps, plaintext and TLS shards sent side by side
+(:mod:`scheduler.sizing`); ``max_queued``, if given, caps each sweep's backlog on top
+(backpressure: the broker never holds a whole sweep). Claim and send happen in one
+transaction, so a send that fails leaves the shard pending. It also mirrors each
+sweep's state into Redis (what workers obey within half a second), marks sweeps finished,
+and beats a heartbeat.
 
 Stateless: a restarted scheduler carries on from the database; two schedulers at once
 never queue a shard twice (``FOR UPDATE SKIP LOCKED``).
@@ -29,7 +33,7 @@ from redis.exceptions import RedisError
 
 from brokerscan.oneline import describe
 from brokerscan.settings import Settings
-from scheduler import live, state
+from scheduler import live, sizing, state
 from scheduler.recovery import Recovery
 from scheduler.sweeps import SweepSpec, plan_sweep
 from storage.db import Conn, DatabaseError, Pool, create_pool
@@ -44,6 +48,8 @@ _OUTAGES: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError, asyncpg.CannotConnectNowError)
 _SUMMARY_EVERY = 10.0  # seconds between "shards sent" log lines
 _GAUGES_EVERY = 5.0  # seconds between refreshes of the fleet gauges (metrics on)
+_CAPACITY_EVERY = 1.0  # seconds a reading of the fleet's capacity is reused
+_CHUNK = 100  # shards claimed (and sent) per transaction
 
 
 class Dispatcher:
@@ -52,7 +58,7 @@ class Dispatcher:
     :param metrics: refresh :mod:`scheduler.metrics` (shards, progress, workers, queues).
     """
 
-    def __init__(self, settings: Settings, app: Celery, *, max_queued: int = 8,
+    def __init__(self, settings: Settings, app: Celery, *, max_queued: int | None = None,
                  interval: float = 0.2, metrics: bool = False) -> None:
         self.settings = settings
         self.names = settings.names()
@@ -71,6 +77,8 @@ class Dispatcher:
         self.recovery = Recovery(self.names, settings.broker_url,
                                  [self.names.probe_queue, self.names.probe_tls_queue],
                                  lost_after=settings.shard_lost_seconds)
+        self._capacity_cache: tuple[float, dict[str, int], int] | None = None
+        self._turn = 0
 
     def stop(self) -> None:
         """Finish the round under way and return from :meth:`run` (signal-handler safe)."""
@@ -103,24 +111,93 @@ class Dispatcher:
             await live.set_control(redis, self.names, sweep.id, sweep.state)
             if sweep.state != "running":
                 self._note_state(sweep.id, sweep.state)
-                continue
+        running = [s for s in sweeps if s.state == "running"]
+        if running:
+            capacity, processes = await self._capacity(redis)
             async with pool.acquire() as conn:
-                busy = await state.queued_or_running(conn, sweep.id)
-                if busy < self.max_queued:
-                    sent += await self._send(conn, sweep, self.max_queued - busy)
-                if await state.maybe_finish_sweep(conn, sweep.id):
-                    ended = await state.get_sweep(conn, sweep.id)
-                    if ended is not None:
-                        self._note_state(sweep.id, ended.state, ended.failed_shards)
-                else:
-                    self._note_state(sweep.id, "running")
-        await self.recovery.round(pool, redis, [s.id for s in sweeps if s.state == "running"],
+                loads = await state.queue_loads(conn, [s.id for s in sweeps])
+            sent = await self._send_round(pool, running,
+                                          self._round(running, loads, capacity, processes))
+            async with pool.acquire() as conn:
+                for sweep in running:
+                    if await state.maybe_finish_sweep(conn, sweep.id):
+                        ended = await state.get_sweep(conn, sweep.id)
+                        if ended is not None:
+                            self._note_state(sweep.id, ended.state, ended.failed_shards)
+                    else:
+                        self._note_state(sweep.id, "running")
+        await self.recovery.round(pool, redis, [s.id for s in running],
                                   lambda sweep_id, row: self._resend(pool, sweep_id, row))
         await live.beat_scheduler(redis, self.names, {
             "hostname": socket.gethostname(), "pid": os.getpid(), "at": time.time(),
-            "sweeps": [s.id for s in sweeps if s.state == "running"]})
+            "sweeps": [s.id for s in running]})
         self.sent += sent
         return sent
+
+    async def _capacity(self, redis: Redis) -> tuple[dict[str, int], int]:
+        """Shards the live fleet runs at once, per queue and in all (each process counted
+        once), from the workers' heartbeats (read at most once a second: they beat every
+        2 s)."""
+        now = time.monotonic()
+        if self._capacity_cache is None or now >= self._capacity_cache[0]:
+            workers = await live.live_workers(redis, self.names)
+            found = sizing.capacity_by_queue((w.queues, w.capacity) for w in workers)
+            self._capacity_cache = (now + _CAPACITY_EVERY, found,
+                                    sum(w.capacity for w in workers))
+        return self._capacity_cache[1], self._capacity_cache[2]
+
+    def _round(self, running: list[state.SweepRow],
+               loads: dict[tuple[str, str], sizing.QueueLoad],
+               capacity: dict[str, int], processes: int) -> list[tuple[str, str, int]]:
+        """What to send this round: (sweep, queue, shards).
+
+        Each queue is topped up to its capacity plus a margin, no more than the processes
+        can take over both queues (:func:`scheduler.sizing.fleet_room`), the room shared
+        among the running sweeps (the tie-breaking turn rotates every round);
+        ``max_queued`` caps each sweep's backlog over both queues."""
+        self._turn += 1
+        ids = [s.id for s in running]
+        turn = ids[self._turn % len(ids):] + ids[:self._turn % len(ids)]
+        caps: dict[str, int] | None = None
+        if self.max_queued is not None:
+            caps = {}
+            for sweep_id in ids:
+                held = sum(load.backlog for (s, _), load in loads.items() if s == sweep_id)
+                caps[sweep_id] = max(0, self.max_queued - held)
+        backlog: dict[str, int] = {}
+        wanted: dict[str, int] = {}
+        for (sweep_id, queue), load in loads.items():
+            backlog[queue] = backlog.get(queue, 0) + load.backlog
+            if sweep_id in ids:
+                wanted[queue] = wanted.get(queue, 0) + load.pending
+        rooms = sizing.fleet_room(capacity, processes, backlog, wanted)
+        plan: list[tuple[str, str, int]] = []
+        for queue, room in sorted(rooms.items()):
+            mine = {s: loads[(s, queue)] for s in ids if (s, queue) in loads}
+            given = sizing.allocate(room, mine, turn, caps)
+            for sweep_id, count in given.items():
+                plan.append((sweep_id, queue, count))
+                if caps is not None:
+                    caps[sweep_id] -= count
+        return plan
+
+    async def _send_round(self, pool: Pool, running: list[state.SweepRow],
+                          plan: list[tuple[str, str, int]]) -> int:
+        """Send a round's shards, the queues side by side (a connection and a producer
+        each: the plaintext and TLS pools get their first shards together, and RabbitMQ
+        takes two queues' messages in parallel)."""
+        by_id = {s.id: s for s in running}
+
+        async def one_queue(queue: str) -> int:
+            sent = 0
+            async with pool.acquire() as conn:
+                for sweep_id, q, count in plan:
+                    if q == queue:
+                        sent += await self._send(conn, by_id[sweep_id], count, queue)
+            return sent
+
+        queues = sorted({q for _, q, _ in plan})
+        return sum(await asyncio.gather(*(one_queue(q) for q in queues)))
 
     def _note_state(self, sweep_id: str, new: str, failed: int = 0) -> None:
         old = self._states.get(sweep_id)
@@ -135,24 +212,41 @@ class Dispatcher:
         else:
             log.info("sweep %s: dispatching", sweep_id)
 
-    async def _send(self, conn: Conn, sweep: state.SweepRow, room: int) -> int:
+    async def _send(self, conn: Conn, sweep: state.SweepRow, room: int, queue: str) -> int:
+        """Claim up to *room* of the sweep's shards for *queue* and send their messages, a
+        chunk per transaction (a failed send rolls its chunk's claim back)."""
         spec, shards = self._messages(sweep)
-        async with conn.transaction():  # a failed send rolls the claim back
-            rows = await state.claim_pending(conn, sweep.id, room)
-            for row in rows:
-                await asyncio.to_thread(
-                    self.app.send_task, self.names.run_shard_task,
-                    args=[sweep.id, row.index, spec, shards[row.index]], queue=row.queue,
-                    task_id=f"{sweep.id}:{row.index}:{row.attempts}",
-                    retry=True, retry_policy={"max_retries": 3, "interval_start": 0.5})
-        for row in rows:
-            self._sent_by_queue[row.queue] += 1
-        if self.metrics and rows:
-            from scheduler.metrics import DISPATCHED
+        sent = 0
+        while sent < room:
+            want = min(_CHUNK, room - sent)
+            async with conn.transaction():
+                rows = await state.claim_pending(conn, sweep.id, want, queue)
+                if rows:
+                    await asyncio.to_thread(self._publish, sweep.id, spec, shards, rows)
+            sent += len(rows)
+            self._sent_by_queue[queue] += len(rows)
+            if self.metrics and rows:
+                from scheduler.metrics import DISPATCHED
 
+                DISPATCHED.labels(_short(queue, self.names.namespace)).inc(len(rows))
+            if len(rows) < want:
+                break
+        return sent
+
+    def _publish(self, sweep_id: str, spec: dict[str, Any], shards: list[dict[str, Any]],
+                 rows: list[state.ShardRow]) -> None:
+        """Send the claimed shards' task messages over one producer (one channel).
+
+        ``argsrepr`` is given: Celery would otherwise build it with its ``saferepr`` of the
+        whole spec and shard, which took two thirds of the scheduler's time per message."""
+        with self.app.producer_or_acquire() as producer:
             for row in rows:
-                DISPATCHED.labels(_short(row.queue, self.names.namespace)).inc()
-        return len(rows)
+                self.app.send_task(
+                    self.names.run_shard_task,
+                    args=[sweep_id, row.index, spec, shards[row.index]], queue=row.queue,
+                    task_id=f"{sweep_id}:{row.index}:{row.attempts}", producer=producer,
+                    argsrepr=f"({sweep_id!r}, {row.index}, ...)", kwargsrepr="{}",
+                    retry=True, retry_policy={"max_retries": 3, "interval_start": 0.5})
 
     async def _resend(self, pool: Pool, sweep_id: str, row: state.ShardRow) -> None:
         """Send a queued shard's message again (:mod:`scheduler.recovery`)."""
@@ -177,11 +271,12 @@ class Dispatcher:
         kind of failure and retried with a growing pause; the loop never dies of it."""
         if not self.settings.database_url:
             raise RuntimeError("no database: set BROKERSCAN_DATABASE_URL")
-        pool = await create_pool(self.settings.database_url, max_size=2)
+        pool = await create_pool(self.settings.database_url, max_size=3)
         redis = Redis.from_url(self.settings.redis_url, socket_timeout=10,
                                socket_connect_timeout=5)
-        log.info("scheduler: dispatching (at most %d shards queued per sweep)",
-                 self.max_queued)
+        log.info("scheduler: dispatching (backlog per queue: the live fleet's capacity plus "
+                 "a margin%s)", "" if self.max_queued is None
+                 else f"; at most {self.max_queued} shards queued or running per sweep")
         failing: str | None = None
         failures = 0
         next_summary = next_gauges = time.monotonic()

@@ -311,6 +311,14 @@ class WorkerInfo:
     shard: int | None
     probes: int
     fields: dict[str, str]
+    #: shards the process runs at once (``capacity`` in its heartbeat; 1 when absent, as
+    #: a Celery pool process with prefetch 1 runs one): what :mod:`scheduler.sizing` sums
+    capacity: int = 1
+
+    @property
+    def busy(self) -> bool:
+        """Whether the process runs a shard now."""
+        return bool(self.sweep_id)
 
     @classmethod
     def parse(cls, worker_id: str, fields: dict[str, str]) -> WorkerInfo:
@@ -321,12 +329,14 @@ class WorkerInfo:
             return int(text) if text.lstrip("-").isdigit() else None
 
         started = fields.get("started_at")
+        capacity = number("capacity")
         return cls(worker_id=worker_id, hostname=fields.get("hostname", ""),
                    pid=number("pid"),
                    queues=tuple(q for q in fields.get("queues", "").split(",") if q),
                    started_at=float(started) if started else None,
                    sweep_id=fields.get("sweep_id"), shard=number("shard"),
-                   probes=number("probes") or 0, fields=fields)
+                   probes=number("probes") or 0, fields=fields,
+                   capacity=1 if capacity is None else max(0, capacity))
 
 
 def _field_text(value: object) -> str:
@@ -344,7 +354,8 @@ class Heartbeat:
     sets its TTL in one transaction; a process killed with -9 vanishes within ``ttl``.
 
     :param redis_url: the Redis to beat to (``Settings.redis_url``).
-    :param info: fields such as ``queues``; ``hostname``, ``pid`` and ``started_at`` are
+    :param info: fields such as ``queues`` and ``capacity`` (shards the process runs at
+        once, see :class:`WorkerInfo`); ``hostname``, ``pid`` and ``started_at`` are
         filled in when absent. Lists are stored comma-separated.
     :param ttl: seconds the key lives without a beat.
     :param every: seconds between beats.

@@ -46,11 +46,13 @@ from scheduler.records import (
     shard_row,
     sweep_row,
 )
+from scheduler.sizing import QueueLoad
 from storage.db import Conn
 
 __all__ = [
     "BadTransition",
     "NameInUse",
+    "QueueLoad",
     "ShardCounts",
     "ShardRow",
     "ShardStart",
@@ -71,7 +73,7 @@ __all__ = [
     "maybe_finish_sweep",
     "note_shard_error",
     "put_back",
-    "queued_or_running",
+    "queue_loads",
     "requeue_queued",
     "running_runs",
     "stale_queued",
@@ -333,13 +335,19 @@ async def claim_pending(
     return sorted((shard_row(r) for r in rows), key=lambda s: s.index)
 
 
-async def queued_or_running(conn: Conn, sweep_id: str) -> int:
-    """How many shards of the sweep are queued or running (the dispatcher's backpressure)."""
-    n = await conn.fetchval(
-        "SELECT count(*) FROM sweep_shards WHERE sweep_id = $1 AND state IN ('queued', 'running')",
-        sweep_id,
-    )
-    return int(n)
+async def queue_loads(conn: Conn, sweep_ids: Sequence[str]) -> dict[tuple[str, str], QueueLoad]:
+    """Per (sweep, queue): shards queued or running (the backlog) and shards ready to be
+    queued (pending or paused), for the dispatcher's sizing (:mod:`scheduler.sizing`).
+    One statement over the ``sweep_shards_state`` index; pairs with neither are absent."""
+    rows = await conn.fetch(
+        "SELECT sweep_id, queue,"
+        " count(*) FILTER (WHERE state IN ('queued', 'running')) AS backlog,"
+        " count(*) FILTER (WHERE state IN ('pending', 'paused')) AS pending"
+        " FROM sweep_shards WHERE sweep_id = ANY($1::text[])"
+        " AND state IN ('pending', 'queued', 'running', 'paused')"
+        " GROUP BY sweep_id, queue", list(sweep_ids))
+    return {(r["sweep_id"], r["queue"]): QueueLoad(int(r["backlog"]), int(r["pending"]))
+            for r in rows}
 
 
 # -------------------------------------------------------------------------------- worker

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from brokerscan.names import Names
-from scheduler import live, state
+from scheduler import live, sizing, state
 from scheduler.records import SweepRow, SweepState, UnknownSweep
 from storage.db import Conn
 
@@ -41,7 +41,9 @@ async def sweep_status(conn: Conn, redis: Redis, names: Names, sweep_id: str | N
                        ) -> dict[str, Any]:
     """State, progress, probes/s, ETA, hits, open ports, statuses, shards by state, the
     shards that failed (with their last error) and how often the sweep was retried, the
-    workers alive (idle or busy, and their queues) and whether a scheduler runs;
+    workers alive (idle or busy, and their queues), the fleet's capacity per queue (shards
+    its live processes run at once: what the scheduler sizes each queue's backlog to) with
+    how many processes are busy and idle, and whether a scheduler runs;
     *sweep_id* None: the newest sweep.
 
     :raises UnknownSweep: no such sweep (or no sweep at all)
@@ -62,6 +64,10 @@ async def sweep_status(conn: Conn, redis: Redis, names: Names, sweep_id: str | N
     scheduler = await live.scheduler_alive(redis, names)
     probes = counts.probes
     running = sweep.state == "running"
+    capacity = sizing.capacity_by_queue(
+        (tuple(q.removeprefix(names.namespace + ".") for q in w.queues), w.capacity)
+        for w in workers)
+    busy = sum(1 for w in workers if w.busy)
     return {
         "id": sweep.id, "name": sweep.name, "state": sweep.state,
         "targets": sweep.target_count, "probes": probes,
@@ -77,9 +83,10 @@ async def sweep_status(conn: Conn, redis: Redis, names: Names, sweep_id: str | N
                            if f.last_error_at else None} for f in failed],
         "retries": sweep.retries,
         "workers": [{"id": w.worker_id, "queues": list(w.queues),
-                     "state": "busy" if w.sweep_id else "idle",
+                     "state": "busy" if w.busy else "idle",
                      "sweep": w.sweep_id or None, "shard": w.shard,
                      "probes": w.probes} for w in workers],
+        "capacity": capacity, "workers_busy": busy, "workers_idle": len(workers) - busy,
         "scheduler_alive": scheduler,
         "created_at": sweep.created_at.isoformat(),
     }

@@ -198,7 +198,7 @@ class WorkerContext:
                                   time.time() - (time.monotonic() - tick))
             self._heartbeat = live.Heartbeat(
                 self.settings.redis_url, self.names, self.worker_id,
-                {"queues": self.queues, "state": "idle"}, on_beat=on_beat).start(
+                {"queues": self.queues, "capacity": 1, "state": "idle"}, on_beat=on_beat).start(
                     strict=False)
         return self._heartbeat
 

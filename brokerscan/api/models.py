@@ -238,6 +238,13 @@ class SweepDetail(_Body):
     failed_shards: list[FailedShard] = Field(default_factory=list)
     retries: int = 0
     workers: list[SweepWorker] = Field(default_factory=list)
+    capacity: dict[str, int] = Field(
+        default_factory=dict,
+        description="shards the live worker processes run at once, per queue (probe, "
+                    "probe-tls); the scheduler keeps each queue's backlog at this plus a "
+                    "small margin")
+    workers_busy: int = Field(default=0, description="live worker processes running a shard")
+    workers_idle: int = Field(default=0, description="live worker processes waiting")
     scheduler_alive: bool | None = None
     created_at: datetime | None = None
     observations: int = Field(default=0, description="observations in the store")

@@ -68,8 +68,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                              "asks (each needs a file descriptor; default: %(default)s)")
     add_ops_options(worker)
     scheduler = sub.add_parser("scheduler", help="run the dispatch loop")
-    scheduler.add_argument("--max-queued", type=positive_int, default=8,
-                           help="queued shards per sweep")
+    scheduler.add_argument("--max-queued", type=positive_int, default=None,
+                           help="most shards queued or running per sweep (default: no cap; "
+                                "each queue's backlog follows the live workers' capacity)")
     add_ops_options(scheduler)
 
 

@@ -272,7 +272,7 @@ def _render_status(d: dict[str, Any]) -> str:
         + (f"  (put back {d['requeued']:,} times: worker gone or message lost)"
            if d.get("requeued") else ""),
         *_failed_lines(d),
-        _workers_line(d["workers"])
+        _workers_line(d)
         + ("" if d["scheduler_alive"] else "   (no scheduler running)"),
         *_worker_lines(d["workers"]),
     ])
@@ -288,9 +288,13 @@ def _failed_lines(d: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _workers_line(workers: list[dict[str, Any]]) -> str:
-    idle = sum(1 for w in workers if w["state"] == "idle")
-    return f"workers alive: {len(workers)}" + (f" ({idle} idle)" if workers else "")
+def _workers_line(d: dict[str, Any]) -> str:
+    workers = d["workers"]
+    if not workers:
+        return "workers alive: 0"
+    capacity = ", ".join(f"{q} {n:,}" for q, n in sorted(d["capacity"].items()))
+    return (f"workers alive: {len(workers):,} ({d['workers_busy']:,} busy, "
+            f"{d['workers_idle']:,} idle)   capacity: {capacity or 'none'}")
 
 
 def _worker_lines(workers: list[dict[str, Any]], most: int = 12) -> list[str]:

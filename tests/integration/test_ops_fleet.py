@@ -450,5 +450,5 @@ def test_sweep_status_lists_idle_workers(fleet: Fleet) -> None:
     status = wait_until("the idle worker listed", lambda: fleet.status(sweep_id),
                         lambda s: s["workers"])
     assert [w["state"] for w in status["workers"]] == ["idle"]
-    assert "workers alive: 1 (1 idle)" in fleet.cli("sweep", "status", sweep_id).stdout
+    assert "workers alive: 1 (0 busy, 1 idle)" in fleet.cli("sweep", "status", sweep_id).stdout
     assert os.environ.get("BROKERSCAN_SCOPE", "127.0.0.0/8").startswith("127.")

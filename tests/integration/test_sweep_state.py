@@ -171,10 +171,29 @@ async def test_concurrent_claims_never_share_a_shard(migrated_module_url: str) -
         every = [i for r in results for i in r]
         assert sorted(every) == list(range(1500))  # each exactly once
         assert sum(1 for r in results if r) > 1  # the claimers really interleaved
-        assert await state.queued_or_running(conns[0], sweep_id) == 1500
+        assert await state.queue_loads(conns[0], [sweep_id]) == {
+            (sweep_id, "q"): state.QueueLoad(backlog=1500, pending=0)}
     finally:
         for c in conns:
             await c.close()
+
+
+async def test_queue_loads_count_backlog_and_pending_per_queue(conn: db.Conn) -> None:
+    sweep_id = new_id()
+    await state.create_sweep(conn, sweep_id=sweep_id, name=None, spec={}, target_count=900,
+                             shards=plan(9, queue=lambda i: "tls" if i % 3 == 0 else "plain"))
+    other = await new_sweep(conn, shards=2)
+    assert [s.index for s in await state.claim_pending(conn, sweep_id, 2, "tls")] == [0, 3]
+    assert [s.index for s in await state.claim_pending(conn, sweep_id, 1, "plain")] == [1]
+    start = await state.start_shard(conn, sweep_id, 1, "w1", 5)
+    assert start.run
+    await state.finish_shard(conn, sweep_id, 3, state="done", position=400, probes=100,
+                             open=0, hits={}, statuses={})
+    assert await state.queue_loads(conn, [sweep_id, other]) == {
+        (sweep_id, "tls"): state.QueueLoad(backlog=1, pending=1),  # 0 queued; 6 pending
+        (sweep_id, "plain"): state.QueueLoad(backlog=1, pending=5),  # 1 running
+        (other, "q"): state.QueueLoad(backlog=0, pending=2)}
+    assert await state.queue_loads(conn, []) == {}
 
 
 async def test_claims_follow_the_sweep_state(conn: db.Conn) -> None:

@@ -50,15 +50,17 @@ from typing import Any
 
 import aio_pika
 import asyncpg
-from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from bench.world import WorldError, _reap_stale, _require, _run  # noqa: E402
+from brokerscan.names import Names  # noqa: E402
+from scheduler.status import sweep_status  # noqa: E402
 from tests.integration.sweepfleet import Fleet  # noqa: E402
 from tests.services import RABBIT_URL, REDIS_URL  # noqa: E402
-from tests.waiting import wait_for  # noqa: E402
+from tests.waiting import wait_for, wait_for_async  # noqa: E402
 
 MQTT_PORT, AMQP_PORT = 1883, 5672
 SERVICES = (5432, 6379, 5672)  # PostgreSQL, Redis, RabbitMQ, relayed in on 127.0.0.1
@@ -255,40 +257,55 @@ def _children(pid: int) -> list[int]:
     return [int(k) for k in kids] + [g for k in kids for g in _children(int(k))]
 
 
-async def queue_depths(names: list[str]) -> dict[str, int]:
-    depths: dict[str, int] = {}
-    connection = await aio_pika.connect(RABBIT_URL)
-    async with connection:
-        for name in names:
-            channel = await connection.channel()
+class Sampler:
+    """One sample of everything watched, over connections kept open for the whole run
+    (a sample must cost the machine little: it shares the two cores with the fleet)."""
+
+    def __init__(self, fleet: Fleet, queues: list[str]) -> None:
+        self.fleet, self.queue_names = fleet, queues
+        self.names = Names(fleet.namespace)
+
+    async def __aenter__(self) -> Sampler:
+        self.pg = await asyncpg.connect(self.fleet.database_url)
+        self.redis = AsyncRedis.from_url(REDIS_URL)
+        self.amqp = await aio_pika.connect(RABBIT_URL)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.amqp.close()
+        await self.redis.aclose()
+        await self.pg.close()
+
+    async def status(self, sweep_id: str) -> dict[str, Any]:
+        return await sweep_status(self.pg, self.redis, self.names, sweep_id)
+
+    async def redis_commands(self) -> int:
+        return int((await self.redis.info("stats"))["total_commands_processed"])
+
+    async def queues(self, names: list[str] | None = None) -> dict[str, int]:
+        depths: dict[str, int] = {}
+        for name in names or self.queue_names:
+            channel = await self.amqp.channel()
             try:
                 queue = await channel.declare_queue(name, passive=True)
-                depths[name.rsplit(".", 1)[-1] if "results" not in name
-                       else name.split(".", 1)[1]] = int(
-                    queue.declaration_result.message_count or 0)
             except aio_pika.exceptions.ChannelClosed:
-                pass  # not declared yet
-    return depths
+                continue  # not declared yet
+            depths[name.split(".", 1)[1]] = int(queue.declaration_result.message_count or 0)
+            await channel.close()
+        return depths
 
+    async def store(self) -> dict[str, int]:
+        row = await self.pg.fetchrow(
+            "SELECT (SELECT count(*) FROM observations) AS observations,"
+            " (SELECT count(*) FROM services) AS services,"
+            " (SELECT count(*) FROM sweep_shards) AS shards,"
+            " pg_database_size(current_database()) AS bytes")
+        assert row is not None
+        return {key: int(value) for key, value in row.items()}
 
-async def store_figures(url: str) -> dict[str, int]:
-    conn = await asyncpg.connect(url)
-    try:
-        return {"observations": int(await conn.fetchval("SELECT count(*) FROM observations")),
-                "services": int(await conn.fetchval("SELECT count(*) FROM services")),
-                "bytes": int(await conn.fetchval(
-                    "SELECT pg_database_size(current_database())"))}
-    finally:
-        await conn.close()
-
-
-async def stored_hits(url: str) -> Counter[str]:
-    conn = await asyncpg.connect(url)
-    try:
-        rows = await conn.fetch("SELECT host(ip) AS ip, port FROM observations")
-    finally:
-        await conn.close()
-    return Counter(f"{r['ip']}:{r['port']}" for r in rows)
+    async def stored_hits(self) -> Counter[str]:
+        rows = await self.pg.fetch("SELECT host(ip) AS ip, port FROM observations")
+        return Counter(f"{r['ip']}:{r['port']}" for r in rows)
 
 
 # -- the rehearsal -------------------------------------------------------------------------
@@ -332,58 +349,85 @@ def _run_sweep(args: argparse.Namespace, space: Namespace, fleet: Fleet,
     ns = fleet.namespace
     queues = [f"{ns}.probe", f"{ns}.probe-tls", f"{ns}.results.raw",
               f"{ns}.results.enriched", f"{ns}.results.dead", fleet.results_queue]
-    redis = Redis.from_url(REDIS_URL)
-    began = time.monotonic()
-    sweep_id = fleet.start_sweep(
-        str(space.network), "--ports", args.ports, "--allow-reserved", "--blocklist",
-        str(blocklist), "--seed", str(args.seed), "--rate", str(args.rate),
-        "--shard-size", str(args.shard_size), "--concurrency", str(args.concurrency),
-        "--connect-timeout", str(args.connect_timeout), "--timeout", "10")
-    samples: list[dict[str, Any]] = []
-    last_probes, last_cmds, last_t = 0, _redis_commands(redis), time.monotonic()
-    status: dict[str, Any] = {}
-    while True:
-        time.sleep(args.every)  # the sampling period, not a wait for a condition
-        status = fleet.status(sweep_id)
-        now, cmds = time.monotonic(), _redis_commands(redis)
-        probes = int(status["probes"])
-        pids = {name: proc.pid for name, proc in fleet.processes.items()}
-        pids["relay"] = relay.pid
-        samples.append({
-            "t": round(now - began, 1), "probes": probes,
-            "probes_per_s": round((probes - last_probes) / (now - last_t)),
-            "rss_mb": {name: rss_mb(pid) for name, pid in pids.items()},
-            "queues": asyncio.run(queue_depths(queues)),
-            "redis_ops_per_s": round((cmds - last_cmds) / (now - last_t)),
-            "store": asyncio.run(store_figures(fleet.database_url)),
-        })
-        print(json.dumps(samples[-1]), file=sys.stderr, flush=True)
-        last_probes, last_cmds, last_t = probes, cmds, now
-        dead = [n for n, p in fleet.processes.items() if p.poll() is not None]
-        if dead:
-            raise SystemExit(f"bench/rehearsal.py: {', '.join(dead)} died\n{fleet.logs()}")
-        if status["state"] in ("finished", "failed", "cancelled"):
-            break
-    seconds = time.monotonic() - began
-    # The enricher and the writer catch up: their queues empty, every hit stored.
-    wait_for(lambda: not any(asyncio.run(queue_depths(queues[2:4])).values()), 120,
-             "the results stream to drain", detail=fleet.logs)
-    stored = wait_for(lambda: _all_stored(fleet, space), 60, "the hits to be stored",
-                      detail=fleet.logs)
-    assert stored is not None
+    procs = {name: proc.pid for name, proc in fleet.processes.items()}
+    procs["relay"] = relay.pid
+    result: dict[str, Any] = asyncio.run(_watch(args, space, fleet, queues, procs, blocklist))
+    # Every hit published once: the results stream's copy of the sweep (a queue of its
+    # own bound to the results exchange), drained.
     stream = Counter({key.split("|", 1)[1].replace("|", ":"): n
                       for key, n in fleet.results().items()})
+    samples = result.pop("samples")
+    result.update({"found_in_stream": len(set(stream) & space.truth),
+                   "stream_duplicates": sum(n - 1 for n in stream.values()),
+                   "stream_not_in_truth": sorted(set(stream) - space.truth),
+                   "samples": samples})
+    return result
+
+
+async def _watch(args: argparse.Namespace, space: Namespace, fleet: Fleet, queues: list[str],
+                 procs: dict[str, int], blocklist: Path) -> dict[str, Any]:
+    async with Sampler(fleet, queues) as sampler:
+        # The machine's Redis serves other users too: its rate before the sweep is the
+        # baseline its rate during the sweep is read against.
+        idle_from, idle_cmds = time.monotonic(), await sampler.redis_commands()
+        await asyncio.sleep(min(args.every, 5))
+        redis_idle = (await sampler.redis_commands() - idle_cmds) / (time.monotonic() - idle_from)
+        began = time.monotonic()
+        sweep_id = await asyncio.to_thread(
+            fleet.start_sweep, str(space.network), "--ports", args.ports, "--allow-reserved",
+            "--blocklist", str(blocklist), "--seed", str(args.seed), "--rate", str(args.rate),
+            "--shard-size", str(args.shard_size), "--concurrency", str(args.concurrency),
+            "--connect-timeout", str(args.connect_timeout), "--timeout", "10")
+        samples: list[dict[str, Any]] = []
+        last_probes, last_cmds, last_t = 0, await sampler.redis_commands(), time.monotonic()
+        while True:
+            await asyncio.sleep(args.every)  # the sampling period, not a wait for a condition
+            status = await sampler.status(sweep_id)
+            now, cmds = time.monotonic(), await sampler.redis_commands()
+            probes = int(status["probes"])
+            samples.append({
+                "t": round(now - began, 1), "probes": probes,
+                "probes_per_s": round((probes - last_probes) / (now - last_t)),
+                "rss_mb": {name: rss_mb(pid) for name, pid in procs.items()},
+                "queues": await sampler.queues(),
+                "redis_ops_per_s": round((cmds - last_cmds) / (now - last_t)),
+                "store": await sampler.store(),
+            })
+            print(json.dumps(samples[-1]), file=sys.stderr, flush=True)
+            last_probes, last_cmds, last_t = probes, cmds, now
+            dead = [n for n, p in fleet.processes.items() if p.poll() is not None]
+            if dead:
+                raise SystemExit(f"bench/rehearsal.py: {', '.join(dead)} died\n{fleet.logs()}")
+            if status["state"] in ("finished", "failed", "cancelled"):
+                break
+        seconds = time.monotonic() - began
+        # The enricher and the writer catch up: their queues empty, every hit stored.
+        await wait_for_async(lambda: _drained(sampler, queues[2:4]), 120,
+                             "the results stream to drain", detail=fleet.logs)
+        stored = await wait_for_async(lambda: _all_stored(sampler, space), 60,
+                                      "the hits to be stored", detail=fleet.logs)
+        assert stored is not None
+        final = await sampler.store()
+    rss = {name: [s["rss_mb"][name] for s in samples if s["rss_mb"][name] is not None]
+           for name in procs}
+    depth = {name: max(s["queues"].get(name, 0) for s in samples)
+             for name in samples[-1]["queues"]}
     truth = space.truth
     return {
         "network": str(space.network), "ports": args.ports, "silent": args.silent,
         "workers": args.workers, "state": status["state"],
         "targets": status["targets"], "probes": status["probes"],
         "seconds": round(seconds, 1), "probes_per_s": round(status["probes"] / seconds),
+        "probes_per_s_min_max": [min(s["probes_per_s"] for s in samples),
+                                 max(s["probes_per_s"] for s in samples)],
+        "rss_mb_first_last_max": {n: [v[0], v[-1], max(v)] for n, v in rss.items() if v},
+        "queue_depth_max": depth,
+        "redis_ops_per_s_before": round(redis_idle),
+        "redis_ops_per_s_mean": round(sum(s["redis_ops_per_s"] for s in samples)
+                                      / len(samples)),
+        "store_final": final,
         "silent_syns": space.silent_count(),
         "truth": len(truth),
-        "found_in_stream": len(set(stream) & truth),
-        "stream_duplicates": sum(n - 1 for n in stream.values()),
-        "stream_not_in_truth": sorted(set(stream) - truth),
         "found_in_store": len(set(stored) & truth),
         "store_duplicates": sum(n - 1 for n in stored.values()),
         "store_not_in_truth": sorted(set(stored) - truth),
@@ -391,13 +435,13 @@ def _run_sweep(args: argparse.Namespace, space: Namespace, fleet: Fleet,
     }
 
 
-def _all_stored(fleet: Fleet, space: Namespace) -> Counter[str] | None:
-    stored = asyncio.run(stored_hits(fleet.database_url))
+async def _drained(sampler: Sampler, queues: list[str]) -> bool:
+    return not any((await sampler.queues(queues)).values())
+
+
+async def _all_stored(sampler: Sampler, space: Namespace) -> Counter[str] | None:
+    stored = await sampler.stored_hits()
     return stored if space.truth <= set(stored) else None
-
-
-def _redis_commands(redis: Redis) -> int:
-    return int(redis.info("stats")["total_commands_processed"])
 
 
 def main() -> None:
@@ -416,7 +460,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=1000)
     parser.add_argument("--connect-timeout", type=float, default=1.0)
     parser.add_argument("--shard-size", type=int, default=250_000)
-    parser.add_argument("--every", type=float, default=10.0, help="seconds between samples")
+    parser.add_argument("--every", type=float, default=15.0, help="seconds between samples")
     args = parser.parse_args()
     try:
         result = rehearse(args)

@@ -466,6 +466,10 @@ def main() -> None:
         result = rehearse(args)
     except WorldError as exc:
         raise SystemExit(f"bench/rehearsal.py: {exc}") from None
+    except KeyboardInterrupt as exc:
+        print(f"bench/rehearsal.py: stopped ({exc or 'interrupted'}); what it made is removed",
+              file=sys.stderr)
+        raise SystemExit(130) from None
     print(json.dumps(result, indent=1))
 
 

@@ -50,6 +50,7 @@ from typing import Any
 
 import aio_pika
 import asyncpg
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis as AsyncRedis
 
 HERE = Path(__file__).resolve().parent
@@ -329,8 +330,22 @@ def rehearse(args: argparse.Namespace) -> dict[str, Any]:
             fleet.setup()
             return _run_sweep(args, space, fleet, relay, workdir)
         finally:
-            fleet.teardown()
-            space.close()
+            try:
+                fleet.teardown()
+                _forget(fleet.namespace)
+            finally:
+                space.close()
+
+
+def _forget(namespace: str) -> None:
+    """Delete the fleet's Redis keys (live counts, rate budget, heartbeats)."""
+    redis = SyncRedis.from_url(REDIS_URL)
+    try:
+        keys = list(redis.scan_iter(f"{namespace}:*", count=1000))
+        if keys:
+            redis.delete(*keys)
+    finally:
+        redis.close()
 
 
 def _run_sweep(args: argparse.Namespace, space: Namespace, fleet: Fleet,

@@ -115,7 +115,6 @@ class World:
 
     def __enter__(self) -> World:
         _require()
-        _reap_stale()
         tag = f"{os.getpid() % 100000:05d}{random.randrange(36 ** 2):03x}"
         self.scanner_ns, self.world_ns = f"bsscan{tag}", f"bsworld{tag}"
         self.interface = f"bss{tag}"
@@ -373,32 +372,6 @@ table inet world {{
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
-
-
-_PREFIXES = ("bsscan", "bsworld")
-
-
-def _reap_stale() -> None:
-    """Remove the namespaces (and their processes) of worlds whose creator died without
-    cleaning up (killed with -9): their names carry the creator's pid."""
-    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    for line in listing.splitlines():
-        name = line.split(" ", 1)[0]
-        prefix = next((p for p in _PREFIXES if name.startswith(p)), None)
-        digits = name[len(prefix):len(prefix) + 5] if prefix else ""
-        if not digits.isdigit() or _alive(int(digits)):
-            continue
-        for pid in subprocess.run(["ip", "netns", "pids", name], capture_output=True,
-                                  text=True).stdout.split():
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.kill(int(pid), signal.SIGKILL)
-        subprocess.run(["ip", "netns", "del", name], capture_output=True)
-
-
-def _alive(pid_mod: int) -> bool:
-    """Whether a process whose pid ends in these five digits (pid % 100000) runs."""
-    return any(int(entry) % 100000 == pid_mod for entry in os.listdir("/proc")
-               if entry.isdigit())
 
 
 def _key(host: str) -> int:

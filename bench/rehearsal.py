@@ -56,7 +56,7 @@ from redis.asyncio import Redis as AsyncRedis
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from bench.world import WorldError, _reap_stale, _require, _run  # noqa: E402
+from bench.world import WorldError, _require, _run  # noqa: E402
 from brokerscan.names import Names  # noqa: E402
 from scheduler.status import sweep_status  # noqa: E402
 from tests.integration.sweepfleet import Fleet  # noqa: E402
@@ -78,8 +78,8 @@ class Namespace:
         if not self.network.subnet_of(ipaddress.IPv4Network("127.0.0.0/8")):
             raise WorldError(f"{network} is not inside 127.0.0.0/8")
         self.silent, self.seed, self.workdir = silent, seed, workdir
-        # Named like bench/world.py's scanner namespaces (the creator's pid in the name),
-        # so a rehearsal killed with -9 is reaped by the next world or rehearsal.
+        # Named like bench/world.py's scanner namespaces (the creator's pid in the name, so
+        # one left by a run killed with -9 can be told apart: ``ip netns del`` it).
         self.name = f"bsscan{os.getpid() % 100000:05d}{random.randrange(36 ** 2):03x}"
         rng = random.Random(seed)
         hosts: list[str] = []
@@ -318,7 +318,6 @@ def _stop(signum: int, _frame: FrameType | None) -> None:
 
 def rehearse(args: argparse.Namespace) -> dict[str, Any]:
     _require()
-    _reap_stale()
     signal.signal(signal.SIGTERM, _stop)
     with tempfile.TemporaryDirectory(prefix="bsrehearsal-") as tmp:
         workdir = Path(tmp)

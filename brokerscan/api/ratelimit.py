@@ -1,4 +1,5 @@
-"""Requests per second per token: an in-process token bucket for each key (a token's id, or
+"""Requests per second per token (and, in :class:`Slots`, exports at once per token and per
+server): an in-process token bucket for each key (a token's id, or
 a client address that keeps presenting bad tokens).
 
 A bucket holds at most *burst* requests and refills at *rate* per second; a request takes
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-__all__ = ["RateLimiter"]
+__all__ = ["RateLimiter", "Slots"]
 
 #: Buckets kept before idle (full) ones are forgotten.
 _PRUNE_AT: Final = 10_000
@@ -63,3 +64,33 @@ class RateLimiter:
                 if b.level + (now - b.stamp) * self.rate >= self.burst]
         for key in full:
             del self._buckets[key]
+
+
+@dataclass
+class Slots:
+    """At most *per_key* things at once per key, *total* in all (concurrent exports per
+    token and per server); ``take`` and ``give`` never wait."""
+
+    per_key: int
+    total: int
+    _held: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def busy(self) -> int:
+        return sum(self._held.values())
+
+    def take(self, key: str) -> str | None:
+        """Take a slot for *key*: None if taken, else why not."""
+        if self._held.get(key, 0) >= self.per_key:
+            return f"{self.per_key} at once per token"
+        if self.busy >= self.total:
+            return f"{self.total} at once on this server"
+        self._held[key] = self._held.get(key, 0) + 1
+        return None
+
+    def give(self, key: str) -> None:
+        left = self._held.get(key, 0) - 1
+        if left > 0:
+            self._held[key] = left
+        else:
+            self._held.pop(key, None)

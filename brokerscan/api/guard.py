@@ -15,6 +15,9 @@ answering: an answer the client does not read.
   is counted as it is read and refused with a 413 at the limit (never held whole).
 - **Sending.** A piece of an answer that the client does not take within *send_timeout*
   (a stalled export) ends the answer and closes the connection.
+- **Gone.** A GET or HEAD whose client disconnects before its answer is complete is
+  cancelled, and with it the store's statement (asyncpg cancels it on the server; the
+  SQLite store interrupts it): nobody waits for work nobody will read.
 
 Written as one small ASGI middleware rather than Starlette's ``TrustedHostMiddleware``,
 which answers in plain text, compares names only (not 127.0.0.0/8) and cuts an IPv6 Host
@@ -157,6 +160,57 @@ class GuardMiddleware:
                 await send(message)
             return
 
+        if scope["method"] in ("GET", "HEAD"):
+            await self._cancelled_when_gone(scope, receive, send)
+            return
+        await self._guarded(scope, receive, send)
+
+    async def _cancelled_when_gone(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the app, cancelled if the client disconnects before the answer is out.
+        The request (no body) is read first; a task then waits for the disconnect, and
+        the app's own later reads see it too."""
+        task = asyncio.current_task()
+        assert task is not None
+        request: Message | None = await receive()
+        gone = asyncio.Event()
+        answered = False
+
+        async def watch() -> None:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                gone.set()
+                if not answered:
+                    task.cancel()
+
+        async def reading() -> Message:
+            nonlocal request
+            if request is not None:
+                first, request = request, None
+                return first
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def sending(message: Message) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                answered = True
+            await send(message)
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await self._guarded(scope, reading, sending)
+        except asyncio.CancelledError:
+            if not gone.is_set() or answered or task.uncancel() > 0:
+                raise  # not ours: the server is stopping
+            client = scope.get("client")
+            log.warning("%s %s: the client went away: request cancelled",
+                     client[0] if client else "?", scope.get("path", ""))
+        finally:
+            answered = True
+            watcher.cancel()
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
+        guard = self.guard
         seen = 0
 
         async def counted() -> Message:

@@ -79,6 +79,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     limits.add_argument("--send-timeout", type=seconds, default=DEFAULT_SEND_TIMEOUT,
                         metavar="S", help="seconds a client may leave an answer unread "
                                           "(default: %(default)s)")
+    limits.add_argument("--statement-timeout", type=seconds, default=30.0, metavar="S",
+                        help="seconds a store statement may run; 0 = no limit "
+                             "(default: %(default)s)")
     limits.add_argument("--max-connections", type=positive_int, default=256, metavar="N",
                         help="connections at once; more get a 503 (default: %(default)s)")
     limits.add_argument("--exports-per-token", type=positive_int,
@@ -144,7 +147,8 @@ async def _serve(args: argparse.Namespace, settings: Settings, url: str,
     import uvicorn  # the server is needed only here
 
     try:
-        store = await open_store(url, read_only=True)
+        store = await open_store(url, read_only=True,
+                                 statement_timeout=args.statement_timeout or None)
     except (StoreError, DatabaseError) as exc:
         raise CliError(str(exc), EXIT_UNAVAILABLE) from None
     try:

@@ -479,3 +479,98 @@ def test_stalled_exports_are_bounded_and_let_go(world: World) -> None:
         for sock in stalled:
             sock.close()
     assert "read nothing" in server.log()
+
+
+# --------------------------------------------------------------------------- costly reads
+
+#: The review's worst legal query: a bare term over the view as of a day, six facets.
+COSTLY = {"q": "rabbit", "at": "2026-03-03",
+          "facets": "country,asn,port,product,org,version"}
+
+
+@dataclass
+class Big:
+    """A store of 20,000 observations on each side, where :data:`COSTLY` takes seconds."""
+
+    urls: dict[str, str]
+    tokens: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def big(world: World) -> Iterator[Big]:
+    loop = asyncio.new_event_loop()
+    database = fresh_database()
+    pg_url = loop.run_until_complete(database.__aenter__())
+    try:
+        loop.run_until_complete(migrate.migrate(pg_url))
+        urls = {"sqlite": f"sqlite:///{world.workdir}/big.db", "pg": pg_url}
+        results = make_search_results(20_000, seed=4, sweeps=2, hosts=10_000)
+        for url in urls.values():
+            store = loop.run_until_complete(open_store(url))
+            for start in range(0, len(results), 5000):
+                loop.run_until_complete(store.write(results[start:start + 5000]))
+            loop.run_until_complete(store.close())
+        yield Big(urls, {side: make_token(url, "big") for side, url in urls.items()})
+    finally:
+        loop.run_until_complete(database.__aexit__(None, None, None))
+        loop.close()
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_a_statement_past_the_time_limit_is_stopped(world: World, big: Big,
+                                                    side: str) -> None:
+    server = ApiServer(world.workdir, big.urls[side], "--rate-limit", "0",
+                       "--statement-timeout", "0.1")
+    world.started.append(server)
+    with server.client(big.tokens[side]) as client:
+        started = time.monotonic()
+        response = client.get("/api/v1/count", params=COSTLY)
+        _error(response, 503, "statement time limit")
+        assert time.monotonic() - started < 0.1 + HANG
+        assert client.get("/api/v1/count", params={"q": "port:1883"}).status_code == 200
+    assert "statement time limit" in server.log()
+
+
+def test_a_long_sqlite_read_blocks_no_other_request(world: World, big: Big) -> None:
+    """While the costly count runs (seconds), other requests answer at once; a client
+    that gives up has its statement interrupted (the read connections come free)."""
+    server = ApiServer(world.workdir, big.urls["sqlite"], "--rate-limit", "0",
+                       "--log-level", "info")
+    world.started.append(server)
+    token = big.tokens["sqlite"]
+    sent, done = threading.Event(), threading.Event()
+
+    def costly() -> None:
+        with server.client(token) as client:
+            sent.set()
+            assert client.get("/api/v1/count", params=COSTLY).status_code == 200
+        done.set()
+
+    thread = threading.Thread(target=costly)
+    thread.start()
+    try:
+        with server.client(token) as client:
+            wait_for(sent.is_set, HANG, "the costly request to be sent")
+            quick = []
+            for _ in range(5):
+                started = time.monotonic()
+                assert client.get("/readyz").status_code == 200
+                assert client.get("/api/v1/count", params={"q": "port:1883"}).status_code == 200
+                quick.append(time.monotonic() - started)
+            assert not done.is_set(), "the costly request ended too soon to show anything"
+            assert max(quick) < 1.0, quick
+    finally:
+        thread.join()
+    # clients that give up: 8 costly requests abandoned after 0.2 s (more than the 4 read
+    # connections); their statements are interrupted, so a count answers at once after
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"},
+                      timeout=0.2) as client:
+        for _ in range(8):
+            with pytest.raises(httpx.TimeoutException):
+                client.get("/api/v1/count", params=COSTLY)
+    with server.client(token) as client:
+        wait_for(lambda: server.log().count("went away") >= 8, HANG,
+                 "every abandoned request to be cancelled", detail=server.log)
+        started = time.monotonic()
+        assert client.get("/api/v1/count", params={"q": "port:1883"}).status_code == 200
+        assert time.monotonic() - started < 1.0

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from brokerscan import __version__
 from brokerscan.api import errors
-from brokerscan.api.auth import principal
+from brokerscan.api.auth import metered
 from brokerscan.api.context import ApiContext
 from brokerscan.api.docs import mount_docs
 from brokerscan.api.guard import Guard, GuardMiddleware
@@ -150,7 +150,7 @@ def build_app(settings: Settings, store_url: str, *, auth: bool = True,
     app.add_middleware(_Headers)
 
     api = APIRouter(prefix="/api/v1", responses=errors.ERRORS,
-                    dependencies=[Depends(principal)])
+                    dependencies=[Depends(metered)])
     for module in (services, count, trends, hosts, report, diff, sweeps, export, query):
         api.include_router(module.router)
     app.include_router(api)

@@ -14,13 +14,17 @@ by a browser in an http-only cookie; roles; the per-token rate limit; CSRF.
 - ``serve --no-auth`` (one user, loopback only) makes every request an operator.
 - Each token gets *rate* requests per second (bursts of *burst*); a client address that
   keeps sending bad tokens is limited the same way. Over the limit: 429 with
-  ``Retry-After``.
+  ``Retry-After``. The limit is cost-aware (:func:`metered`): a request also costs the
+  server time it took, a second of it as much as a second's worth of requests, so a token
+  that sends costly queries gets fewer of them.
 """
 
 from __future__ import annotations
 
 import hmac
 import math
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Final, Literal
 
@@ -33,7 +37,7 @@ from brokerscan.api.errors import ApiError
 from storage.tokens import TokenInfo, csrf_of, verify_token
 
 __all__ = ["CSRF_COOKIE", "CSRF_HEADER", "SESSION_COOKIE", "Principal", "check_token",
-           "operator", "principal"]
+           "metered", "operator", "principal"]
 
 SESSION_COOKIE: Final = "brokerscan_session"
 CSRF_COOKIE: Final = "brokerscan_csrf"
@@ -120,6 +124,23 @@ async def principal(
                                 "csrf value POST /api/v1/session returned) to change "
                                 "anything")
     return who
+
+
+async def metered(
+    ctx: Annotated[ApiContext, Depends(context)],
+    who: Annotated[Principal, Depends(principal)],
+) -> AsyncIterator[Principal]:
+    """The caller (:func:`principal`), charged afterwards for the server time its request
+    took beyond the first 50 ms: *rate* requests per second of it. The refill pays for one
+    such request at a time, so a token may keep the server busy about one second per
+    second; costly requests sent side by side put it in debt (the cost-aware part of the
+    rate limit; an export is charged for its first row, its stream is bounded by the
+    export slots)."""
+    started = time.monotonic()
+    yield who
+    spent = time.monotonic() - started - 0.05
+    if spent > 0:
+        ctx.limiter.charge(who.token_id, spent * ctx.limiter.rate)
 
 
 async def operator(who: Annotated[Principal, Depends(principal)]) -> Principal:

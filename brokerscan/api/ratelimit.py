@@ -59,6 +59,15 @@ class RateLimiter:
             return None
         return (1.0 - bucket.level) / self.rate
 
+    def charge(self, key: str, requests: float) -> None:
+        """Take *requests* more from *key*'s bucket (it may go below empty: the key then
+        waits until the refill has paid the debt)."""
+        if not self.enabled or requests <= 0:
+            return
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            bucket.level -= requests
+
     def _prune(self, now: float) -> None:
         full = [k for k, b in self._buckets.items()
                 if b.level + (now - b.stamp) * self.rate >= self.burst]

@@ -574,3 +574,30 @@ def test_a_long_sqlite_read_blocks_no_other_request(world: World, big: Big) -> N
         started = time.monotonic()
         assert client.get("/api/v1/count", params={"q": "port:1883"}).status_code == 200
         assert time.monotonic() - started < 1.0
+
+
+def test_the_rate_limit_charges_server_time(world: World, big: Big) -> None:
+    """A second of server time costs a second's worth of requests: four costly counts at
+    once (within the burst) put the token in debt, so its next request waits (the refill
+    pays for one at a time, not four); another token does not."""
+    server = ApiServer(world.workdir, big.urls["sqlite"], "--rate-limit", "5", "--burst", "5")
+    world.started.append(server)
+    other = make_token(big.urls["sqlite"], "other")
+    with server.client(big.tokens["sqlite"]) as client:
+        statuses: list[int] = []
+
+        def costly() -> None:
+            with server.client(big.tokens["sqlite"]) as mine:
+                statuses.append(mine.get("/api/v1/count", params=COSTLY).status_code)
+
+        threads = [threading.Thread(target=costly) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert statuses == [200] * 4, statuses  # four fit in the burst of five
+        refused = client.get("/api/v1/count", params={"q": "port:1883"})
+        _error(refused, 429, "rate limit")
+        assert int(refused.headers["retry-after"]) >= 1
+    with server.client(other) as client:
+        assert client.get("/api/v1/count", params={"q": "port:1883"}).status_code == 200

@@ -150,7 +150,7 @@ def build_app(settings: Settings, store_url: str, *, auth: bool = True,
     app.add_middleware(_Headers)
 
     api = APIRouter(prefix="/api/v1", responses=errors.ERRORS,
-                    dependencies=[Depends(metered)])
+                    dependencies=[Depends(metered, scope="function")])
     for module in (services, count, trends, hosts, report, diff, sweeps, export, query):
         api.include_router(module.router)
     app.include_router(api)

@@ -10,12 +10,14 @@ load balancer with N processes allows N times the rate (documented in docs/api.m
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Final
 
-__all__ = ["RateLimiter", "Slots"]
+__all__ = ["Lanes", "RateLimiter", "Slots"]
 
 #: Buckets kept before idle (full) ones are forgotten.
 _PRUNE_AT: Final = 10_000
@@ -103,3 +105,27 @@ class Slots:
             self._held[key] = left
         else:
             self._held.pop(key, None)
+
+
+@dataclass
+class Lanes:
+    """At most *width* requests of one key answered at once; the rest of that key's wait
+    their turn (not refused: a dashboard sends several at a time). One token's costly
+    queries then queue behind each other instead of taking every read connection."""
+
+    width: int
+    _lanes: dict[str, tuple[asyncio.Semaphore, int]] = field(default_factory=dict)
+
+    @asynccontextmanager
+    async def lane(self, key: str) -> AsyncIterator[None]:
+        semaphore, users = self._lanes.get(key, (asyncio.Semaphore(self.width), 0))
+        self._lanes[key] = (semaphore, users + 1)
+        try:
+            async with semaphore:
+                yield
+        finally:
+            semaphore, users = self._lanes[key]
+            if users <= 1:
+                del self._lanes[key]
+            else:
+                self._lanes[key] = (semaphore, users - 1)

@@ -53,7 +53,7 @@ __all__ = [
 MAX_PAGE: Final = 1000
 MAX_FACET: Final = 1000
 #: Facets one count may ask for (each is a GROUP BY of its own on some stores).
-MAX_FACETS: Final = 8
+MAX_FACETS: Final = 12
 _EXPORT_CHUNK: Final = 5000
 
 #: The columns of a CSV export, in order (every searchable column, flat).

@@ -601,3 +601,18 @@ def test_the_rate_limit_charges_server_time(world: World, big: Big) -> None:
         assert int(refused.headers["retry-after"]) >= 1
     with server.client(other) as client:
         assert client.get("/api/v1/count", params={"q": "port:1883"}).status_code == 200
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_facets_are_deduplicated_and_capped(world: World, side: str) -> None:
+    s = world.sides[side]
+    with s.server.client(s.reader) as client:
+        once = client.get("/api/v1/count", params={"facets": "country:5"}).json()
+        many = client.get("/api/v1/count",
+                          params={"facets": ",".join(["country:3", "country:5",
+                                                      "location.country_code"] * 14)})
+        assert many.status_code == 200, many.text
+        assert many.json()["facets"] == once["facets"]  # one facet, the larger size
+        thirteen = ("country,asn,port,product,org,version,tls,anonymous,status,transport,"
+                    "protocol,mqtt.level,amqp.family")
+        _error(client.get("/api/v1/count", params={"facets": thirteen}), 400, "at most 12")

@@ -1,7 +1,8 @@
 """Build the API app from settings (never at import time): the routers under ``/api/v1``
 behind the token check, the session routes, health, the offline docs page, the web
-dashboard (``/``, :mod:`brokerscan.web`), the error handlers, the OpenAPI document, and the
-hook for metrics.
+dashboard (``/``, :mod:`brokerscan.web`), the error handlers, the OpenAPI document, the
+limits against hostile clients (:mod:`brokerscan.api.guard`, a middleware of its own), and
+the hook for metrics.
 
 ``build_app(settings, store_url)`` opens the store when the app starts (read-only for
 PostgreSQL: no partitions are made, so a SELECT-only role serves) and closes it at the end;

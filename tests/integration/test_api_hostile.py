@@ -585,7 +585,7 @@ def test_the_rate_limit_charges_server_time(world: World, big: Big) -> None:
     """A second of server time costs a second's worth of requests: four costly counts at
     once (within the burst) put the token in debt, so its next request waits (the refill
     pays for one at a time, not four); another token does not."""
-    server = ApiServer(world.workdir, big.urls["sqlite"], "--rate-limit", "5", "--burst", "5")
+    server = ApiServer(world.workdir, big.urls["sqlite"], "--rate-limit", "1", "--burst", "4")
     world.started.append(server)
     other = make_token(big.urls["sqlite"], "other")
     with server.client(big.tokens["sqlite"]) as client:
@@ -596,11 +596,14 @@ def test_the_rate_limit_charges_server_time(world: World, big: Big) -> None:
                 statuses.append(mine.get("/api/v1/count", params=COSTLY).status_code)
 
         threads = [threading.Thread(target=costly) for _ in range(4)]
+        started = time.monotonic()
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-        assert statuses == [200] * 4, statuses  # four fit in the burst of five
+        assert statuses == [200] * 4, statuses  # four fit in the burst of four
+        # without the charge, the refill over this long (at 1 a second) would admit one
+        assert time.monotonic() - started >= 1.0
         refused = client.get("/api/v1/count", params={"q": "port:1883"})
         _error(refused, 429, "rate limit")
         assert int(refused.headers["retry-after"]) >= 1

@@ -152,56 +152,63 @@ async def diff_sweeps(store: Searcher, a: str, b: str, query: str | Node = "", *
     :raises QueryError: a malformed query
     """
     node = parse(query) if isinstance(query, str) else query
-    params = Params(store.dialect)
-    sides = []
-    for sweep in (a, b):
-        # in the text the condition comes before the FROM item: its parameters first
-        where = compile_where(store.dialect, params, node)
-        frm = source(store.dialect, params, View("sweep", sweep_id=sweep))
-        sides.append(
-            "SELECT ip, port, tls, anonymous, cert_sha256, product, version, "
-            f"CASE WHEN {where} THEN 1 ELSE 0 END AS hit FROM {frm} "
-            "WHERE status = 'success'")
-    sql = (
-        f"WITH a AS ({sides[0]}), b AS ({sides[1]}) "
-        "SELECT coalesce(a.ip, b.ip) AS ip, coalesce(a.port, b.port) AS port, "
-        "a.ip IS NOT NULL AS in_a, b.ip IS NOT NULL AS in_b, "
-        "a.tls AS a_tls, b.tls AS b_tls, a.anonymous AS a_anon, b.anonymous AS b_anon, "
-        "a.cert_sha256 AS a_cert, b.cert_sha256 AS b_cert, a.product AS a_product, "
-        "b.product AS b_product, a.version AS a_version, b.version AS b_version, "
-        "coalesce(a.hit, 0) AS a_hit, coalesce(b.hit, 0) AS b_hit "
-        "FROM a FULL OUTER JOIN b ON a.ip = b.ip AND a.port = b.port "
-        "WHERE coalesce(a.hit, 0) = 1 OR coalesce(b.hit, 0) = 1 "
-        "ORDER BY 2, 1")
-    rows = await store.fetch(sql, params.values)
-    new: list[tuple[str, int]] = []
-    gone: list[tuple[str, int]] = []
+    dialect = store.dialect
+    columns = "ip, port, tls, anonymous, cert_sha256, product, version"
+
+    def side(params: Params, sweep: str, *, hit: bool, without: str | None = None) -> str:
+        """One sweep's answering services (aliased ``v``); with *hit*, only those the query
+        matches (else a ``hit`` column says); *without*: none that also answered in that
+        sweep (an anti-join on the (sweep_id, ip, port) key, which SQLite indexes)."""
+        # parameters in the order of the text (SQLite's are positional)
+        view = View("sweep", sweep_id=sweep)
+        if hit:
+            frm = source(dialect, params, view)
+            where = compile_where(dialect, params, node)
+        else:
+            where = compile_where(dialect, params, node)  # in the SELECT list, first
+            frm = source(dialect, params, view)
+        conditions = ["status = 'success'"]
+        if hit:
+            conditions.append(where)
+        if without is not None:
+            conditions.append(
+                "NOT EXISTS (SELECT 1 FROM observations AS o WHERE o.sweep_id = "
+                f"{params.add(without)} AND o.ip = v.ip AND o.port = v.port "
+                "AND o.status = 'success')")
+        shown = "ip, port" if hit else \
+            f"{columns}, CASE WHEN {where} THEN 1 ELSE 0 END AS hit"
+        return f"SELECT {shown} FROM {frm} WHERE {' AND '.join(conditions)}"
+
+    keys: dict[str, list[tuple[str, int]]] = {}
+    for name, here, there in (("new", b, a), ("gone", a, b)):
+        params = Params(dialect)
+        rows = await store.fetch(side(params, here, hit=True, without=there), params.values)
+        keys[name] = sorted(((str(r["ip"]), int(r["port"])) for r in rows),
+                            key=lambda k: (ip_number(k[0]) or 0, k[1]))
+    params = Params(dialect)
+    side_a = side(params, a, hit=False)
+    side_b = side(params, b, hit=False)
+    both = await store.fetch(
+        f"SELECT b.ip AS ip, b.port AS port, a.tls AS a_tls, b.tls AS b_tls, "
+        "a.anonymous AS a_anon, b.anonymous AS b_anon, a.cert_sha256 AS a_cert, "
+        "b.cert_sha256 AS b_cert, a.product AS a_product, b.product AS b_product, "
+        "a.version AS a_version, b.version AS b_version "
+        f"FROM ({side_b}) AS b JOIN ({side_a}) AS a ON a.ip = b.ip AND a.port = b.port "
+        "WHERE a.hit = 1 OR b.hit = 1", params.values)
+    counts = {"new": len(keys["new"]), "gone": len(keys["gone"]), "changed": 0,
+              "anonymous_granted": 0, "anonymous_withdrawn": 0, "tls_added": 0,
+              "tls_removed": 0, "certificate_replaced": 0, "product_changed": 0,
+              "version_changed": 0}
     changed: list[Changed] = []
-    counts = {"new": 0, "gone": 0, "changed": 0, "anonymous_granted": 0,
-              "anonymous_withdrawn": 0, "tls_added": 0, "tls_removed": 0,
-              "certificate_replaced": 0, "product_changed": 0, "version_changed": 0}
-    for r in sorted(rows, key=lambda r: (ip_number(str(r["ip"])) or 0, r["port"])):
-        key = (str(r["ip"]), int(r["port"]))
-        if not r["in_a"]:
-            if r["b_hit"]:
-                counts["new"] += 1
-                if len(new) < limit:
-                    new.append(key)
-            continue
-        if not r["in_b"]:
-            if r["a_hit"]:
-                counts["gone"] += 1
-                if len(gone) < limit:
-                    gone.append(key)
-            continue
+    for r in sorted(both, key=lambda r: (ip_number(str(r["ip"])) or 0, r["port"])):
         what = _changes(r)
         if what:
             counts["changed"] += 1
             for change in what:
                 counts[change] += 1
             if len(changed) < limit:
-                changed.append(Changed(key[0], key[1], what))
-    return Diff(a, b, new, gone, changed, counts)
+                changed.append(Changed(str(r["ip"]), int(r["port"]), what))
+    return Diff(a, b, keys["new"][:limit], keys["gone"][:limit], changed, counts)
 
 
 def _changes(r: Row) -> list[str]:

@@ -91,10 +91,13 @@ _CONNECT_ERRORS = (
 )
 
 
-def _server_settings(schema: str | None) -> dict[str, str]:
+def _server_settings(schema: str | None,
+                     statement_timeout: float | None = None) -> dict[str, str]:
     settings = {"application_name": "brokerscan"}
     if schema is not None:
         settings["search_path"] = schema
+    if statement_timeout:
+        settings["statement_timeout"] = str(max(1, round(statement_timeout * 1000)))
     return settings
 
 
@@ -134,6 +137,7 @@ async def create_pool(
     check: bool = True,
     min_size: int = 1,
     max_size: int = 10,
+    statement_timeout: float | None = None,
 ) -> Pool:
     """Open a connection pool (bound to the running event loop).
 
@@ -142,6 +146,8 @@ async def create_pool(
     :param check: as for :func:`connect`, checked once on a pooled connection
     :param min_size: connections opened at once (and the failure surfaces here)
     :param max_size: most connections; processes x max_size must fit max_connections
+    :param statement_timeout: seconds any statement may run (PostgreSQL's
+        ``statement_timeout``); None or 0: the server's default
     :returns: the pool
     :raises DatabaseError: the server cannot be reached or refuses the connection
     :raises MigrationError: *check* is set and the schema is behind or ahead
@@ -153,7 +159,7 @@ async def create_pool(
             min_size=min_size,
             max_size=max_size,
             timeout=CONNECT_TIMEOUT,
-            server_settings=_server_settings(schema),
+            server_settings=_server_settings(schema, statement_timeout),
         )
     except _CONNECT_ERRORS as exc:
         raise _explain(exc, url) from exc

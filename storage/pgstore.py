@@ -45,7 +45,7 @@ from storage.queries import Dialect
 from storage.reader import Row
 from storage.rows import COLUMNS, observation_row
 from storage.searcher import Searcher
-from storage.store import StoreError
+from storage.store import StatementTimeout, StoreError
 
 __all__ = ["PG", "PgStore"]
 
@@ -156,7 +156,7 @@ class PgStore(Searcher):
     @classmethod
     async def open(
         cls, url: str, *, schema: str | None = None, max_size: int = 4, days_ahead: int = 7,
-        read_only: bool = False,
+        read_only: bool = False, statement_timeout: float | None = None,
     ) -> PgStore:
         """Connect (the migrations must be applied) and premake partitions.
 
@@ -166,10 +166,13 @@ class PgStore(Searcher):
         :param days_ahead: partitions premade after today
         :param read_only: only reads will follow: premake nothing (a role that may only
             SELECT can open the store)
+        :param statement_timeout: seconds any statement may run (None: no limit); a
+            statement past it is cancelled by the server (:class:`StatementTimeout`)
         :raises StoreError: the database cannot be reached or is not migrated
         """
         try:
-            pool = await create_pool(url, schema=schema, max_size=max_size)
+            pool = await create_pool(url, schema=schema, max_size=max_size,
+                                     statement_timeout=statement_timeout)
         except DatabaseError as exc:
             raise StoreError(str(exc)) from exc
         store = cls(pool, days_ahead=days_ahead)
@@ -262,8 +265,12 @@ class PgStore(Searcher):
             await self.pool.release(conn, timeout=5.0)
 
     async def fetch(self, sql: str, params: Sequence[object]) -> list[Row]:
-        """See :meth:`storage.reader.StoreReader.fetch` (through the pool)."""
-        return list(await self.pool.fetch(sql, *params))
+        """See :meth:`storage.reader.StoreReader.fetch` (through the pool). A task that is
+        cancelled (the client went away) cancels its statement on the server (asyncpg)."""
+        try:
+            return list(await self.pool.fetch(sql, *params))
+        except asyncpg.QueryCanceledError as exc:
+            raise StatementTimeout(str(exc)) from exc
 
     async def maintain(self, *, retention_days: int | None = None) -> partitions.PartitionHealth:
         """Premake partitions, drop those past *retention_days* (if given), report health.

@@ -40,6 +40,7 @@ from storage.search.parse import Node, QueryError, parse
 __all__ = [
     "EXPORT_COLUMNS",
     "MAX_FACET",
+    "MAX_FACETS",
     "MAX_PAGE",
     "CountResult",
     "Hit",
@@ -51,6 +52,8 @@ __all__ = [
 
 MAX_PAGE: Final = 1000
 MAX_FACET: Final = 1000
+#: Facets one count may ask for (each is a GROUP BY of its own on some stores).
+MAX_FACETS: Final = 12
 _EXPORT_CHUNK: Final = 5000
 
 #: The columns of a CSV export, in order (every searchable column, flat).
@@ -147,9 +150,11 @@ class CountResult:
 
 def parse_facets(text: str | None, *, default_size: int = 10) -> list[tuple[str, int]]:
     """``country:10,asn:10,port`` as ``[(field name, size)]`` (a field without a size gets
-    *default_size*).
+    *default_size*). A field named twice (or by two of its names) is counted once, with
+    the larger size; at most :data:`MAX_FACETS` fields.
 
-    :raises QueryError: an unknown field, a bad size, or a field that cannot be a facet
+    :raises QueryError: an unknown field, a bad size, a field that cannot be a facet, or
+        more than :data:`MAX_FACETS` fields
     """
     out: list[tuple[str, int]] = []
     if not text:
@@ -171,7 +176,13 @@ def parse_facets(text: str | None, *, default_size: int = 10) -> list[tuple[str,
                              position) from None
         if not 1 <= size <= MAX_FACET:
             raise QueryError(f"sizes go from 1 to {MAX_FACET}", position)
-        out.append((field.name, size))
+        known = next((i for i, (name, _) in enumerate(out) if name == field.name), None)
+        if known is not None:
+            out[known] = (field.name, max(size, out[known][1]))
+        elif len(out) == MAX_FACETS:
+            raise QueryError(f"at most {MAX_FACETS} facets", position)
+        else:
+            out.append((field.name, size))
         position += len(item) + 1
     return out
 

@@ -4,8 +4,14 @@ The same tables as PostgreSQL without partitions: ``observations`` (UNIQUE(sweep
 port); a sweep id names one sweep, so its start time is not needed for uniqueness here),
 ``services`` and ``rollup``. A write runs in a worker thread (``asyncio.to_thread``), in
 one ``BEGIN IMMEDIATE`` transaction: ``INSERT OR IGNORE`` each row, and for each row that
-was new (``rowcount == 1``) add to the rollup and upsert the service. One connection,
-used by one thread at a time (an asyncio lock), so the async API is safe to share.
+was new (``rowcount == 1``) add to the rollup and upsert the service. The writing
+connection is used by one thread at a time (an asyncio lock).
+
+Reads (``SELECT`` and ``WITH``) go to a few read-only connections of their own (WAL lets
+them read beside the writer and beside each other), each in a worker thread: a long read
+never holds up another request. A read past *statement_timeout* is stopped by SQLite's
+progress handler (:class:`StatementTimeout`), and a read whose task is cancelled (the
+client went away) is interrupted at once (``Connection.interrupt``).
 
 Timestamps are stored as fixed-width UTC text (they sort), days as ``YYYY-MM-DD``,
 booleans as 0/1; reads turn them back into Python values.
@@ -14,7 +20,10 @@ booleans as 0/1; reads turn them back into Python values.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 import sqlite3
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -35,7 +44,7 @@ from storage.rows import (
 )
 from storage.searcher import Searcher
 from storage.sqliteschema import SchemaError, upgrade
-from storage.store import StoreError
+from storage.store import StatementTimeout, StoreError
 
 __all__ = ["SQLITE", "SqliteStore", "path_of"]
 
@@ -76,6 +85,13 @@ ON CONFLICT (ip, port, transport) DO UPDATE SET
     {", ".join(f"{c} = CASE WHEN {_NEWER} THEN excluded.{c} ELSE services.{c} END"
                for c in _LATEST)}
 """
+#: Read-only connections beside the writer (reads at once).
+READERS: Final = 4
+#: A statement that only reads (a write sent to a read connection fails: query_only).
+_READ: Final = re.compile(r"\s*(SELECT|WITH)\b", re.IGNORECASE)
+#: SQLite virtual-machine steps between two looks at the clock.
+_STEPS: Final = 10_000
+
 _I = {name: i for i, name in enumerate(_OBSERVATION_COLUMNS)}
 _I["latest"] = _I["record"]
 
@@ -122,26 +138,47 @@ class SqliteStore(Searcher):
 
     dialect = SQLITE
 
-    def __init__(self, conn: sqlite3.Connection, path: str = ":memory:") -> None:
+    def __init__(self, conn: sqlite3.Connection, path: str = ":memory:",
+                 readers: Sequence[sqlite3.Connection] = (),
+                 statement_timeout: float | None = None) -> None:
         self._conn = conn
         self._path = path
         self._lock = asyncio.Lock()
+        self._timeout = statement_timeout or None
+        self._readers: asyncio.Queue[sqlite3.Connection] | None = None
+        self._all_readers = list(readers)
+        if readers:
+            self._readers = asyncio.Queue()
+            for reader in readers:
+                self._readers.put_nowait(reader)
 
     @classmethod
-    async def open(cls, url: str, *, read_only: bool = False) -> SqliteStore:
-        """Open (creating if needed) the file *url* names, in WAL mode.
+    async def open(cls, url: str, *, read_only: bool = False,
+                   statement_timeout: float | None = None) -> SqliteStore:
+        """Open (creating if needed) the file *url* names, in WAL mode, and its read
+        connections (none for ``:memory:``, which only one connection can see).
 
         *read_only* changes nothing here (the process that serves a file owns it; WAL
         readers need to write its shared-memory index anyway).
 
+        :param statement_timeout: seconds a read may run (None: no limit)
         :raises StoreError: a bad URL, or the file cannot be opened or written
         """
         path = path_of(url)
         try:
             conn = await asyncio.to_thread(cls._connect, path)
+            readers = [] if path == ":memory:" else \
+                [await asyncio.to_thread(cls._connect_reader, path) for _ in range(READERS)]
         except (sqlite3.Error, SchemaError) as exc:
             raise StoreError(f"cannot open SQLite store {path}: {exc}") from exc
-        return cls(conn, path)
+        return cls(conn, path, readers, statement_timeout)
+
+    @staticmethod
+    def _connect_reader(path: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA query_only=ON")  # a write sent here by mistake fails loudly
+        conn.execute("PRAGMA busy_timeout=10000")
+        return conn
 
     @staticmethod
     def _connect(path: str) -> sqlite3.Connection:
@@ -154,15 +191,48 @@ class SqliteStore(Searcher):
         upgrade(conn)
         return conn
 
-    async def fetch(self, sql: str, params: Sequence[object]) -> list[Row]:
-        """See :meth:`storage.reader.StoreReader.fetch` (in a worker thread)."""
-        def fetch() -> list[Row]:
-            cursor = self._conn.cursor()
-            cursor.row_factory = sqlite3.Row
+    def _run(self, conn: sqlite3.Connection, sql: str, params: Sequence[object],
+             ) -> list[Row]:
+        """One statement on *conn* (in a worker thread), stopped past the time limit."""
+        if self._timeout is not None:
+            deadline = time.monotonic() + self._timeout
+            conn.set_progress_handler(lambda: time.monotonic() > deadline, _STEPS)
+        cursor = conn.cursor()
+        cursor.row_factory = sqlite3.Row
+        try:
             return cursor.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            if str(exc) != "interrupted":
+                raise
+            raise StatementTimeout(f"the statement ran past the limit of {self._timeout} s"
+                                   " and was stopped") from None
+        finally:
+            if self._timeout is not None:
+                conn.set_progress_handler(None, 0)
 
-        async with self._lock:
-            return await asyncio.to_thread(fetch)
+    async def _interruptible(self, conn: sqlite3.Connection, sql: str,
+                             params: Sequence[object]) -> list[Row]:
+        work = asyncio.get_running_loop().run_in_executor(None, self._run, conn, sql, params)
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            conn.interrupt()  # the caller is gone: stop the statement now
+            with contextlib.suppress(Exception):
+                await work  # the connection is free only once its thread is
+            raise
+
+    async def fetch(self, sql: str, params: Sequence[object]) -> list[Row]:
+        """See :meth:`storage.reader.StoreReader.fetch` (in a worker thread): a read on a
+        read connection of its own, anything else on the writing connection."""
+        readers = self._readers
+        if readers is None or not _READ.match(sql):
+            async with self._lock:
+                return await self._interruptible(self._conn, sql, params)
+        conn = await readers.get()
+        try:
+            return await self._interruptible(conn, sql, params)
+        finally:
+            readers.put_nowait(conn)
 
     def _write(self, rows: list[tuple[Any, ...]]) -> int:
         """One transaction; a failure of SQLite itself (a full disk, an I/O error, a
@@ -204,6 +274,8 @@ class SqliteStore(Searcher):
             return await asyncio.to_thread(self._write, rows)
 
     async def close(self) -> None:
-        """Close the file."""
+        """Close the file (and the read connections)."""
         async with self._lock:
+            for reader in self._all_readers:
+                await asyncio.to_thread(reader.close)
             await asyncio.to_thread(self._conn.close)

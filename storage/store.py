@@ -37,8 +37,8 @@ if TYPE_CHECKING:  # the search types live beside the search; a store only names
     from storage.search.tree import Node
     from storage.searcher import CountResult, Hit, Page
 
-__all__ = ["BACKENDS", "DEFAULT_STORE_URL", "Service", "Store", "StoreError", "describe_store",
-           "open_store", "store_url"]
+__all__ = ["BACKENDS", "DEFAULT_STORE_URL", "Service", "StatementTimeout", "Store", "StoreError",
+           "describe_store", "open_store", "store_url"]
 
 #: URL scheme -> "module:class" of the backend.
 BACKENDS: Final = {
@@ -73,6 +73,11 @@ def describe_store(url: str) -> str:
 
 class StoreError(Exception):
     """The store cannot be opened or used; the message is one line for the operator."""
+
+
+class StatementTimeout(Exception):
+    """A statement ran past the store's statement time limit and was stopped (the query
+    was too costly for the limit, not the store down)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,13 +219,16 @@ class Store(Protocol):
         ...
 
 
-async def open_store(url: str, *, read_only: bool = False) -> Store:
+async def open_store(url: str, *, read_only: bool = False,
+                     statement_timeout: float | None = None) -> Store:
     """Open the store *url* names.
 
     :param url: ``postgresql://user@host/db``, ``sqlite:///path/file.db`` or
         ``sqlite:///:memory:``
     :param read_only: the caller only reads (``brokerscan serve``): PostgreSQL makes no
         partitions, so a role that may only SELECT can open it
+    :param statement_timeout: seconds a statement may run before the store stops it with
+        :class:`StatementTimeout` (None: no limit)
     :returns: the open store (PostgreSQL: migrations must be applied)
     :raises StoreError: an unknown scheme, or the store cannot be opened
     """
@@ -235,5 +243,6 @@ async def open_store(url: str, *, read_only: bool = False) -> Store:
         )
     module_name, class_name = target.split(":")
     backend = getattr(importlib.import_module(module_name), class_name)
-    store: Store = await backend.open(url, read_only=read_only)
+    store: Store = await backend.open(url, read_only=read_only,
+                                      statement_timeout=statement_timeout)
     return store

@@ -1,7 +1,8 @@
 """Build the API app from settings (never at import time): the routers under ``/api/v1``
 behind the token check, the session routes, health, the offline docs page, the web
-dashboard (``/``, :mod:`brokerscan.web`), the error handlers, the OpenAPI document, and the
-hook for metrics.
+dashboard (``/``, :mod:`brokerscan.web`), the error handlers, the OpenAPI document, the
+limits against hostile clients (:mod:`brokerscan.api.guard`, a middleware of its own), and
+the hook for metrics.
 
 ``build_app(settings, store_url)`` opens the store when the app starts (read-only for
 PostgreSQL: no partitions are made, so a SELECT-only role serves) and closes it at the end;
@@ -21,11 +22,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from brokerscan import __version__
 from brokerscan.api import errors
-from brokerscan.api.auth import principal
+from brokerscan.api.auth import metered
 from brokerscan.api.context import ApiContext
 from brokerscan.api.docs import mount_docs
+from brokerscan.api.guard import Guard, GuardMiddleware
 from brokerscan.api.instrument import instrument
-from brokerscan.api.ratelimit import RateLimiter
+from brokerscan.api.ratelimit import RateLimiter, Slots
 from brokerscan.api.routes import (
     count,
     diff,
@@ -43,11 +45,15 @@ from brokerscan.settings import Settings
 from brokerscan.web.app import mount_dashboard
 from storage.store import Store, open_store
 
-__all__ = ["DEFAULT_BURST", "DEFAULT_RATE", "build_app", "openapi_document"]
+__all__ = ["DEFAULT_BURST", "DEFAULT_EXPORTS_PER_SERVER", "DEFAULT_EXPORTS_PER_TOKEN",
+           "DEFAULT_RATE", "build_app", "openapi_document"]
 
 #: Requests per second per token, and the burst a token may spend at once.
 DEFAULT_RATE: Final = 20.0
 DEFAULT_BURST: Final = 40.0
+#: Exports streaming at once, per token and on the whole server.
+DEFAULT_EXPORTS_PER_TOKEN: Final = 2
+DEFAULT_EXPORTS_PER_SERVER: Final = 8
 
 _DESCRIPTION: Final = """Search, count and export the MQTT and AMQP services brokerscan has
 found, read the census report and the history of sweeps, and steer the fleet's sweeps.
@@ -103,7 +109,8 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 
 def build_app(settings: Settings, store_url: str, *, auth: bool = True,
               rate: float = DEFAULT_RATE, burst: float = DEFAULT_BURST,
-              store: Store | None = None) -> FastAPI:
+              store: Store | None = None, guard: Guard | None = None,
+              exports: Slots | None = None) -> FastAPI:
     """The API app.
 
     :param settings: the deployment's settings (``database_url`` and ``redis_url`` for the
@@ -115,9 +122,14 @@ def build_app(settings: Settings, store_url: str, *, auth: bool = True,
     :param burst: requests a token may make at once
     :param store: an open store to use (and leave open); default: open *store_url* at
         start-up and close it at shut-down
+    :param guard: allowed hosts, the body limit and the send timeout (default: loopback
+        names only without *auth*, any host with it; :mod:`brokerscan.api.guard`)
+    :param exports: exports at once per token and per server
     """
     ctx = ApiContext(settings=settings, store_url=store_url, auth=auth,
-                     limiter=RateLimiter(rate=rate, burst=max(1.0, burst)), store=store)
+                     limiter=RateLimiter(rate=rate, burst=max(1.0, burst)), store=store,
+                     exports=exports or Slots(DEFAULT_EXPORTS_PER_TOKEN,
+                                              DEFAULT_EXPORTS_PER_SERVER))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -131,13 +143,15 @@ def build_app(settings: Settings, store_url: str, *, auth: bool = True,
 
     app = FastAPI(title="brokerscan", version=__version__, description=_DESCRIPTION,
                   docs_url=None, redoc_url=None, lifespan=lifespan,
-                  generate_unique_id_function=lambda route: route.name)
+                  generate_unique_id_function=lambda route: route.name,
+                  redirect_slashes=False)  # a redirect would be built from the Host header
     app.state.brokerscan = ctx
     errors.install(app)
+    app.add_middleware(GuardMiddleware, guard=guard or Guard.of(loopback_only=not auth))
     app.add_middleware(_Headers)
 
     api = APIRouter(prefix="/api/v1", responses=errors.ERRORS,
-                    dependencies=[Depends(principal)])
+                    dependencies=[Depends(metered, scope="function")])
     for module in (services, count, trends, hosts, report, diff, sweeps, export, query):
         api.include_router(module.router)
     app.include_router(api)

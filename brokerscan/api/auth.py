@@ -14,13 +14,17 @@ by a browser in an http-only cookie; roles; the per-token rate limit; CSRF.
 - ``serve --no-auth`` (one user, loopback only) makes every request an operator.
 - Each token gets *rate* requests per second (bursts of *burst*); a client address that
   keeps sending bad tokens is limited the same way. Over the limit: 429 with
-  ``Retry-After``.
+  ``Retry-After``. The limit is cost-aware (:func:`metered`): a request also costs the
+  server time it took past 0.25 s (a second of it as much as a second's worth of requests,
+  at most a burst), so a token that sends costly queries side by side gets fewer of them.
 """
 
 from __future__ import annotations
 
 import hmac
 import math
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Final, Literal
 
@@ -33,12 +37,14 @@ from brokerscan.api.errors import ApiError
 from storage.tokens import TokenInfo, csrf_of, verify_token
 
 __all__ = ["CSRF_COOKIE", "CSRF_HEADER", "SESSION_COOKIE", "Principal", "check_token",
-           "operator", "principal"]
+           "metered", "operator", "principal"]
 
 SESSION_COOKIE: Final = "brokerscan_session"
 CSRF_COOKIE: Final = "brokerscan_csrf"
 CSRF_HEADER: Final = "X-CSRF-Token"
 _SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Server time a request may take before it is charged for it (seconds).
+FREE_SECONDS: Final = 0.25
 
 _bearer = HTTPBearer(auto_error=False, scheme_name="bearer",
                      description="a token from `brokerscan token create`")
@@ -120,6 +126,25 @@ async def principal(
                                 "csrf value POST /api/v1/session returned) to change "
                                 "anything")
     return who
+
+
+async def metered(
+    ctx: Annotated[ApiContext, Depends(context)],
+    who: Annotated[Principal, Depends(principal)],
+) -> AsyncIterator[Principal]:
+    """The caller (:func:`principal`), charged afterwards for the server time its request
+    took beyond :data:`FREE_SECONDS`: a second of it costs a second's worth of requests,
+    at most a full burst (so one request never locks its token out for longer than
+    burst / rate seconds). Costly requests sent side by side put the token in debt (the
+    cost-aware part of the rate limit; an export is charged for its first row, its stream
+    is bounded by the export slots). At most two requests of a token are answered at once;
+    its others wait their turn."""
+    async with ctx.lanes.lane(who.token_id):
+        started = time.monotonic()
+        yield who
+        spent = time.monotonic() - started - FREE_SECONDS
+    if spent > 0:
+        ctx.limiter.charge(who.token_id, min(spent * ctx.limiter.rate, ctx.limiter.burst))
 
 
 async def operator(who: Annotated[Principal, Depends(principal)]) -> Principal:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
-from brokerscan.api.ratelimit import RateLimiter
+from brokerscan.api.ratelimit import Lanes, RateLimiter, Slots
 from brokerscan.settings import Settings
 from storage.db import Pool, create_pool
 from storage.searcher import Searcher
@@ -25,12 +25,16 @@ class ApiContext:
 
     :ivar auth: False only for ``serve --no-auth`` (one user, loopback)
     :ivar limiter: requests per second per token (and per client address for bad tokens)
+    :ivar exports: exports streaming at once, per token and in all
+    :ivar lanes: requests of one token answered at once (the others wait)
     """
 
     settings: Settings
     store_url: str
     auth: bool
     limiter: RateLimiter
+    exports: Slots = field(default_factory=lambda: Slots(per_key=2, total=8))
+    lanes: Lanes = field(default_factory=lambda: Lanes(2))
     store: Store | None = None
     _pool: Pool | None = None
     _redis: Redis | None = None

@@ -13,7 +13,7 @@ from pydantic import BeforeValidator
 from brokerscan.api.context import ApiContext
 from brokerscan.api.errors import ApiError
 from storage.search.compile import CURRENT, View
-from storage.search.parse import MAX_LENGTH
+from storage.search.parse import MAX_LENGTH, YEARS
 from storage.searcher import Searcher
 
 __all__ = ["IPV4", "SWEEP_ID", "Q", "SweepId", "context", "known_sweep", "store", "view_of"]
@@ -36,6 +36,8 @@ def _iso_day(value: object) -> object:
     """Only YYYY-MM-DD is a day (pydantic alone would also read ``0`` as 1970-01-01)."""
     if isinstance(value, str) and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
         raise ValueError(f"{value[:40]!r} is not a day (YYYY-MM-DD)")
+    if isinstance(value, str) and not YEARS[0] <= int(value[:4]) <= YEARS[1]:
+        raise ValueError(f"{value!r} is outside the years {YEARS[0]:04d} to {YEARS[1]}")
     return value
 
 

@@ -25,7 +25,7 @@ from brokerscan.api.models import ErrorBody
 from storage.db import DatabaseError
 from storage.search.parse import MAX_LENGTH
 from storage.search.tree import QueryError
-from storage.store import StoreError
+from storage.store import StatementTimeout, StoreError
 
 __all__ = ["ERRORS", "ApiError", "error_response", "install"]
 
@@ -131,6 +131,14 @@ def install(app: FastAPI) -> None:
                         type(exc).__name__, exc)
             text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             return error_response(503, f"unavailable: {text}", headers={"Retry-After": "5"})
+
+    @app.exception_handler(StatementTimeout)
+    async def too_long(request: Request, exc: StatementTimeout) -> JSONResponse:
+        log.warning("%s %s: statement time limit: %s", request.method, request.url.path, exc)
+        return error_response(503, "the query ran past the server's statement time limit "
+                                   "and was stopped: narrow it (a smaller view, fewer "
+                                   "facets, a more selective query)",
+                              headers={"Retry-After": "5"})
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:

@@ -3,7 +3,13 @@
 The store is opened (read-only for PostgreSQL) and the address bound before the server
 starts, so a store that cannot be opened or an address that is taken is one line and exit
 1. ``--no-auth`` is for one user on their own machine: it is refused on any address that is
-not loopback.
+not loopback, and answers only loopback Host names.
+
+The server's limits against hostile clients (docs/api.md, "Limits"): allowed Host names,
+the body size, the send timeout, read deadlines for a request's head and body
+(:mod:`brokerscan.api.connection`), the idle keep-alive time, connections at once, exports
+at once, and ``X-Forwarded-For`` read only from the proxies ``--forwarded-allow-ips``
+names.
 
 ``--metrics-port`` (or ``BROKERSCAN_METRICS_PORT``) serves ``/metrics``, ``/healthz`` and
 ``/readyz`` on a port of their own, as every other role does (:mod:`brokerscan.health`;
@@ -20,9 +26,18 @@ import socket
 import sys
 from pathlib import Path
 
-from brokerscan.api.app import DEFAULT_BURST, DEFAULT_RATE, build_app
+from brokerscan.api.app import (
+    DEFAULT_BURST,
+    DEFAULT_EXPORTS_PER_SERVER,
+    DEFAULT_EXPORTS_PER_TOKEN,
+    DEFAULT_RATE,
+    build_app,
+)
+from brokerscan.api.connection import protocol_with
+from brokerscan.api.guard import DEFAULT_MAX_BODY, DEFAULT_SEND_TIMEOUT, Guard
+from brokerscan.api.ratelimit import Slots
 from brokerscan.cli.errors import EXIT_UNAVAILABLE, CliError
-from brokerscan.cli.options import add_metrics_option, non_negative
+from brokerscan.cli.options import add_metrics_option, non_negative, positive_int
 from brokerscan.cli.services import pg_check, start_ops_server
 from brokerscan.health import Health
 from brokerscan.settings import Settings
@@ -53,6 +68,36 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"),
                    default="info")
     add_metrics_option(p)
+    limits = p.add_argument_group("limits against hostile clients (docs/api.md)")
+    limits.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                        help="a Host name to answer to (repeat; default: any, or with "
+                             "--no-auth loopback names only)")
+    limits.add_argument("--forwarded-allow-ips", metavar="ADDRS", default=None,
+                        help="comma-separated addresses of the proxies whose "
+                             "X-Forwarded-For/-Proto to believe (default: none)")
+    limits.add_argument("--max-body", type=positive_int, default=DEFAULT_MAX_BODY,
+                        metavar="BYTES", help="largest request body (default: %(default)s)")
+    seconds = non_negative(float)
+    limits.add_argument("--head-timeout", type=seconds, default=10.0, metavar="S",
+                        help="seconds for a request's head to arrive (default: %(default)s)")
+    limits.add_argument("--body-timeout", type=seconds, default=10.0, metavar="S",
+                        help="seconds a request body may stall (default: %(default)s)")
+    limits.add_argument("--keep-alive-timeout", type=seconds, default=5.0, metavar="S",
+                        help="seconds an idle connection stays open (default: %(default)s)")
+    limits.add_argument("--send-timeout", type=seconds, default=DEFAULT_SEND_TIMEOUT,
+                        metavar="S", help="seconds a client may leave an answer unread "
+                                          "(default: %(default)s)")
+    limits.add_argument("--statement-timeout", type=seconds, default=30.0, metavar="S",
+                        help="seconds a store statement may run; 0 = no limit "
+                             "(default: %(default)s)")
+    limits.add_argument("--max-connections", type=positive_int, default=256, metavar="N",
+                        help="connections at once; more get a 503 (default: %(default)s)")
+    limits.add_argument("--exports-per-token", type=positive_int,
+                        default=DEFAULT_EXPORTS_PER_TOKEN, metavar="N",
+                        help="exports at once per token (default: %(default)s)")
+    limits.add_argument("--exports-per-server", type=positive_int,
+                        default=DEFAULT_EXPORTS_PER_SERVER, metavar="N",
+                        help="exports at once in all (default: %(default)s)")
 
 
 def _is_loopback(host: str) -> bool:
@@ -118,16 +163,26 @@ async def _serve(args: argparse.Namespace, settings: Settings, url: str,
     import uvicorn  # the server is needed only here
 
     try:
-        store = await open_store(url, read_only=True)
+        store = await open_store(url, read_only=True,
+                                 statement_timeout=args.statement_timeout or None)
     except (StoreError, DatabaseError) as exc:
         raise CliError(str(exc), EXIT_UNAVAILABLE) from None
     try:
+        guard = Guard.of(loopback_only=args.no_auth, hosts=args.allowed_host,
+                         max_body=args.max_body, send_timeout=args.send_timeout)
         app = build_app(settings, url, auth=not args.no_auth, rate=args.rate_limit,
-                        burst=args.burst, store=store)
+                        burst=args.burst, store=store, guard=guard,
+                        exports=Slots(args.exports_per_token, args.exports_per_server))
         # A query of MAX_LENGTH characters, percent-encoded, can be 24 KB of URL: more than
         # h11's default 16 KiB for a request head.
-        config = uvicorn.Config(app, log_level=args.log_level, proxy_headers=True,
+        proxies = args.forwarded_allow_ips
+        config = uvicorn.Config(app, log_level=args.log_level,
+                                proxy_headers=proxies is not None,
+                                forwarded_allow_ips=proxies or "",
                                 server_header=False, lifespan="on",
+                                http=protocol_with(args.head_timeout, args.body_timeout),
+                                timeout_keep_alive=int(max(1, args.keep_alive_timeout)),
+                                limit_concurrency=args.max_connections,
                                 h11_max_incomplete_event_size=64 * 1024)
         server = uvicorn.Server(config)
         host, port = sock.getsockname()[:2]

@@ -92,6 +92,8 @@ class Field:
     :ivar canonical: for ``keyword`` and ``set`` fields, the value as stored; raises
         ValueError, whose text says what was expected, for a value that cannot be one
     :ivar choices: the values there are, when the vocabulary is closed
+    :ivar bounds: for ``int`` fields, the least and greatest value the column can hold
+        (a value outside is a bad query, never an overflow in the store)
     """
 
     name: str
@@ -101,6 +103,7 @@ class Field:
     aliases: tuple[str, ...] = ()
     canonical: Callable[[str], str] | None = dataclasses.field(default=None, repr=False)
     choices: tuple[str, ...] = dataclasses.field(default=(), repr=False)
+    bounds: tuple[int, int] = dataclasses.field(default=(-(2**63), 2**63 - 1), repr=False)
 
 
 _STATUSES: Final = (
@@ -114,7 +117,7 @@ _FAMILIES: Final = ("0-9-1", "0-9", "0-8", "0-10", "1.0", "1.0-tls", "1.0-sasl",
 FIELDS: Final[tuple[Field, ...]] = (
     Field("protocol", "protocol", Kind.KEYWORD, "what answered: mqtt or amqp",
           ("tags",), _lower, ("mqtt", "amqp")),
-    Field("port", "port", Kind.INT, "TCP port"),
+    Field("port", "port", Kind.INT, "TCP port", bounds=(0, 65535)),
     Field("transport", "transport", Kind.KEYWORD, "how it was reached: tcp, tls, ws, wss",
           (), _lower, ("tcp", "tls", "ws", "wss")),
     Field("tls", "tls", Kind.BOOL, "true when the service is behind TLS"),
@@ -123,7 +126,8 @@ FIELDS: Final[tuple[Field, ...]] = (
     Field("anonymous", "anonymous", Kind.BOOL,
           "true when the MQTT broker accepted an anonymous CONNECT", ("mqtt.anonymous",)),
     Field("mqtt.return_code", "mqtt_return_code", Kind.INT,
-          "CONNACK return code (3.x) or reason code (5.0)"),
+          "CONNACK return code (3.x) or reason code (5.0)",
+          bounds=(0, 255)),  # one byte on the wire; a smallint column
     Field("mqtt.level", "mqtt_levels", Kind.SET,
           "an MQTT level the broker accepted: 3.1, 3.1.1 or 5.0", (), canonical_level,
           ("3.1", "3.1.1", "5.0")),
@@ -134,7 +138,8 @@ FIELDS: Final[tuple[Field, ...]] = (
     Field("amqp.mechanisms", "amqp_mechanisms", Kind.SET,
           "a SASL mechanism the server offers (PLAIN, AMQPLAIN, ANONYMOUS, ...)", (),
           canonical_mechanism),
-    Field("asn", "asn", Kind.INT, "autonomous system number", ("autonomous_system.asn",)),
+    Field("asn", "asn", Kind.INT, "autonomous system number", ("autonomous_system.asn",),
+          bounds=(0, 2**32 - 1)),  # 32-bit AS numbers (RFC 6793)
     Field("org", "org", Kind.TEXT, "autonomous system organisation",
           ("autonomous_system.name",)),
     Field("country", "country", Kind.KEYWORD, "ISO 3166-1 alpha-2 country code",

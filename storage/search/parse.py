@@ -90,10 +90,10 @@ def _int(field: Field, value: _Value) -> int:
     except ValueError:
         raise QueryError(f"{field.name}: expected a whole number, not {value.text!r}",
                          value.position) from None
-    if field.name == "port" and not 0 <= number <= 65535:
-        raise QueryError(f"port: {number} is not a port (0 to 65535)", value.position)
-    if not -(2**63) <= number < 2**63:
-        raise QueryError(f"{field.name}: {number} is out of range", value.position)
+    low, high = field.bounds
+    if not low <= number <= high:
+        what = "is not a port" if field.name == "port" else "is out of range"
+        raise QueryError(f"{field.name}: {number} {what} ({low} to {high})", value.position)
     return number
 
 
@@ -119,6 +119,11 @@ def _is_day(text: str) -> bool:
     return len(text) == 10  # 2026-12-01; every ISO time is longer
 
 
+#: The years a time may fall in: the day after 9999-12-31, or an instant of year 1 moved
+#: to UTC, cannot be represented (an OverflowError, not a bad query).
+YEARS: Final = (1, 9998)
+
+
 def _time(field: Field, value: _Value, *, end: bool) -> datetime:
     """A time given as a day or a time; a day means its first instant, or with *end* the
     first instant after it (the next midnight)."""
@@ -126,13 +131,22 @@ def _time(field: Field, value: _Value, *, end: bool) -> datetime:
     try:
         if _is_day(text):
             day = date.fromisoformat(text)
-            start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-            return start + timedelta(days=1) if end else start
-        moment = datetime.fromisoformat(text)
+            moment = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        else:
+            moment = datetime.fromisoformat(text)
     except ValueError:
         raise QueryError(f"{field.name}: expected a day (2026-12-01) or a time "
                          f"(2026-12-01T10:00:00Z), not {text!r}", value.position) from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    if not YEARS[0] <= moment.year <= YEARS[1]:
+        raise QueryError(f"{field.name}: {text!r} is outside the years {YEARS[0]:04d} to "
+                         f"{YEARS[1]}", value.position)
+    try:
+        if _is_day(text):
+            return moment + timedelta(days=1) if end else moment
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except OverflowError:  # year 1 (or 9998) moved past its end by a UTC offset
+        raise QueryError(f"{field.name}: {text!r} is outside the years {YEARS[0]:04d} to "
+                         f"{YEARS[1]}", value.position) from None
 
 
 def _canonical(field: Field, value: _Value) -> str:

@@ -3,10 +3,20 @@
 import { ApiError, get, post } from "./api.js";
 import { errorBox, fill, h, params } from "./ui.js";
 
-/** Only a path of this site (never another origin) is a place to go back to. */
+/**
+ * Only a path of this site is a place to go back to. The value is read as the browser
+ * reads a link (so "/\\host", "/\t/host" and the like resolve to another host and are
+ * refused) and only its path, query and fragment are kept.
+ */
 function next() {
-  const target = params().get("next") || "/";
-  return target.startsWith("/") && !target.startsWith("//") ? target : "/";
+  let url;
+  try {
+    url = new URL(params().get("next") || "/", location.origin);
+  } catch {
+    return "/";
+  }
+  const path = url.pathname + url.search + url.hash;
+  return url.origin === location.origin && path.startsWith("/") && !path.startsWith("//") ? path : "/";
 }
 
 async function render(root) {

@@ -12,6 +12,8 @@ a :class:`~brokerscan.model.ScanResult` passed to a sink; failures before a conn
 always counted in :class:`ScanStats`.
 
 The Celery shard task runs this same engine over its shard; the CLI runs it over a range.
+One piece: the connect loop, its table of targets in flight and the counters it keeps are
+one state that ``run``, ``settle`` (discovery's verdicts), ``stop`` and ``abort`` all touch.
 """
 
 from __future__ import annotations

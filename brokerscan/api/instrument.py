@@ -28,27 +28,52 @@ the uv.lock that four branches edit stays as it is).
 from __future__ import annotations
 
 import time
-from typing import Final
+from dataclasses import dataclass
+from functools import cache
+from typing import TYPE_CHECKING, Final
 
 from fastapi import FastAPI
-from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["IN_FLIGHT", "REQUESTS", "REQUEST_SECONDS", "RESPONSE_BYTES", "Instrument",
-           "instrument", "route_template"]
+if TYPE_CHECKING:
+    from prometheus_client import Counter, Gauge, Histogram
 
-REQUESTS = Counter("brokerscan_http_requests_total",
-                   "API requests answered, by route template, method and status",
-                   ["route", "method", "status"])
-REQUEST_SECONDS = Histogram("brokerscan_http_request_seconds",
-                            "Time from an API request to the last byte of its answer",
-                            ["route"],
-                            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
-                                     10, 30, 60, 300))
-IN_FLIGHT = Gauge("brokerscan_http_requests_in_flight", "API requests being answered")
-RESPONSE_BYTES = Counter("brokerscan_http_response_bytes_total",
-                         "Body bytes of API answers sent, by route template (export: "
-                         "route=\"/api/v1/export\")", ["route"])
+__all__ = ["Instrument", "Metrics", "instrument", "metrics", "route_template"]
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """The API's metric objects."""
+
+    requests: Counter
+    request_seconds: Histogram
+    in_flight: Gauge
+    response_bytes: Counter
+
+
+@cache
+def metrics() -> Metrics:
+    """The API's metrics, defined on first use, not at import: every command imports this
+    module (the CLI imports ``serve``), and ``prometheus_client`` decides at its own import
+    whether values live in ``PROMETHEUS_MULTIPROC_DIR``, which a prefork worker sets only at
+    start (:mod:`brokerscan.cli.fleet`). Imported earlier, the worker's children would keep
+    their counts to themselves and its ``/metrics`` would read zeros."""
+    from prometheus_client import Counter, Gauge, Histogram
+
+    return Metrics(
+        requests=Counter("brokerscan_http_requests_total",
+                         "API requests answered, by route template, method and status",
+                         ["route", "method", "status"]),
+        request_seconds=Histogram("brokerscan_http_request_seconds",
+                                  "Time from an API request to the last byte of its answer",
+                                  ["route"],
+                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+                                           5, 10, 30, 60, 300)),
+        in_flight=Gauge("brokerscan_http_requests_in_flight", "API requests being answered"),
+        response_bytes=Counter("brokerscan_http_response_bytes_total",
+                               "Body bytes of API answers sent, by route template (export: "
+                               "route=\"/api/v1/export\")", ["route"]))
+
 
 _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED: Final = "unmatched"
@@ -96,6 +121,7 @@ class Instrument:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self.metrics = metrics()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -113,17 +139,18 @@ class Instrument:
             elif message["type"] == "http.response.body":
                 size = len(message.get("body", b""))
                 if size:
-                    RESPONSE_BYTES.labels(route_template(scope)).inc(size)
+                    m.response_bytes.labels(route_template(scope)).inc(size)
             await send(message)
 
-        IN_FLIGHT.inc()
+        m = self.metrics
+        m.in_flight.inc()
         try:
             await self.app(scope, receive, counted)
         finally:
-            IN_FLIGHT.dec()
+            m.in_flight.dec()
             route = route_template(scope)
-            REQUESTS.labels(route, method, str(status)).inc()
-            REQUEST_SECONDS.labels(route).observe(time.perf_counter() - start)
+            m.requests.labels(route, method, str(status)).inc()
+            m.request_seconds.labels(route).observe(time.perf_counter() - start)
 
 
 def instrument(app: FastAPI) -> None:

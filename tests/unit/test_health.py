@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import subprocess
+import sys
 from typing import Any
 
 from brokerscan.health import Health, asgi_app
@@ -53,3 +55,12 @@ def test_json_log_lines_are_objects() -> None:
     data = json.loads(JsonFormatter("scheduler").format(record))
     assert (data["msg"], data["level"], data["role"], data["sweep"]) == (
         "sent 3", "info", "scheduler", "sw-1")
+
+
+def test_no_command_imports_prometheus_client_before_it_starts() -> None:
+    # prometheus_client decides at its import whether values go to PROMETHEUS_MULTIPROC_DIR,
+    # which a prefork worker sets only once it starts (brokerscan/cli/fleet.py): a module
+    # that defines metrics at import (the API's did) left the worker's /metrics at zero.
+    code = ("import sys, brokerscan.cli.main\n"
+            "sys.exit('prometheus_client' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -274,8 +274,11 @@ class SqliteStore(Searcher):
             return await asyncio.to_thread(self._write, rows)
 
     async def close(self) -> None:
-        """Close the file (and the read connections)."""
+        """Close the file (and the read connections), in this thread and at once: closing is
+        quick, and a close awaited in a thread could be cancelled half-way by Ctrl-C (the
+        task of ``serve`` is cancelled as it closes its store), leaving files open and a
+        traceback behind."""
         async with self._lock:
             for reader in self._all_readers:
-                await asyncio.to_thread(reader.close)
-            await asyncio.to_thread(self._conn.close)
+                reader.close()
+            self._conn.close()

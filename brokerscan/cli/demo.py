@@ -35,7 +35,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from brokerscan.api.app import DEFAULT_BURST, DEFAULT_RATE
 from brokerscan.cli import minibrokers as mini
 from brokerscan.cli import serve
 from brokerscan.cli.errors import EXIT_UNAVAILABLE, CliError
@@ -93,10 +92,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         port = args.port if _free(DASHBOARD_HOST, args.port) else 0
         print("brokerscan demo: the dashboard of these results follows (Ctrl-C to stop; "
               "--no-serve to skip it)", file=sys.stderr)
-        return serve.run(argparse.Namespace(
-            store=url, host=DASHBOARD_HOST, port=port, no_auth=True,
-            rate_limit=DEFAULT_RATE, burst=DEFAULT_BURST, log_level="warning"),
-            settings)
+        return serve.run(serve.arguments("--store", url, "--host", DASHBOARD_HOST,
+                                         "--port", str(port), "--no-auth",
+                                         "--log-level", "warning"), settings)
 
 
 def _free(host: str, port: int) -> bool:

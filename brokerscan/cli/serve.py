@@ -100,6 +100,14 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                         help="exports at once in all (default: %(default)s)")
 
 
+def arguments(*argv: str) -> argparse.Namespace:
+    """``serve``'s arguments as its own command line gives them, every default included
+    (the demo serves through this, so an option added here never leaves it behind)."""
+    parser = argparse.ArgumentParser(prog="brokerscan")
+    add_commands(parser.add_subparsers())
+    return parser.parse_args(["serve", *argv])
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True

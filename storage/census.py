@@ -186,8 +186,8 @@ async def diff_sweeps(store: Searcher, a: str, b: str, query: str | Node = "", *
         keys[name] = sorted(((str(r["ip"]), int(r["port"])) for r in rows),
                             key=lambda k: (ip_number(k[0]) or 0, k[1]))
     params = Params(dialect)
-    side_a = side(params, a, hit=False)
-    side_b = side(params, b, hit=False)
+    side_b = side(params, b, hit=False)  # b comes first in the text: its parameters first
+    side_a = side(params, a, hit=False)  # (SQLite's are positional)
     both = await store.fetch(
         f"SELECT b.ip AS ip, b.port AS port, a.tls AS a_tls, b.tls AS b_tls, "
         "a.anonymous AS a_anon, b.anonymous AS b_anon, a.cert_sha256 AS a_cert, "

@@ -128,9 +128,9 @@ async def test_enrich_and_store_with_dead_letters(settings: Settings, store: PgS
     await enrich.check()  # declares the whole topology
     await publish(settings, [result(i) for i in range(300)])
     await publish_raw(settings, b"{not json", "bad|1", "result.mqtt.success")
-    wrong = result(999).model_dump(mode="json") | {"schema_version": 3}
+    wrong = result(999).model_dump(mode="json") | {"schema_version": 4}
     await publish_raw(settings, json.dumps(wrong).encode(), "bad|2", "result.amqp.success",
-                      {"schema_version": 3})
+                      {"schema_version": 4})
     await publish(settings, [result(i) for i in range(300, 400)])
     runners = [asyncio.create_task(enrich.run()), asyncio.create_task(write.run())]
     try:
@@ -149,7 +149,7 @@ async def test_enrich_and_store_with_dead_letters(settings: Settings, store: PgS
     by_id = {d.message_id: d for d in status.dead_letters}
     assert by_id["bad|1"].reason is not None and "Invalid JSON" in by_id["bad|1"].reason
     assert by_id["bad|1"].routing_key == "result.mqtt.success"
-    assert by_id["bad|2"].reason == "unknown schema_version 3 (this brokerscan reads 1, 2)"
+    assert by_id["bad|2"].reason == "unknown schema_version 4 (this brokerscan reads 1, 2, 3)"
     assert by_id["bad|2"].stage == "enrich" and by_id["bad|2"].body == json.dumps(wrong).encode()
     # peeking left them in the queue
     again = await stream_status(settings.results_url, settings.names(), peek=0)
@@ -163,7 +163,7 @@ async def test_bad_lines_of_a_batch_are_dead_lettered_alone(settings: Settings, 
     bytes, the batch's headers, id ``<batch id>#<index>``); the good results go on, out of
     the enricher as batch messages."""
     good = [result(i) for i in range(10)]
-    wrong = json.dumps(result(99).model_dump(mode="json") | {"schema_version": 3}).encode()
+    wrong = json.dumps(result(99).model_dump(mode="json") | {"schema_version": 4}).encode()
     lines = [r.to_json().encode() for r in good[:4]] + [b"{not json"] + \
         [r.to_json().encode() for r in good[4:8]] + [wrong] + \
         [r.to_json().encode() for r in good[8:]]
@@ -196,7 +196,7 @@ async def test_bad_lines_of_a_batch_are_dead_lettered_alone(settings: Settings, 
     assert letters["batch-1#4"].body == b"{not json"
     assert letters["batch-1#4"].reason is not None and "Invalid JSON" in letters["batch-1#4"].reason
     assert letters["batch-1#9"].body == wrong
-    assert letters["batch-1#9"].reason == "unknown schema_version 3"
+    assert letters["batch-1#9"].reason == "unknown schema_version 4"
     assert {d.stage for d in letters.values()} == {"enrich"}
 
 

@@ -458,9 +458,20 @@ async def _all_stored(sampler: Sampler, space: Namespace) -> Counter[str] | None
     return stored if space.truth <= set(stored) else None
 
 
+def _loopback_network(text: str) -> str:
+    """An argparse type: a network inside 127.0.0.0/8 (the only space the rehearsal dials)."""
+    try:
+        network = ipaddress.IPv4Network(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 network: {exc}") from None
+    if not network.subnet_of(ipaddress.IPv4Network("127.0.0.0/8")):
+        raise argparse.ArgumentTypeError(f"{text} is not inside 127.0.0.0/8")
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--network", default="127.0.0.0/8",
+    parser.add_argument("--network", type=_loopback_network, default="127.0.0.0/8",
                         help="the targets, inside 127.0.0.0/8 (default: %(default)s)")
     parser.add_argument("--ports", default="1883,8883,5672,5671,1884,5673")
     parser.add_argument("--silent", type=float, default=0.02,

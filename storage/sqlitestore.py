@@ -9,7 +9,8 @@ connection is used by one thread at a time (an asyncio lock).
 
 Reads (``SELECT`` and ``WITH``) go to a few read-only connections of their own (WAL lets
 them read beside the writer and beside each other), each in a worker thread: a long read
-never holds up another request. A read past *statement_timeout* is stopped by SQLite's
+never holds up another request; a read for a costly request runs on threads of lower CPU
+priority (:mod:`storage.priority`). A read past *statement_timeout* is stopped by SQLite's
 progress handler (:class:`StatementTimeout`), and a read whose task is cancelled (the
 client went away) is interrupted at once (``Connection.interrupt``).
 
@@ -25,6 +26,7 @@ import re
 import sqlite3
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -32,6 +34,7 @@ from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 from brokerscan.model import ScanResult
+from storage.priority import is_low, low_priority_executor
 from storage.queries import Dialect
 from storage.reader import Row
 from storage.rows import (
@@ -147,6 +150,7 @@ class SqliteStore(Searcher):
         self._timeout = statement_timeout or None
         self._readers: asyncio.Queue[sqlite3.Connection] | None = None
         self._all_readers = list(readers)
+        self._low: ThreadPoolExecutor | None = None
         if readers:
             self._readers = asyncio.Queue()
             for reader in readers:
@@ -212,7 +216,13 @@ class SqliteStore(Searcher):
 
     async def _interruptible(self, conn: sqlite3.Connection, sql: str,
                              params: Sequence[object]) -> list[Row]:
-        work = asyncio.get_running_loop().run_in_executor(None, self._run, conn, sql, params)
+        executor = None
+        if is_low():
+            if self._low is None:
+                self._low = low_priority_executor(max(1, len(self._all_readers)))
+            executor = self._low
+        work = asyncio.get_running_loop().run_in_executor(executor, self._run, conn, sql,
+                                                          params)
         try:
             return await asyncio.shield(work)
         except asyncio.CancelledError:
@@ -282,3 +292,5 @@ class SqliteStore(Searcher):
             for reader in self._all_readers:
                 reader.close()
             self._conn.close()
+            if self._low is not None:
+                self._low.shutdown(wait=False)

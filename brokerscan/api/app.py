@@ -12,6 +12,7 @@ PostgreSQL: no partitions are made, so a SELECT-only role serves) and closes it 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -27,7 +28,7 @@ from brokerscan.api.context import ApiContext
 from brokerscan.api.docs import mount_docs
 from brokerscan.api.guard import Guard, GuardMiddleware
 from brokerscan.api.instrument import instrument
-from brokerscan.api.ratelimit import RateLimiter, Slots
+from brokerscan.api.ratelimit import Admission, RateLimiter, Slots
 from brokerscan.api.routes import (
     count,
     diff,
@@ -45,7 +46,8 @@ from brokerscan.settings import Settings
 from brokerscan.web.app import mount_dashboard
 from storage.store import Store, open_store
 
-__all__ = ["DEFAULT_BURST", "DEFAULT_EXPORTS_PER_SERVER", "DEFAULT_EXPORTS_PER_TOKEN",
+__all__ = ["DEFAULT_BURST", "DEFAULT_COSTLY_SLOTS", "DEFAULT_EXPORTS_PER_SERVER",
+           "DEFAULT_EXPORTS_PER_TOKEN",
            "DEFAULT_RATE", "build_app", "openapi_document"]
 
 #: Requests per second per token, and the burst a token may spend at once.
@@ -53,6 +55,9 @@ DEFAULT_RATE: Final = 20.0
 DEFAULT_BURST: Final = 40.0
 #: Exports streaming at once, per token and on the whole server.
 DEFAULT_EXPORTS_PER_TOKEN: Final = 2
+#: Costly requests answered at once (:class:`Admission`): every core but one, so that cheap
+#: requests always find one.
+DEFAULT_COSTLY_SLOTS: Final = max(1, (os.cpu_count() or 2) - 1)
 DEFAULT_EXPORTS_PER_SERVER: Final = 8
 
 _DESCRIPTION: Final = """Search, count and export the MQTT and AMQP services brokerscan has
@@ -110,7 +115,8 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 def build_app(settings: Settings, store_url: str, *, auth: bool = True,
               rate: float = DEFAULT_RATE, burst: float = DEFAULT_BURST,
               store: Store | None = None, guard: Guard | None = None,
-              exports: Slots | None = None) -> FastAPI:
+              exports: Slots | None = None,
+              admission: Admission | None = None) -> FastAPI:
     """The API app.
 
     :param settings: the deployment's settings (``database_url`` and ``redis_url`` for the
@@ -125,11 +131,13 @@ def build_app(settings: Settings, store_url: str, *, auth: bool = True,
     :param guard: allowed hosts, the body limit and the send timeout (default: loopback
         names only without *auth*, any host with it; :mod:`brokerscan.api.guard`)
     :param exports: exports at once per token and per server
+    :param admission: the costly lane (default: :data:`DEFAULT_COSTLY_SLOTS` slots)
     """
     ctx = ApiContext(settings=settings, store_url=store_url, auth=auth,
                      limiter=RateLimiter(rate=rate, burst=max(1.0, burst)), store=store,
                      exports=exports or Slots(DEFAULT_EXPORTS_PER_TOKEN,
-                                              DEFAULT_EXPORTS_PER_SERVER))
+                                              DEFAULT_EXPORTS_PER_SERVER),
+                     admission=admission or Admission(DEFAULT_COSTLY_SLOTS))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -160,7 +168,7 @@ def build_app(settings: Settings, store_url: str, *, auth: bool = True,
     mount_docs(app)
     mount_dashboard(app)  # the web dashboard at / (brokerscan/web), after the API's routes
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
-    instrument(app)
+    instrument(app, ctx.admission)
     return app
 
 

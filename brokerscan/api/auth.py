@@ -34,10 +34,12 @@ from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBea
 from brokerscan.api.context import ApiContext
 from brokerscan.api.deps import context
 from brokerscan.api.errors import ApiError
+from brokerscan.api.instrument import metrics, route_template
+from storage.priority import low_priority
 from storage.tokens import TokenInfo, csrf_of, verify_token
 
 __all__ = ["CSRF_COOKIE", "CSRF_HEADER", "SESSION_COOKIE", "Principal", "check_token",
-           "metered", "operator", "principal"]
+           "metered", "operator", "principal", "request_shape"]
 
 SESSION_COOKIE: Final = "brokerscan_session"
 CSRF_COOKIE: Final = "brokerscan_csrf"
@@ -128,23 +130,55 @@ async def principal(
     return who
 
 
+def request_shape(request: Request) -> str:
+    """What decides a request's cost, as a key for :class:`~brokerscan.api.ratelimit.
+    Admission`: its route template, the view it reads (now, a sweep, a day), how many
+    distinct facets, and whether it searches (a query or none); never the values asked
+    for, so the shapes stay few."""
+    params = request.query_params
+    view = "at" if params.get("at") else "sweep" if params.get("sweep") else "now"
+    facets = len({f.strip() for f in params.get("facets", "").split(",") if f.strip()})
+    query = "q" if params.get("q", "").strip() else "-"
+    return f"{route_template(request.scope)} {view} f{facets} {query}"
+
+
 async def metered(
+    request: Request,
     ctx: Annotated[ApiContext, Depends(context)],
     who: Annotated[Principal, Depends(principal)],
 ) -> AsyncIterator[Principal]:
-    """The caller (:func:`principal`), charged afterwards for the server time its request
-    took beyond :data:`FREE_SECONDS`: a second of it costs a second's worth of requests,
-    at most a full burst (so one request never locks its token out for longer than
-    burst / rate seconds). Costly requests sent side by side put the token in debt (the
-    cost-aware part of the rate limit; an export is charged for its first row, its stream
-    is bounded by the export slots). At most two requests of a token are answered at once;
-    its others wait their turn."""
+    """The caller (:func:`principal`), admitted and then charged.
+
+    At most two requests of a token are answered at once; its others wait their turn. A
+    request judged costly (:class:`~brokerscan.api.ratelimit.Admission`: its shape ran
+    long lately, or its token's last request did) waits for a slot of the server's costly
+    lane, so costly queries of any number of tokens never take every core from the cheap
+    ones, and its statements run at a low CPU priority (:mod:`storage.priority`), as do
+    those of a request whose shape was never measured; one that waited too long is a
+    503. Afterwards the token is charged for the
+    server time its request took beyond :data:`FREE_SECONDS`: a second of it costs a
+    second's worth of requests, at most a full burst (so one request never locks its token
+    out for longer than burst / rate seconds). Costly requests sent side by side put the
+    token in debt (the cost-aware part of the rate limit; an export is charged for its
+    first row, its stream is bounded by the export slots)."""
+    shape = request_shape(request)
+    admission = ctx.admission
+    verdict = admission.judge(shape, who.token_id)
     async with ctx.lanes.lane(who.token_id):
-        started = time.monotonic()
-        yield who
-        spent = time.monotonic() - started - FREE_SECONDS
-    if spent > 0:
-        ctx.limiter.charge(who.token_id, min(spent * ctx.limiter.rate, ctx.limiter.burst))
+        async with admission.admit(verdict == "costly") as refused:
+            if refused is not None:
+                metrics().costly_refused.inc()
+                raise ApiError(503, refused, headers={"Retry-After": "5"})
+            started = time.monotonic()
+            try:
+                with low_priority(verdict != "cheap"):
+                    yield who
+            finally:
+                took = time.monotonic() - started
+                admission.ran(shape, who.token_id, took)
+    if took > FREE_SECONDS:
+        ctx.limiter.charge(who.token_id,
+                           min((took - FREE_SECONDS) * ctx.limiter.rate, ctx.limiter.burst))
 
 
 async def operator(who: Annotated[Principal, Depends(principal)]) -> Principal:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
-from brokerscan.api.ratelimit import Lanes, RateLimiter, Slots
+from brokerscan.api.ratelimit import Admission, Lanes, RateLimiter, Slots
 from brokerscan.settings import Settings
 from storage.db import Pool, create_pool
 from storage.searcher import Searcher
@@ -27,6 +27,7 @@ class ApiContext:
     :ivar limiter: requests per second per token (and per client address for bad tokens)
     :ivar exports: exports streaming at once, per token and in all
     :ivar lanes: requests of one token answered at once (the others wait)
+    :ivar admission: costly requests answered at once on the whole server (the others wait)
     """
 
     settings: Settings
@@ -35,6 +36,7 @@ class ApiContext:
     limiter: RateLimiter
     exports: Slots = field(default_factory=lambda: Slots(per_key=2, total=8))
     lanes: Lanes = field(default_factory=lambda: Lanes(2))
+    admission: Admission = field(default_factory=lambda: Admission(1))
     store: Store | None = None
     _pool: Pool | None = None
     _redis: Redis | None = None

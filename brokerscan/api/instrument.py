@@ -14,7 +14,12 @@ the API's own port has no ``/metrics``):
     requests being answered now;
 ``brokerscan_http_response_bytes_total{route}``
     body bytes sent, counted as they go: ``route="/api/v1/export"`` is the export bytes,
-    and it moves while a long export streams.
+    and it moves while a long export streams;
+``brokerscan_http_costly_running``, ``brokerscan_http_costly_waiting``
+    requests judged costly being answered, and waiting for a slot of the costly lane
+    (``serve --costly-slots``; :class:`brokerscan.api.ratelimit.Admission`);
+``brokerscan_http_costly_refused_total``
+    costly requests refused (503) after waiting too long for a slot.
 
 A path that matches no route is ``route="unmatched"``, a method outside the usual set
 ``method="other"``: nothing a client sends can make a new series.
@@ -38,6 +43,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 if TYPE_CHECKING:
     from prometheus_client import Counter, Gauge, Histogram
 
+    from brokerscan.api.ratelimit import Admission
+
 __all__ = ["Instrument", "Metrics", "instrument", "metrics", "route_template"]
 
 
@@ -49,6 +56,9 @@ class Metrics:
     request_seconds: Histogram
     in_flight: Gauge
     response_bytes: Counter
+    costly_running: Gauge
+    costly_waiting: Gauge
+    costly_refused: Counter
 
 
 @cache
@@ -72,7 +82,13 @@ def metrics() -> Metrics:
         in_flight=Gauge("brokerscan_http_requests_in_flight", "API requests being answered"),
         response_bytes=Counter("brokerscan_http_response_bytes_total",
                                "Body bytes of API answers sent, by route template (export: "
-                               "route=\"/api/v1/export\")", ["route"]))
+                               "route=\"/api/v1/export\")", ["route"]),
+        costly_running=Gauge("brokerscan_http_costly_running",
+                             "API requests judged costly being answered"),
+        costly_waiting=Gauge("brokerscan_http_costly_waiting",
+                             "API requests judged costly waiting for a slot of the lane"),
+        costly_refused=Counter("brokerscan_http_costly_refused_total",
+                               "Costly API requests refused after waiting too long"))
 
 
 _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -119,9 +135,12 @@ def route_template(scope: Scope) -> str:
 class Instrument:
     """The middleware: counts, times and sizes every HTTP request."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, admission: Admission | None = None) -> None:
         self.app = app
         self.metrics = metrics()
+        if admission is not None:
+            self.metrics.costly_running.set_function(lambda: admission.running)
+            self.metrics.costly_waiting.set_function(lambda: admission.waiting)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -153,6 +172,7 @@ class Instrument:
             m.request_seconds.labels(route).observe(time.perf_counter() - start)
 
 
-def instrument(app: FastAPI) -> None:
-    """Add the metrics middleware to *app* (call once, after every route is added)."""
-    app.add_middleware(Instrument)
+def instrument(app: FastAPI, admission: Admission) -> None:
+    """Add the metrics middleware to *app* (call once, after every route is added); the
+    costly lane's gauges read *admission*."""
+    app.add_middleware(Instrument, admission=admission)

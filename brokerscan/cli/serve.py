@@ -28,6 +28,7 @@ from pathlib import Path
 
 from brokerscan.api.app import (
     DEFAULT_BURST,
+    DEFAULT_COSTLY_SLOTS,
     DEFAULT_EXPORTS_PER_SERVER,
     DEFAULT_EXPORTS_PER_TOKEN,
     DEFAULT_RATE,
@@ -35,7 +36,7 @@ from brokerscan.api.app import (
 )
 from brokerscan.api.connection import protocol_with
 from brokerscan.api.guard import DEFAULT_MAX_BODY, DEFAULT_SEND_TIMEOUT, Guard
-from brokerscan.api.ratelimit import Slots
+from brokerscan.api.ratelimit import Admission, Slots
 from brokerscan.cli.errors import EXIT_UNAVAILABLE, CliError
 from brokerscan.cli.options import add_metrics_option, non_negative, positive_int
 from brokerscan.cli.services import pg_check, start_ops_server
@@ -92,6 +93,15 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                              "(default: %(default)s)")
     limits.add_argument("--max-connections", type=positive_int, default=256, metavar="N",
                         help="connections at once; more get a 503 (default: %(default)s)")
+    limits.add_argument("--costly-slots", type=non_negative(int), default=DEFAULT_COSTLY_SLOTS,
+                        metavar="N",
+                        help="costly requests answered at once (a request whose kind ran "
+                             "0.5 s or more lately, or whose token's last one did; the "
+                             "rest wait their turn); 0 = no limit (default: every core "
+                             "but one, %(default)s here)")
+    limits.add_argument("--costly-wait", type=seconds, default=30.0, metavar="S",
+                        help="seconds a costly request may wait for its turn; then 503 "
+                             "(default: %(default)s)")
     limits.add_argument("--exports-per-token", type=positive_int,
                         default=DEFAULT_EXPORTS_PER_TOKEN, metavar="N",
                         help="exports at once per token (default: %(default)s)")
@@ -180,7 +190,8 @@ async def _serve(args: argparse.Namespace, settings: Settings, url: str,
                          max_body=args.max_body, send_timeout=args.send_timeout)
         app = build_app(settings, url, auth=not args.no_auth, rate=args.rate_limit,
                         burst=args.burst, store=store, guard=guard,
-                        exports=Slots(args.exports_per_token, args.exports_per_server))
+                        exports=Slots(args.exports_per_token, args.exports_per_server),
+                        admission=Admission(args.costly_slots, patience=args.costly_wait))
         # A query of MAX_LENGTH characters, percent-encoded, can be 24 KB of URL: more than
         # h11's default 16 KiB for a request head.
         proxies = args.forwarded_allow_ips

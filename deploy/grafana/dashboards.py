@@ -90,6 +90,10 @@ FLEET = dashboard("brokerscan-fleet", "brokerscan: fleet", [
           [prom('sum(rate(brokerscan_http_response_bytes_total{route="/api/v1/export"}[5m]))',
                 "export bytes/s"),
            prom("sum(brokerscan_http_requests_in_flight)", "in flight")]),
+    panel(16, "API costly lane: running, waiting, refused/s", "timeseries",
+          [prom("sum(brokerscan_http_costly_running)", "running"),
+           prom("sum(brokerscan_http_costly_waiting)", "waiting"),
+           prom("sum(rate(brokerscan_http_costly_refused_total[5m]))", "refused/s")]),
 ], "now-6h")
 
 _PER_DAY = ("SELECT day::timestamptz AS time, {what} AS value FROM rollup"

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import os
 import socket
 import threading
 import time
@@ -28,6 +30,7 @@ from playwright.sync_api import sync_playwright
 
 from brokerscan.model import AsnInfo
 from storage import migrate
+from storage.priority import NICE
 from storage.search.parse import QueryError, parse
 from storage.searcher import Searcher
 from storage.store import open_store
@@ -609,6 +612,73 @@ def test_the_rate_limit_charges_server_time(world: World, big: Big) -> None:
         assert int(refused.headers["retry-after"]) >= 1
     with server.client(other) as client:
         assert client.get("/api/v1/count", params={"q": "port:1883"}).status_code == 200
+
+
+def _thread_nices(pid: int) -> set[int]:
+    """The nice value of each of a process's threads (field 19 of /proc/PID/task/TID/stat)."""
+    found = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found.add(int((task / "stat").read_text().rsplit(")", 1)[1].split()[16]))
+    return found
+
+
+def test_costly_requests_take_turns_and_cheap_ones_do_not_wait(world: World, big: Big) -> None:
+    """One costly slot: once the costly count has run once (its shape measured), the same
+    count from another token waits for the slot while the first runs, and past
+    ``--costly-wait`` is a 503 that says why; a third token's cheap requests answer at once
+    meanwhile, and the lane's gauges show who runs and who waits. The costly statement
+    runs on a thread of lowered CPU priority."""
+    host, port = servers.allocate("ops", 9100)
+    server = ApiServer(world.workdir, big.urls["sqlite"], "--rate-limit", "0",
+                       "--costly-slots", "1", "--costly-wait", "1", "--metrics-port", str(port),
+                       env={**os.environ, "BROKERSCAN_METRICS_HOST": host})
+    world.started.append(server)
+    first, second, cheap = (make_token(big.urls["sqlite"], name)
+                            for name in ("first", "second", "cheap"))
+
+    def gauge(name: str) -> float:
+        text = httpx.get(f"http://{host}:{port}/metrics", timeout=10).text
+        return next(float(line.split()[1]) for line in text.splitlines()
+                    if line.startswith(name + " "))
+
+    with server.client(first) as client:  # the lane measures the shape: costly
+        assert client.get("/api/v1/count", params=COSTLY).status_code == 200
+    done = threading.Event()
+
+    def costly() -> None:
+        with server.client(first) as client:
+            assert client.get("/api/v1/count", params=COSTLY).status_code == 200
+        done.set()
+
+    thread = threading.Thread(target=costly)
+    thread.start()
+    try:
+        wait_for(lambda: gauge("brokerscan_http_costly_running") == 1, HANG,
+                 "the costly count to hold the lane")
+        # its statement runs on a thread of lowered priority (storage/priority.py)
+        assert NICE in _thread_nices(server.process.pid)
+        with server.client(cheap) as client:
+            for _ in range(5):
+                started = time.monotonic()
+                assert client.get("/api/v1/count", params={"q": "port:1883"}).status_code == 200
+                assert time.monotonic() - started < 1.0
+        with server.client(second) as client:
+            started = time.monotonic()
+            refused = client.get("/api/v1/count", params=COSTLY)
+            waited = time.monotonic() - started
+        assert not done.is_set(), "the first costly count ended too soon to show anything"
+        _error(refused, 503, "busy with costly queries")
+        assert refused.headers["retry-after"] == "5"
+        assert 1.0 <= waited < 1.0 + HANG
+    finally:
+        thread.join()
+    samples = httpx.get(f"http://{host}:{port}/metrics", timeout=10).text
+    assert "brokerscan_http_costly_refused_total 1.0" in samples
+    assert gauge("brokerscan_http_costly_running") == 0
+    assert gauge("brokerscan_http_costly_waiting") == 0
+    with server.client(second) as client:  # the slot is free again
+        assert client.get("/api/v1/count", params=COSTLY).status_code == 200
 
 
 @pytest.mark.parametrize("side", SIDES)

@@ -18,6 +18,7 @@ import os
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import asyncpg
@@ -103,7 +104,10 @@ def keda_queries() -> dict[str, str]:
             and d["spec"]["triggers"][0]["type"] == "postgresql"}
 
 
-def test_keda_trigger_counts_waiting_and_running_shards(tmp_path: Path) -> None:
+def test_keda_trigger_counts_pending_queued_and_running_shards(tmp_path: Path) -> None:
+    """The probe pools scale on every shard not yet done, pending ones included: the
+    scheduler queues only what the live pool can take (nothing runs yet: its margin, 2
+    a queue), yet the trigger reads all 8 shards of each queue."""
     fleet = Fleet(tmp_path)
     fleet.setup()
     try:
@@ -121,11 +125,15 @@ def test_keda_trigger_counts_waiting_and_running_shards(tmp_path: Path) -> None:
 
         fleet.start_scheduler()
         sweep_id = fleet.start_sweep("127.62.52.0/24", "--ports", "1883,8883",
-                                     "--allow-reserved", "--rate", "200", "--shards", "2",
+                                     "--allow-reserved", "--rate", "200", "--shards", "8",
                                      "--connect-timeout", "1", "--timeout", "2")
-        # shards queued, nobody runs them yet: the pool must scale up from zero
-        waiting = wait_until("shards queued", measure, lambda m: min(m.values()) > 0)
-        assert waiting["brokerscan-probe"] == 2 and waiting["brokerscan-probe-tls"] == 2
+        # nobody runs them yet: the pool must scale up from zero, to the whole sweep
+        wait_until("shards queued", lambda: fleet.shards(sweep_id),
+                   lambda s: any(x["state"] == "queued" for x in s))
+        waiting = measure()
+        states = Counter(x["state"] for x in fleet.shards(sweep_id))
+        assert states["pending"] > 0, states  # the scheduler held some back
+        assert waiting == {"brokerscan-probe": 8, "brokerscan-probe-tls": 8}, waiting
         fleet.start_worker("w1")
         wait_until("a shard running", lambda: fleet.shards(sweep_id),
                    lambda s: any(x["state"] == "running" for x in s))

@@ -176,7 +176,8 @@ def test_keda_schema_refuses_the_amqp_trap(tmp_path: Path) -> None:
 
 
 def test_keda_scales_on_work_waiting() -> None:
-    """The probe pools on shards waiting or running, the stream's workers on their queue's
+    """The probe pools on shards not yet done (pending ones too: the scheduler queues only
+    what the live pool takes), the stream's workers on their queue's
     depth (ready and unacked): never on brokerscan_stream_lag_seconds, which freezes."""
     from brokerscan.names import Names
 
@@ -191,7 +192,8 @@ def test_keda_scales_on_work_waiting() -> None:
         assert doc["spec"]["scaleTargetRef"]["name"] == name
         if name.startswith("brokerscan-probe"):
             assert trigger["type"] == "postgresql"
-            assert "s.state IN ('queued', 'running')" in trigger["metadata"]["query"]
+            assert ("s.state IN ('pending', 'paused', 'queued', 'running')"
+                    in trigger["metadata"]["query"])
         else:
             assert trigger["type"] == "rabbitmq" and trigger["metadata"]["protocol"] == "http"
             assert trigger["metadata"]["mode"] == "QueueLength"

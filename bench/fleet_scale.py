@@ -103,15 +103,23 @@ async def _finished(url: str, sweep_id: str) -> float:
 
 
 async def _in_shards(url: str, sweep_id: str) -> dict[str, float]:
-    """Seconds each worker spent inside shards (start to finish)."""
+    """Seconds each worker spent inside shards (start to finish), and printed on stderr,
+    each worker's shards as seconds from the sweep's creation: where the gaps are."""
     conn = await asyncpg.connect(url)
     try:
         rows = await conn.fetch(
-            "SELECT worker, sum(extract(epoch FROM finished_at - started_at)) AS s,"
-            " count(*) AS n FROM sweep_shards WHERE sweep_id = $1 GROUP BY worker", sweep_id)
-        return {f"{r['worker']} ({r['n']} shards)": float(r["s"]) for r in rows}
+            "SELECT s.worker, extract(epoch FROM s.started_at - w.created_at) AS a,"
+            " extract(epoch FROM s.finished_at - w.created_at) AS b"
+            " FROM sweep_shards s JOIN sweeps w ON w.id = s.sweep_id WHERE s.sweep_id = $1"
+            " ORDER BY s.worker, s.started_at", sweep_id)
     finally:
         await conn.close()
+    spans: dict[str, list[tuple[float, float]]] = {}
+    for r in rows:
+        spans.setdefault(r["worker"], []).append((float(r["a"]), float(r["b"])))
+    for worker, shards in spans.items():
+        print(f"{worker}: " + " ".join(f"{a:.1f}-{b:.1f}" for a, b in shards), file=sys.stderr)
+    return {f"{w} ({len(v)} shards)": sum(b - a for a, b in v) for w, v in spans.items()}
 
 
 def run_fleet(net: str, workers: int) -> tuple[float, dict[str, float], dict[str, float],

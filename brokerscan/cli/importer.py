@@ -42,7 +42,7 @@ import asyncpg
 
 from brokerscan.cli.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNAVAILABLE, CliError
 from brokerscan.cli.text import format_rate, redraw
-from brokerscan.model import ScanResult
+from brokerscan.model import SCHEMA_VERSION, ScanResult
 from brokerscan.oneline import one_line
 from brokerscan.stream.deadletters import InvalidResult, parse_line
 from enrichment.lookup import Enricher
@@ -69,6 +69,8 @@ REFUSALS: Final = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError,
 #: What stops an import: the store is unreachable or failed under us.
 STOPS: Final = (StoreError, DatabaseError, asyncpg.PostgresError, asyncpg.InterfaceError,
                 sqlite3.Error, OSError)
+#: How this brokerscan's ``to_json()`` of a result begins.
+_OWN: Final = f'{{"schema_version":{SCHEMA_VERSION},"sweep_id":"'.encode()
 #: How much of an over-long line is read at a time while skipping it.
 _SKIP_CHUNK: Final = 1 << 16
 
@@ -114,6 +116,7 @@ class Batch:
 
     results: list[ScanResult] = field(default_factory=list)
     numbers: list[int] = field(default_factory=list)  # the line of each result
+    records: list[str | None] = field(default_factory=list)  # see ResultReader.read
     bad: list[BadLine] = field(default_factory=list)
     last_line: int = 0  # the number of the last line read into this batch
     done: bool = False  # the input ends here
@@ -140,6 +143,12 @@ class ResultReader:
         """The next batch: up to *batch* lines that held a result or were bad (blank lines
         are passed over).
 
+        A line stored as it came (its ``record``) when it is this brokerscan's own
+        ``to_json()`` of a result that needed no key and no enrichment (what ``scan -o``
+        writes): it starts as this schema version's compact form does, and the version
+        changes whenever the fields do. That saves serialising every result again, as the
+        store writer does for brokerscan's own messages; any other line is serialised.
+
         :raises OSError: the stream cannot be read
         """
         out = Batch()
@@ -157,15 +166,18 @@ class ResultReader:
             if line.isspace():
                 continue
             try:
-                result = keyed(parse_line(line))
+                came = parse_line(line)
             except InvalidResult as exc:
                 out.bad.append(BadLine(self.lines, _why(line, exc)))
                 continue
+            result = keyed(came)
             if result.asn is None or result.geo is None:
                 with contextlib.suppress(AddressError):  # IPv6, or not an address at all
                     result = self._enricher.enrich(result)
             out.results.append(result)
             out.numbers.append(self.lines)
+            out.records.append(line.rstrip().decode() if result is came
+                               and line.startswith(_OWN) else None)
         out.last_line = self.lines
         return out
 
@@ -297,20 +309,23 @@ class Importer:
         if not batch.results:
             return None
         try:
-            return await self._store.prepare(batch.results)
+            return await self._store.prepare(batch.results, batch.records)
         except ValueError:
             pass
-        good = []
-        for number, result in zip(batch.numbers, batch.results, strict=True):
+        good, numbers, records = [], [], []
+        for number, result, record in zip(batch.numbers, batch.results, batch.records,
+                                          strict=True):
             try:
-                await self._store.prepare([result])
+                await self._store.prepare([result], [record])
             except ValueError as exc:
                 batch.bad.append(BadLine(number, f"not storable: {one_line(str(exc))}"))
             else:
                 good.append(result)
+                numbers.append(number)
+                records.append(record)
         batch.bad.sort(key=lambda b: b.number)
-        batch.results = good
-        return await self._store.prepare(good) if good else None
+        batch.results, batch.numbers, batch.records = good, numbers, records
+        return await self._store.prepare(good, records) if good else None
 
     def _report(self, bad: Sequence[BadLine]) -> None:
         for line in bad:

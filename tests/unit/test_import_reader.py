@@ -5,6 +5,7 @@ runs the command against real ones)."""
 from __future__ import annotations
 
 import io
+import json
 import random
 from datetime import UTC, datetime
 
@@ -69,10 +70,25 @@ def test_batches_number_lines_and_skip_bad_ones(enricher: Enricher) -> None:
     assert reader.lines == 9 and reader.position == len(data)
     results = [r for b in batches for r in b.results]
     assert all(r.sweep_id and r.sweep_started_at and r.asn and r.geo for r in results)
-    for line, got in zip(good, results, strict=True):
+    records = [r for b in batches for r in b.records]
+    for line, got, record in zip(good, results, records, strict=True):
         came = ScanResult.model_validate_json(line)
         if came.asn is not None and came.geo is not None and came.sweep_id:
-            assert got == came  # as it came
-        else:  # keyed, and enriched where it was not
+            assert got == came  # as it came, and its line is the record stored
+            assert record == line.decode().rstrip("\n") == got.to_json()
+        else:  # keyed, and enriched where it was not: serialised again
             assert got.asn is not None and got.geo is not None
             assert came.asn is not None or got.asn.reserved
+            assert record is None
+    assert any(r is not None for r in records), records
+
+
+def test_only_this_brokerscans_own_form_is_stored_as_it_came(enricher: Enricher) -> None:
+    made = result(1)
+    own = made.to_json()
+    spaced = json.dumps(json.loads(own))
+    older = own.replace('"schema_version":3', '"schema_version":2')
+    reader = ResultReader(io.BytesIO(f"{own}\r\n{spaced}\n{older}\n".encode()), enricher)
+    batch = reader.read()
+    assert batch.records == [own, None, None]
+    assert batch.results[0] == batch.results[1] == made

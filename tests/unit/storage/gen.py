@@ -102,17 +102,20 @@ def make_results(
 
 
 def import_lines(count: int, seed: int = 7) -> list[str]:
-    """*count* JSON lines as ``scan -o`` writes them, for ``brokerscan import``: over two
-    sweeps that straddle a UTC midnight, one loopback address each (data only, never
-    dialled); every third without a sweep and without enrichment, as an older tool might
-    write it."""
+    """*count* JSON lines for ``brokerscan import``: over two sweeps that straddle a UTC
+    midnight, one loopback address each (data only, never dialled); as ``scan -o`` writes
+    them (``to_json()``), but every third without a sweep and without enrichment, in
+    another JSON style, as an older tool might write it."""
     rng = random.Random(seed)
     plan = sweeps(2)
     lines = []
     for i in range(count):
         ip = f"127.{64 + (i >> 16)}.{i >> 8 & 255}.{i & 255}"
-        record = json.loads(make_result(rng, rng.choice(plan), ip, 1883).to_json())
-        if i % 3 == 0:
-            record.update(sweep_id=None, sweep_started_at=None, asn=None, geo=None)
+        result = make_result(rng, rng.choice(plan), ip, 1883)
+        if i % 3:
+            lines.append(result.to_json() + "\n")
+            continue
+        record = json.loads(result.to_json())
+        record.update(sweep_id=None, sweep_started_at=None, asn=None, geo=None)
         lines.append(json.dumps(record) + "\n")
     return lines

@@ -189,8 +189,9 @@ async def run(args: argparse.Namespace) -> None:
             async with fresh_store(kind, workdir, "startup") as url:
                 took, rss, _ = run_import(empty, url)
             print(f"{kind:<10} empty file: peak RSS {rss:.0f} MB, {took:.1f} s", flush=True)
-            for lines in (int(n) for n in args.memory.split(",")):
-                write_lines(path, lines, args.as_scanned)
+        for lines in (int(n) for n in args.memory.split(",")):
+            write_lines(path, lines, args.as_scanned)
+            for kind in stores:
                 async with fresh_store(kind, workdir, "memory") as url:
                     took, rss, last = run_import(path, url)
                 print(f"{kind:<10} {lines:>8,} lines: peak RSS {rss:.0f} MB, {took:.1f} s "

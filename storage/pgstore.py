@@ -77,7 +77,7 @@ def _pg_ip(ip: str) -> int | str:
     return ip if ":" in ip else int.from_bytes(socket.inet_aton(ip), "big")
 
 
-async def _rows(results: Sequence[ScanResult], records: Sequence[str] | None,
+async def _rows(results: Sequence[ScanResult], records: Sequence[str | None] | None,
                 ) -> list[tuple[object, ...]]:
     """The rows of a batch, each observation once (an exact duplicate inside the batch would
     fail the COPY on the unique key; the database would ignore it anyway).
@@ -194,7 +194,7 @@ class PgStore(Searcher):
         return await self.write_prepared(await self.prepare(results))
 
     async def prepare(self, results: Sequence[ScanResult],
-                      records: Sequence[str] | None = None) -> _Prepared:
+                      records: Sequence[str | None] | None = None) -> _Prepared:
         """See :meth:`storage.store.Store.prepare`."""
         rows = await _rows(results, records)
         return _Prepared(rows, {row[6] for row in rows})  # type: ignore[misc]

@@ -266,7 +266,7 @@ class SqliteStore(Searcher):
         return await self.write_prepared(await self.prepare(results))
 
     async def prepare(self, results: Sequence[ScanResult],
-                      records: Sequence[str] | None = None) -> _Prepared:
+                      records: Sequence[str | None] | None = None) -> _Prepared:
         """See :meth:`storage.store.Store.prepare`."""
         texts: Sequence[str | None] = records if records is not None else [None] * len(results)
         return _Prepared([(*sqlite_row(row), ip_number(str(row[2])))

@@ -116,7 +116,7 @@ class Store(Protocol):
         ...
 
     async def prepare(self, results: Sequence[ScanResult],
-                      records: Sequence[str] | None = None) -> object:
+                      records: Sequence[str | None] | None = None) -> object:
         """The CPU half of :meth:`write`, done ahead: rows for :meth:`write_prepared`.
 
         ``write(r)`` is ``write_prepared(await prepare(r))``; a caller may prepare the next
@@ -124,7 +124,8 @@ class Store(Protocol):
         event loop now and then, so that the write in flight keeps moving).
 
         :param records: ``result.to_json()`` of each result, when the caller has that
-            exact text already (saves serialising again); computed when None
+            exact text already (saves serialising again); computed where None (for the
+            whole batch, or for one result)
         :raises ValueError: as :meth:`write`
         """
         ...

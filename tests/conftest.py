@@ -24,7 +24,12 @@ from redis.asyncio import Redis
 from brokerscan.names import Names
 from tests import servers
 from tests.certs import Pki, make_pki
-from tests.pg import migrated_module_url, migrated_url, pg_url  # noqa: F401  (fixtures)
+from tests.pg import (  # noqa: F401  (fixtures)
+    migrated_module_url,
+    migrated_url,
+    pg_url,
+    store_url,
+)
 from tests.services import REDIS_URL, delete_redis_keys, new_names
 
 SCOPE = "127.0.0.0/8"

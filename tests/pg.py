@@ -11,7 +11,8 @@ Fixtures (registered in tests/conftest.py, so every test module can ask for them
 
 - ``pg_url``: an empty database of the test module's own (dropped after the module);
 - ``migrated_module_url``: a migrated database of the test module's own;
-- ``migrated_url``: a migrated database of the test's own.
+- ``migrated_url``: a migrated database of the test's own;
+- ``store_url``: a fresh store of the test's own, SQLite then PostgreSQL (parametrised).
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import pytest
 import pytest_asyncio
 
 from storage import migrate
@@ -36,6 +39,7 @@ __all__ = [
     "migrated_module_url",
     "migrated_url",
     "pg_url",
+    "store_url",
 ]
 
 #: The maintenance database of the test server (scripts/services.sh starts it).
@@ -114,5 +118,16 @@ async def migrated_module_url() -> AsyncIterator[str]:
 @pytest_asyncio.fixture
 async def migrated_url() -> AsyncIterator[str]:
     """URL of a migrated database of the test's own (dropped after the test)."""
+    async with migrated_database() as url:
+        yield url
+
+
+@pytest_asyncio.fixture(params=["sqlite", "postgresql"])
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh store of the test's own, once of each kind: a SQLite file in its temporary
+    directory, then a migrated PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/store.db"
+        return
     async with migrated_database() as url:
         yield url

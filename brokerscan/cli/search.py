@@ -14,23 +14,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
-import hashlib
-import io
 import json
 import sys
-from collections.abc import AsyncIterator, Iterable, Sequence
-from datetime import UTC, date, datetime
-from pathlib import Path
+from collections.abc import AsyncIterator
+from datetime import date, datetime
 from typing import IO, Any
 
-from pydantic import ValidationError
-
 from brokerscan.cli.errors import EXIT_UNAVAILABLE, CliError
+from brokerscan.cli.importer import MAX_LINE, Importer, ResultReader, input_size, open_input
 from brokerscan.cli.options import positive_int
-from brokerscan.model import ScanResult
+from brokerscan.cli.scan import want_progress
 from brokerscan.report import render
 from brokerscan.settings import Settings
+from brokerscan.stream.consumer import tune_gc
 from enrichment.lookup import EnrichmentError, open_enricher
 from storage.census import Diff, census_report, diff_sweeps
 from storage.db import DatabaseError
@@ -51,7 +49,6 @@ from storage.store import Store, StoreError, describe_store, open_store, store_u
 __all__ = ["COMMANDS", "add_commands", "run"]
 
 COMMANDS = frozenset({"search", "report", "diff", "import"})
-_IMPORT_BATCH = 1000
 _TABLE = ("ip", "port", "transport", "protocol", "status", "product", "version", "anonymous",
           "asn", "country", "last_seen")
 
@@ -87,9 +84,19 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     diff.add_argument("--format", choices=("text", "json"), default="text")
     diff.add_argument("--store", metavar="URL", help="the store (default: settings)")
 
-    imp = sub.add_parser("import", help="load results written by `scan -o` into a store")
+    imp = sub.add_parser(
+        "import", help="load results written by `scan -o` into a store",
+        description="Load a JSON-lines file of results into a store, streamed (memory does "
+                    "not grow with the file), enriching those without asn or geo. Importing "
+                    "a file again adds nothing, and neither does importing the whole of a "
+                    "file whose first part was imported. A bad line (not UTF-8, not a "
+                    f"result, longer than {MAX_LINE // (1 << 20)} MiB) is skipped and "
+                    "reported with its line number; the good lines are stored and the "
+                    "command exits with code 2: mend the lines and import the file again.")
     imp.add_argument("file", metavar="FILE.jsonl", help="one JSON result per line (- = stdin)")
     imp.add_argument("--store", metavar="URL", help="the store (default: settings)")
+    imp.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
+                     help="live progress on stderr (auto: when stderr is a terminal)")
 
 
 def _add_view_options(parser: argparse.ArgumentParser) -> None:
@@ -359,65 +366,22 @@ def render_diff(result: Diff) -> str:
 # --------------------------------------------------------------------------- import
 
 
-def _read_results(lines: Iterable[str], name: str) -> list[ScanResult]:
-    """Every line of a JSONL file as a result; the first bad line stops the import."""
-    results: list[ScanResult] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            results.append(ScanResult.model_validate_json(line))
-        except ValidationError as exc:
-            first = exc.errors(include_url=False)[0]
-            where = ".".join(str(p) for p in first["loc"]) or "line"
-            raise CliError(f"{name} line {number}: not a brokerscan result: {where}: "
-                           f"{first['msg']}; nothing was imported") from None
-    return results
-
-
-def _keyed(results: Sequence[ScanResult], digest: str) -> list[ScanResult]:
-    """Results without a sweep get one named after the file's content, so that importing
-    the same file again keys them the same (and adds nothing)."""
-    started = min((r.observed_at for r in results), default=datetime.now(UTC))
-    out = []
-    for result in results:
-        if result.sweep_id is None or result.sweep_started_at is None:
-            result = result.model_copy(update={
-                "sweep_id": result.sweep_id or f"import-{digest[:12]}",
-                "sweep_started_at": result.sweep_started_at or started})
-        out.append(result)
-    return out
-
-
 async def _import(args: argparse.Namespace, settings: Settings) -> int:
-    name = "standard input" if args.file == "-" else args.file
-    try:
-        data = await asyncio.to_thread(
-            sys.stdin.buffer.read if args.file == "-" else Path(args.file).read_bytes)
-    except OSError as exc:
-        raise CliError(f"cannot read {name}: {exc.strerror}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise CliError(f"{name} is not UTF-8 text (byte {exc.start})") from None
-    results = _keyed(_read_results(io.StringIO(text), name),
-                     hashlib.sha256(data).hexdigest())
-    try:
-        enricher = open_enricher(settings.enrichment_sources)
-    except EnrichmentError as exc:
-        raise CliError(f"enrichment: {exc}") from None
-    results = [r if r.asn is not None and r.geo is not None else enricher.enrich(r)
-               for r in results]
-    store, url = await _open(settings, args.store)
-    new = 0
-    try:
-        for start in range(0, len(results), _IMPORT_BATCH):
-            try:
-                new += await store.write(results[start:start + _IMPORT_BATCH])
-            except (StoreError, DatabaseError) as exc:
-                raise CliError(f"store: {exc}; {start} of {len(results)} results stored",
-                               EXIT_UNAVAILABLE) from None
-    finally:
-        await store.close()
-    _note(f"stored {len(results)} results in {describe_store(url)} ({new} new)")
-    return 0
+    async with contextlib.AsyncExitStack() as stack:
+        source, name = await asyncio.to_thread(open_input, args.file)
+        if source is not sys.stdin.buffer:
+            stack.callback(source.close)
+        try:
+            enricher = open_enricher(settings.enrichment_sources)
+        except EnrichmentError as exc:
+            raise CliError(f"enrichment: {exc}") from None
+        stack.callback(enricher.close)
+        store, url = await _open(settings, args.store)
+        stack.push_async_callback(store.close)
+        tune_gc()  # as the store writer does: ~a third of the CPU a result otherwise
+        importer = Importer(store, ResultReader(source, enricher), name,
+                            progress=want_progress(args.progress), size=input_size(source))
+        await importer.run()
+    text, code = importer.summary(describe_store(url))
+    _note(text)
+    return code

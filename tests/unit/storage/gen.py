@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -20,7 +21,7 @@ from brokerscan.model import (
     Transport,
 )
 
-__all__ = ["Sweep", "make_result", "make_results", "sweeps"]
+__all__ = ["Sweep", "import_lines", "make_result", "make_results", "sweeps"]
 
 Sweep = tuple[str, datetime]
 
@@ -98,3 +99,23 @@ def make_results(
         keys.add((sweep[0], ip, port))
         out.append(make_result(rng, sweep, ip, port))
     return out
+
+
+def import_lines(count: int, seed: int = 7) -> list[str]:
+    """*count* JSON lines for ``brokerscan import``: over two sweeps that straddle a UTC
+    midnight, one loopback address each (data only, never dialled); as ``scan -o`` writes
+    them (``to_json()``), but every third without a sweep and without enrichment, in
+    another JSON style, as an older tool might write it."""
+    rng = random.Random(seed)
+    plan = sweeps(2)
+    lines = []
+    for i in range(count):
+        ip = f"127.{64 + (i >> 16)}.{i >> 8 & 255}.{i & 255}"
+        result = make_result(rng, rng.choice(plan), ip, 1883)
+        if i % 3:
+            lines.append(result.to_json() + "\n")
+            continue
+        record = json.loads(result.to_json())
+        record.update(sweep_id=None, sweep_started_at=None, asn=None, geo=None)
+        lines.append(json.dumps(record) + "\n")
+    return lines

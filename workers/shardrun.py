@@ -57,7 +57,6 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
-import asyncpg
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -69,7 +68,7 @@ from scheduler import live, state
 from scheduler.ports import PortSpec
 from scheduler.shards import Shard
 from scheduler.sweeps import SweepPlan, SweepSpec, hand_back, plan_sweep
-from storage.db import DatabaseError, Pool, create_pool
+from storage.db import SERVER_AWAY, Pool, create_pool
 from workers.discovery import Walk, ZmapFailed, discover_shard
 from workers.engine import Engine, ScanConfig, ScanStats
 from workers.probes.base import ProbeOptions
@@ -96,6 +95,8 @@ _CHECK_EVERY = 0.5  # seconds between looks at the control state (and counter fl
 #: Seconds between a running shard's checkpoints: a fault replays at most about this much
 #: of a run (each is one confirm wait and one UPDATE of the shard's row).
 CHECKPOINT_EVERY = 1.0
+#: A dependency away (PostgreSQL, Redis, RabbitMQ, a ZMap run): the run retries later.
+_AWAY: tuple[type[BaseException], ...] = (*SERVER_AWAY, RedisError, PublisherError, ZmapFailed)
 
 
 class ShardReport(NamedTuple):
@@ -333,8 +334,7 @@ async def run_shard(ctx: WorkerContext, sweep_id: str, shard_id: int, spec: dict
     took: list[str] = []  # the run id once the shard is ours
     try:
         return await _run(ctx, sweep_id, shard_id, spec, shard_data, run_id, released, took)
-    except (DatabaseError, OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
-            asyncpg.InterfaceError, RedisError, PublisherError, TimeoutError, ZmapFailed) as exc:
+    except _AWAY as exc:
         # a run that never took the shard leaves it as it was: the one released before
         raise TransientError(describe(exc), took[0] if took else released) from exc
     finally:

@@ -21,7 +21,9 @@ PostgreSQL cluster, or a fault proxy in front of the machine's RabbitMQ. Cases:
   started again with its data;
 * ``postgres-disk-full``: the PostgreSQL cluster's disk (data and WAL on one small tmpfs)
   filled to the last byte by a ballast file for 9 s, then the ballast removed; if
-  PostgreSQL stopped for good on the full disk, it is started again (the runbook's step).
+  PostgreSQL stopped for good on the full disk, it is started again (the runbook's step);
+* ``postgres-data-disk-full``: the same with the WAL on another disk, so that the server
+  stays up and every write that needs space fails (ERROR 53100) for the 9 s.
 
 Per case: lost (targets with no result), duplicated (results published more than once:
 rework), whether ``sweep status`` ever counted more probes than targets or more hits
@@ -58,7 +60,7 @@ BASE = "127.59"
 MOSQUITTO = ("127.59.0.10", 1883)
 PORTS = (1883, 5672)
 CASES = ("baseline", "worker-kill", "redis-restart", "rabbitmq-outage", "rabbitmq-recreated",
-         "network-cut", "postgres-restart", "postgres-disk-full")
+         "network-cut", "postgres-restart", "postgres-disk-full", "postgres-data-disk-full")
 POSTGRES_DISK_MB = 160
 
 
@@ -125,8 +127,10 @@ def run_case(case: str, workdir: Path, addresses: int, rate: int) -> Outcome:
         if case == "network-cut" else None
     postgres = None
     if case.startswith("postgres-"):
-        postgres = OwnPostgres(workdir / "postgres", disk_mb=POSTGRES_DISK_MB
-                               if case == "postgres-disk-full" else None)
+        disk = case.endswith("disk-full")
+        postgres = OwnPostgres(workdir / "postgres",
+                               disk_mb=POSTGRES_DISK_MB if disk else None,
+                               wal_apart=case == "postgres-data-disk-full")
     urls: dict[str, str] = {}
     if redis is not None:
         urls["redis_url"] = redis.url
@@ -180,7 +184,7 @@ def run_case(case: str, workdir: Path, addresses: int, rate: int) -> Outcome:
         elif case == "postgres-restart":
             assert postgres is not None
             postgres.restart(away=8.0)
-        elif case == "postgres-disk-full":
+        elif case in ("postgres-disk-full", "postgres-data-disk-full"):
             assert postgres is not None
             note += disk_full(postgres)
         if case != "baseline":

@@ -1,6 +1,7 @@
 """Chaos, the fast cases (issue 17): a probe worker killed with -9 and Redis restarted empty,
-both mid-sweep; PostgreSQL restarted mid-sweep; PostgreSQL's disk full mid-sweep and then
-freed. Real processes, and a Redis or a PostgreSQL cluster the test owns.
+both mid-sweep; PostgreSQL's disk (data and WAL) full mid-sweep and then freed (the same
+test takes PostgreSQL restarted and its data disk alone full, left to the bench for
+time). Real processes, and a Redis or a PostgreSQL cluster the test owns.
 
 What must hold at every look and at the end: ``sweep status`` never counts a target twice
 (probes never above the targets, hits never above the brokers there are), the sweep
@@ -125,7 +126,13 @@ def test_worker_killed_and_redis_restarted_empty_mid_sweep(tmp_path: Path, redis
         fleet.teardown()
 
 
-@pytest.mark.parametrize("fault", ["restart", "disk-full", "data-disk-full"])
+# 43-58 s each here (a 16 s sweep, the 8 s outage, the fleet's start and stop), so CI
+# runs only the one-disk case: it covers the others' paths (writes failing with ERROR
+# 53100, a PANIC, crash recovery, a server stopped for good and started again). The
+# function takes "restart" and "data-disk-full" too (add them to the list to run them;
+# all three passed, 52-58 s each); bench/chaos.py runs them as postgres-restart and
+# postgres-data-disk-full.
+@pytest.mark.parametrize("fault", ["disk-full"])
 def test_postgres_restarted_or_out_of_disk_mid_sweep(tmp_path: Path, mosquitto: None,
                                                      fault: str) -> None:
     # disk-full: data and WAL on the one full disk (PostgreSQL PANICs once the WAL needs
@@ -136,6 +143,7 @@ def test_postgres_restarted_or_out_of_disk_mid_sweep(tmp_path: Path, mosquitto: 
                            wal_apart=fault == "data-disk-full")
     try:
         fleet = Fleet(tmp_path, postgres_url=postgres.start().url)
+        fleet.env["BROKERSCAN_SHARD_RETRY_SECONDS"] = "1"  # retried sooner: a shorter test
         fleet.setup()
         try:
             _sweep_through_postgres_fault(fleet, postgres, fault)

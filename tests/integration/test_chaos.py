@@ -126,7 +126,7 @@ def test_worker_killed_and_redis_restarted_empty_mid_sweep(tmp_path: Path, redis
         fleet.teardown()
 
 
-# 43-58 s each here (a 16 s sweep, the 8 s outage, the fleet's start and stop), so CI
+# 31-62 s each here (a 16 s sweep, the 8 s outage, the fleet's start and stop), so CI
 # runs only the one-disk case: it covers the others' paths (writes failing with ERROR
 # 53100, a PANIC, crash recovery, a server stopped for good and started again). The
 # function takes "restart" and "data-disk-full" too (add them to the list to run them;

@@ -3,10 +3,11 @@
     .venv/bin/python bench/chaos.py [--addresses 8192] [--rate 1000] [--cases all]
 
 Every case is a whole fleet of real processes (scheduler, two ``--pool solo`` probe
-workers) on a namespace and a database of its own, sweeping ``--addresses`` loopback
-addresses (127.59.0.0 up) on ports 1883 and 5672, with one real Mosquitto among them
-(the one broker to find). Services the case breaks are the case's own (tests/chaos.py): a
-Redis, a RabbitMQ node, or a fault proxy in front of the machine's RabbitMQ. Cases:
+workers; the PostgreSQL cases add ``enrich-worker`` and ``store-worker``) on a namespace
+and a database of its own, sweeping ``--addresses`` loopback addresses (127.59.0.0 up) on
+ports 1883 and 5672, with one real Mosquitto among them (the one broker to find).
+Services the case breaks are the case's own (tests/chaos.py): a Redis, a RabbitMQ node, a
+PostgreSQL cluster, or a fault proxy in front of the machine's RabbitMQ. Cases:
 
 * ``baseline``: no fault (the same run's reference);
 * ``worker-kill``: a probe worker killed with -9 mid-sweep, a new one started;
@@ -15,13 +16,23 @@ Redis, a RabbitMQ node, or a fault proxy in front of the machine's RabbitMQ. Cas
   started again with its data;
 * ``rabbitmq-recreated``: the task broker's node recreated without its data (every queued
   shard's message gone; results go to the machine's RabbitMQ);
-* ``network-cut``: every connection to RabbitMQ cut once by the fault proxy.
+* ``network-cut``: every connection to RabbitMQ cut once by the fault proxy;
+* ``postgres-restart``: the fleet's PostgreSQL stopped (fast shutdown) for 8 s, then
+  started again with its data;
+* ``postgres-disk-full``: the PostgreSQL cluster's disk (data and WAL on one small tmpfs)
+  filled to the last byte by a ballast file for 9 s, then the ballast removed; if
+  PostgreSQL stopped for good on the full disk, it is started again (the runbook's step);
+* ``postgres-data-disk-full``: the same with the WAL on another disk, so that the server
+  stays up and every write that needs space fails (ERROR 53100) for the 9 s.
 
 Per case: lost (targets with no result), duplicated (results published more than once:
 rework), whether ``sweep status`` ever counted more probes than targets or more hits
 than brokers, whether its final counts are exact (probes = targets, hits = 1 MQTT,
 statuses add up), whether the sweep finished, the sweep's wall time, the outage and the
-time from the service's return to the sweep's progress again.
+time from the service's return to the sweep's progress again. The PostgreSQL cases also
+check what was stored (``stored once``): every target's observation stored exactly once,
+counted once in the rollup, and the services stored with a protocol equal to the status's
+hits; and that the outage cost no shard an attempt.
 """
 
 from __future__ import annotations
@@ -41,7 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests import servers  # noqa: E402
-from tests.chaos import OwnRabbit, OwnRedis  # noqa: E402
+from tests.chaos import OwnPostgres, OwnRabbit, OwnRedis  # noqa: E402
 from tests.faultproxy import FaultProxy  # noqa: E402
 from tests.integration.sweepfleet import Fleet  # noqa: E402
 
@@ -49,7 +60,8 @@ BASE = "127.59"
 MOSQUITTO = ("127.59.0.10", 1883)
 PORTS = (1883, 5672)
 CASES = ("baseline", "worker-kill", "redis-restart", "rabbitmq-outage", "rabbitmq-recreated",
-         "network-cut")
+         "network-cut", "postgres-restart", "postgres-disk-full", "postgres-data-disk-full")
+POSTGRES_DISK_MB = 160
 
 
 @dataclass
@@ -63,6 +75,7 @@ class Outcome:
     wall: float
     outage: float | None
     recovery: float | None
+    stored: bool | None = None  # None: no store-worker in this case
     note: str = ""
 
 
@@ -112,6 +125,12 @@ def run_case(case: str, workdir: Path, addresses: int, rate: int) -> Outcome:
         if case in ("rabbitmq-outage", "rabbitmq-recreated") else None
     proxy = FaultProxy("127.0.0.1", 5672, host=servers.allocate("scratch", 0)[0]) \
         if case == "network-cut" else None
+    postgres = None
+    if case.startswith("postgres-"):
+        disk = case.endswith("disk-full")
+        postgres = OwnPostgres(workdir / "postgres",
+                               disk_mb=POSTGRES_DISK_MB if disk else None,
+                               wal_apart=case == "postgres-data-disk-full")
     urls: dict[str, str] = {}
     if redis is not None:
         urls["redis_url"] = redis.url
@@ -121,15 +140,20 @@ def run_case(case: str, workdir: Path, addresses: int, rate: int) -> Outcome:
             urls["results_url"] = rabbit.results_url
     if proxy is not None:
         urls["broker_url"], urls["results_url"] = proxy.url(path="//"), proxy.url()
+    if postgres is not None:
+        urls["postgres_url"] = postgres.start().url
     fleet = Fleet(workdir / "fleet", **urls)
     (workdir / "fleet").mkdir(parents=True, exist_ok=True)
     fleet.env["BROKERSCAN_SHARD_LOST_SECONDS"] = "15"
-    fleet.setup()
     outage = recovery = None
+    note: list[str] = []
     try:
+        fleet.setup()
         fleet.start_scheduler()
         fleet.start_worker("w1")
         fleet.start_worker("w2")
+        if postgres is not None:
+            fleet.start_stream()
         wait(lambda: all("ready." in fleet.log(n) for n in ("w1", "w2")), 60)
         began = time.monotonic()
         net = f"{BASE}.0.0/{33 - addresses.bit_length()}"
@@ -157,6 +181,12 @@ def run_case(case: str, workdir: Path, addresses: int, rate: int) -> Outcome:
         elif case == "network-cut":
             assert proxy is not None
             proxy.cut()
+        elif case == "postgres-restart":
+            assert postgres is not None
+            postgres.restart(away=8.0)
+        elif case in ("postgres-disk-full", "postgres-data-disk-full"):
+            assert postgres is not None
+            note += disk_full(postgres)
         if case != "baseline":
             back = time.monotonic()
             outage = back - fault
@@ -176,14 +206,61 @@ def run_case(case: str, workdir: Path, addresses: int, rate: int) -> Outcome:
         exact = (status["probes"] == targets and status["hits"] == {"mqtt": 1}
                  and sum(status["statuses"].values()) == targets)
         requeued = status.get("requeued", 0)
+        if requeued:
+            note.append(f"requeued {requeued}")
+        stored = None
+        if postgres is not None:
+            stored = stored_once(fleet, sweep_id, targets, status, note)
+        dead = [name for name, proc in fleet.processes.items() if proc.poll() is not None]
+        if dead:
+            note.append(f"EXITED: {', '.join(dead)}")
         return Outcome(case, lost, duplicated, watcher.overcounted, exact,
-                       status["state"] == "finished", wall, outage, recovery,
-                       f"requeued {requeued}" if requeued else "")
+                       status["state"] == "finished", wall, outage, recovery, stored,
+                       "; ".join(note))
     finally:
-        fleet.teardown()
-        for service in (redis, rabbit, proxy):
-            if service is not None:
-                service.stop()
+        try:
+            fleet.teardown()
+        finally:
+            for service in (redis, rabbit, proxy):
+                if service is not None:
+                    service.stop()
+            if postgres is not None:
+                postgres.remove()
+
+
+def disk_full(postgres: OwnPostgres) -> list[str]:
+    """Fill the cluster's disk for 9 s, free it, start PostgreSQL again if it stopped for
+    good; what PostgreSQL did, for the note."""
+    postgres.fill()
+    time.sleep(9.0)  # the fault itself: nothing to wait for
+    postgres.free()
+    note = []
+    log = postgres.log()
+    if "PANIC" in log:
+        note.append("PostgreSQL PANICked")
+    if not postgres.alive():
+        note.append("PostgreSQL stopped for good: started again")
+        postgres.start()
+    else:
+        wait(postgres.ready, 120)
+    return note
+
+
+def stored_once(fleet: Fleet, sweep_id: str, targets: int, status: dict[str, Any],
+                note: list[str]) -> bool:
+    """Wait for the stream to store the sweep; whether it stored every target exactly once
+    and the status's hits are the services stored, and no shard spent an attempt."""
+    wait(lambda: fleet.stored(sweep_id)["rows"] >= targets, 300)
+    stored = fleet.stored(sweep_id)
+    attempts = sum(s["attempts"] for s in fleet.shards(sweep_id))
+    if attempts:
+        note.append(f"ATTEMPTS {attempts}")
+    dead = fleet.query("SELECT count(*) FROM sweep_shards WHERE sweep_id = $1"
+                       " AND state = 'failed'", sweep_id)
+    if dead:
+        note.append(f"FAILED SHARDS {dead}")
+    return bool(stored["rows"] == stored["keys"] == stored["rollup"] == targets
+                and stored["services"] == status["hits"] and attempts == 0)
 
 
 def main() -> None:
@@ -204,15 +281,17 @@ def main() -> None:
     print(f"{targets:,} targets ({args.addresses:,} addresses x {len(PORTS)} ports), "
           f"rate {args.rate}/s, 2 probe workers")
     print("| case | lost | duplicated (rework) | status overcounted | counts exact | finished "
-          "| wall s | outage s | recovery s | note |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| stored once | wall s | outage s | recovery s | note |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     try:
         for case in cases:
             with tempfile.TemporaryDirectory(prefix=f"chaos-{case}-") as tmp:
                 o = run_case(case, Path(tmp), args.addresses, args.rate)
             print(f"| {o.case} | {o.lost} | {o.duplicated} ({100 * o.duplicated / targets:.2f}%)"
                   f" | {'YES' if o.overcounted else 'no'} | {'yes' if o.exact else 'NO'}"
-                  f" | {'yes' if o.finished else 'NO'} | {o.wall:.1f}"
+                  f" | {'yes' if o.finished else 'NO'}"
+                  f" | {'-' if o.stored is None else 'yes' if o.stored else 'NO'}"
+                  f" | {o.wall:.1f}"
                   f" | {'-' if o.outage is None else f'{o.outage:.1f}'}"
                   f" | {'-' if o.recovery is None else f'{o.recovery:.1f}'} | {o.note} |",
                   flush=True)

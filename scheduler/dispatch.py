@@ -26,7 +26,6 @@ import time
 from collections import Counter
 from typing import Any
 
-import asyncpg
 from celery import Celery
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -36,16 +35,14 @@ from brokerscan.settings import Settings
 from scheduler import live, sizing, state
 from scheduler.recovery import Recovery
 from scheduler.sweeps import SweepSpec, plan_sweep
-from storage.db import Conn, DatabaseError, Pool, create_pool
+from storage.db import SERVER_AWAY, Conn, Pool, create_pool
 
 __all__ = ["Dispatcher"]
 
 log = logging.getLogger(__name__)
 
 #: What a round can fail with when a service is away: logged, counted, retried.
-_OUTAGES: tuple[type[BaseException], ...] = (
-    DatabaseError, OSError, TimeoutError, RedisError, asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError, asyncpg.CannotConnectNowError)
+_OUTAGES: tuple[type[BaseException], ...] = (*SERVER_AWAY, RedisError)
 _SUMMARY_EVERY = 10.0  # seconds between "shards sent" log lines
 _GAUGES_EVERY = 5.0  # seconds between refreshes of the fleet gauges (metrics on)
 _CAPACITY_EVERY = 1.0  # seconds a reading of the fleet's capacity is reused

@@ -40,7 +40,6 @@ from typing import Protocol
 
 import aio_pika
 import aio_pika.abc
-import asyncpg
 
 from brokerscan.model import ScanResult
 from brokerscan.oneline import describe
@@ -48,10 +47,10 @@ from brokerscan.settings import Settings
 from brokerscan.stream.connection import CONNECTION_ERRORS
 from brokerscan.stream.consumer import StreamConsumer
 from brokerscan.stream.deadletters import BadLine, dead_letter_line, parse_results
-from storage.db import DatabaseError
+from storage.db import SERVER_AWAY
 from storage.metrics import BATCH_SECONDS, ROWS, WRITE_FAILURES
 
-__all__ = ["ResultStore", "StoreWriter", "is_unreachable"]
+__all__ = ["ResultStore", "StoreWriter", "database_away"]
 
 log = logging.getLogger(__name__)
 
@@ -86,20 +85,15 @@ class _Work:
     prepared: object | None  # None: store.prepare refused it; written result by result
 
 
-def is_unreachable(exc: BaseException) -> bool:
-    """True when ``exc`` (or what caused it) says the database cannot be reached, as
-    opposed to refusing this particular data."""
+def database_away(exc: BaseException) -> bool:
+    """True when ``exc`` (or what caused it) says the database cannot take writes for now
+    (:data:`storage.db.SERVER_AWAY`: away, restarting, its disk full), as opposed to
+    refusing this particular data: such a write is never narrowed down to poison."""
     seen: BaseException | None = exc
     for _ in range(8):
         if seen is None:
             return False
-        if isinstance(seen, OSError | ConnectionError | TimeoutError
-                      | asyncpg.PostgresConnectionError | asyncpg.InterfaceError
-                      | asyncpg.CannotConnectNowError | asyncpg.TooManyConnectionsError):
-            return True
-        text = str(seen).lower()
-        if isinstance(seen, DatabaseError) and ("cannot reach" in text
-                                                or "cannot connect" in text):
+        if isinstance(seen, SERVER_AWAY):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
@@ -246,7 +240,7 @@ class StoreWriter(StreamConsumer):
                 self._failed(exc)
                 # ValueError is the store's "this data is wrong": narrow it down at once.
                 patience = 1 if isinstance(exc, ValueError) else _BISECT_AFTER
-                if not is_unreachable(exc) and attempt + 1 >= patience:
+                if not database_away(exc) and attempt + 1 >= patience:
                     poison: Dead | None = None
                     if len(items) > 1:
                         poison = await self._bisect(items)
@@ -288,7 +282,7 @@ class StoreWriter(StreamConsumer):
                 await self._write(items)
                 return []
             except Exception as exc:
-                if is_unreachable(exc) or not proven:
+                if database_away(exc) or not proven:
                     return None
                 return [_poison(items[0], exc)]
         middle = len(items) // 2
@@ -297,7 +291,7 @@ class StoreWriter(StreamConsumer):
             try:
                 await self._write(half)
             except Exception as exc:
-                if is_unreachable(exc):
+                if database_away(exc):
                     return None
                 failed.append(half)
         if len(failed) == 2 and not proven:
@@ -313,7 +307,7 @@ class StoreWriter(StreamConsumer):
     def _failed(self, exc: BaseException) -> None:
         self.write_failures += 1
         WRITE_FAILURES.inc()
-        kind = ("database unreachable" if is_unreachable(exc) else "write failed") + \
+        kind = ("database unavailable" if database_away(exc) else "write failed") + \
             f": {describe(exc)}"
         state = kind.split(":", 2)[0] + ":" + type(exc).__name__
         if self.failing != state:

@@ -21,11 +21,25 @@ import asyncpg
 from storage.pgtypes import Conn, DatabaseError, MigrationError, Pool, PooledConn
 from storage.schema import require_current
 
-__all__ = ["Conn", "DatabaseError", "MigrationError", "Pool", "PooledConn", "connect",
-           "create_pool"]
+__all__ = ["SERVER_AWAY", "Conn", "DatabaseError", "MigrationError", "Pool", "PooledConn",
+           "connect", "create_pool"]
 
 CONNECT_TIMEOUT = 10.0
 _SCHEMES = ("postgresql", "postgres")
+
+#: What PostgreSQL and the way to it fail with while the server cannot work for now, as
+#: opposed to a verdict on one statement: not reachable (connect errors, a connection
+#: lost), shutting down (57P01, a restart), restarting its sessions after another
+#: backend crashed (57P02: a PANIC, such as WAL on a full disk), starting up or
+#: recovering (57P03), out of a resource (class 53: disk full, memory, connections) or
+#: failing I/O (class 58). Every role waits and retries on these; none gives up a shard
+#: or a result for one. (Issue 17's chaos cases ``postgres-restart`` and
+#: ``postgres-disk-full`` are their test.)
+SERVER_AWAY: tuple[type[BaseException], ...] = (
+    DatabaseError, OSError, TimeoutError, asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError, asyncpg.InsufficientResourcesError,
+    asyncpg.PostgresSystemError)
 
 
 def _where(url: str) -> tuple[str, str, str]:

@@ -37,7 +37,10 @@ Checkpoints (issue 17): every ``checkpoint_every`` seconds the run waits until e
 result so far is confirmed and records in PostgreSQL where the shard would resume and
 what it counted since the previous checkpoint (one UPDATE, only while this run holds the
 shard); the live counts in Redis are what it counted since then, replaced at each write.
-A run that finds another holding the shard stops.
+A run that finds another holding the shard stops. While PostgreSQL is away (restarting,
+out of disk) the run probes on and its next good checkpoint records everything since the
+last one; only after ``CHECKPOINT_PATIENCE`` seconds of failing checkpoints does it fail
+(and replay from its last good one).
 
 Why one piece: the run's start, its engine, its watcher, its checkpoints and its end all
 read and write the same state (the start's resume point, the engine's counters, the
@@ -57,7 +60,6 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
-import asyncpg
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -69,7 +71,7 @@ from scheduler import live, state
 from scheduler.ports import PortSpec
 from scheduler.shards import Shard
 from scheduler.sweeps import SweepPlan, SweepSpec, hand_back, plan_sweep
-from storage.db import DatabaseError, Pool, create_pool
+from storage.db import SERVER_AWAY, Pool, create_pool
 from workers.discovery import Walk, ZmapFailed, discover_shard
 from workers.engine import Engine, ScanConfig, ScanStats
 from workers.probes.base import ProbeOptions
@@ -96,6 +98,13 @@ _CHECK_EVERY = 0.5  # seconds between looks at the control state (and counter fl
 #: Seconds between a running shard's checkpoints: a fault replays at most about this much
 #: of a run (each is one confirm wait and one UPDATE of the shard's row).
 CHECKPOINT_EVERY = 1.0
+#: Seconds a run keeps probing while its checkpoints fail because PostgreSQL is away
+#: (restarting, out of disk): back within them, the next checkpoint records everything
+#: since the last good one and nothing is probed again; past them the run fails and is
+#: retried from its last good checkpoint.
+CHECKPOINT_PATIENCE = 30.0
+#: A dependency away (PostgreSQL, Redis, RabbitMQ, a ZMap run): the run retries later.
+_AWAY: tuple[type[BaseException], ...] = (*SERVER_AWAY, RedisError, PublisherError, ZmapFailed)
 
 
 class ShardReport(NamedTuple):
@@ -302,6 +311,24 @@ class _Patient:
                 await asyncio.sleep(0.5)
 
 
+class _Outage:
+    """When a run's checkpoints began failing for PostgreSQL being away (None: they work)."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+
+async def _wait_database(pool: Pool, until: float) -> None:
+    """Return once PostgreSQL answers, or at *until* (monotonic) whatever it does."""
+    while time.monotonic() < until:
+        try:
+            async with pool.acquire() as conn:
+                await conn.fetchval("SELECT 1")
+            return
+        except SERVER_AWAY:
+            await asyncio.sleep(0.5)
+
+
 class _Counts(NamedTuple):
     done: int
     open: int
@@ -333,8 +360,7 @@ async def run_shard(ctx: WorkerContext, sweep_id: str, shard_id: int, spec: dict
     took: list[str] = []  # the run id once the shard is ours
     try:
         return await _run(ctx, sweep_id, shard_id, spec, shard_data, run_id, released, took)
-    except (DatabaseError, OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
-            asyncpg.InterfaceError, RedisError, PublisherError, TimeoutError, ZmapFailed) as exc:
+    except _AWAY as exc:
         # a run that never took the shard leaves it as it was: the one released before
         raise TransientError(describe(exc), took[0] if took else released) from exc
     finally:
@@ -483,7 +509,8 @@ async def _run(ctx: WorkerContext, sweep_id: str, shard_id: int, spec_data: dict
         record in PostgreSQL where the shard would resume (after the last target started,
         those still in flight left unfinished) with the counts since the previous
         checkpoint, in one statement. A fault then replays only what followed. A
-        checkpoint refused means another run holds the shard now: this one stops."""
+        checkpoint refused means another run holds the shard now: this one stops. While
+        PostgreSQL is away the run goes on, for up to ``CHECKPOINT_PATIENCE`` seconds."""
         try:
             while not finished.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -497,11 +524,26 @@ async def _run(ctx: WorkerContext, sweep_id: str, shard_id: int, spec_data: dict
                 await publisher.flush()  # every result of the cut confirmed (and more)
                 back = hand_back(shard, start.position, start.unfinished, started, flying)
                 part = tally.since(at)
-                async with pool.acquire() as conn:
-                    ok = await state.checkpoint_shard(
-                        conn, sweep_id, shard_id, back.position, unfinished=back.unfinished,
-                        probes=part.done, open=part.open, hits=part.hits,
-                        statuses=part.statuses, run_id=run_id)
+                try:
+                    async with pool.acquire() as conn:
+                        ok = await state.checkpoint_shard(
+                            conn, sweep_id, shard_id, back.position,
+                            unfinished=back.unfinished, probes=part.done, open=part.open,
+                            hits=part.hits, statuses=part.statuses, run_id=run_id)
+                except SERVER_AWAY as exc:
+                    now = time.monotonic()
+                    if outage.since is None:
+                        outage.since = now
+                        log.warning("shard %s/%s: checkpoint failed (%s); probing on for up "
+                                    "to %.0f s", sweep_id, shard_id, describe(exc),
+                                    CHECKPOINT_PATIENCE)
+                    if now - outage.since >= CHECKPOINT_PATIENCE:
+                        raise
+                    continue  # the next one covers this one's part too
+                if outage.since is not None:
+                    log.info("shard %s/%s: checkpointing again after %.1f s", sweep_id,
+                             shard_id, time.monotonic() - outage.since)
+                    outage.since = None
                 if not ok:
                     log.warning("shard %s/%s: another run holds it now; stopping this one",
                                 sweep_id, shard_id)
@@ -526,6 +568,7 @@ async def _run(ctx: WorkerContext, sweep_id: str, shard_id: int, spec_data: dict
     def walk() -> Walk:
         return itertools.chain(plan.targets_at(group, start.unfinished),
                                plan.targets_of(group, shard, start.position))
+    outage = _Outage()
     helpers = [asyncio.create_task(watch()), asyncio.create_task(checkpoints())]
     try:
         try:
@@ -547,6 +590,8 @@ async def _run(ctx: WorkerContext, sweep_id: str, shard_id: int, spec_data: dict
             return ShardReport("superseded", f"shard {sweep_id}/{shard_id}: another run "
                                              "holds it now; this one stopped")
         await publisher.flush()  # every result confirmed before the shard is recorded
+        if outage.since is not None:  # its checkpoints were failing: give PostgreSQL the rest
+            await _wait_database(pool, outage.since + CHECKPOINT_PATIENCE)  # of its time
         if meter is not None:
             meter.flush(stats, 0, publisher.confirmed)
         part = tally.since(_Counts.of(stats))

@@ -22,7 +22,7 @@ from starlette.routing import Match, Route
 from starlette.types import Scope
 
 from brokerscan.api.models import ErrorBody
-from storage.db import DatabaseError
+from storage.db import SERVER_AWAY
 from storage.search.parse import MAX_LENGTH
 from storage.search.tree import QueryError
 from storage.store import StatementTimeout, StoreError
@@ -63,9 +63,8 @@ ERRORS: Final[dict[int | str, dict[str, Any]]] = {
 }
 
 #: Failures of a service under the API (not of the request).
-_UNAVAILABLE: Final = (StoreError, DatabaseError, OSError, RedisError, sqlite3.OperationalError,
-                       asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
-                       asyncpg.CannotConnectNowError, asyncpg.QueryCanceledError)
+_UNAVAILABLE: Final = (StoreError, RedisError, sqlite3.OperationalError,
+                       asyncpg.QueryCanceledError, *SERVER_AWAY)
 
 
 #: What a parameter whose pattern did not match should have been.

@@ -34,10 +34,13 @@ class Fleet:
     """One namespace, one database, a results queue, and the processes of a sweep."""
 
     def __init__(self, workdir: Path, *, broker_url: str | None = None,
-                 results_url: str | None = None, redis_url: str | None = None) -> None:
+                 results_url: str | None = None, redis_url: str | None = None,
+                 postgres_url: str | None = None) -> None:
+        """Each URL, if given, replaces the machine's shared service (``postgres_url``:
+        the maintenance database of the server to make the fleet's database on)."""
         self.workdir = workdir
         self.namespace = new_names().namespace
-        self.database_url = pg.new_database_url()
+        self.database_url = pg.new_database_url(postgres_url or pg.BASE_URL)
         self.results_url = results_url or RABBIT_URL
         self.env = {**os.environ,
                     "BROKERSCAN_NAMESPACE": self.namespace,
@@ -110,6 +113,13 @@ class Fleet:
     def start_scheduler(self, *args: str) -> subprocess.Popen[bytes]:
         return self.spawn("scheduler", "scheduler", "--max-queued", "4", *args)
 
+    def start_stream(self) -> None:
+        """The enrichment and storage workers (``enrich``, ``store``): results go on to
+        PostgreSQL, for :meth:`stored` to check."""
+        self.spawn("enrich", "enrich-worker")
+        self.spawn("store", "store-worker", "--max-delay", "0.2",
+                   env={"BROKERSCAN_STORE_URL": self.database_url})
+
     def kill(self, name: str) -> None:
         proc = self.processes.pop(name)
         proc.send_signal(signal.SIGKILL)
@@ -178,6 +188,30 @@ class Fleet:
                 return await conn.fetchval(sql, *args)
             finally:
                 await conn.close()
+
+        return asyncio.run(fetch())
+
+    def stored(self, sweep_id: str) -> dict[str, Any]:
+        """What PostgreSQL holds of a sweep: ``rows`` (observations), ``keys`` (distinct
+        addresses and ports among them), ``rollup`` (the targets the rollup counted),
+        ``services`` (services in the current view with a protocol, by protocol)."""
+        async def fetch() -> dict[str, Any]:
+            conn = await asyncpg.connect(self.database_url)
+            try:
+                counted = await conn.fetchrow(
+                    "SELECT count(*), count(DISTINCT (ip, port)) FROM observations"
+                    " WHERE sweep_id = $1", sweep_id)
+                assert counted is not None
+                rows, keys = counted
+                rollup = await conn.fetchval(
+                    "SELECT coalesce(sum(n), 0) FROM rollup WHERE sweep_id = $1", sweep_id)
+                services = await conn.fetch(
+                    "SELECT protocol, count(*) FROM services WHERE sweep_id = $1"
+                    " AND protocol IS NOT NULL GROUP BY protocol", sweep_id)
+            finally:
+                await conn.close()
+            return {"rows": rows, "keys": keys, "rollup": int(rollup),
+                    "services": {r[0]: r[1] for r in services}}
 
         return asyncio.run(fetch())
 

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 
 import aio_pika
+import asyncpg
 import pytest
 
 from brokerscan.model import ScanResult, Status, Transport
@@ -22,7 +23,7 @@ from brokerscan.stream.topology import declare_stream, delete_stream
 from brokerscan.stream.wire import BATCH_CONTENT_TYPE, batch_id, batch_message, message_lines
 from enrichment.consumer import EnrichmentWorker
 from enrichment.lookup import Enricher, open_enricher
-from storage.consumer import StoreWriter, is_unreachable
+from storage.consumer import StoreWriter, database_away
 from storage.pgstore import PgStore
 from tests.faultproxy import FaultProxy
 from tests.services import RABBIT_URL
@@ -295,11 +296,16 @@ async def test_enricher_redelivers_after_connection_loss(settings: Settings, sto
     assert (status.raw.messages, status.enriched.messages, status.dead.messages) == (0, 0, 0)
 
 
-def test_is_unreachable() -> None:
+def test_database_away() -> None:
     from storage.db import DatabaseError
 
-    assert is_unreachable(DatabaseError("cannot reach PostgreSQL at x: connection refused"))
+    assert database_away(DatabaseError("cannot reach PostgreSQL at x: connection refused"))
     wrapped = RuntimeError("write failed")
     wrapped.__cause__ = ConnectionResetError()
-    assert is_unreachable(wrapped)
-    assert not is_unreachable(ValueError("no sweep_id"))
+    assert database_away(wrapped)
+    assert not database_away(ValueError("no sweep_id"))
+    # PostgreSQL restarting or out of disk: a wait, never a verdict on the data
+    for away in (asyncpg.AdminShutdownError, asyncpg.CrashShutdownError,
+                 asyncpg.CannotConnectNowError, asyncpg.DiskFullError):
+        assert database_away(away("from the server"))
+    assert not database_away(asyncpg.UniqueViolationError("duplicate key"))

@@ -3,6 +3,9 @@
 # services, then ruff, mypy, pytest (unit and integration tiers) and the unit tier again with
 # every dependency at its declared floor (scripts/floors.sh: .venv-floor from floors.txt).
 # Extra arguments go to pytest and skip the floor run: scripts/test.sh -k servers
+# pytest runs in BROKERSCAN_TEST_WORKERS processes (pytest-xdist; default: one per core, at
+# least 2), a test module to a process: most integration tests wait on servers and timeouts,
+# not on the CPU. tests/servers.py gives each process addresses of its own.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -17,7 +20,8 @@ echo "== mypy"
 .venv/bin/mypy || failed+=(mypy)
 echo "== pytest"
 rc=0
-.venv/bin/pytest "$@" </dev/null || rc=$?
+workers="${BROKERSCAN_TEST_WORKERS:-$(( $(nproc) > 2 ? $(nproc) : 2 ))}"
+.venv/bin/pytest -n "$workers" --dist loadfile "$@" </dev/null || rc=$?
 case "$rc" in
     0) ;;
     5) echo "test.sh: pytest collected no tests: that is a failure" >&2; failed+=(pytest) ;;

@@ -43,6 +43,9 @@ server sit on its protocol's standard port without collisions):
 
 :func:`allocate` hands out the next address of a pool on which the wanted port can be bound,
 so that a server left over from an earlier run is stepped over, not collided with.
+Under pytest-xdist (scripts/test.sh) each worker process takes every n-th address of a pool,
+so tests running at once never share one; the fixed addresses above belong to one test
+module each, and a module runs in one process (``--dist loadfile``).
 
 Certificates come from ``tests/certs.py`` (``make_pki``); the TLS servers take file paths.
 """
@@ -159,7 +162,10 @@ class AddressPool:
         self.network = ipaddress.IPv4Network(network)
         if not self.network.subnet_of(ipaddress.IPv4Network("127.0.0.0/8")):
             raise ValueError(f"{network} is not loopback")
-        self._next = 1
+        # Under pytest-xdist every worker process takes its own addresses of the pool
+        # (worker k of n: the k-th of every n), so two workers never race for one.
+        worker, self._step = xdist_worker()
+        self._next = 1 + worker
         self._lock = threading.Lock()
 
     def take(self, port: int) -> tuple[str, int]:
@@ -167,13 +173,22 @@ class AddressPool:
         with self._lock:
             while self._next < self.network.num_addresses - 1:
                 host = str(self.network[self._next])
-                self._next += 1
+                self._next += self._step
                 if host.endswith((".0", ".255")):
                     continue
                 free = _free_port(host, port)
                 if free is not None:
                     return host, free
         raise RuntimeError(f"address pool {self.network} is exhausted")
+
+
+def xdist_worker() -> tuple[int, int]:
+    """``(index, count)`` of this pytest-xdist worker process; ``(0, 1)`` without xdist."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not name.startswith("gw"):
+        return 0, 1
+    return int(name[2:]), max(count, 1)
 
 
 def _free_port(host: str, port: int) -> int | None:

@@ -46,6 +46,7 @@ UNDECLARED = {
 #: Declared requirements that no file imports, and why they are declared.
 NOT_IMPORTED = {
     "pytest-timeout": "a pytest plugin: pytest loads it (the `timeout` ini option)",
+    "pytest-xdist": "a pytest plugin: scripts/test.sh runs pytest with -n (tests/servers.py)",
     "ruff": "the linter scripts/test.sh runs",
     "mypy": "the type checker scripts/test.sh runs",
     "asyncpg-stubs": "type stubs, read by mypy",

@@ -1,5 +1,5 @@
 """What every backend gives the read side: how it fetches rows (:meth:`StoreReader.fetch`)
-and in which :class:`~storage.queries.Dialect`, from which :meth:`StoreReader.decode` turns
+and in which :class:`~storage.dialect.Dialect`, from which :meth:`StoreReader.decode` turns
 stored values back into Python values. The search (:mod:`storage.searcher`) is written
 once on top of it, so PostgreSQL and SQLite answer every question with the same code, and
 one conformance suite (``tests/integration/test_store.py``) holds them to the same answers.
@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from storage.queries import Dialect
+from storage.dialect import Dialect
 
 __all__ = ["Row", "StoreReader"]
 

@@ -23,9 +23,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, cast
 
-from storage.queries import Params, decode_cursor, encode_cursor
+from storage.cursor import decode_cursor, encode_cursor
+from storage.dialect import Cell, Params
 from storage.reader import Row, StoreReader
-from storage.rows import ip_number
 from storage.search.compile import (
     CURRENT,
     View,
@@ -72,40 +72,16 @@ def formula_safe(text: str) -> str:
     return "'" + text if text[:1] in _FORMULA else text
 
 
-def _pg_csv_line() -> str:
-    """One CSV line of :data:`EXPORT_COLUMNS` as a PostgreSQL expression: the cells
-    :meth:`Searcher.export_cells` and Python's csv writer make (quoted when a cell holds a
-    comma, a quote or a line break). Column names only: no value enters this text."""
-    cells = []
-    for column in EXPORT_COLUMNS:
-        if column == "ip":
-            cells.append("host(ip)")
-        elif column in ("first_seen", "last_seen"):
-            # isoformat(): microseconds only when there are some
-            cells.append(f"coalesce(replace(to_char({column} AT TIME ZONE 'UTC', "
-                         f"'YYYY-MM-DD\"T\"HH24:MI:SS.US'), '.000000', '') || '+00:00', '')")
-        elif column in _FLAG_COLUMNS:
-            cells.append(f"CASE {column} WHEN TRUE THEN 'true' WHEN FALSE THEN 'false' "
-                         "ELSE '' END")
-        elif column in _FOREIGN_TEXT:
-            safe = (f"CASE WHEN left({column}, 1) IN ('=', '+', '-', '@', chr(9), chr(13)) "
-                    f"THEN chr(39) || {column} ELSE {column} END")
-            special = " + ".join(f"strpos({column}, {c})" for c in
-                                 ("','", "'\"'", "chr(10)", "chr(13)"))
-            cells.append(
-                f"CASE WHEN {column} IS NULL THEN '' WHEN {special} = 0 THEN {safe} "
-                f"ELSE '\"' || replace({safe}, '\"', '\"\"') || '\"' END")
-        else:  # numbers, and names from a fixed vocabulary (transport, status, ...)
-            cells.append(f"coalesce(CAST({column} AS text), '')")
-    return "concat_ws(',', " + ", ".join(cells) + ")"
-
-
 _FLAG_COLUMNS: Final = frozenset({"tls", "anonymous", "cert_self_signed", "cert_expired",
                                   "cert_trusted"})
 #: Export columns whose text a remote server chose (a spreadsheet must not run it).
 _FOREIGN_TEXT: Final = frozenset({"product", "version", "amqp_mechanisms", "tls_version",
                                   "cert_subject", "cert_issuer", "cert_sha256", "org",
                                   "country", "sweep_id"})
+#: How each export column becomes a cell.
+_CELLS: Final[tuple[tuple[str, Cell], ...]] = tuple(
+    (c, "time" if c in ("first_seen", "last_seen") else "flag" if c in _FLAG_COLUMNS
+     else "foreign" if c in _FOREIGN_TEXT else "plain") for c in EXPORT_COLUMNS)
 _LEVEL_NAMES: Final = {"3": "3.1", "4": "3.1.1", "5": "5.0"}
 #: Rollup columns that hold their values as they are (no sentinel for unknown).
 _PLAIN_ROLLUP_COLUMNS: Final = frozenset({"port", "transport", "tls", "status"})
@@ -206,10 +182,6 @@ class Searcher(StoreReader):
 
     # -- the hosts behind a query ------------------------------------------------------
 
-    def _order(self) -> tuple[str, ...]:
-        return ("ip", "port", "transport") if self.dialect.positional \
-            else ("ip_num", "ip", "port", "transport")
-
     def _after(self, params: Params, cursor: str) -> str:
         ip, port, transport = decode_cursor(cursor, 3)
         if not isinstance(ip, str) or not isinstance(port, int) \
@@ -220,13 +192,7 @@ class Searcher(StoreReader):
         return self._after_key(params, ip, port, transport)
 
     def _after_key(self, params: Params, ip: str, port: int, transport: str) -> str:
-        values: list[object] = [ip, port, transport]
-        if self.dialect.positional:
-            marks = [f"{params.add(ip)}::inet", params.add(port), params.add(transport)]
-        else:
-            values = [ip_number(ip), *values]
-            marks = [params.add(v) for v in values]
-        return f"({', '.join(self._order())}) > ({', '.join(marks)})"
+        return self.dialect.after_service(params, ip, port, transport)
 
     def _select_hits(self, node: Node, view: View, limit: int, cursor: str | None,
                      ) -> tuple[str, Params]:
@@ -237,7 +203,7 @@ class Searcher(StoreReader):
             where.append(self._after(params, cursor))
         columns = ", ".join((*EXPORT_COLUMNS, "record"))
         sql = (f"SELECT {columns} FROM {frm} WHERE {' AND '.join(where)} "
-               f"ORDER BY {', '.join(self._order())} LIMIT {params.add(limit + 1)}")
+               f"ORDER BY {', '.join(self.dialect.service_order)} LIMIT {params.add(limit + 1)}")
         return sql, params
 
     def _hit(self, row: Row) -> Hit:
@@ -267,8 +233,9 @@ class Searcher(StoreReader):
         made :func:`formula_safe`. PostgreSQL writes each line itself (the work per row is
         what bounds an export, and it is done beside this process); SQLite's rows are
         written here."""
-        if self.dialect.positional:
-            async for rows in self.export_rows(query, view=view, line=_pg_csv_line()):
+        line = self.dialect.csv_line(_CELLS, "".join(sorted(_FORMULA)))
+        if line is not None:
+            async for rows in self.export_rows(query, view=view, line=line):
                 yield "\n".join([r[3] for r in rows]) + "\n"
             return
         cells = self.export_cells()
@@ -289,7 +256,7 @@ class Searcher(StoreReader):
         the work per row. The next chunk is asked for before this one is handed over, so
         the store reads it while the caller writes this one."""
         node = _node(query)
-        ip_text = "host(ip)" if self.dialect.positional else "ip"
+        ip_text = self.dialect.ip_text
         wanted: Sequence[str] = ("port", "transport", "record") if records \
             else ("port", "transport", f"{line} AS line") if line is not None \
             else EXPORT_COLUMNS[1:]
@@ -302,9 +269,9 @@ class Searcher(StoreReader):
             if after is not None:
                 where.append(self._after_key(params, str(after[0]), int(after[1]),
                                              str(after[2])))
+            order = ", ".join(self.dialect.service_order)
             return (f"SELECT {columns} FROM {frm} WHERE {' AND '.join(where)} "
-                    f"ORDER BY {', '.join(self._order())} LIMIT {params.add(chunk + 1)}",
-                    params.values)
+                    f"ORDER BY {order} LIMIT {params.add(chunk + 1)}", params.values)
 
         pending = asyncio.ensure_future(self.fetch(*select(None)))
         try:
@@ -384,7 +351,7 @@ class Searcher(StoreReader):
         rollup = uses_rollup(view, node, [name for name, _ in facets])
         together: dict[str, list[tuple[Any, int]]] = {}
         scalar = [(name, size) for name, size in facets if lookup(name).kind is not Kind.SET]
-        if self.dialect.positional and scalar:
+        if self.dialect.grouping_sets and scalar:
             total, together = await self._facets_in_one_scan(node, view, scalar, rollup)
         else:
             params = Params(self.dialect)
@@ -467,15 +434,9 @@ class Searcher(StoreReader):
         counted = "coalesce(sum(n), 0)" if rollup else "count(*)"
         if field.kind is Kind.SET:
             column = field.column
-            if self.dialect.positional:
-                member = f"unnest(string_to_array({column}, ' '))"
-                sql = (f"SELECT m.value AS value, count(*) AS n FROM {frm}, "
-                       f"LATERAL {member} AS m(value) WHERE {where} AND {column} IS NOT NULL "
-                       f"GROUP BY 1")
-            else:
-                member = (f"json_each('[\"' || replace({column}, ' ', '\",\"') || '\"]')")
-                sql = (f"SELECT m.value AS value, count(*) AS n FROM {frm}, {member} AS m "
-                       f"WHERE {where} AND {column} IS NOT NULL GROUP BY 1")
+            sql = (f"SELECT m.value AS value, count(*) AS n FROM {frm}, "
+                   f"{self.dialect.set_members(column)} WHERE {where} "
+                   f"AND {column} IS NOT NULL GROUP BY 1")
         else:
             expr = group_expr(self.dialect, name, rollup=rollup)
             sql = (f"SELECT {expr} AS value, {counted} AS n FROM {frm} WHERE {where} "
@@ -526,12 +487,11 @@ class Searcher(StoreReader):
 
         :raises ValueError: *ip* is not an IPv4 address
         """
-        number = ip_number(ip) if _is_ipv4(ip) else None
-        if number is None:
+        if not _is_ipv4(ip):
             raise ValueError(f"{ip!r} is not an IPv4 address")
         params = Params(self.dialect)
-        where = f"ip = {params.add(ip)}::inet" if self.dialect.positional \
-            else f"ip_num = {params.add(number)}"
+        address = self.dialect.ip_value(params, int(ipaddress.IPv4Address(ip)))
+        where = f"{self.dialect.ip_column} = {address}"
         rows = await self.fetch(
             f"SELECT record FROM observations WHERE {where} "
             f"ORDER BY observed_at DESC, port LIMIT {params.add(limit)}", params.values)
@@ -575,7 +535,4 @@ class Searcher(StoreReader):
 
     def json_text(self, path: Sequence[str]) -> str:
         """The SQL expression of a text value inside the record (``path`` of keys)."""
-        if self.dialect.positional:
-            return f"(record #>> '{{{','.join(path)}}}')"
-        steps = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in path)
-        return f"json_extract(record, '${steps}')"
+        return self.dialect.json_text(path)

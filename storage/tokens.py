@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, Literal, cast, get_args
 
-from storage.queries import Params
+from storage.dialect import Params
 from storage.reader import Row, StoreReader
 
 __all__ = ["ROLES", "Role", "TokenError", "TokenInfo", "create_token", "csrf_of",

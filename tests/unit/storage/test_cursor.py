@@ -1,4 +1,4 @@
-"""Cursors (storage/queries.py) and store selection: pure, no database."""
+"""Cursors (storage/cursor.py) and store selection: pure, no database."""
 
 from __future__ import annotations
 
@@ -6,18 +6,18 @@ from datetime import UTC, datetime
 
 import pytest
 
-from storage import queries
+from storage.cursor import decode_cursor, encode_cursor
 from storage.sqlitestore import path_of
 from storage.store import StoreError, open_store
 
 
 def test_cursors_round_trip_and_bad_ones_are_refused() -> None:
     when = datetime(2026, 1, 1, tzinfo=UTC)
-    cursor = queries.encode_cursor([when, "sw", "192.0.2.1", 80])
-    assert queries.decode_cursor(cursor, 4) == [when.isoformat(), "sw", "192.0.2.1", 80]
-    for bad in ("!!", queries.encode_cursor([1, 2])):
+    cursor = encode_cursor([when, "sw", "192.0.2.1", 80])
+    assert decode_cursor(cursor, 4) == [when.isoformat(), "sw", "192.0.2.1", 80]
+    for bad in ("!!", encode_cursor([1, 2])):
         with pytest.raises(ValueError, match="invalid cursor"):
-            queries.decode_cursor(bad, 4)
+            decode_cursor(bad, 4)
 
 
 async def test_unknown_scheme_names_the_right_one() -> None:

@@ -44,7 +44,7 @@ from storage.db import DatabaseError, Pool, PooledConn, create_pool
 from storage.dialect import PG
 from storage.reader import Row
 from storage.rows import COLUMNS, observation_row
-from storage.searcher import Searcher
+from storage.sqlsearcher import SqlSearcher
 from storage.store import StatementTimeout, StoreError
 
 __all__ = ["PgStore"]
@@ -132,7 +132,7 @@ class _Prepared:
     days: set[date]
 
 
-class PgStore(Searcher):
+class PgStore(SqlSearcher):
     """The results store in PostgreSQL (see the module docstring).
 
     :ivar pool: the asyncpg pool it writes and reads through

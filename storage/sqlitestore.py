@@ -42,8 +42,8 @@ from storage.rows import (
     observation_row,
     sqlite_row,
 )
-from storage.searcher import Searcher
 from storage.sqliteschema import SchemaError, upgrade
+from storage.sqlsearcher import SqlSearcher
 from storage.store import StatementTimeout, StoreError
 
 __all__ = ["SqliteStore", "path_of"]
@@ -129,7 +129,7 @@ class _Prepared:
     rows: list[tuple[object, ...]]
 
 
-class SqliteStore(Searcher):
+class SqliteStore(SqlSearcher):
     """The results store in one SQLite file (see the module docstring)."""
 
     dialect = SQLITE

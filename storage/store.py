@@ -18,22 +18,18 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from difflib import get_close_matches
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
+from typing import Final, Protocol
 from urllib.parse import unquote, urlsplit
 
 from brokerscan.model import ScanResult
 from brokerscan.oneline import redact
 from brokerscan.settings import Settings
+from storage.searcher import Searcher
 
-if TYPE_CHECKING:  # the search types live beside the search; a store only names them
-    from storage.search.compile import View
-    from storage.search.tree import Node
-    from storage.searcher import CountResult, Hit, Page
-
-__all__ = ["BACKENDS", "DEFAULT_STORE_URL", "StatementTimeout", "Store", "StoreError",
-           "describe_store", "open_store", "store_url"]
+__all__ = ["BACKENDS", "DEFAULT_STORE_URL", "ResultWriter", "StatementTimeout", "Store",
+           "StoreError", "describe_store", "open_store", "store_url"]
 
 #: URL scheme -> "module:class" of the backend.
 BACKENDS: Final = {
@@ -75,8 +71,9 @@ class StatementTimeout(Exception):
     was too costly for the limit, not the store down)."""
 
 
-class Store(Protocol):
-    """What every backend implements."""
+class ResultWriter(Protocol):
+    """What writes results into a store: the stream's store writer
+    (:mod:`storage.consumer`), a local scan's sink (:mod:`storage.sink`), ``import``."""
 
     async def write(self, results: Sequence[ScanResult]) -> int:
         """Store a batch, in one transaction, committed on return.
@@ -106,39 +103,10 @@ class Store(Protocol):
         """:meth:`write` of what :meth:`prepare` returned (same promises)."""
         ...
 
-    # -- search (storage.searcher.Searcher implements these for every backend) -----------
 
-    async def search(self, query: str | Node, *, view: View = ...,
-                     limit: int = 100, cursor: str | None = None) -> Page:
-        """One page of the services (or observations) behind a search query."""
-        ...
-
-    def export(self, query: str | Node, *, view: View = ...,
-               chunk: int = 5000) -> AsyncIterator[list[Hit]]:
-        """Every hit of a query, a chunk at a time."""
-        ...
-
-    async def count(self, query: str | Node, *, view: View = ...,
-                    facets: Sequence[tuple[str, int]] = ()) -> CountResult:
-        """How many match a query, and the top values of each facet."""
-        ...
-
-    async def trends(self, query: str | Node, *,
-                     interval: Literal["day", "sweep"] = "day") -> list[tuple[str, int]]:
-        """Counts of matching observations per day or per sweep."""
-        ...
-
-    async def host(self, ip: str, *, limit: int = 1000) -> list[str]:
-        """Every observation of an address, newest first, as JSON records."""
-        ...
-
-    async def sweeps_seen(self, *, limit: int = 200) -> list[dict[str, Any]]:
-        """The sweeps and local scans the history holds."""
-        ...
-
-    async def close(self) -> None:
-        """Release connections and files."""
-        ...
+class Store(ResultWriter, Searcher, Protocol):
+    """A backend: it writes results (:class:`ResultWriter`) and answers the search
+    (:class:`~storage.searcher.Searcher`); :func:`open_store` opens one."""
 
 
 async def open_store(url: str, *, read_only: bool = False,

@@ -20,6 +20,7 @@ import ipaddress
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final, Literal, cast
 
+from brokerscan.mqttcodes import LEVEL_NAMES
 from storage.cursor import decode_cursor, encode_cursor
 from storage.dialect import Params
 from storage.reader import Row, StoreReader
@@ -38,7 +39,6 @@ from storage.searcher import EXPORT_COLUMNS, MAX_PAGE, CountResult, Hit, Page
 __all__ = ["SqlSearcher"]
 
 _EXPORT_CHUNK: Final = 5000
-_LEVEL_NAMES: Final = {"3": "3.1", "4": "3.1.1", "5": "5.0"}
 #: Rollup columns that hold their values as they are (no sentinel for unknown).
 _PLAIN_ROLLUP_COLUMNS: Final = frozenset({"port", "transport", "tls", "status"})
 
@@ -276,7 +276,8 @@ class SqlSearcher(StoreReader):
 
     def _facet_value(self, column: str, value: Any) -> Any:
         if column == "mqtt_levels":
-            return _LEVEL_NAMES.get(str(value), str(value))
+            text = str(value)
+            return LEVEL_NAMES.get(int(text), text) if text.isdigit() else text
         if column in ("first_seen", "last_seen"):
             return value
         return self.decode(column, value)

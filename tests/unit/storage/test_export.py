@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from brokerscan.mqttcodes import LEVEL_NAMES, level_of
 from storage.dialect import SQLITE
 from storage.export import CELLS, _cells_of, cell, csv_header, formula_safe, hit_cells
 from storage.searcher import EXPORT_COLUMNS, Hit
@@ -43,3 +44,7 @@ def test_facet_values_become_cells_too() -> None:
     assert cell("first_seen", "2026-03-01") == "2026-03-01"  # a day, counted by day
     assert cell("port", 8883) == 8883
 
+
+def test_mqtt_levels_are_named_in_one_place() -> None:
+    assert [level_of(name) for name in LEVEL_NAMES.values()] == list(LEVEL_NAMES)
+    assert level_of("4") == 4

@@ -24,7 +24,7 @@ from storage.search.fields import FIELDS
 from storage.search.parse import QueryError, parse
 from storage.searcher import Searcher, parse_facets
 from storage.sqlitestore import SqliteStore
-from storage.store import open_store
+from storage.store import Store, open_store
 from tests.pg import migrated_database
 from tests.searchref import (
     evaluate,
@@ -38,8 +38,6 @@ from tests.unit.storage.gen import make_result
 
 pytestmark = pytest.mark.integration
 
-Backend = PgStore | SqliteStore
-
 #: Matches every IPv4 observation, but no rollup holds addresses: a count of it reads the
 #: rows, where a count of "" reads the rollups.
 ROWS = "ip:0.0.0.0/0"
@@ -48,7 +46,7 @@ FACETS = [(f.name, 1000) for f in FIELDS if f.name != "ip"]
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     if request.param == "sqlite":
         s = await open_store(f"sqlite:///{tmp_path}/store.db")
         assert type(s) is SqliteStore  # the scheme picks the backend
@@ -137,7 +135,7 @@ async def snapshot(store: Searcher, results: Sequence[ScanResult]) -> list[objec
     return out
 
 
-async def test_write_and_read_back(store: Backend) -> None:
+async def test_write_and_read_back(store: Store) -> None:
     results = make_search_results(300, seed=1)
     assert await store.write(results[:200]) == 200
     assert await store.write(results[100:]) == 100  # half of it already there
@@ -155,7 +153,7 @@ async def test_write_and_read_back(store: Backend) -> None:
         assert [ScanResult.model_validate_json(h).to_json() for h in history] == records(mine)
 
 
-async def test_rewrite_with_another_observed_at_adds_nothing(store: Backend) -> None:
+async def test_rewrite_with_another_observed_at_adds_nothing(store: Store) -> None:
     results = make_search_results(200, seed=2)
     await store.write(results)
     before = await snapshot(store, results)
@@ -166,7 +164,7 @@ async def test_rewrite_with_another_observed_at_adds_nothing(store: Backend) -> 
     assert await snapshot(store, results) == before
 
 
-async def test_duplicates_inside_one_batch_count_once(store: Backend) -> None:
+async def test_duplicates_inside_one_batch_count_once(store: Store) -> None:
     results = make_search_results(50, seed=3)
     assert await store.write(results + results[::-1]) == 50
     assert sum(s["observations"] for s in await store.sweeps_seen()) == 50
@@ -179,7 +177,7 @@ async def test_duplicates_inside_one_batch_count_once(store: Backend) -> None:
 @pytest.mark.parametrize("query", ["", "anonymous:true tls:true", "NOT country:*",
                                    "asn:36375 status:success", "transport:tls",
                                    "NOT protocol:*"])
-async def test_counts_and_facets_agree_with_the_reference(store: Backend, query: str) -> None:
+async def test_counts_and_facets_agree_with_the_reference(store: Store, query: str) -> None:
     results = make_search_results(600, seed=4)
     for start in range(0, 600, 150):
         await store.write(results[start:start + 150])
@@ -187,7 +185,7 @@ async def test_counts_and_facets_agree_with_the_reference(store: Backend, query:
         await check_counts(store, results, view, query)
 
 
-async def test_grouped_counts_agree_with_the_reference(store: Backend) -> None:
+async def test_grouped_counts_agree_with_the_reference(store: Store) -> None:
     results = make_search_results(400, seed=5)
     await store.write(results)
     for view in views(results):
@@ -202,7 +200,7 @@ async def test_grouped_counts_agree_with_the_reference(store: Backend) -> None:
             assert [n for *_, n in got] == sorted((n for *_, n in got), reverse=True)
 
 
-async def test_trends_count_by_the_day_and_the_sweep_a_sweep_started(store: Backend) -> None:
+async def test_trends_count_by_the_day_and_the_sweep_a_sweep_started(store: Store) -> None:
     # sweeps a day and an hour apart, the first starting a second before midnight
     first = datetime(2026, 3, 1, 23, 59, 59, tzinfo=UTC)
     results = []
@@ -223,7 +221,7 @@ async def test_trends_count_by_the_day_and_the_sweep_a_sweep_started(store: Back
 
 
 @pytest.mark.parametrize("limit", [1, 10, 256, 257, 1000])
-async def test_search_pages_cover_every_service_once(store: Backend, limit: int) -> None:
+async def test_search_pages_cover_every_service_once(store: Store, limit: int) -> None:
     results = make_search_results(257, seed=7)
     await store.write(results)
     for view in views(results)[:3]:
@@ -238,7 +236,7 @@ async def test_search_pages_cover_every_service_once(store: Backend, limit: int)
         await store.search("", cursor="not-a-cursor")
 
 
-async def test_a_sweeps_view_holds_its_observations_only(store: Backend) -> None:
+async def test_a_sweeps_view_holds_its_observations_only(store: Store) -> None:
     results = make_search_results(200, seed=8)
     await store.write(results)
     for sweep_id in {r.sweep_id for r in results}:
@@ -253,7 +251,7 @@ async def test_a_sweeps_view_holds_its_observations_only(store: Backend) -> None
     assert (await store.search("", view=nothing)).hits == []
 
 
-async def test_current_view_first_last_seen_and_last_changed(store: Backend) -> None:
+async def test_current_view_first_last_seen_and_last_changed(store: Store) -> None:
     rng = random.Random(9)
     t0 = datetime(2026, 4, 1, tzinfo=UTC)
     sw = [(f"sw-svc{i}", t0 + timedelta(days=i)) for i in range(5)]
@@ -294,7 +292,7 @@ async def test_current_view_first_last_seen_and_last_changed(store: Backend) -> 
         ["sw-svc4b", "sw-svc4", "sw-svc3", "sw-svc2", "sw-svc1", "sw-svc0"]
 
 
-async def test_bad_input_is_refused(store: Backend) -> None:
+async def test_bad_input_is_refused(store: Store) -> None:
     with pytest.raises(QueryError, match=r"unknown field 'contry' \(did you mean 'country'"):
         await store.count("contry:DE")
     with pytest.raises(QueryError, match="unknown field"):

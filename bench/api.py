@@ -204,7 +204,6 @@ async def main() -> None:
             await fill(url, args.rows)
             print(f"filled {args.rows:,} results in {time.perf_counter() - began:.1f} s")
         store = await open_store(url)
-        assert isinstance(store, Searcher)
         _, token = await create_token(store, "bench-api", "reader")
         ips = await store.fetch("SELECT ip FROM observations LIMIT 1", [])
         ip = str(ips[0]["ip"])

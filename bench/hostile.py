@@ -41,7 +41,6 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from storage.searcher import Searcher
 from storage.store import open_store
 from storage.tokens import create_token
 from tests.searchref import make_search_results
@@ -96,7 +95,6 @@ async def prepare(url: str, rows: int, fill: bool) -> list[str]:
             results = make_search_results(rows, seed=12, sweeps=2)
             for start in range(0, len(results), 5000):
                 await store.write(results[start:start + 5000])
-        assert isinstance(store, Searcher)
         return [(await create_token(store, f"bench {i}", "reader"))[1]
                 for i in range(NORMAL + 1)]
     finally:

@@ -1,9 +1,26 @@
-"""MQTT CONNACK return codes (3.1, 3.1.1) and reason codes (5.0) by name: what every stage
-calls them, from the codec that reads them to the report that counts them."""
+"""MQTT protocol levels and CONNACK return codes (3.1, 3.1.1) and reason codes (5.0) by
+name: what every stage calls them, from the codec that reads them to the report that counts
+them and the search that finds them."""
 
 from __future__ import annotations
 
-__all__ = ["REASON_CODES_5", "RETURN_CODES_3", "return_code_name"]
+from typing import Final
+
+__all__ = ["LEVEL_NAMES", "REASON_CODES_5", "RETURN_CODES_3", "level_of", "return_code_name"]
+
+#: The MQTT version each protocol level (the CONNECT's level byte) stands for.
+LEVEL_NAMES: Final = {3: "3.1", 4: "3.1.1", 5: "5.0"}
+_LEVELS: Final = {**{str(n): n for n in LEVEL_NAMES}, **{v: n for n, v in LEVEL_NAMES.items()}}
+
+
+def level_of(text: str) -> int:
+    """The protocol level a version (``3.1``, ``3.1.1``, ``5.0``) or a level (``3``, ``4``,
+    ``5``) names.
+
+    :raises KeyError: neither
+    """
+    return _LEVELS[text]
+
 
 RETURN_CODES_3: dict[int, str] = {
     0: "accepted",

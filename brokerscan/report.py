@@ -11,6 +11,7 @@ from collections import Counter
 from typing import Any
 
 from brokerscan.model import Protocol, ScanResult, Status
+from brokerscan.mqttcodes import LEVEL_NAMES
 
 __all__ = ["Report", "render"]
 
@@ -78,7 +79,7 @@ class Report:
             self.mqtt_auth_required += mqtt.anonymous is False
             self.mqtt_codes[mqtt.return_code_name] += 1
             for level in mqtt.accepted_levels:
-                self.mqtt_levels[_LEVEL_NAMES.get(level, str(level))] += 1
+                self.mqtt_levels[LEVEL_NAMES.get(level, str(level))] += 1
             product = mqtt.product  # no fingerprint (an older record): unknown too
             name = "unknown" if product is None or product.name == "unknown" else product.name
             if product is not None and product.version is not None:
@@ -211,9 +212,6 @@ def render(d: dict[str, Any]) -> str:
     if "scan" in d:
         lines += [""] + _section("outcomes by status", d["scan"]["by_status"])
     return "\n".join(lines) + "\n"
-
-
-_LEVEL_NAMES = {3: "3.1", 4: "3.1.1", 5: "5.0"}
 
 
 def _section(title: str, counts: dict[str, int]) -> list[str]:

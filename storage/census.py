@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from brokerscan.mqttcodes import return_code_name
-from storage.queries import Params
+from storage.dialect import Params
 from storage.reader import Row
 from storage.rows import ip_number
 from storage.search.compile import CURRENT, View, compile_where, source

@@ -36,7 +36,6 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import aio_pika
 import aio_pika.abc
@@ -49,8 +48,9 @@ from brokerscan.stream.consumer import StreamConsumer
 from brokerscan.stream.deadletters import BadLine, dead_letter_line, parse_results
 from storage.db import SERVER_AWAY
 from storage.metrics import BATCH_SECONDS, ROWS, WRITE_FAILURES
+from storage.store import ResultWriter
 
-__all__ = ["ResultStore", "StoreWriter", "database_away"]
+__all__ = ["StoreWriter", "database_away"]
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +62,6 @@ Incoming = aio_pika.abc.AbstractIncomingMessage
 #: A result to write, with where it came from (its message, its index there, its bytes).
 Item = tuple[Incoming, int, bytes, ScanResult]
 Dead = list[tuple[Incoming, BadLine]]
-
-
-class ResultStore(Protocol):
-    """What the writer needs of :class:`storage.store.Store`."""
-
-    async def write(self, results: Sequence[ScanResult]) -> int: ...
-
-    async def prepare(self, results: Sequence[ScanResult],
-                      records: Sequence[str | None] | None = None) -> object: ...
-
-    async def write_prepared(self, prepared: object) -> int: ...
 
 
 @dataclass(slots=True)
@@ -117,7 +106,7 @@ class StoreWriter(StreamConsumer):
         ``batch_size`` to fill batches.
     """
 
-    def __init__(self, settings: Settings, store: ResultStore, *, batch_size: int = 2000,
+    def __init__(self, settings: Settings, store: ResultWriter, *, batch_size: int = 2000,
                  max_delay: float = 0.5, prefetch: int = 64) -> None:
         names = settings.names()
         if batch_size < 1:

@@ -41,16 +41,13 @@ import asyncpg
 from brokerscan.model import ScanResult
 from storage import partitions
 from storage.db import DatabaseError, Pool, PooledConn, create_pool
-from storage.queries import Dialect
+from storage.dialect import PG
 from storage.reader import Row
 from storage.rows import COLUMNS, observation_row
-from storage.searcher import Searcher
+from storage.sqlsearcher import SqlSearcher
 from storage.store import StatementTimeout, StoreError
 
-__all__ = ["PG", "PgStore"]
-
-PG: Final = Dialect(positional=True, encode_date=lambda d: d, encode_time=lambda t: t,
-                    decode_date=lambda d: d, decode_time=lambda t: t)
+__all__ = ["PgStore"]
 
 _STAGE = "observations_stage"
 _STAGE_DDL = (
@@ -135,7 +132,7 @@ class _Prepared:
     days: set[date]
 
 
-class PgStore(Searcher):
+class PgStore(SqlSearcher):
     """The results store in PostgreSQL (see the module docstring).
 
     :ivar pool: the asyncpg pool it writes and reads through

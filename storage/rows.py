@@ -41,7 +41,6 @@ __all__ = [
     "canonical_ip",
     "check_writable",
     "day_of",
-    "dimension_values",
     "format_time",
     "mechanisms_of",
     "observation_row",
@@ -140,23 +139,6 @@ def check_writable(result: ScanResult) -> tuple[str, datetime]:
             "observation by (sweep_started_at, sweep_id, ip, port)"
         )
     return result.sweep_id, result.sweep_started_at
-
-
-def dimension_values(result: ScanResult) -> dict[str, object]:
-    """The value of every count dimension for *result* (as :meth:`Store.counts` sees it)."""
-    _, started = check_writable(result)
-    return {
-        "day": day_of(started),
-        "protocol": None if result.protocol is None else result.protocol.value,
-        "port": result.port,
-        "transport": result.transport.value,
-        "tls": _over_tls(result),
-        "anonymous": None if result.mqtt is None else result.mqtt.anonymous,
-        "country": None if result.geo is None else result.geo.country,
-        "asn": None if result.asn is None else result.asn.number,
-        "status": result.status.value,
-        "sweep_id": result.sweep_id,
-    }
 
 
 def _over_tls(result: ScanResult) -> bool:

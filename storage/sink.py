@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 
 from brokerscan.model import ScanResult
-from storage.store import Store
+from storage.store import ResultWriter
 
 __all__ = ["StoreSink"]
 
@@ -20,7 +20,7 @@ __all__ = ["StoreSink"]
 class StoreSink:
     """Buffers results and writes them to a store in batches."""
 
-    def __init__(self, store: Store, *, batch_size: int = 1000, max_buffer: int = 20_000,
+    def __init__(self, store: ResultWriter, *, batch_size: int = 1000, max_buffer: int = 20_000,
                  interval: float = 0.5) -> None:
         self.store = store
         self.batch_size = batch_size

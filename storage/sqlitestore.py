@@ -28,32 +28,25 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 from brokerscan.model import ScanResult
+from storage.dialect import SQLITE
 from storage.priority import is_low, low_priority_executor
-from storage.queries import Dialect
 from storage.reader import Row
 from storage.rows import (
     COLUMNS,
-    format_time,
     ip_number,
     observation_row,
-    parse_time,
     sqlite_row,
 )
-from storage.searcher import Searcher
 from storage.sqliteschema import SchemaError, upgrade
+from storage.sqlsearcher import SqlSearcher
 from storage.store import StatementTimeout, StoreError
 
-__all__ = ["SQLITE", "SqliteStore", "path_of"]
-
-SQLITE: Final = Dialect(positional=False, encode_date=date.isoformat, encode_time=format_time,
-                        decode_date=lambda text: date.fromisoformat(str(text)),
-                        decode_time=lambda text: parse_time(str(text)))
+__all__ = ["SqliteStore", "path_of"]
 
 _OBSERVATION_COLUMNS: Final = (*COLUMNS, "ip_num")
 _INSERT = (
@@ -136,7 +129,7 @@ class _Prepared:
     rows: list[tuple[object, ...]]
 
 
-class SqliteStore(Searcher):
+class SqliteStore(SqlSearcher):
     """The results store in one SQLite file (see the module docstring)."""
 
     dialect = SQLITE

@@ -10,35 +10,26 @@ What every backend promises:
 - ``write`` is durable when it returns and idempotent: an observation is identified by
   (sweep_started_at, sweep_id, ip, port), so a redelivered result or a re-run shard (even
   with another ``observed_at``) adds nothing and counts nothing twice;
-- ``counts`` groups observations by any of :data:`~storage.queries.DIMENSIONS`; time
-  ranges apply to ``sweep_started_at`` (``since`` inclusive, ``until`` exclusive) and
-  ``day`` is the UTC day the sweep started;
-- ``hosts`` pages through the observations behind any count, ``services`` through the
-  current view (one row per ip, port and transport).
+- the search (:class:`storage.searcher.Searcher`) answers the same questions the same way
+  over the current view (one row per ip, port and transport), a sweep, or a past day.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Sequence
 from difflib import get_close_matches
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
+from typing import Final, Protocol
 from urllib.parse import unquote, urlsplit
 
 from brokerscan.model import ScanResult
 from brokerscan.oneline import redact
 from brokerscan.settings import Settings
+from storage.searcher import Searcher
 
-if TYPE_CHECKING:  # the search types live beside the search; a store only names them
-    from storage.search.compile import View
-    from storage.search.tree import Node
-    from storage.searcher import CountResult, Hit, Page
-
-__all__ = ["BACKENDS", "DEFAULT_STORE_URL", "Service", "StatementTimeout", "Store", "StoreError",
-           "describe_store", "open_store", "store_url"]
+__all__ = ["BACKENDS", "DEFAULT_STORE_URL", "ResultWriter", "StatementTimeout", "Store",
+           "StoreError", "describe_store", "open_store", "store_url"]
 
 #: URL scheme -> "module:class" of the backend.
 BACKENDS: Final = {
@@ -80,31 +71,9 @@ class StatementTimeout(Exception):
     was too costly for the limit, not the store down)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Service:
-    """One service of the current view.
-
-    :ivar ip: address
-    :ivar port: port
-    :ivar transport: ``tcp`` or ``tls``
-    :ivar first_seen: earliest ``observed_at`` of any observation of it
-    :ivar last_seen: latest ``observed_at``
-    :ivar last_changed: when protocol, status, anonymous, product or certificate last
-        changed (``first_seen`` if never)
-    :ivar latest: the observation made at ``last_seen``
-    """
-
-    ip: str
-    port: int
-    transport: str
-    first_seen: datetime
-    last_seen: datetime
-    last_changed: datetime
-    latest: ScanResult
-
-
-class Store(Protocol):
-    """What every backend implements."""
+class ResultWriter(Protocol):
+    """What writes results into a store: the stream's store writer
+    (:mod:`storage.consumer`), a local scan's sink (:mod:`storage.sink`), ``import``."""
 
     async def write(self, results: Sequence[ScanResult]) -> int:
         """Store a batch, in one transaction, committed on return.
@@ -134,90 +103,10 @@ class Store(Protocol):
         """:meth:`write` of what :meth:`prepare` returned (same promises)."""
         ...
 
-    async def counts(
-        self, *, by: Sequence[str], since: datetime | None = None,
-        until: datetime | None = None, sweep_id: str | None = None,
-        where: Mapping[str, object] | None = None,
-    ) -> list[dict[str, object]]:
-        """Count observations grouped by dimensions.
 
-        :param by: dimensions to group by (none: one total)
-        :param since: only sweeps started at or after this
-        :param until: only sweeps started before this
-        :param sweep_id: only this sweep
-        :param where: ``{dimension: value}`` equality filters (``None`` matches unknown)
-        :returns: one dict per group, keys *by* then ``count``, sorted by *by*
-        :raises ValueError: an unknown dimension
-        """
-        ...
-
-    async def hosts(
-        self, *, where: Mapping[str, object] | None = None, since: datetime | None = None,
-        until: datetime | None = None, sweep_id: str | None = None, limit: int = 100,
-        cursor: str | None = None,
-    ) -> tuple[list[ScanResult], str | None]:
-        """The observations behind a count, one page at a time.
-
-        :param where: as for :meth:`counts`
-        :param since: as for :meth:`counts`
-        :param until: as for :meth:`counts`
-        :param sweep_id: as for :meth:`counts`
-        :param limit: most results in this page
-        :param cursor: the cursor returned with the previous page (``None``: first page)
-        :returns: the page and the cursor of the next one (``None`` after the last)
-        :raises ValueError: an unknown dimension or an invalid cursor
-        """
-        ...
-
-    async def services(
-        self, *, where: Mapping[str, object] | None = None,
-        seen_since: datetime | None = None, limit: int = 100, cursor: str | None = None,
-    ) -> tuple[list[Service], str | None]:
-        """The current view, one page at a time, ordered by (ip, port, transport).
-
-        :param where: equality filters on :data:`~storage.queries.SERVICE_DIMENSIONS`,
-            applied to the latest observation of each service
-        :param seen_since: only services seen at or after this
-        :param limit: most services in this page
-        :param cursor: as for :meth:`hosts`
-        :returns: the page and the cursor of the next one
-        :raises ValueError: an unknown dimension or an invalid cursor
-        """
-        ...
-
-    # -- search (storage.searcher.Searcher implements these for every backend) -----------
-
-    async def search(self, query: str | Node, *, view: View = ...,
-                     limit: int = 100, cursor: str | None = None) -> Page:
-        """One page of the services (or observations) behind a search query."""
-        ...
-
-    def export(self, query: str | Node, *, view: View = ...,
-               chunk: int = 5000) -> AsyncIterator[list[Hit]]:
-        """Every hit of a query, a chunk at a time."""
-        ...
-
-    async def count(self, query: str | Node, *, view: View = ...,
-                    facets: Sequence[tuple[str, int]] = ()) -> CountResult:
-        """How many match a query, and the top values of each facet."""
-        ...
-
-    async def trends(self, query: str | Node, *,
-                     interval: Literal["day", "sweep"] = "day") -> list[tuple[str, int]]:
-        """Counts of matching observations per day or per sweep."""
-        ...
-
-    async def host(self, ip: str, *, limit: int = 1000) -> list[str]:
-        """Every observation of an address, newest first, as JSON records."""
-        ...
-
-    async def sweeps_seen(self, *, limit: int = 200) -> list[dict[str, Any]]:
-        """The sweeps and local scans the history holds."""
-        ...
-
-    async def close(self) -> None:
-        """Release connections and files."""
-        ...
+class Store(ResultWriter, Searcher, Protocol):
+    """A backend: it writes results (:class:`ResultWriter`) and answers the search
+    (:class:`~storage.searcher.Searcher`); :func:`open_store` opens one."""
 
 
 async def open_store(url: str, *, read_only: bool = False,

@@ -6,7 +6,7 @@ the token itself exists once, in the output of ``brokerscan token create``; a st
 of the table gives no token. A presented secret is hashed and compared in constant time.
 Verifying only reads, so a server whose database role may only SELECT can check tokens.
 
-Every function takes a store (:class:`~storage.reader.StoreReader`): its ``fetch`` runs one
+Every function takes a store (:class:`~storage.searcher.Searcher`): its ``fetch`` runs one
 statement in a transaction of its own, a write with ``RETURNING`` included.
 """
 
@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, Literal, cast, get_args
 
-from storage.queries import Params
-from storage.reader import Row, StoreReader
+from storage.dialect import Params
+from storage.reader import Row
+from storage.searcher import Searcher
 
 __all__ = ["ROLES", "Role", "TokenError", "TokenInfo", "create_token", "csrf_of",
            "list_tokens", "revoke_token", "split_token", "verify_token"]
@@ -68,7 +69,7 @@ def csrf_of(token: str) -> str:
     return hmac.new(token.encode(), b"brokerscan-csrf", hashlib.sha256).hexdigest()
 
 
-def _info(store: StoreReader, row: Row) -> TokenInfo:
+def _info(store: Searcher, row: Row) -> TokenInfo:
     revoked = row["revoked_at"]
     role = str(row["role"])
     assert role in ROLES
@@ -77,7 +78,7 @@ def _info(store: StoreReader, row: Row) -> TokenInfo:
                      revoked_at=None if revoked is None else store.dialect.decode_time(revoked))
 
 
-async def create_token(store: StoreReader, name: str, role: str = "reader",
+async def create_token(store: Searcher, name: str, role: str = "reader",
                        ) -> tuple[TokenInfo, str]:
     """Make a token.
 
@@ -99,13 +100,13 @@ async def create_token(store: StoreReader, name: str, role: str = "reader",
     return _info(store, rows[0]), f"{_PREFIX}_{token_id}_{secret}"
 
 
-async def list_tokens(store: StoreReader) -> list[TokenInfo]:
+async def list_tokens(store: Searcher) -> list[TokenInfo]:
     """Every token, oldest first (revoked ones too)."""
     rows = await store.fetch(f"SELECT {_COLUMNS} FROM api_tokens ORDER BY created_at, id", [])
     return [_info(store, r) for r in rows]
 
 
-async def revoke_token(store: StoreReader, token_id: str) -> TokenInfo:
+async def revoke_token(store: Searcher, token_id: str) -> TokenInfo:
     """Revoke a token at once (a revoked token is refused from the next request on).
 
     :raises TokenError: no such token, or revoked already
@@ -125,7 +126,7 @@ async def revoke_token(store: StoreReader, token_id: str) -> TokenInfo:
     raise TokenError(f"no token {token_id!r} (see brokerscan token list)")
 
 
-async def verify_token(store: StoreReader, token: str) -> TokenInfo | None:
+async def verify_token(store: Searcher, token: str) -> TokenInfo | None:
     """The token's record if *token* is one of the store's and not revoked, else None."""
     parts = split_token(token)
     if parts is None:

@@ -44,7 +44,8 @@ from brokerscan.api.routes import (
 )
 from brokerscan.settings import Settings
 from brokerscan.web.app import mount_dashboard
-from storage.store import Store, open_store
+from storage.searcher import Searcher
+from storage.store import open_store
 
 __all__ = ["DEFAULT_BURST", "DEFAULT_COSTLY_SLOTS", "DEFAULT_EXPORTS_PER_SERVER",
            "DEFAULT_EXPORTS_PER_TOKEN",
@@ -114,7 +115,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 
 def build_app(settings: Settings, store_url: str, *, auth: bool = True,
               rate: float = DEFAULT_RATE, burst: float = DEFAULT_BURST,
-              store: Store | None = None, guard: Guard | None = None,
+              store: Searcher | None = None, guard: Guard | None = None,
               exports: Slots | None = None,
               admission: Admission | None = None) -> FastAPI:
     """The API app.

@@ -14,7 +14,6 @@ from brokerscan.api.ratelimit import Admission, Lanes, RateLimiter, Slots
 from brokerscan.settings import Settings
 from storage.db import Pool, create_pool
 from storage.searcher import Searcher
-from storage.store import Store
 
 __all__ = ["ApiContext"]
 
@@ -37,7 +36,7 @@ class ApiContext:
     exports: Slots = field(default_factory=lambda: Slots(per_key=2, total=8))
     lanes: Lanes = field(default_factory=lambda: Lanes(2))
     admission: Admission = field(default_factory=lambda: Admission(1))
-    store: Store | None = None
+    store: Searcher | None = None
     _pool: Pool | None = None
     _redis: Redis | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -48,8 +47,9 @@ class ApiContext:
         return self.settings.database_url is not None
 
     def searcher(self) -> Searcher:
-        """The store, with its search operations (every backend is a Searcher)."""
-        assert isinstance(self.store, Searcher), "the store is opened at start-up"
+        """The store the server answers from (opened at start-up)."""
+        if self.store is None:
+            raise RuntimeError("the store is opened at start-up")
         return self.store
 
     async def pool(self) -> Pool:

@@ -8,6 +8,7 @@ import argparse
 from collections.abc import Callable
 from typing import Final
 
+from brokerscan.mqttcodes import LEVEL_NAMES, level_of
 from brokerscan.settings import Settings
 
 __all__ = ["MAX_RATE", "add_depth_options", "add_discovery_options", "add_metrics_option",
@@ -60,12 +61,12 @@ def add_rate_option(parser: argparse.ArgumentParser, whom: str) -> None:
 
 def mqtt_levels(text: str) -> tuple[int, ...]:
     """An argparse type: MQTT levels in the order to try them (``5.0,3.1.1,3.1``)."""
-    names = {"3": 3, "3.1": 3, "4": 4, "3.1.1": 4, "5": 5, "5.0": 5}
     try:
-        levels = tuple(names[item.strip()] for item in text.split(",") if item.strip())
+        levels = tuple(level_of(item.strip()) for item in text.split(",") if item.strip())
     except KeyError as exc:
         raise argparse.ArgumentTypeError(
-            f"unknown MQTT level {exc.args[0]!r} (use 3.1, 3.1.1, 5.0)") from None
+            f"unknown MQTT level {exc.args[0]!r} (use {', '.join(LEVEL_NAMES.values())})",
+        ) from None
     if not levels:
         raise argparse.ArgumentTypeError("no MQTT level given")
     return levels

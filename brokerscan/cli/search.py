@@ -32,18 +32,12 @@ from brokerscan.stream.consumer import tune_gc
 from enrichment.lookup import EnrichmentError, open_enricher
 from storage.census import Diff, census_report, diff_sweeps
 from storage.db import DatabaseError
+from storage.export import cell, csv_chunks, csv_header, hit_cells, jsonl_chunks
 from storage.search.compile import View
+from storage.search.fields import lookup
 from storage.search.parse import parse
 from storage.search.tree import Node, QueryError
-from storage.searcher import (
-    EXPORT_COLUMNS,
-    MAX_PAGE,
-    CountResult,
-    Hit,
-    Searcher,
-    formula_safe,
-    parse_facets,
-)
+from storage.searcher import MAX_PAGE, CountResult, Hit, parse_facets
 from storage.store import Store, StoreError, describe_store, open_store, store_url
 
 __all__ = ["COMMANDS", "add_commands", "run"]
@@ -135,12 +129,6 @@ async def _open(settings: Settings, explicit: str | None) -> tuple[Store, str]:
         raise CliError(f"store {describe_store(url)}: {exc}", EXIT_UNAVAILABLE) from None
 
 
-def _searcher(store: Store) -> Searcher:
-    """The store as the census and diff code needs it (every backend is a Searcher)."""
-    assert isinstance(store, Searcher)
-    return store
-
-
 def _view(args: argparse.Namespace) -> View:
     if getattr(args, "sweep", None):
         return View("sweep", sweep_id=args.sweep)
@@ -224,7 +212,7 @@ def _print_counts(counted: CountResult, fmt: str, out: IO[str]) -> None:
         writer.writerow(["facet", "value", "count"])
         writer.writerow(["total", "", counted.total])
         for name, values in counted.facets.items():
-            writer.writerows([name, _plain(v), c] for v, c in values)
+            writer.writerows([name, cell(lookup(name).column, v), c] for v, c in values)
         return
     out.write(f"total {counted.total:,}\n")
     for name, values in counted.facets.items():
@@ -235,34 +223,18 @@ def _print_counts(counted: CountResult, fmt: str, out: IO[str]) -> None:
             out.write(f"  {'(other)':<40}{counted.other[name]:>12,}\n")
 
 
-def _cell(value: Any) -> Any:
-    """A CSV cell, as the API's export writes it."""
-    if value is None or isinstance(value, int | float) and not isinstance(value, bool):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return formula_safe(value.isoformat() if isinstance(value, datetime) else str(value))
-
-
 async def _print_export(store: Store, node: Node, view: View, fmt: str, out: IO[str],
                         ) -> None:
-    """Everything, as CSV or JSON lines: the API's export path (no decoding)."""
-    assert isinstance(store, Searcher)  # both stores are
-    if fmt == "jsonl":
-        async for rows in store.export_rows(node, view=view, records=True):
-            # records as stored, as the API's export writes them: compact JSON, whose
-            # strings never hold a raw line break
-            out.write("".join(str(r[3]) + "\n" for r in rows))
-        return
-    csv.writer(out, lineterminator="\n").writerow(EXPORT_COLUMNS)
-    async for text in store.export_csv(node, view=view):
+    """Everything, as CSV or JSON lines: what the API's export writes (no decoding)."""
+    chunks = jsonl_chunks if fmt == "jsonl" else csv_chunks
+    async for text in chunks(store, node, view=view):
         out.write(text)
 
 
 async def _print_hits(chunks: AsyncIterator[list[Hit]], fmt: str, out: IO[str]) -> None:
     writer = csv.writer(out, lineterminator="\n") if fmt == "csv" else None
     if writer is not None:
-        writer.writerow(EXPORT_COLUMNS)
+        out.write(csv_header())
     if fmt == "json":
         out.write("[")
     first = True
@@ -273,7 +245,7 @@ async def _print_hits(chunks: AsyncIterator[list[Hit]], fmt: str, out: IO[str]) 
             elif fmt == "json":
                 out.write(("" if first else ",\n") + hit.record)
             elif writer is not None:
-                writer.writerow(_cell(hit.values[c]) for c in EXPORT_COLUMNS)
+                writer.writerow(hit_cells(hit))
             else:
                 out.write(_table_row(hit) + "\n")
             first = False
@@ -304,7 +276,7 @@ async def _report(args: argparse.Namespace, settings: Settings) -> int:
         if view.kind == "sweep":
             assert view.sweep_id is not None
             await _known_sweep(store, view.sweep_id, url)
-        data = await census_report(_searcher(store), view)
+        data = await census_report(store, view)
     finally:
         await store.close()
     if args.format == "json":
@@ -324,7 +296,7 @@ async def _diff(args: argparse.Namespace, settings: Settings) -> int:
     try:
         for sweep in (args.sweep_a, args.sweep_b):
             await _known_sweep(store, sweep, url)
-        result = await diff_sweeps(_searcher(store), args.sweep_a, args.sweep_b, node,
+        result = await diff_sweeps(store, args.sweep_a, args.sweep_b, node,
                                    limit=args.limit)
     finally:
         await store.close()

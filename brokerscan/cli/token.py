@@ -14,7 +14,6 @@ from brokerscan.cli.errors import EXIT_UNAVAILABLE, CliError
 from brokerscan.cli.services import run_async
 from brokerscan.settings import Settings
 from storage.db import DatabaseError
-from storage.searcher import Searcher
 from storage.store import StoreError, open_store, store_url
 from storage.tokens import ROLES, TokenError, TokenInfo, create_token, list_tokens, revoke_token
 
@@ -57,7 +56,6 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         store = await open_store(store_url(settings, args.store), read_only=True)
     except StoreError as exc:
         raise CliError(str(exc), EXIT_UNAVAILABLE) from None
-    assert isinstance(store, Searcher)
     try:
         if args.verb == "create":
             info, token = await create_token(store, args.name, args.role)

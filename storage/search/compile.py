@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Final, Literal
 
-from storage.queries import Dialect, Params
+from storage.dialect import Dialect, Params
 from storage.search.fields import BARE_COLUMNS, Field, Kind, lookup
 from storage.search.parse import (
     All,
@@ -150,7 +150,7 @@ def source(dialect: Dialect, params: Params, view: View, *, rollup: bool = False
         if view.kind == "sweep":
             return f"(SELECT * FROM rollup WHERE sweep_id = {params.add(view.sweep_id)}) AS v"
         return "services_rollup AS v"
-    ip_num = "" if dialect.positional else ", ip_num"
+    ip_num = "".join(f", {c}" for c in dialect.extra_ip_columns)
     if view.kind == "current":
         return "(SELECT *, latest AS record FROM services) AS v"
     if view.kind == "sweep":
@@ -187,28 +187,22 @@ class _Compiler:
         if self.rollup:
             return _ROLLUP_EXPR[field.column]
         if field.kind is Kind.IP:
-            return "ip" if self.dialect.positional else "ip_num"
+            return self.dialect.ip_column
         return field.column
 
     def fold(self, expr: str) -> str:
         # ASCII-only lower case in both stores (see ascii_lower)
-        return f'lower({expr} COLLATE "C")' if self.dialect.positional else f"lower({expr})"
+        return self.dialect.ascii_lower(expr)
 
     def find(self, haystack: str, needle: str) -> str:
         """1-based position of *needle* in *haystack*, 0 if absent."""
-        function = "strpos" if self.dialect.positional else "instr"
-        return f"{function}({haystack}, {needle})"
+        return self.dialect.position(haystack, needle)
 
     def value(self, field: Field, value: object) -> str:
-        mark = self.params.add(value)
-        if field.kind is Kind.IP and self.dialect.positional:
-            return f"{mark}::inet"
-        return mark
-
-    def ip_value(self, number: int) -> object:
-        if self.dialect.positional:
-            return ".".join(str((number >> shift) & 255) for shift in (24, 16, 8, 0))
-        return number
+        if field.kind is Kind.IP:
+            assert isinstance(value, int)  # addresses are numbers in the tree
+            return self.dialect.ip_value(self.params, value)
+        return self.params.add(value)
 
     # -- nodes --------------------------------------------------------------------------
 
@@ -248,9 +242,6 @@ class _Compiler:
         if field.kind is Kind.SET:
             padded = f"(' ' || {column} || ' ')"
             return f"{self.find(padded, self.params.add(f' {value} '))} > 0"
-        if field.kind is Kind.IP:
-            assert isinstance(value, int)
-            return f"{column} = {self.value(field, self.ip_value(value))}"
         return f"{column} = {self.value(field, value)}"
 
     def prefix(self, field: Field, column: str, prefix: str) -> str:
@@ -267,10 +258,8 @@ class _Compiler:
                                        (node.high, node.high_inclusive, True)):
             if bound is None:
                 continue
-            value = self.ip_value(bound) if field.kind is Kind.IP and isinstance(bound, int) \
-                else bound
             op = ("<" if less else ">") + ("=" if inclusive else "")
-            parts.append(f"{column} {op} {self.value(field, value)}")
+            parts.append(f"{column} {op} {self.value(field, bound)}")
         return " AND ".join(parts) if parts else f"{column} IS NOT NULL"
 
 
@@ -287,8 +276,7 @@ def group_expr(dialect: Dialect, name: str, *, rollup: bool = False) -> str:
     compiler = _Compiler(dialect, Params(dialect), rollup)
     column = compiler.column(field)
     if field.kind is Kind.TIME:
-        return f"substr(CAST({column} AS text), 1, 10)" if not dialect.positional \
-            else f"to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+        return dialect.utc_day(column)
     if field.kind is Kind.IP:
         raise QueryError(f"cannot count by {name}: every address is its own group", 0)
     return column

@@ -28,6 +28,8 @@ from difflib import get_close_matches
 from enum import StrEnum
 from typing import Final
 
+from brokerscan.mqttcodes import LEVEL_NAMES, level_of
+
 __all__ = ["BARE_COLUMNS", "FIELDS", "Field", "Kind", "canonical_level", "canonical_mechanism",
            "lookup", "names"]
 
@@ -50,16 +52,14 @@ def _lower(text: str) -> str:
     return text.lower()
 
 
-_LEVELS: Final = {"3": 3, "3.1": 3, "4": 4, "3.1.1": 4, "5": 5, "5.0": 5}
-
-
 def canonical_level(text: str) -> str:
     """An MQTT level as stored (``3``, ``4``, ``5``) from ``3.1``, ``3.1.1``, ``5.0`` or the
     number itself; raises ValueError for anything else."""
     try:
-        return str(_LEVELS[text])
+        return str(level_of(text))
     except KeyError:
-        raise ValueError("an MQTT level (3.1, 3.1.1, 5.0, or 3, 4, 5)") from None
+        raise ValueError(f"an MQTT level ({', '.join(LEVEL_NAMES.values())}, or "
+                         f"{', '.join(map(str, LEVEL_NAMES))})") from None
 
 
 _MECHANISM: Final = re.compile(r"[A-Z0-9_-]{1,64}")
@@ -130,7 +130,7 @@ FIELDS: Final[tuple[Field, ...]] = (
           bounds=(0, 255)),  # one byte on the wire; a smallint column
     Field("mqtt.level", "mqtt_levels", Kind.SET,
           "an MQTT level the broker accepted: 3.1, 3.1.1 or 5.0", (), canonical_level,
-          ("3.1", "3.1.1", "5.0")),
+          tuple(LEVEL_NAMES.values())),
     Field("product", "product", Kind.TEXT, "broker product (RabbitMQ, Mosquitto, ...)"),
     Field("version", "version", Kind.TEXT, "broker version, as the broker tells it"),
     Field("amqp.family", "amqp_family", Kind.KEYWORD,

@@ -129,7 +129,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         sides: dict[str, Side] = {}
         for name, url in (("sqlite", f"sqlite:///{workdir}/store.db"), ("pg", pg_url)):
             store = loop.run_until_complete(open_store(url))
-            assert isinstance(store, Searcher)
             stores.append(store)
             for part in (RESULTS[:300], RESULTS[300:600], RESULTS[600:]):
                 loop.run_until_complete(store.write(part))
@@ -143,7 +142,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         for server in servers:
             server.stop()
         for searcher in stores:
-            loop.run_until_complete(searcher.close())  # type: ignore[attr-defined]
+            loop.run_until_complete(searcher.close())
         loop.run_until_complete(database.__aexit__(None, None, None))
         loop.close()
 

@@ -32,7 +32,6 @@ from brokerscan.model import AsnInfo
 from storage import migrate
 from storage.priority import NICE
 from storage.search.parse import QueryError, parse
-from storage.searcher import Searcher
 from storage.store import open_store
 from tests import servers
 from tests.apiserver import ApiServer, make_token
@@ -86,7 +85,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         sides: dict[str, Side] = {}
         for name, url in (("sqlite", f"sqlite:///{workdir}/store.db"), ("pg", pg_url)):
             store = loop.run_until_complete(open_store(url))
-            assert isinstance(store, Searcher)
             loop.run_until_complete(store.write(RESULTS))
             loop.run_until_complete(store.close())
             reader = make_token(url, f"{name} reader")

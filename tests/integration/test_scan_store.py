@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from brokerscan.model import ScanResult
 from storage.store import open_store
 
 pytestmark = pytest.mark.integration
@@ -26,14 +27,15 @@ def scan(*args: str) -> subprocess.CompletedProcess[str]:
 async def check_store(url: str, report: dict[str, object]) -> None:
     store = await open_store(url)
     try:
-        rows = await store.counts(by=["protocol"])
-        by_protocol = {r["protocol"]: r["count"] for r in rows}
+        counted = await store.count("", facets=[("protocol", 5)])
+        by_protocol = dict(counted.facets["protocol"])
         mqtt = report["mqtt"]
         amqp = report["amqp"]
         assert isinstance(mqtt, dict) and isinstance(amqp, dict)
         assert by_protocol.get("mqtt", 0) == mqtt["servers"] >= 1
         assert by_protocol.get("amqp", 0) == amqp["services"] >= 1
-        hosts, _ = await store.hosts(where={"protocol": "mqtt"})
+        hosts = [ScanResult.model_validate_json(h.record)
+                 for h in (await store.search("protocol:mqtt")).hits]
         assert hosts and all(h.ip == "127.0.0.1" for h in hosts)
         assert all(h.asn is not None and h.asn.reserved for h in hosts)  # enriched: loopback
         assert all(h.sweep_id and h.sweep_id.startswith("scan-") for h in hosts)

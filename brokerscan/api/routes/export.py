@@ -2,18 +2,15 @@
 constant memory and with no cap (the store is read a chunk at a time by cursor, each chunk
 written out before the next is read).
 
-CSV has the columns of :data:`storage.searcher.EXPORT_COLUMNS` (empty for unknown, ``true``
-and ``false`` for booleans, ISO 8601 times); a text value that a spreadsheet would take for
-a formula (it starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return: product
-names and certificate subjects come from the Internet) gets a leading ``'``. JSON lines
-are the stored records, one per line, as ``brokerscan scan -o`` writes them.
+CSV and JSON lines are written by :mod:`storage.export`, as ``brokerscan search --all``
+writes them: CSV has the columns of :data:`storage.searcher.EXPORT_COLUMNS` (empty for
+unknown, ``true`` and ``false`` for booleans, ISO 8601 times, text that a spreadsheet would
+take for a formula with a leading ``'``); JSON lines are the stored records, one per line,
+as ``brokerscan scan -o`` writes them.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import AsyncIterator
 from typing import Annotated, Final, Literal
 
 from fastapi import APIRouter, Depends, Query
@@ -25,33 +22,16 @@ from brokerscan.api.context import ApiContext
 from brokerscan.api.deps import Q, context, store, view_of
 from brokerscan.api.errors import ApiError
 from brokerscan.api.models import ErrorBody
+from storage.export import csv_chunks, jsonl_chunks
 from storage.search.compile import View
 from storage.search.parse import parse
-from storage.search.tree import Node
-from storage.searcher import EXPORT_COLUMNS, Searcher
+from storage.searcher import Searcher
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["search"])
 
 _MEDIA: Final = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
-
-
-def _header() -> str:
-    out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerow(EXPORT_COLUMNS)
-    return out.getvalue()
-
-
-async def _stream(searcher: Searcher, node: Node, view: View, kind: str,
-                  ) -> AsyncIterator[str]:
-    if kind == "jsonl":
-        async for rows in searcher.export_rows(node, view=view, records=True):
-            yield "\n".join([str(r[3]) for r in rows]) + "\n"  # records as stored
-        return
-    yield _header()
-    async for text in searcher.export_csv(node, view=view):
-        yield text
 
 
 class _SlotResponse(StreamingResponse):
@@ -112,6 +92,6 @@ async def export(
     except BaseException:
         ctx.exports.give(who.token_id)
         raise
-    return _SlotResponse(ctx, who.token_id, _stream(searcher, node, view, format),
-                         media_type=_MEDIA[format],
+    chunks = (jsonl_chunks if format == "jsonl" else csv_chunks)(searcher, node, view=view)
+    return _SlotResponse(ctx, who.token_id, chunks, media_type=_MEDIA[format],
                          headers={"Content-Disposition": f'attachment; filename="{name}"'})

@@ -12,8 +12,9 @@ from brokerscan.api.app import openapi_document
 from brokerscan.api.models import ServiceHit
 from brokerscan.api.ratelimit import RateLimiter
 from brokerscan.api.routes.query import tree_of
+from storage.export import formula_safe
 from storage.search.parse import parse
-from storage.searcher import EXPORT_COLUMNS, formula_safe
+from storage.searcher import EXPORT_COLUMNS
 from storage.tokens import csrf_of, split_token
 
 OPENAPI_FILE = Path(__file__).resolve().parents[3] / "brokerscan" / "api" / "openapi.json"

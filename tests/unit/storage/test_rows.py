@@ -19,9 +19,13 @@ def test_a_row_has_every_column_and_the_record() -> None:
         named = dict(zip(rows.COLUMNS, row, strict=True))
         assert named["record"] == result.to_json()
         assert named["sweep_id"] == result.sweep_id and named["port"] == result.port
-        dims = rows.dimension_values(result)
-        for column in ("day", "protocol", "tls", "anonymous", "country", "asn", "status"):
-            assert named[column] == dims[column]
+        assert result.sweep_started_at is not None
+        assert named["day"] == result.sweep_started_at.astimezone(UTC).date()
+        assert named["protocol"] == (result.protocol and result.protocol.value)
+        assert named["anonymous"] == (result.mqtt and result.mqtt.anonymous)
+        assert named["country"] == (result.geo and result.geo.country)
+        assert named["asn"] == (result.asn and result.asn.number)
+        assert named["status"] == result.status.value
         assert named["tls"] == (result.transport.value in ("tls", "wss"))
 
 
@@ -35,7 +39,7 @@ def test_results_without_sweep_are_refused() -> None:
     with pytest.raises(ValueError, match="no sweep_id"):
         rows.observation_row(result.model_copy(update={"sweep_id": None}))
     with pytest.raises(ValueError, match="no sweep_started_at"):
-        rows.dimension_values(result.model_copy(update={"sweep_started_at": None}))
+        rows.observation_row(result.model_copy(update={"sweep_started_at": None}))
 
 
 def test_day_is_the_utc_day_the_sweep_started() -> None:
@@ -117,7 +121,7 @@ def test_product_and_mechanisms_of_amqp_and_mqtt() -> None:
                                         "transport": Transport.WSS})
     assert rows.product_of(mosquitto) == ("Mosquitto", "2.0.11")
     assert rows.mechanisms_of(mosquitto) is None
-    assert rows.dimension_values(mosquitto)["tls"] is True
+    assert dict(zip(rows.COLUMNS, rows.observation_row(mosquitto), strict=True))["tls"] is True
     unknown = mqtt.model_copy(update={"product": MqttProduct(name="unknown")})
     assert rows.product_of(base.model_copy(update={"amqp": None, "mqtt": unknown})) == (
         None, None)

@@ -2,22 +2,24 @@
 command, turn a :class:`~brokerscan.cli.errors.CliError` into one line and its exit code.
 
 A command module has ``COMMANDS`` (the top-level names it adds), ``add_commands(sub)`` and
-``run(args, settings) -> int``.
+``run(args, settings) -> int``. Only the module of the command asked for is imported
+(:data:`COMMAND_MODULES`), so ``brokerscan report`` does not start by loading the scan
+engine, the stream and the web server; ``--help`` and anything unknown load them all.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 from types import ModuleType
+from typing import Final
 
 from pydantic import ValidationError
 
 from brokerscan import __version__
-from brokerscan.cli import db, demo, fleet, lookup, scan, search, serve, stream, sweep, token
 from brokerscan.cli.errors import (
-    EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
     EXIT_UNAVAILABLE,
     CliError,
@@ -29,19 +31,30 @@ from workers.tlshooks import TlsSelfCheckError
 
 __all__ = ["build_parser", "main"]
 
-#: Every command module, in the order ``--help`` lists their commands.
-MODULES: tuple[ModuleType, ...] = (scan, demo, search, sweep, fleet, stream, db, lookup,
-                                   serve, token)
+#: Every command module (``brokerscan.cli.<name>``), in the order ``--help`` lists them.
+MODULE_NAMES: Final = ("scan", "demo", "search", "sweep", "fleet", "stream", "db", "lookup",
+                       "serve", "token")
+#: The module of each top-level command (a test holds it to every module's ``COMMANDS``).
+COMMAND_MODULES: Final = {
+    "scan": "scan", "demo": "demo", "search": "search", "report": "search",
+    "diff": "search", "import": "search", "sweep": "sweep", "scheduler": "fleet",
+    "worker": "fleet", "enrich-worker": "stream", "store-worker": "stream",
+    "stream": "stream", "db": "db", "lookup": "lookup", "serve": "serve", "token": "token",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command line."""
+def _module(name: str) -> ModuleType:
+    return importlib.import_module(f"brokerscan.cli.{name}")
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or (*only*: a module's name) that module's commands."""
     parser = Parser(prog="brokerscan",
                     description="Find and measure exposed MQTT and AMQP brokers.")
     parser.add_argument("--version", action="version", version=f"brokerscan {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for module in MODULES:
-        module.add_commands(sub)
+    for name in MODULE_NAMES if only is None else (only,):
+        _module(name).add_commands(sub)
     return parser
 
 
@@ -56,14 +69,14 @@ def _settings() -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    only = COMMAND_MODULES.get(words[0]) if words else None
+    args = build_parser(only).parse_args(words)
     try:
         settings = _settings()
-        for module in MODULES:
-            if args.command in module.COMMANDS:
-                code: int = module.run(args, settings)
-                return code
-        raise CliError(f"unknown command {args.command!r}", EXIT_BAD_INPUT)  # pragma: no cover
+        module = _module(COMMAND_MODULES[args.command])
+        code: int = module.run(args, settings)
+        return code
     except CliError as exc:
         print_error(str(exc), exc.context)
         return exc.code

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -213,3 +214,35 @@ async def test_migration_0009_builds_the_rollups_of_rows_stored_before() -> None
             assert await verify_rollups(store) == []
         finally:
             await store.close()
+
+
+async def test_schema_step_4_builds_the_rollups_of_a_file_written_before(tmp_path: Path,
+                                                                         ) -> None:
+    results = make_results(300, seed=9)
+    url = f"sqlite:///{tmp_path}/old.db"
+    store = await opened(url)
+    try:
+        await store.write(results)
+    finally:
+        await store.close()
+    # the file as brokerscan wrote it before step 4: no facts, no census tables
+    conn = sqlite3.connect(path_of(url))
+    try:
+        for statement in (
+                "DROP TRIGGER observations_census", "DROP TRIGGER services_census_inserted",
+                "DROP TRIGGER services_census_updated", "DROP TABLE census_sweep",
+                "DROP TABLE census_current", "ALTER TABLE observations DROP COLUMN census",
+                "ALTER TABLE services DROP COLUMN census", "PRAGMA user_version = 3"):
+            conn.execute(statement)
+        conn.commit()
+    finally:
+        conn.close()
+    store = await opened(url)  # upgraded on opening
+    try:
+        assert await report(store) == report_of(current(results))
+        for sweep_id, _ in sweeps():
+            assert await report(store, View("sweep", sweep_id=sweep_id)) == report_of(
+                r for r in results if r.sweep_id == sweep_id)
+        assert await verify_rollups(store) == []
+    finally:
+        await store.close()

@@ -107,8 +107,6 @@ _FOREIGN_TEXT: Final = frozenset({"product", "version", "amqp_mechanisms", "tls_
                                   "cert_subject", "cert_issuer", "cert_sha256", "org",
                                   "country", "sweep_id"})
 _LEVEL_NAMES: Final = {"3": "3.1", "4": "3.1.1", "5": "5.0"}
-#: Rollup columns that hold their values as they are (no sentinel for unknown).
-_PLAIN_ROLLUP_COLUMNS: Final = frozenset({"port", "transport", "tls", "status"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -552,30 +550,3 @@ class Searcher(StoreReader):
         return [{"id": r["sweep_id"], "day": str(self.decode("day", r["day"])),
                  "observations": int(r["observations"]),
                  "hits": {"mqtt": int(r["mqtt"]), "amqp": int(r["amqp"])}} for r in rows]
-
-    # -- grouped counts, for reports ----------------------------------------------------
-
-    async def grouped(self, view: View, node: Node, exprs: Sequence[str],
-                      ) -> list[tuple[Any, ...]]:
-        """Counts of *node* in *view* grouped by the SQL expressions *exprs* (columns of
-        the view), largest first: ``[(value, ..., count)]``."""
-        # Plain rollup columns under a rollup-answerable query: count the rollup's rows.
-        rollup = set(exprs) <= _PLAIN_ROLLUP_COLUMNS and uses_rollup(view, node)
-        params = Params(self.dialect)
-        frm = source(self.dialect, params, view, rollup=rollup)
-        where = compile_where(self.dialect, params, node, rollup=rollup)
-        select = ", ".join(f"{e} AS g{i}" for i, e in enumerate(exprs))
-        group = ", ".join(str(i + 1) for i in range(len(exprs)))
-        counted = "coalesce(sum(n), 0)" if rollup else "count(*)"
-        having = f" HAVING {counted} > 0" if rollup else ""
-        rows = await self.fetch(
-            f"SELECT {select}, {counted} AS n FROM {frm} WHERE {where} GROUP BY {group}"
-            f"{having} ORDER BY {len(exprs) + 1} DESC, {group}", params.values)
-        return [(*(r[f"g{i}"] for i in range(len(exprs))), int(r["n"])) for r in rows]
-
-    def json_text(self, path: Sequence[str]) -> str:
-        """The SQL expression of a text value inside the record (``path`` of keys)."""
-        if self.dialect.positional:
-            return f"(record #>> '{{{','.join(path)}}}')"
-        steps = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in path)
-        return f"json_extract(record, '${steps}')"

@@ -1,155 +1,156 @@
-"""The end-of-scan report: counts in the shape of Censys's 2019 MQTT/AMQP census.
+"""The census report: counts in the shape of Censys's 2019 MQTT/AMQP census, defined once.
 
-:class:`Report` is fed one :class:`~brokerscan.model.ScanResult` at a time and keeps only
-counters, so its memory does not grow with the number of targets. ``as_dict`` gives the
-JSON report; ``render`` the text one.
+:func:`census_facts` says what one :class:`~brokerscan.model.ScanResult` counts for (its
+*facts*: ``mqtt.servers``, ``mqtt.by_port=1883/tcp``, ...); a report is the count of each
+fact over a set of results, shaped by :func:`report_of`. A scan feeds :class:`Report` one
+result at a time (counters only, so its memory does not grow with the targets); the stores
+keep the same counts as rollups, written with the rows (``storage/rollups.py``), and shape
+them with the same function. ``render`` gives the text report.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Final
 
 from brokerscan.model import Protocol, ScanResult, Status
 from brokerscan.mqttcodes import LEVEL_NAMES
 
-__all__ = ["Report", "render"]
+__all__ = ["Report", "census_facts", "render", "report_of"]
 
 _TOP = 10
 
+#: The report's breakdowns, by section (facts ``section.name=key``).
+_BREAKDOWNS: Final = {
+    "mqtt": ("by_port", "by_return_code", "by_accepted_level", "by_product",
+             "websocket_endpoints"),
+    "websocket": ("by_server",),
+    "amqp": ("by_port", "by_product", "by_family", "amqp10_sasl_mechanisms"),
+    "tls": ("by_version",),
+    "other_open": ("by_port",),
+}
+#: The order of each section's keys in the report.
+_ORDER: Final = {
+    "mqtt": ("servers", "plaintext_on_1883", "tls_on_8883", "tls_any_port",
+             "anonymous_accepted", "auth_required", "by_port", "by_return_code",
+             "by_accepted_level", "by_product", "over_websocket", "websocket_endpoints"),
+    "websocket": ("http_without_mqtt", "by_server"),
+    "amqp": ("services", "by_port", "by_product", "by_family", "amqp10_sasl_mechanisms",
+             "amqp10_anonymous_offered"),
+    "tls": ("handshakes", "self_signed", "expired", "trusted", "client_certificate_required",
+            "by_version"),
+    "other_open": ("ports", "by_port"),
+}
+
+
+def census_facts(result: ScanResult) -> list[str]:
+    """What *result* counts for in the census report, each fact once: ``section.count``
+    for a single count, ``section.breakdown=key`` for a line of a breakdown."""
+    facts: list[str] = []
+    port = f"{result.port}/{result.transport.value}"
+    tls = result.tls
+    if tls is not None:
+        if tls.handshake_completed:
+            facts.append("tls.handshakes")
+            if tls.version:
+                facts.append(f"tls.by_version={tls.version}")
+            cert = tls.certificate
+            if cert is not None:
+                if cert.self_signed:
+                    facts.append("tls.self_signed")
+                if cert.expired:
+                    facts.append("tls.expired")
+            if tls.trusted is True:
+                facts.append("tls.trusted")
+        if tls.client_certificate_required:
+            facts.append("tls.client_certificate_required")
+    if result.protocol is Protocol.MQTT and result.mqtt is not None:
+        mqtt = result.mqtt
+        is_tls = result.transport.value in ("tls", "wss")
+        facts += ["mqtt.servers", f"mqtt.by_port={port}",
+                  f"mqtt.by_return_code={mqtt.return_code_name}"]
+        if is_tls:
+            facts.append("mqtt.tls_any_port")
+        if result.port == 1883 and not is_tls:
+            facts.append("mqtt.plaintext_on_1883")
+        if result.port == 8883 and is_tls:
+            facts.append("mqtt.tls_on_8883")
+        if mqtt.anonymous is not None:
+            facts.append("mqtt.anonymous_accepted" if mqtt.anonymous else "mqtt.auth_required")
+        facts += [f"mqtt.by_accepted_level={LEVEL_NAMES.get(level, str(level))}"
+                  for level in sorted(set(mqtt.accepted_levels))]
+        product = mqtt.product  # no fingerprint (an older record): unknown too
+        name = "unknown" if product is None or product.name == "unknown" else product.name
+        if product is not None and product.version is not None:
+            name = f"{name} {product.version}"
+        facts.append(f"mqtt.by_product={name}")
+        if result.transport.value in ("ws", "wss") and result.websocket is not None:
+            facts += ["mqtt.over_websocket",
+                      f"mqtt.websocket_endpoints={result.transport.value} "
+                      f"{result.websocket.path}"]
+    elif result.protocol is Protocol.AMQP and result.amqp is not None:
+        amqp = result.amqp
+        facts += ["amqp.services", f"amqp.by_port={port}", f"amqp.by_family={amqp.family}"]
+        props = amqp.server_properties
+        if props is not None and (props.product or props.version):
+            facts.append(f"amqp.by_product={props.product or '?'} {props.version or '?'}")
+        else:
+            facts.append(f"amqp.by_product=(AMQP {amqp.family}, no Connection.Start)")
+        sasl = amqp.sasl
+        if sasl is not None and sasl.mechanisms:
+            facts.append(f"amqp.amqp10_sasl_mechanisms={' '.join(sasl.mechanisms)}")
+            if sasl.anonymous_offered is True:
+                facts.append("amqp.amqp10_anonymous_offered")
+    elif result.status is Status.PROTOCOL_ERROR:
+        facts += ["other_open.ports", f"other_open.by_port={port}"]
+    ws = result.websocket
+    if ws is not None and result.protocol is None \
+            and any(t.status is not None for t in ws.tries):
+        facts += ["websocket.http_without_mqtt",
+                  f"websocket.by_server={ws.server or '(no Server header)'}"]
+    return list(dict.fromkeys(facts))
+
+
+def report_of(counts: Mapping[str, int]) -> dict[str, Any]:
+    """The report (sections of counts and breakdowns, each breakdown largest first) from
+    the count of each fact; facts counted 0 are left out, unknown facts ignored."""
+    singles: Counter[str] = Counter()
+    lines: dict[str, Counter[str]] = {}
+    for fact, n in counts.items():
+        name, has_key, key = fact.partition("=")
+        if not n:
+            continue
+        if has_key:
+            lines.setdefault(name, Counter())[key] += n
+        else:
+            singles[name] += n
+    out: dict[str, Any] = {}
+    for section, order in _ORDER.items():
+        out[section] = {}
+        for name in order:
+            fact = f"{section}.{name}"
+            if name in _BREAKDOWNS[section]:
+                counted = lines.get(fact, Counter())
+                out[section][name] = dict(sorted(counted.items(), key=lambda i: (-i[1], i[0])))
+            else:
+                out[section][name] = singles[fact]
+    return out
+
 
 class Report:
-    """Counters over a stream of results."""
+    """Counters over a stream of results: the count of each fact."""
 
     def __init__(self) -> None:
-        self.mqtt = 0
-        self.mqtt_plain_1883 = 0
-        self.mqtt_tls_8883 = 0
-        self.mqtt_tls = 0
-        self.mqtt_anonymous = 0
-        self.mqtt_auth_required = 0
-        self.mqtt_by_port: Counter[str] = Counter()
-        self.mqtt_codes: Counter[str] = Counter()
-        self.mqtt_levels: Counter[str] = Counter()
-        self.mqtt_products: Counter[str] = Counter()
-        self.mqtt_websocket = 0
-        self.mqtt_ws_paths: Counter[str] = Counter()
-        self.websocket_other = 0  # answered the WebSocket probe in HTTP, no MQTT
-        self.websocket_servers: Counter[str] = Counter()
-        self.amqp = 0
-        self.amqp_by_port: Counter[str] = Counter()
-        self.amqp_products: Counter[str] = Counter()
-        self.amqp_families: Counter[str] = Counter()
-        self.amqp10_mechanisms: Counter[str] = Counter()
-        self.amqp10_anonymous = 0
-        self.tls_handshakes = 0
-        self.tls_self_signed = 0
-        self.tls_expired = 0
-        self.tls_trusted = 0
-        self.tls_client_cert_required = 0
-        self.tls_versions: Counter[str] = Counter()
-        self.other_open = 0
-        self.other_by_port: Counter[str] = Counter()
-        self.statuses: Counter[str] = Counter()
+        self.facts: Counter[str] = Counter()
 
     def add(self, result: ScanResult) -> None:
         """Count one result."""
-        port = f"{result.port}/{result.transport.value}"
-        tls = result.tls
-        if tls is not None:
-            if tls.handshake_completed:
-                self.tls_handshakes += 1
-                if tls.version:
-                    self.tls_versions[tls.version] += 1
-                cert = tls.certificate
-                if cert is not None:
-                    self.tls_self_signed += cert.self_signed
-                    self.tls_expired += cert.expired
-                self.tls_trusted += tls.trusted is True
-            self.tls_client_cert_required += tls.client_certificate_required
-        if result.protocol is Protocol.MQTT and result.mqtt is not None:
-            mqtt = result.mqtt
-            self.mqtt += 1
-            self.mqtt_by_port[port] += 1
-            is_tls = result.transport.value in ("tls", "wss")
-            self.mqtt_tls += is_tls
-            self.mqtt_plain_1883 += result.port == 1883 and not is_tls
-            self.mqtt_tls_8883 += result.port == 8883 and is_tls
-            self.mqtt_anonymous += mqtt.anonymous is True
-            self.mqtt_auth_required += mqtt.anonymous is False
-            self.mqtt_codes[mqtt.return_code_name] += 1
-            for level in mqtt.accepted_levels:
-                self.mqtt_levels[LEVEL_NAMES.get(level, str(level))] += 1
-            product = mqtt.product  # no fingerprint (an older record): unknown too
-            name = "unknown" if product is None or product.name == "unknown" else product.name
-            if product is not None and product.version is not None:
-                name = f"{name} {product.version}"
-            self.mqtt_products[name] += 1
-            if result.transport.value in ("ws", "wss") and result.websocket is not None:
-                self.mqtt_websocket += 1
-                self.mqtt_ws_paths[f"{result.transport.value} {result.websocket.path}"] += 1
-        elif result.protocol is Protocol.AMQP and result.amqp is not None:
-            amqp = result.amqp
-            self.amqp += 1
-            self.amqp_by_port[port] += 1
-            self.amqp_families[amqp.family] += 1
-            props = amqp.server_properties
-            if props is not None and (props.product or props.version):
-                self.amqp_products[f"{props.product or '?'} {props.version or '?'}"] += 1
-            else:
-                self.amqp_products[f"(AMQP {amqp.family}, no Connection.Start)"] += 1
-            sasl = amqp.sasl
-            if sasl is not None and sasl.mechanisms:
-                self.amqp10_mechanisms[" ".join(sasl.mechanisms)] += 1
-                self.amqp10_anonymous += sasl.anonymous_offered is True
-        elif result.status is Status.PROTOCOL_ERROR:
-            self.other_open += 1
-            self.other_by_port[port] += 1
-        ws = result.websocket
-        if ws is not None and result.protocol is None \
-                and any(t.status is not None for t in ws.tries):
-            self.websocket_other += 1
-            self.websocket_servers[ws.server or "(no Server header)"] += 1
+        self.facts.update(census_facts(result))
 
     def as_dict(self, stats: Any = None) -> dict[str, Any]:
         """The report as JSON-ready data; ``stats`` is the engine's ScanStats, if any."""
-        data: dict[str, Any] = {
-            "mqtt": {
-                "servers": self.mqtt,
-                "plaintext_on_1883": self.mqtt_plain_1883,
-                "tls_on_8883": self.mqtt_tls_8883,
-                "tls_any_port": self.mqtt_tls,
-                "anonymous_accepted": self.mqtt_anonymous,
-                "auth_required": self.mqtt_auth_required,
-                "by_port": dict(self.mqtt_by_port.most_common()),
-                "by_return_code": dict(self.mqtt_codes.most_common()),
-                "by_accepted_level": dict(self.mqtt_levels.most_common()),
-                "by_product": dict(self.mqtt_products.most_common()),
-                "over_websocket": self.mqtt_websocket,
-                "websocket_endpoints": dict(self.mqtt_ws_paths.most_common()),
-            },
-            "websocket": {
-                "http_without_mqtt": self.websocket_other,
-                "by_server": dict(self.websocket_servers.most_common()),
-            },
-            "amqp": {
-                "services": self.amqp,
-                "by_port": dict(self.amqp_by_port.most_common()),
-                "by_product": dict(self.amqp_products.most_common()),
-                "by_family": dict(self.amqp_families.most_common()),
-                "amqp10_sasl_mechanisms": dict(self.amqp10_mechanisms.most_common()),
-                "amqp10_anonymous_offered": self.amqp10_anonymous,
-            },
-            "tls": {
-                "handshakes": self.tls_handshakes,
-                "self_signed": self.tls_self_signed,
-                "expired": self.tls_expired,
-                "trusted": self.tls_trusted,
-                "client_certificate_required": self.tls_client_cert_required,
-                "by_version": dict(self.tls_versions.most_common()),
-            },
-            "other_open": {"ports": self.other_open, "by_port": dict(self.other_by_port)},
-        }
+        data = report_of(self.facts)
         if stats is not None:
             statuses = Counter(stats.statuses)
             data["scan"] = {

@@ -1,16 +1,16 @@
 """Two questions over whole views, in either store: the census report (the counts
-:class:`brokerscan.report.Report` renders, counted in the store instead of in memory) and
-what changed between two sweeps."""
+:class:`brokerscan.report.Report` renders, read from the store's rollups) and what changed
+between two sweeps."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
-from brokerscan.mqttcodes import return_code_name
+from brokerscan.report import report_of
 from storage.dialect import Params
 from storage.reader import Row
+from storage.rollups import census_counts
 from storage.rows import ip_number
 from storage.search.compile import CURRENT, View, compile_where, source
 from storage.search.parse import parse
@@ -43,103 +43,10 @@ class Diff:
 
 
 async def census_report(store: Searcher, view: View = CURRENT) -> dict[str, Any]:
-    """The census report (the shape :class:`brokerscan.report.Report` renders) of a
-    view, counted in the store."""
-    async def total(query: str) -> int:
-        return (await store.count(query, view=view)).total
-
-    def as_dict(rows: list[tuple[Any, ...]], name: Any = None) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for *keys, n in rows:
-            key = name(*keys) if name else str(keys[0])
-            out[key] = out.get(key, 0) + n
-        return out
-
-    def port_key(port: Any, transport: Any) -> str:
-        return f"{port}/{transport}"
-
-    def product_key(product: Any, version: Any) -> str:
-        name = product or "unknown"
-        return name if version is None else f"{name} {version}"
-
-    def joined(mechanisms: Any) -> str:
-        return " ".join(json.loads(mechanisms)) if isinstance(mechanisms, str) else "?"
-
-    mqtt, amqp = parse("protocol:mqtt"), parse("protocol:amqp")
-    done = parse("tls:true AND tls.version:*")
-    websocket = parse("protocol:mqtt AND (transport:ws OR transport:wss)")
-    levels = await store.count(mqtt, view=view, facets=[("mqtt.level", 10)])
-    # only servers that offered mechanisms can have answered the SASL header: a column
-    # narrows the rows before the records are read
-    offered = parse("protocol:amqp amqp.mechanisms:*")
-    sasl = await store.grouped(view, offered, [store.json_text(("amqp", "sasl", "mechanisms")),
-                                            store.json_text(("amqp", "sasl",
-                                                             "anonymous_offered"))])
-    sasl = [row for row in sasl if row[0] is not None and joined(row[0])]
-    http = await store.grouped(view, parse("NOT protocol:*"),
-                               [store.json_text(("websocket", "server")),
-                                store.json_text(("websocket", "tries", "0", "status"))])
-    http = [row for row in http if row[1] is not None]  # an HTTP answer, no MQTT in it
-    return {
-        "view": view.describe(),
-        "mqtt": {
-            "servers": await total("protocol:mqtt"),
-            "plaintext_on_1883": await total("protocol:mqtt port:1883 tls:false"),
-            "tls_on_8883": await total("protocol:mqtt port:8883 tls:true"),
-            "tls_any_port": await total("protocol:mqtt tls:true"),
-            "anonymous_accepted": await total("protocol:mqtt anonymous:true"),
-            "auth_required": await total("protocol:mqtt anonymous:false"),
-            "by_port": as_dict(await store.grouped(view, mqtt, ["port", "transport"]),
-                               port_key),
-            "by_return_code": as_dict(await store.grouped(
-                view, mqtt, ["mqtt_level", "mqtt_return_code"]),
-                lambda level, code: "?" if level is None or code is None
-                else return_code_name(int(level), int(code))),
-            "by_accepted_level": dict(levels.facets["mqtt.level"]),
-            "by_product": as_dict(await store.grouped(view, mqtt, ["product", "version"]),
-                                  product_key),
-            "over_websocket": await total(
-                "protocol:mqtt AND (transport:ws OR transport:wss)"),
-            "websocket_endpoints": as_dict(await store.grouped(
-                view, websocket, ["transport", store.json_text(("websocket", "path"))]),
-                lambda transport, path: f"{transport} {path}"),
-        },
-        "websocket": {
-            "http_without_mqtt": sum(row[-1] for row in http),
-            "by_server": as_dict([(server or "(no Server header)", n)
-                                  for server, _, n in http]),
-        },
-        "amqp": {
-            "services": await total("protocol:amqp"),
-            "by_port": as_dict(await store.grouped(view, amqp, ["port", "transport"]),
-                               port_key),
-            "by_product": as_dict(
-                await store.grouped(view, amqp, ["product", "version", "amqp_family"]),
-                lambda p, v, f: f"{p or '?'} {v or '?'}" if p or v
-                else f"(AMQP {f}, no Connection.Start)"),
-            "by_family": as_dict(await store.grouped(view, amqp, ["amqp_family"])),
-            "amqp10_sasl_mechanisms": as_dict([(joined(m), n) for m, _, n in sasl]),
-            "amqp10_anonymous_offered": sum(n for _, anonymous, n in sasl
-                                            if str(anonymous).lower() in ("true", "1")),
-        },
-        "tls": {
-            "handshakes": await total("tls:true AND tls.version:*"),
-            "self_signed": await total("tls.version:* cert.self_signed:true"),
-            "expired": await total("tls.version:* cert.expired:true"),
-            "trusted": await total("tls.version:* cert.trusted:true"),
-            "client_certificate_required": sum(
-                n for value, n in await store.grouped(
-                    view, parse("tls:true"),
-                    [store.json_text(("tls", "client_certificate_required"))])
-                if str(value).lower() in ("true", "1")),
-            "by_version": as_dict(await store.grouped(view, done, ["tls_version"])),
-        },
-        "other_open": {
-            "ports": await total("status:protocol-error"),
-            "by_port": as_dict(await store.grouped(
-                view, parse("status:protocol-error"), ["port", "transport"]), port_key),
-        },
-    }
+    """The census report (the shape :class:`brokerscan.report.Report` gives) of a view,
+    from the store's rollups (:mod:`storage.rollups`): the same facts a scan counts in
+    memory, shaped by the same function."""
+    return {"view": view.describe(), **report_of(await census_counts(store, view))}
 
 
 async def diff_sweeps(store: Searcher, a: str, b: str, query: str | Node = "", *,

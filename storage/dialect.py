@@ -46,6 +46,10 @@ class Dialect(ABC):
     extra_ip_columns: tuple[str, ...]
     #: Whether ``GROUPING SETS`` counts several facets in one scan.
     grouping_sets: bool
+    #: The table of every service's latest state, and the one that keeps its census facts
+    #: (PostgreSQL keeps them apart: ``services_census`` moves only with a newer record).
+    services_table: str
+    current_facts_table: str
 
     @abstractmethod
     def placeholder(self, position: int) -> str:
@@ -98,6 +102,11 @@ class Dialect(ABC):
         """A text value inside ``record`` (the path of keys; digits index arrays)."""
 
     @abstractmethod
+    def census_facts(self, alias: str) -> tuple[str, str]:
+        """A FROM item of one row per census fact of the row *alias* names (its
+        ``census`` column), and the fact's expression."""
+
+    @abstractmethod
     def csv_line(self, cells: Sequence[tuple[str, Cell]], formula: str) -> str | None:
         """The CSV line of *cells* (columns and how each becomes a cell; text starting
         with a character of *formula* gets a leading ``'``) as one SQL expression, or None
@@ -112,6 +121,8 @@ class PostgresDialect(Dialect):
     ip_text = "host(ip)"
     extra_ip_columns = ()
     grouping_sets = True
+    services_table = "services_core"
+    current_facts_table = "services_census"
 
     def placeholder(self, position: int) -> str:
         return f"${position}"
@@ -150,6 +161,9 @@ class PostgresDialect(Dialect):
     def json_text(self, path: Sequence[str]) -> str:
         return f"(record #>> '{{{','.join(path)}}}')"
 
+    def census_facts(self, alias: str) -> tuple[str, str]:
+        return f"unnest({alias}.census) AS f(fact)", "f.fact"  # text[]
+
     def csv_line(self, cells: Sequence[tuple[str, Cell]], formula: str) -> str | None:
         # PostgreSQL writes each line itself: the work per row is what bounds an export,
         # and it is done beside this process. Column names only: no value enters the text.
@@ -187,6 +201,8 @@ class SqliteDialect(Dialect):
     ip_text = "ip"
     extra_ip_columns = ("ip_num",)
     grouping_sets = False
+    services_table = "services"
+    current_facts_table = "services"
 
     def placeholder(self, position: int) -> str:
         return "?"
@@ -226,6 +242,9 @@ class SqliteDialect(Dialect):
     def json_text(self, path: Sequence[str]) -> str:
         steps = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in path)
         return f"json_extract(record, '${steps}')"
+
+    def census_facts(self, alias: str) -> tuple[str, str]:
+        return f"json_each({alias}.census) AS f", "f.value"  # a JSON array
 
     def csv_line(self, cells: Sequence[tuple[str, Cell]], formula: str) -> str | None:
         return None  # the store runs in this process: the caller writes the rows

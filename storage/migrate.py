@@ -12,14 +12,20 @@
 
 New tables (issue 4's results store, ...) come as new files ``0002_...sql``; a file that
 was applied anywhere is never edited.
+
+A migration whose rows need what only Python computes (0009: the census facts of rows
+stored before, from their records) names a function in :data:`AFTER`, run after its SQL
+in the same transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final
 
 from storage.db import connect
 from storage.pgtypes import Conn
+from storage.rollups import backfill_census
 from storage.schema import (
     Migration,
     applied_migrations,
@@ -41,6 +47,11 @@ __all__ = [
     "pending",
     "require_current",
 ]
+
+#: Python run after a migration's SQL, in its transaction, by the migration's name.
+AFTER: Final[dict[str, Callable[[Conn], Awaitable[None]]]] = {
+    "0009_census_rollups": backfill_census,
+}
 
 #: The advisory lock every migration transaction holds ("brksmigr" as a 64-bit integer).
 LOCK_KEY = int.from_bytes(b"brksmigr", "big")
@@ -100,6 +111,8 @@ async def _migrate(conn: Conn, files: Sequence[Migration], schema: str | None) -
             if migration is None or migration.version in applied:
                 continue
             await conn.execute(migration.sql)
+            if migration.name in AFTER:
+                await AFTER[migration.name](conn)
             await conn.execute(
                 "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
                 migration.version,

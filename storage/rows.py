@@ -16,7 +16,10 @@ Derived dimensions, defined here once:
 - ``product``/``version`` (:func:`product_of`): what AMQP's Connection.Start announces, or
   the MQTT broker product the fingerprint named (never ``"unknown"``);
 - ``amqp_mechanisms`` (:func:`mechanisms_of`): the SASL mechanisms, upper-case, one space
-  apart.
+  apart;
+- ``census``: what the observation counts for in the census report
+  (:func:`brokerscan.report.census_facts`), which the rollups of the report add up
+  (PostgreSQL ``text[]``, SQLite a JSON array: :func:`census_json`).
 
 Addresses are stored in canonical form (``2001:db8::``, not ``2001:db8::0``), so one host
 is one host in every backend.
@@ -25,6 +28,7 @@ is one host in every backend.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import socket
 from collections.abc import Sequence
@@ -32,6 +36,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Final
 
 from brokerscan.model import ScanResult
+from brokerscan.report import census_facts
 
 __all__ = [
     "COLUMNS",
@@ -39,6 +44,7 @@ __all__ = [
     "TIME_FORMAT",
     "as_utc",
     "canonical_ip",
+    "census_json",
     "check_writable",
     "day_of",
     "format_time",
@@ -84,6 +90,7 @@ COLUMNS: Final = (
     "country",
     "error",
     "record",
+    "census",
 )
 
 #: What identifies a service in the current view.
@@ -239,7 +246,13 @@ def observation_row(result: ScanResult, record: str | None = None) -> _Row:
         None if result.geo is None else result.geo.country,
         result.error,
         result.to_json() if record is None else record,
+        census_facts(result),
     )
+
+
+def census_json(record: str) -> str:
+    """The census facts of a stored record (JSON text), as the JSON array SQLite keeps."""
+    return json.dumps(census_facts(ScanResult.model_validate_json(record)))
 
 
 def ip_number(ip: str) -> int | None:
@@ -259,6 +272,8 @@ def sqlite_row(row: Sequence[object]) -> _Row:
             out.append(format_time(value))
         elif isinstance(value, date):
             out.append(value.isoformat())
+        elif isinstance(value, list):  # the census facts
+            out.append(json.dumps(value))
         else:
             out.append(value)
     return tuple(out)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Final
 
-from storage.rows import ip_number
+from storage.rows import census_json, ip_number
 
 __all__ = ["STEPS", "SchemaError", "upgrade", "version"]
 
@@ -156,8 +156,48 @@ CREATE INDEX IF NOT EXISTS services_cert_sha256 ON services (cert_sha256)
     WHERE cert_sha256 IS NOT NULL;
 """
 
+#: Step 4: the census report's rollups (what PostgreSQL's 0009 does): every row's facts
+#: (from its record, for rows written before), their counts per sweep and in the current
+#: view, kept by triggers in the transaction that writes the rows. A replayed observation
+#: is ignored by INSERT OR IGNORE, so its facts count once; a service's facts change only
+#: when its latest observation does (the services upsert's rule).
+_V4: Final = """
+ALTER TABLE observations ADD COLUMN census TEXT;
+ALTER TABLE services ADD COLUMN census TEXT;
+UPDATE observations SET census = census_of(record);
+UPDATE services SET census = census_of(latest);
+CREATE TABLE census_sweep (
+    day TEXT NOT NULL, sweep_id TEXT NOT NULL, fact TEXT NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (sweep_id, day, fact)
+);
+INSERT INTO census_sweep (day, sweep_id, fact, n)
+SELECT o.day, o.sweep_id, f.value, count(*) FROM observations AS o, json_each(o.census) AS f
+GROUP BY 1, 2, 3;
+CREATE TABLE census_current (fact TEXT PRIMARY KEY, n INTEGER NOT NULL);
+INSERT INTO census_current (fact, n)
+SELECT f.value, count(*) FROM services AS s, json_each(s.census) AS f GROUP BY 1;
+CREATE TRIGGER observations_census AFTER INSERT ON observations BEGIN
+    INSERT INTO census_sweep (day, sweep_id, fact, n)
+    SELECT new.day, new.sweep_id, value, 1 FROM json_each(new.census) WHERE true
+    ON CONFLICT (sweep_id, day, fact) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER services_census_inserted AFTER INSERT ON services BEGIN
+    INSERT INTO census_current (fact, n)
+    SELECT value, 1 FROM json_each(new.census) WHERE true
+    ON CONFLICT (fact) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER services_census_updated AFTER UPDATE OF census ON services
+WHEN old.census IS NOT new.census BEGIN
+    UPDATE census_current SET n = n - 1
+    WHERE fact IN (SELECT value FROM json_each(old.census));
+    INSERT INTO census_current (fact, n)
+    SELECT value, 1 FROM json_each(new.census) WHERE true
+    ON CONFLICT (fact) DO UPDATE SET n = n + 1;
+END;
+"""
+
 #: The schema steps, in order; ``PRAGMA user_version`` is how many a file has.
-STEPS: Final = (_V1, _V2, _V3)
+STEPS: Final = (_V1, _V2, _V3, _V4)
 
 
 def version(conn: sqlite3.Connection) -> int:
@@ -179,6 +219,7 @@ def upgrade(conn: sqlite3.Connection) -> list[int]:
     applied = []
     # Steps may compute what SQL cannot (an address as a number) with our own functions.
     conn.create_function("ip_number", 1, ip_number, deterministic=True)
+    conn.create_function("census_of", 1, census_json, deterministic=True)
     for number, script in enumerate(STEPS, start=1):
         if number <= have:
             continue

@@ -65,7 +65,7 @@ _LATEST = ("sweep_id", "status", "protocol", "tls", "anonymous", "mqtt_level",
            "mqtt_return_code", "mqtt_levels", "amqp_family", "product", "version",
            "amqp_mechanisms", "tls_version", "cert_sha256", "cert_subject", "cert_issuer",
            "cert_self_signed", "cert_expired", "cert_trusted", "asn", "org", "country",
-           "ip_num", "latest")
+           "ip_num", "latest", "census")
 _CHANGE = ("protocol", "status", "anonymous", "product", "version", "cert_sha256")
 _NEWER = "excluded.last_seen > services.last_seen"
 _SERVICE = f"""

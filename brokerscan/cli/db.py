@@ -1,5 +1,6 @@
 """``brokerscan db``: the PostgreSQL database (``migrate``, ``wait``, ``maintain``,
-``grant-readonly``).
+``grant-readonly``) and, for either store, ``verify`` (every rollup recomputed from the
+rows: exit 0 when all equal, 1 with one line per difference otherwise).
 
 ``db wait`` blocks until the database answers at the schema version this brokerscan
 needs, for what must start after the migrations (a Kubernetes init container, a systemd
@@ -26,6 +27,8 @@ from storage.db import DatabaseError, MigrationError, connect
 from storage.grants import READ_TABLES, grant_readonly
 from storage.migrate import migrate
 from storage.pgstore import PgStore
+from storage.rollups import verify_rollups
+from storage.store import StoreError, describe_store, open_store, store_url
 
 __all__ = ["COMMANDS", "add_commands", "run"]
 
@@ -49,6 +52,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     grant = db_verbs.add_parser(
         "grant-readonly", help="make a role that may only read (for brokerscan serve)")
     grant.add_argument("role", metavar="ROLE", help="lower-case role name")
+    check = db_verbs.add_parser(
+        "verify", help="recompute every rollup count from the rows and compare (any store)")
+    check.add_argument("--store", metavar="URL", default=None,
+                       help="the store (default: BROKERSCAN_STORE_URL, then the database)")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -57,6 +64,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return run_async(_grant(args, settings))
     if args.verb == "wait":
         return asyncio.run(_wait(args.timeout, database_url(settings)))
+    if args.verb == "verify":
+        return run_async(_verify(args.store, settings))
     return run_async(_migrate(settings) if args.verb == "migrate" else _maintain(args, settings))
 
 
@@ -133,4 +142,24 @@ async def _maintain(args: argparse.Namespace, settings: Settings) -> int:
     if health.default_rows:
         print(f"brokerscan: warning: {health.default_rows} rows in the default partition",
               file=sys.stderr)
+    return 0
+
+
+async def _verify(explicit: str | None, settings: Settings) -> int:
+    url = store_url(settings, explicit)
+    try:
+        store = await open_store(url, read_only=True)
+    except (StoreError, DatabaseError) as exc:
+        raise CliError(f"store {describe_store(url)}: {exc}", EXIT_UNAVAILABLE) from None
+    try:
+        problems = await verify_rollups(store)
+    finally:
+        await store.close()
+    for line in problems:
+        print(line)
+    if problems:
+        print(f"brokerscan: {len(problems)} rollup counts differ from the rows in "
+              f"{describe_store(url)}", file=sys.stderr)
+        return 1
+    print(f"every rollup count equals the rows in {describe_store(url)}", file=sys.stderr)
     return 0

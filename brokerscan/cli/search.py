@@ -23,13 +23,9 @@ from datetime import date, datetime
 from typing import IO, Any
 
 from brokerscan.cli.errors import EXIT_UNAVAILABLE, CliError
-from brokerscan.cli.importer import MAX_LINE, Importer, ResultReader, input_size, open_input
 from brokerscan.cli.options import positive_int
-from brokerscan.cli.scan import want_progress
 from brokerscan.report import render
 from brokerscan.settings import Settings
-from brokerscan.stream.consumer import tune_gc
-from enrichment.lookup import EnrichmentError, open_enricher
 from storage.census import Diff, census_report, diff_sweeps
 from storage.db import DatabaseError
 from storage.export import cell, csv_chunks, csv_header, hit_cells, jsonl_chunks
@@ -43,6 +39,8 @@ from storage.store import Store, StoreError, describe_store, open_store, store_u
 __all__ = ["COMMANDS", "add_commands", "run"]
 
 COMMANDS = frozenset({"search", "report", "diff", "import"})
+#: brokerscan.cli.importer.MAX_LINE in MiB, for the help text (a test holds them equal).
+_MAX_LINE_MIB = 1
 _TABLE = ("ip", "port", "transport", "protocol", "status", "product", "version", "anonymous",
           "asn", "country", "last_seen")
 
@@ -84,7 +82,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                     "not grow with the file), enriching those without asn or geo. Importing "
                     "a file again adds nothing, and neither does importing the whole of a "
                     "file whose first part was imported. A bad line (not UTF-8, not a "
-                    f"result, longer than {MAX_LINE // (1 << 20)} MiB) is skipped and "
+                    f"result, longer than {_MAX_LINE_MIB} MiB) is skipped and "
                     "reported with its line number; the good lines are stored and the "
                     "command exits with code 2: mend the lines and import the file again.")
     imp.add_argument("file", metavar="FILE.jsonl", help="one JSON result per line (- = stdin)")
@@ -339,6 +337,13 @@ def render_diff(result: Diff) -> str:
 
 
 async def _import(args: argparse.Namespace, settings: Settings) -> int:
+    # imported here: the scan's and the stream's modules (redis, aio-pika, the engine)
+    # would otherwise make every `report` and `search` start seconds slower
+    from brokerscan.cli.importer import Importer, ResultReader, input_size, open_input
+    from brokerscan.cli.scan import want_progress
+    from brokerscan.stream.consumer import tune_gc
+    from enrichment.lookup import EnrichmentError, open_enricher
+
     async with contextlib.AsyncExitStack() as stack:
         source, name = await asyncio.to_thread(open_input, args.file)
         if source is not sys.stdin.buffer:

@@ -166,7 +166,7 @@ def source(dialect: Dialect, params: Params, view: View, *, rollup: bool = False
         "status, protocol, tls, anonymous, mqtt_level, mqtt_return_code, mqtt_levels, "
         "amqp_family, product, version, amqp_mechanisms, tls_version, cert_sha256, "
         "cert_subject, cert_issuer, cert_self_signed, cert_expired, cert_trusted, asn, org, "
-        f"country, record{ip_num}, min(observed_at) OVER w AS first_seen, "
+        f"country, record, census{ip_num}, min(observed_at) OVER w AS first_seen, "
         "observed_at AS last_seen, "
         "row_number() OVER (PARTITION BY ip, port, transport ORDER BY observed_at DESC, "
         "sweep_id DESC) AS nth "

@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import json
 import secrets
+from collections.abc import Iterable
 from datetime import datetime
 
 from brokerscan.names import Names
 from scheduler import state
+from scheduler.blocklist import IPSet, load_blocklist
 from scheduler.ports import PortError
 from scheduler.sweeps import SweepPlan, SweepSpec, plan_sweep
 from scheduler.targets import TargetError
 from storage.db import Conn
 
-__all__ = ["PlanError", "checked_plan", "create_sweep", "default_name", "new_sweep_id"]
+__all__ = ["PlanError", "checked_plan", "create_sweep", "default_name", "new_sweep_id",
+           "opt_out"]
 
 
 class PlanError(ValueError):
@@ -39,6 +43,20 @@ def default_name(spec: SweepSpec) -> str:
     digest = hashlib.sha256(json.dumps([spec.targets, spec.ports, spec.probe, spec.seed,
                                         spec.allow_reserved]).encode()).hexdigest()[:10]
     return f"sweep-{digest}"
+
+
+def opt_out(paths: Iterable[str]) -> list[str]:
+    """The networks of the opt-out lists at *paths* (ZMap format), as CIDRs: what a spec
+    keeps, so that its sweep applies the lists as they were when it was made.
+
+    :raises scheduler.targets.TargetError: an unreadable file or a bad line (one line)
+    """
+    optout = IPSet.empty()
+    for path in paths:
+        optout = optout.union(load_blocklist(path))
+    return [str(net) for lo, hi in optout.ranges for net in
+            ipaddress.summarize_address_range(ipaddress.IPv4Address(lo),
+                                              ipaddress.IPv4Address(hi))]
 
 
 def checked_plan(spec: SweepSpec) -> SweepPlan:

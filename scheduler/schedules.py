@@ -30,17 +30,25 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+from pydantic import ValidationError
 
 from brokerscan.names import Names
 from scheduler import launch
-from scheduler.cadence import Cadence, format_duration_spec, period_key
+from scheduler.cadence import (
+    Cadence,
+    default_jitter,
+    format_duration_spec,
+    parse_duration,
+    parse_jitter,
+    period_key,
+)
 from scheduler.records import PeriodStarted, Row, StateError
 from scheduler.sweeps import SweepSpec
 from storage.db import Conn
 
 __all__ = ["Outcome", "ScheduleExists", "ScheduleRow", "UnknownSchedule", "add_schedule",
-           "check_name", "list_schedules", "remove_schedule", "run_name", "set_paused",
-           "start_due"]
+           "check_name", "list_schedules", "prepare", "remove_schedule", "run_name",
+           "set_paused", "start_due"]
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +138,30 @@ def run_name(schedule: str, period: datetime) -> str:
 
 
 # ------------------------------------------------------------------------ the operator
+
+
+def prepare(name: str, spec: SweepSpec, *, every: str | None, cron: str | None,
+            jitter: str | None, fixed_seed: bool,
+            now: datetime) -> tuple[dict[str, Any], Cadence, int]:
+    """Check a schedule whole before anything is written (``sweep schedule add`` and the
+    API): its name, cadence and jitter (default: a tenth of the period, at most a
+    minute), and that its runs can be planned. Returns the spec to store (without name
+    and start time; without the seed unless *fixed_seed*: each run draws its own), the
+    cadence and the jitter in seconds.
+
+    :raises StateError: a bad name
+    :raises scheduler.cadence.CadenceError: a bad interval, cron expression or jitter
+    :raises scheduler.launch.PlanError: a spec that cannot be planned, or sweeps nothing
+    """
+    check_name(name)
+    cadence = Cadence(every=parse_duration(every) if every else None, cron=cron)
+    seconds = default_jitter(cadence, now) if jitter is None else parse_jitter(jitter)
+    cadence.check_jitter(seconds, now)
+    launch.checked_plan(spec)
+    stored = spec.model_dump(mode="json", exclude={"name", "started_at"})
+    if not fixed_seed:
+        del stored["seed"]
+    return stored, cadence, seconds
 
 
 async def add_schedule(conn: Conn, name: str, spec: Mapping[str, Any], cadence: Cadence,
@@ -253,16 +285,18 @@ async def _handle(conn: Conn, schedule: ScheduleRow, now: datetime,
             " next_period = $4, next_due = $5, updated_at = now() WHERE name = $1",
             name, period, why, start, next_due)
         return Outcome(name, period, skipped=why)
-    spec = SweepSpec.model_validate({
-        **schedule.spec, "name": run_name(name, period), "started_at": now,
-        "seed": schedule.spec.get("seed", secrets.randbelow(2**31))})
     sweep_id: str | None = None
     error: str | None = None
     try:
+        spec = SweepSpec.model_validate({
+            **schedule.spec, "name": run_name(name, period), "started_at": now,
+            "seed": schedule.spec.get("seed", secrets.randbelow(2**31))})
         plan = launch.checked_plan(spec)
         async with conn.transaction():  # a savepoint: a refused start leaves the row
             sweep_id = await launch.create_sweep(conn, plan, names, schedule=name,
                                                  period=period)
+    except ValidationError as exc:  # a spec this version cannot read
+        error = f"period {period_key(period)} not started: bad spec: {exc.errors()[0]['msg']}"
     except launch.PlanError as exc:
         error = f"period {period_key(period)} not started: {exc}"
     except PeriodStarted:

@@ -11,10 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = [
     "AmqpReport", "ChangedService", "CountBody", "DiffBody", "ErrorBody", "Explain",
     "FacetValue", "FieldInfo", "Health", "HostBody", "MqttReport", "OtherOpenReport",
-    "PeriodOf", "QueryNode", "ReportBody", "RunOf", "ScheduleSteered", "ScheduleSummary",
-    "ServiceHit", "ServiceKey", "ServicesPage", "SessionBody", "SessionRequest",
-    "SteerResult", "SweepDetail", "SweepSummary", "SweepWorker", "TlsReport",
-    "TrendBucket", "TrendsBody",
+    "PeriodOf", "QueryNode", "ReportBody", "RunOf", "ScheduleRequest", "ScheduleSteered",
+    "ScheduleSummary", "ServiceHit", "ServiceKey", "ServicesPage", "SessionBody",
+    "SessionRequest", "SteerResult", "SweepDetail", "SweepSummary", "SweepWorker",
+    "TlsReport", "TrendBucket", "TrendsBody",
 ]
 
 
@@ -284,6 +284,24 @@ class ScheduleSummary(_Body):
     runs: int
     skipped: int = Field(description="periods skipped: the previous run was under way")
     created_at: datetime
+
+
+class ScheduleRequest(_Body):
+    """A new recurring sweep, as ``brokerscan sweep schedule add`` takes it."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    every: str | None = Field(default=None, description="an interval: 90s, 15m, 6h, 1d, 2w, "
+                                                        "1h30m (epoch-aligned, UTC)")
+    cron: str | None = Field(default=None, description="or a cron expression, in UTC")
+    jitter: str | None = Field(default=None, description="default: a tenth of the period, "
+                                                         "at most 1m; 0 for none")
+    sweep: dict[str, Any] = Field(description=(
+        "the options of `sweep start`, as the stored sweep spec names them: `targets` (a "
+        "list: CIDRs, addresses, ranges), `ports`, `probe`, `allow_reserved`, `rate`, "
+        "`seed` (absent: each run draws one), `shards`, `shard_size`, `emit_failures`, "
+        "`connect_timeout`, `io_timeout`, `total_timeout`, `concurrency`, `sys_version`, "
+        "`amqp_versions`, `ws_paths`, `discovery`, `discovery_cooldown`; the scope, the "
+        "client id prefix and the opt-out lists are the server's settings"))
 
 
 class ScheduleSteered(_Body):

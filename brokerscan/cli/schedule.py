@@ -15,16 +15,11 @@ from typing import Any
 
 from brokerscan.cli.errors import CliError
 from brokerscan.cli.services import database_url
-from brokerscan.cli.sweepspec import add_run_options, plan_or_fail, sweep_spec
+from brokerscan.cli.sweepspec import add_run_options, sweep_spec
 from brokerscan.settings import Settings
 from scheduler import schedules
-from scheduler.cadence import (
-    Cadence,
-    CadenceError,
-    default_jitter,
-    parse_duration,
-    parse_jitter,
-)
+from scheduler.cadence import CadenceError
+from scheduler.launch import PlanError
 from scheduler.records import StateError
 from storage.db import connect
 
@@ -82,29 +77,14 @@ async def run_verb(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _cadence(args: argparse.Namespace, now: datetime) -> tuple[Cadence, int]:
-    try:
-        cadence = Cadence(every=parse_duration(args.every) if args.every else None,
-                          cron=args.cron)
-        jitter = default_jitter(cadence, now) if args.jitter is None \
-            else parse_jitter(args.jitter)
-        cadence.check_jitter(jitter, now)
-    except CadenceError as exc:
-        raise CliError(str(exc)) from None
-    return cadence, jitter
-
-
 async def _add(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        schedules.check_name(args.schedule_name)
-    except StateError as exc:
-        raise CliError(str(exc)) from None
-    cadence, jitter = _cadence(args, datetime.now(UTC))
     spec = sweep_spec(args, settings)
-    plan_or_fail(spec)  # a schedule whose runs could not start is refused now
-    stored = spec.model_dump(mode="json", exclude={"name", "started_at"})
-    if args.seed is None:
-        del stored["seed"]  # each run draws its own
+    try:
+        stored, cadence, jitter = schedules.prepare(
+            args.schedule_name, spec, every=args.every, cron=args.cron, jitter=args.jitter,
+            fixed_seed=args.seed is not None, now=datetime.now(UTC))
+    except (StateError, CadenceError, PlanError) as exc:
+        raise CliError(str(exc)) from None
     conn = await connect(database_url(settings))
     try:
         row = await schedules.add_schedule(conn, args.schedule_name, stored, cadence, jitter)

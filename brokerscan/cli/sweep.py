@@ -170,7 +170,8 @@ def _render_status(d: dict[str, Any]) -> str:
     shards = d["shards"]
     hits = ", ".join(f"{k} {v:,}" for k, v in sorted(d["hits"].items())) or "none yet"
     return "\n".join([
-        f"{d['id']}  {d['name'] or ''}  [{d['state']}]",
+        f"{d['id']}  {d['name'] or ''}  [{d['state']}]"
+        + (f"  (schedule {d['schedule']})" if d.get("schedule") else ""),
         f"[{'#' * filled}{'.' * (width - filled)}] {100 * d['progress']:5.1f}%  "
         f"{d['probes']:,}/{d['targets']:,}  {d['probes_per_second']:,.0f} probes/s  ETA {eta}",
         f"hits: {hits}   open ports: {d['open']:,}",

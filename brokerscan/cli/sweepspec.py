@@ -5,7 +5,6 @@ the options of ``sweep start``), defined once."""
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import secrets
 import sys
 from typing import Any
@@ -20,8 +19,8 @@ from brokerscan.cli.options import (
     add_target_options,
 )
 from brokerscan.settings import Settings
-from scheduler.blocklist import IPSet, format_ip, load_blocklist
-from scheduler.launch import PlanError, checked_plan
+from scheduler.blocklist import format_ip
+from scheduler.launch import PlanError, checked_plan, opt_out
 from scheduler.ports import PortError
 from scheduler.sweeps import SweepPlan, SweepSpec
 from scheduler.targets import TargetError, read_targets
@@ -66,12 +65,7 @@ def sweep_spec(args: argparse.Namespace, settings: Settings, *, name: str = "") 
             ips = read_targets(specs, args.target_files,
                                stdin=sys.stdin if "-" in specs else None)
             specs = [f"{format_ip(lo)}-{format_ip(hi)}" for lo, hi in ips.ranges]
-        optout = IPSet.empty()
-        for path in [*settings.blocklist_files, *args.blocklist]:
-            optout = optout.union(load_blocklist(path))
-        cidrs = [str(net) for lo, hi in optout.ranges for net in
-                 ipaddress.summarize_address_range(ipaddress.IPv4Address(lo),
-                                                   ipaddress.IPv4Address(hi))]
+        cidrs = opt_out([*settings.blocklist_files, *args.blocklist])
         extra: dict[str, Any] = {}
         if hasattr(args, "emit_failures"):  # the run options (add_run_options)
             extra = {"emit_failures": args.emit_failures,

@@ -146,6 +146,7 @@ def test_a_period_is_skipped_while_the_previous_run_goes_on(fleet: Fleet) -> Non
     text = fleet.cli("sweep", "schedule", "list").stdout
     assert "skipped: the run of period" in text and found[0]["id"] in text
     assert "still running" in fleet.log("scheduler")
+    assert "(schedule slow)" in fleet.cli("sweep", "status", found[0]["id"]).stdout
     # Once that run is over, the next period runs again.
     fleet.cli("sweep", "cancel", found[0]["id"])
     wait_for(lambda: len(runs(fleet, "slow")) == 2, 60, "a second run", detail=fleet.logs,
@@ -204,8 +205,8 @@ def test_bad_input_is_one_line(fleet: Fleet, monkeypatch: pytest.MonkeyPatch,
 
 @pytest.mark.timeout(300)
 def test_api_and_dashboard_list_schedules_and_runs(fleet: Fleet, tmp_path: Path) -> None:
-    """The API lists schedules and carries each run's schedule; operators pause, resume
-    and remove, readers may not; the dashboard's Sweeps page shows both."""
+    """The API lists schedules and carries each run's schedule; operators add, pause,
+    resume and remove, readers may not; the dashboard's Sweeps page shows both."""
     fleet.cli("sweep", "schedule", "add", "web", target(), "--allow-reserved", "-p", "1883",
               "--every", "2s", "--jitter", "0")
     fleet.spawn("scheduler", "scheduler")
@@ -232,6 +233,34 @@ def test_api_and_dashboard_list_schedules_and_runs(fleet: Fleet, tmp_path: Path)
             assert steer.post("/api/v1/schedules/web/pause").status_code == 409
             assert steer.post("/api/v1/schedules/web/resume").json()["state"] == "active"
             assert steer.post("/api/v1/schedules/nosuch/pause").status_code == 404
+            options: dict[str, Any] = {"targets": [target()], "ports": "1883",
+                                       "allow_reserved": True, "rate": 100}
+            made: dict[str, Any] = {"name": "api-made", "every": "1d", "jitter": "0",
+                                    "sweep": options}
+            assert client.post("/api/v1/schedules", json=made).status_code == 403
+            added = steer.post("/api/v1/schedules", json=made)
+            assert added.status_code == 201, added.text
+            assert added.json()["cadence"] == "every 1d" and added.json()["runs"] == 0
+            assert steer.post("/api/v1/schedules", json=made).status_code == 409
+            for bad, says in (({"every": "soon"}, "bad interval"),
+                              ({"cron": "61 * * * *"}, "Bad minute"),
+                              ({"every": "1m", "jitter": "45s"}, "more than half"),
+                              ({"sweep": {**options, "scope": ["0.0.0.0/0"]}},
+                               "sweep.scope"),
+                              ({"sweep": {**options, "rate": -1}}, "sweep.rate"),
+                              ({"sweep": {**options, "targets": ["127.54.0.0/33"]}},
+                               "127.54.0.0/33"),
+                              ({"sweep": {**options, "allow_reserved": False}},
+                               "reserved")):
+                body = {**made, "name": "refused", **bad}
+                if "cron" in bad:
+                    body.pop("every")
+                refused = steer.post("/api/v1/schedules", json=body)
+                assert refused.status_code == 400 and says in refused.json()["error"], (
+                    bad, refused.text)
+            names = [s["name"] for s in client.get("/api/v1/schedules").json()]
+            assert names == ["api-made", "web"]
+            assert steer.delete("/api/v1/schedules/api-made").json()["state"] == "removed"
         with browser(serve.url) as chrome:
             page = chrome.open()
             page.goto("/signin")

@@ -9,10 +9,12 @@ room shared fairly among running sweeps, plaintext and TLS shards sent side by s
 (backpressure: the broker never holds a whole sweep). Claim and send happen in one
 transaction, so a send that fails leaves the shard pending. It also mirrors each
 sweep's state into Redis (what workers obey within half a second), marks sweeps finished,
-and beats a heartbeat.
+starts the runs of recurring sweeps that are due (:mod:`scheduler.schedules`), and beats a
+heartbeat.
 
 Stateless: a restarted scheduler carries on from the database; two schedulers at once
-never queue a shard twice (``FOR UPDATE SKIP LOCKED``).
+never queue a shard twice (``FOR UPDATE SKIP LOCKED``) nor start a schedule's period
+twice (a locked row and a UNIQUE constraint).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from redis.exceptions import RedisError
 
 from brokerscan.oneline import describe
 from brokerscan.settings import Settings
-from scheduler import live, sizing, state
+from scheduler import live, schedules, sizing, state
 from scheduler.recovery import Recovery
 from scheduler.sweeps import SweepSpec, plan_sweep
 from storage.db import SERVER_AWAY, Conn, Pool, create_pool
@@ -99,9 +101,12 @@ class Dispatcher:
         return cached
 
     async def tick(self, pool: Pool, redis: Redis) -> int:
-        """One round over the unfinished sweeps; returns how many shards were sent."""
+        """One round: start the recurring sweeps' runs that are due
+        (:mod:`scheduler.schedules`), then dispatch the unfinished sweeps; returns how many
+        shards were sent."""
         sent = 0
         async with pool.acquire() as conn:
+            await schedules.start_due(conn, self.names)
             sweeps = [s for s in await state.list_sweeps(conn, limit=1000)
                       if s.state in ("running", "paused", "cancelled")]
         for sweep in sweeps:

@@ -15,6 +15,7 @@ from typing import Any, Literal, Protocol
 __all__ = [
     "BadTransition",
     "NameInUse",
+    "PeriodStarted",
     "Row",
     "ShardCounts",
     "ShardRow",
@@ -57,6 +58,10 @@ class NameInUse(SweepExists):
     """Another running or paused sweep has this name."""
 
 
+class PeriodStarted(SweepExists):
+    """The schedule's run of this period exists already (another scheduler started it)."""
+
+
 class UnknownSweep(StateError):
     """No sweep has this id."""
 
@@ -85,6 +90,9 @@ class SweepRow:
     shard_count: int
     failed_shards: int
     retries: int = 0
+    #: the schedule that started it and the period it ran for (migration 0010), or None
+    schedule: str | None = None
+    period: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +201,7 @@ def sweep_row(r: Row) -> SweepRow:
         finished_at=r["finished_at"], updated_at=r["updated_at"],
         target_count=r["target_count"], shard_count=r["shard_count"],
         failed_shards=r["failed_shards"], retries=r["retries"],
+        schedule=r["schedule"], period=r["period"],
     )  # fmt: skip
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any, Literal, cast, get_args
 
 import asyncpg
@@ -32,6 +33,7 @@ import asyncpg
 from scheduler.records import (
     BadTransition,
     NameInUse,
+    PeriodStarted,
     ShardCounts,
     ShardRow,
     ShardStart,
@@ -52,6 +54,7 @@ from storage.db import Conn
 __all__ = [
     "BadTransition",
     "NameInUse",
+    "PeriodStarted",
     "QueueLoad",
     "ShardCounts",
     "ShardRow",
@@ -101,6 +104,8 @@ async def create_sweep(
     spec: Mapping[str, Any],
     target_count: int,
     shards: Sequence[ShardRow],
+    schedule: str | None = None,
+    period: datetime | None = None,
 ) -> None:
     """Record a new running sweep and all its shards (pending), in one transaction.
 
@@ -112,7 +117,11 @@ async def create_sweep(
     :param spec: the sweep's parameters (JSON-serialisable)
     :param target_count: eligible targets (addresses x ports after the blocklists)
     :param shards: the plan; see :class:`ShardRow`
+    :param schedule: the schedule whose run this is (with *period*, the beginning of the
+        period it runs for: :mod:`scheduler.schedules`)
     :raises SweepExists: the id is taken (nothing is written)
+    :raises PeriodStarted: the schedule's run of *period* exists already (nothing is
+        written)
     :raises NameInUse: a running or paused sweep has this name (nothing is written)
     :raises ValueError: two shards share an index
     """
@@ -125,8 +134,10 @@ async def create_sweep(
         async with conn.transaction():
             await conn.execute(
                 "INSERT INTO sweeps (id, name, spec, state, started_at, target_count,"
-                " shard_count) VALUES ($1, $2, $3::jsonb, 'running', now(), $4, $5)",
+                " shard_count, schedule, period)"
+                " VALUES ($1, $2, $3::jsonb, 'running', now(), $4, $5, $6, $7)",
                 sweep_id, name, json.dumps(dict(spec)), target_count, len(records),
+                schedule, period,
             )  # fmt: skip
             await conn.copy_records_to_table(
                 "sweep_shards", records=records, columns=_SHARD_COLUMNS
@@ -138,6 +149,9 @@ async def create_sweep(
                 name,
             )
             raise NameInUse(f"a sweep named {name!r} is already under way: {holder}") from None
+        if exc.constraint_name == "sweeps_schedule_period":
+            raise PeriodStarted(f"schedule {schedule}: the run of {period} exists "
+                                "already") from None
         if exc.constraint_name == "sweep_shards_pkey":
             raise ValueError(f"sweep {sweep_id}: two shards have the same index") from None
         raise SweepExists(f"sweep {sweep_id} exists already") from None

@@ -26,10 +26,12 @@ STEER: Final[dict[str, SweepState]] = {"pause": "paused", "resume": "running",
 
 def summary(row: SweepRow) -> dict[str, Any]:
     """One line of ``sweep list``: id, name, state, targets, shards, failed shards,
-    creation time."""
+    creation time, and the schedule and period it ran for (None for a sweep started by
+    hand)."""
     return {"id": row.id, "name": row.name, "state": row.state, "targets": row.target_count,
             "shards": row.shard_count, "failed_shards": row.failed_shards,
-            "created_at": row.created_at.isoformat()}
+            "created_at": row.created_at.isoformat(), "schedule": row.schedule,
+            "period": row.period.isoformat() if row.period else None}
 
 
 async def list_sweeps(conn: Conn, *, limit: int = 50) -> list[dict[str, Any]]:
@@ -89,6 +91,8 @@ async def sweep_status(conn: Conn, redis: Redis, names: Names, sweep_id: str | N
         "capacity": capacity, "workers_busy": busy, "workers_idle": len(workers) - busy,
         "scheduler_alive": scheduler,
         "created_at": sweep.created_at.isoformat(),
+        "schedule": sweep.schedule,
+        "period": sweep.period.isoformat() if sweep.period else None,
     }
 
 

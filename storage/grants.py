@@ -19,7 +19,7 @@ __all__ = ["READ_TABLES", "ROLE_NAME", "grant_readonly"]
 
 #: The tables the read side reads (partitions of ``observations`` included through it).
 READ_TABLES: Final = ("observations", "services", "rollup", "services_rollup", "api_tokens",
-                      "sweeps", "sweep_shards", "schema_migrations")
+                      "sweeps", "sweep_shards", "schedules", "schema_migrations")
 
 #: A role name that needs no quoting anywhere (PostgreSQL folds unquoted names to lower
 #: case; 63 bytes at most).

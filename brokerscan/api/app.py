@@ -37,6 +37,7 @@ from brokerscan.api.routes import (
     hosts,
     query,
     report,
+    schedules,
     services,
     session,
     sweeps,
@@ -161,7 +162,8 @@ def build_app(settings: Settings, store_url: str, *, auth: bool = True,
 
     api = APIRouter(prefix="/api/v1", responses=errors.ERRORS,
                     dependencies=[Depends(metered, scope="function")])
-    for module in (services, count, trends, hosts, report, diff, sweeps, export, query):
+    for module in (services, count, trends, hosts, report, diff, sweeps, schedules, export,
+                   query):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(session.router, prefix="/api/v1")

@@ -4,14 +4,15 @@ each endpoint returns (and what schemathesis holds the running server to)."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "AmqpReport", "ChangedService", "CountBody", "DiffBody", "ErrorBody", "Explain",
     "FacetValue", "FieldInfo", "Health", "HostBody", "MqttReport", "OtherOpenReport",
-    "QueryNode", "ReportBody", "ServiceHit", "ServiceKey", "ServicesPage", "SessionBody",
+    "PeriodOf", "QueryNode", "ReportBody", "RunOf", "ScheduleRequest", "ScheduleSteered",
+    "ScheduleSummary", "ServiceHit", "ServiceKey", "ServicesPage", "SessionBody",
     "SessionRequest", "SteerResult", "SweepDetail", "SweepSummary", "SweepWorker",
     "TlsReport", "TrendBucket", "TrendsBody",
 ]
@@ -19,6 +20,13 @@ __all__ = [
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+#: A sweep's schedule and period (migration 0010), in the sweeps' bodies.
+RunOf = Annotated[str | None, Field(description="the recurring sweep (schedule) whose run "
+                                                "it is, if any")]
+PeriodOf = Annotated[datetime | None, Field(description="the beginning of the schedule's "
+                                                        "period it ran for")]
 
 
 class ErrorBody(_Body):
@@ -194,6 +202,8 @@ class SweepSummary(_Body):
     day: str | None = Field(default=None, description="the day it started, from the store")
     observations: int = Field(default=0, description="observations in the store")
     hits: dict[str, int] = Field(default_factory=dict)
+    schedule: RunOf = None
+    period: PeriodOf = None
 
 
 class SweepWorker(_Body):
@@ -247,7 +257,56 @@ class SweepDetail(_Body):
     workers_idle: int = Field(default=0, description="live worker processes waiting")
     scheduler_alive: bool | None = None
     created_at: datetime | None = None
+    schedule: RunOf = None
+    period: PeriodOf = None
     observations: int = Field(default=0, description="observations in the store")
+
+
+class ScheduleSummary(_Body):
+    """A recurring sweep, as ``brokerscan sweep schedule list --format json`` shows it."""
+
+    name: str
+    cadence: str = Field(description="``every 6h`` or ``cron 0 3 * * *`` (UTC)")
+    every: str | None = None
+    cron: str | None = None
+    jitter_seconds: int
+    state: Literal["active", "paused"]
+    targets: list[str]
+    ports: str | None = None
+    rate: float | None = None
+    next_due: datetime | None = Field(default=None, description="when the next run is due "
+                                                                "(none while paused)")
+    last_period: datetime | None = None
+    last_sweep: str | None = Field(default=None, description="the latest run's sweep id")
+    last_skip: str | None = Field(default=None, description="why the latest skipped period "
+                                                            "was not run")
+    last_error: str | None = None
+    runs: int
+    skipped: int = Field(description="periods skipped: the previous run was under way")
+    created_at: datetime
+
+
+class ScheduleRequest(_Body):
+    """A new recurring sweep, as ``brokerscan sweep schedule add`` takes it."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    every: str | None = Field(default=None, description="an interval: 90s, 15m, 6h, 1d, 2w, "
+                                                        "1h30m (epoch-aligned, UTC)")
+    cron: str | None = Field(default=None, description="or a cron expression, in UTC")
+    jitter: str | None = Field(default=None, description="default: a tenth of the period, "
+                                                         "at most 1m; 0 for none")
+    sweep: dict[str, Any] = Field(description=(
+        "the options of `sweep start`, as the stored sweep spec names them: `targets` (a "
+        "list: CIDRs, addresses, ranges), `ports`, `probe`, `allow_reserved`, `rate`, "
+        "`seed` (absent: each run draws one), `shards`, `shard_size`, `emit_failures`, "
+        "`connect_timeout`, `io_timeout`, `total_timeout`, `concurrency`, `sys_version`, "
+        "`amqp_versions`, `ws_paths`, `discovery`, `discovery_cooldown`; the scope, the "
+        "client id prefix and the opt-out lists are the server's settings"))
+
+
+class ScheduleSteered(_Body):
+    name: str
+    state: Literal["active", "paused", "removed"]
 
 
 class SteerResult(_Body):

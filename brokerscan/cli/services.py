@@ -28,8 +28,13 @@ log = logging.getLogger("brokerscan")
 #: What each dependency is called in messages and in ``/readyz``.
 DEPENDENCIES = ("postgresql", "redis", "task-broker", "results-broker")
 
-__all__ = ["check_broker", "check_services", "database_url", "dependency_checks", "pg_check",
-           "raise_nofile", "run_async", "start_ops_server"]
+__all__ = ["NO_SCHEDULER", "check_broker", "check_services", "database_url",
+           "dependency_checks", "pg_check", "raise_nofile", "run_async", "start_ops_server"]
+
+
+#: The note of a command that created work for a scheduler when none beats in Redis.
+NO_SCHEDULER = ("brokerscan: note: no scheduler is running; start one with "
+                "`brokerscan scheduler`")
 
 
 def run_async(coro: Coroutine[Any, Any, int]) -> int:

@@ -9,36 +9,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import hashlib
-import ipaddress
 import json
-import secrets
 import sys
 import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from brokerscan.cli import schedule
 from brokerscan.cli.errors import CliError
-from brokerscan.cli.options import (
-    add_depth_options,
-    add_discovery_options,
-    add_rate_option,
-    add_target_options,
-)
-from brokerscan.cli.services import check_broker, database_url, run_async
+from brokerscan.cli.services import NO_SCHEDULER, check_broker, database_url, run_async
+from brokerscan.cli.sweepspec import add_plan_options, add_run_options, plan_or_fail, sweep_spec
 from brokerscan.cli.text import format_duration, format_rate
 from brokerscan.settings import Settings
-from scheduler import live, state, status
-from scheduler.blocklist import IPSet, format_ip, load_blocklist
-from scheduler.ports import PortError
-from scheduler.sweeps import SweepPlan, SweepSpec, describe_plan, plan_sweep
-from scheduler.targets import TargetError, read_targets
+from scheduler import launch, live, state, status
+from scheduler.launch import default_name
+from scheduler.sweeps import SweepPlan, describe_plan
 from storage.db import connect
 
 __all__ = ["COMMANDS", "add_commands", "run"]
@@ -50,27 +39,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     """Add ``sweep`` and its verbs."""
     sweep = sub.add_parser("sweep", help="distributed sweeps: plan, start, steer, watch")
     verbs = sweep.add_subparsers(dest="verb", required=True, parser_class=type(sweep))
-    for verb, text in (("plan", "dry run: counts, shards, duration; sends nothing"),
-                       ("start", "create a sweep; the scheduler dispatches it")):
-        p = verbs.add_parser(verb, help=text)
-        p.add_argument("targets", nargs="*", metavar="TARGET")
-        add_target_options(p)
-        add_rate_option(p, "the whole fleet")
-        p.add_argument("--seed", type=int, default=None, help="order of the permutation")
-        p.add_argument("--shards", type=int, default=None, help="shards per port group")
-        p.add_argument("--shard-size", type=int, default=250_000)
-        p.add_argument("--format", choices=("text", "json"), default="text")
-        if verb == "start":
-            p.add_argument("--name", default=None)
-            p.add_argument("--all", dest="emit_failures", action="store_true",
-                           help="also publish results for closed and silent ports")
-            p.add_argument("--connect-timeout", type=float, default=3.0)
-            p.add_argument("--io-timeout", type=float, default=5.0)
-            p.add_argument("--timeout", type=float, default=20.0)
-            p.add_argument("--concurrency", type=int, default=1000,
-                           help="connections in flight per worker process")
-            add_depth_options(p)
-            add_discovery_options(p)
+    add_plan_options(verbs.add_parser("plan", help="dry run: counts, shards, duration; "
+                                                    "sends nothing"))
+    start = verbs.add_parser("start", help="create a sweep; the scheduler dispatches it")
+    add_run_options(start)
+    start.add_argument("--name", default=None)
+    schedule.add_commands(verbs)
     status = verbs.add_parser("status", help="progress, rates, hits, shards, workers")
     status.add_argument("sweep_id", nargs="?")
     status.add_argument("--watch", action="store_true")
@@ -90,57 +64,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 # -- plan and start ----------------------------------------------------------------------
 
-def _spec(args: argparse.Namespace, settings: Settings) -> SweepSpec:
-    if not args.targets and not args.target_files:
-        raise CliError("no targets given (a CIDR, an address, a range, -iL FILE or -)")
-    try:
-        specs = list(args.targets)
-        if "-" in specs or args.target_files:  # resolve files now: the sweep keeps its list
-            ips = read_targets(specs, args.target_files,
-                               stdin=sys.stdin if "-" in specs else None)
-            specs = [f"{format_ip(lo)}-{format_ip(hi)}" for lo, hi in ips.ranges]
-        optout = IPSet.empty()
-        for path in [*settings.blocklist_files, *args.blocklist]:
-            optout = optout.union(load_blocklist(path))
-        cidrs = [str(net) for lo, hi in optout.ranges for net in
-                 ipaddress.summarize_address_range(ipaddress.IPv4Address(lo),
-                                                   ipaddress.IPv4Address(hi))]
-        extra: dict[str, Any] = {}
-        if args.verb == "start":
-            extra = {"emit_failures": args.emit_failures,
-                     "connect_timeout": args.connect_timeout, "io_timeout": args.io_timeout,
-                     "total_timeout": args.timeout, "concurrency": args.concurrency,
-                     "sys_version": args.sys_version, "amqp_versions": args.amqp_versions,
-                     "ws_paths": args.ws_paths, "discovery": args.discovery,
-                     "discovery_cooldown": args.discovery_cooldown}
-        return SweepSpec(
-            name=getattr(args, "name", None) or "", targets=specs, ports=args.ports,
-            probe=args.probe, allow_reserved=args.allow_reserved, optout=cidrs,
-            scope=settings.scope, rate=args.rate,
-            seed=args.seed if args.seed is not None else secrets.randbelow(2**31),
-            shard_size=args.shard_size, shards=args.shards,
-            client_id_prefix=settings.client_id_prefix, **extra)
-    except (TargetError, PortError) as exc:
-        raise CliError(str(exc)) from None
-    except ValidationError as exc:  # an impossible number
-        error = exc.errors()[0]
-        field = str(error["loc"][0]).replace("_", "-") if error["loc"] else "setting"
-        raise CliError(f"--{field}: {error['msg'].lower()}") from None
-
-
-def _plan(spec: SweepSpec) -> SweepPlan:
-    try:
-        plan = plan_sweep(spec)
-    except (TargetError, PortError) as exc:
-        raise CliError(str(exc)) from None
-    if plan.targets == 0:
-        raise CliError(f"nothing to sweep: {plan.exclusions.describe()}")
-    return plan
-
-
 async def _plan_cmd(args: argparse.Namespace, settings: Settings) -> int:
     began = time.perf_counter()
-    plan = _plan(_spec(args, settings))
+    plan = plan_or_fail(sweep_spec(args, settings))
     info = describe_plan(plan, settings.names()) | {"seed": plan.spec.seed,
                                                       "plan_seconds": round(
                                                           time.perf_counter() - began, 3)}
@@ -156,22 +82,12 @@ async def _plan_cmd(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _sweep_id() -> str:
-    return "sw-" + base64.b32encode(secrets.token_bytes(5)).decode().lower()
-
-
-def _default_name(spec: SweepSpec) -> str:
-    digest = hashlib.sha256(json.dumps([spec.targets, spec.ports, spec.probe, spec.seed,
-                                        spec.allow_reserved]).encode()).hexdigest()[:10]
-    return f"sweep-{digest}"
-
-
 async def _start_cmd(args: argparse.Namespace, settings: Settings) -> int:
-    spec = _spec(args, settings)
+    spec = sweep_spec(args, settings, name=args.name or "")
     if not spec.name:
-        spec = spec.model_copy(update={"name": _default_name(spec)})
+        spec = spec.model_copy(update={"name": default_name(spec)})
     spec = spec.model_copy(update={"started_at": datetime.now(UTC)})
-    plan = _plan(spec)
+    plan = plan_or_fail(spec)
     names = settings.names()
     url = database_url(settings)
     check_broker(settings.broker_url)
@@ -180,17 +96,9 @@ async def _start_cmd(args: argparse.Namespace, settings: Settings) -> int:
         await redis.ping()
         conn = await connect(url)
         try:
-            sweep_id = _sweep_id()
-            rows = [state.ShardRow(index=i, queue=group.queue(names),
-                                   first_exponent=shard.first_exponent,
-                                   end_exponent=shard.end_exponent)
-                    for group, shard, i in plan.shard_ids()]
-            try:
-                await state.create_sweep(conn, sweep_id=sweep_id, name=spec.name,
-                                         spec=spec.model_dump(mode="json"),
-                                         target_count=plan.targets, shards=rows)
-            except state.SweepExists as exc:
-                raise CliError(str(exc)) from None
+            sweep_id = await launch.create_sweep(conn, plan, names)
+        except state.SweepExists as exc:
+            raise CliError(str(exc)) from None
         finally:
             await conn.close()
         await live.set_control(redis, names, sweep_id, "running")
@@ -205,8 +113,7 @@ async def _start_cmd(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{sweep_id}  {spec.name}: {plan.targets:,} targets in {plan.shard_count:,} "
               f"shards, rate {format_rate(spec.rate)} ({_duration_text(plan)})")
     if not scheduler:
-        print("brokerscan: note: no scheduler is running; start one with "
-              "`brokerscan scheduler`", file=sys.stderr)
+        print(NO_SCHEDULER, file=sys.stderr)
     return 0
 
 
@@ -263,7 +170,8 @@ def _render_status(d: dict[str, Any]) -> str:
     shards = d["shards"]
     hits = ", ".join(f"{k} {v:,}" for k, v in sorted(d["hits"].items())) or "none yet"
     return "\n".join([
-        f"{d['id']}  {d['name'] or ''}  [{d['state']}]",
+        f"{d['id']}  {d['name'] or ''}  [{d['state']}]"
+        + (f"  (schedule {d['schedule']})" if d.get("schedule") else ""),
         f"[{'#' * filled}{'.' * (width - filled)}] {100 * d['progress']:5.1f}%  "
         f"{d['probes']:,}/{d['targets']:,}  {d['probes_per_second']:,.0f} probes/s  ETA {eta}",
         f"hits: {hits}   open ports: {d['open']:,}",
@@ -335,8 +243,9 @@ async def _list_cmd(args: argparse.Namespace, settings: Settings) -> int:
     else:
         for i in items:
             failed = f"  {i['failed_shards']} failed" if i["failed_shards"] else ""
+            scheduled = f"  (schedule {i['schedule']})" if i["schedule"] else ""
             print(f"{i['id']}  {i['state']:<9}  {i['targets']:>16,} targets  "
-                  f"{i['created_at'][:19]}  {i['name'] or ''}{failed}")
+                  f"{i['created_at'][:19]}  {i['name'] or ''}{scheduled}{failed}")
     return 0
 
 
@@ -358,14 +267,14 @@ async def _retry_cmd(args: argparse.Namespace, settings: Settings) -> int:
         await redis.aclose()
     print(f"{row.id} {row.state}: {count} failed shard(s) queued again")
     if not scheduler:
-        print("brokerscan: note: no scheduler is running; start one with "
-              "`brokerscan scheduler`", file=sys.stderr)
+        print(NO_SCHEDULER, file=sys.stderr)
     return 0
 
 
 _VERBS: dict[str, Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]] = {
     "plan": _plan_cmd, "start": _start_cmd, "status": _status_cmd, "list": _list_cmd,
     "pause": _steer, "resume": _steer, "cancel": _steer, "retry": _retry_cmd,
+    "schedule": schedule.run_verb,
 }
 
 

@@ -16,6 +16,8 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -233,3 +235,15 @@ class Fleet:
                                 for line in message_lines(message))
 
         return asyncio.run(drain())
+
+
+@contextmanager
+def fleet_in(workdir: Path) -> Iterator[Fleet]:
+    """A :class:`Fleet` set up in *workdir* and torn down on exit (its processes stopped,
+    its queues and database removed)."""
+    fleet = Fleet(workdir)
+    fleet.setup()
+    try:
+        yield fleet
+    finally:
+        fleet.teardown()

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from brokerscan.cli import sweep as sweep_cli
 from brokerscan.cli.main import build_parser
 from brokerscan.cli.scan import scan_config
+from brokerscan.cli.sweepspec import sweep_spec
 from brokerscan.model import (
     AmqpResult,
     AmqpSasl,
@@ -43,7 +43,7 @@ def test_sweep_start_records_them_in_the_spec() -> None:
     args = build_parser().parse_args(
         ["sweep", "start", "127.0.0.1", "--allow-reserved", "--sys-version",
          "--amqp-versions", "0-9-1,1.0"])
-    spec = sweep_cli._spec(args, Settings())
+    spec = sweep_spec(args, Settings())
     assert spec.sys_version is True and spec.amqp_versions == ("0-9-1", "1.0")
     again = SweepSpec.model_validate_json(spec.model_dump_json())
     assert again == spec

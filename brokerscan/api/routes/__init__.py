@@ -1,2 +1,2 @@
-"""One router per resource: services, count, trends, hosts, report, diff, sweeps, export,
-query (explain and fields), session, health."""
+"""One router per resource: services, count, trends, hosts, report, diff, sweeps,
+schedules, export, query (explain and fields), session, health."""

@@ -18,8 +18,9 @@ from storage.pgtypes import Conn
 __all__ = ["READ_TABLES", "ROLE_NAME", "grant_readonly"]
 
 #: The tables the read side reads (partitions of ``observations`` included through it).
-READ_TABLES: Final = ("observations", "services", "rollup", "services_rollup", "api_tokens",
-                      "sweeps", "sweep_shards", "schedules", "schema_migrations")
+READ_TABLES: Final = ("observations", "services", "rollup", "services_rollup", "census_sweep",
+                      "census_current", "services_census", "api_tokens", "sweeps",
+                      "sweep_shards", "schedules", "schema_migrations")
 
 #: A role name that needs no quoting anywhere (PostgreSQL folds unquoted names to lower
 #: case; 63 bytes at most).

@@ -207,7 +207,9 @@ async def test_migration_0009_builds_the_rollups_of_rows_stored_before() -> None
                                              columns=COLUMNS[:-1])
         finally:
             await conn.close()
-        assert await migrate.migrate(url) == ["0009_census_rollups"]
+        applied = await migrate.migrate(url, migrations=[m for m in files if m.version <= 9])
+        assert applied == ["0009_census_rollups"]
+        await migrate.migrate(url)  # the later ones
         store = await opened(url)
         try:
             assert await report(store) == report_of(current(results))

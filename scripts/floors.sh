@@ -50,4 +50,6 @@ if ! out="$(
     exit 1
 fi
 say "pytest tests/unit with every dependency at its floor (floors.txt)"
-exec "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/unit "$@" </dev/null
+# in parallel as scripts/test.sh runs it (pytest-xdist is in floors.txt too)
+workers="${BROKERSCAN_TEST_WORKERS:-$(( $(nproc) > 2 ? $(nproc) : 2 ))}"
+exec "$venv/bin/python" -m pytest -q -p no:cacheprovider -n "$workers" tests/unit "$@" </dev/null

@@ -51,5 +51,5 @@ if ! out="$(
 fi
 say "pytest tests/unit with every dependency at its floor (floors.txt)"
 # in parallel as scripts/test.sh runs it (pytest-xdist is in floors.txt too)
-workers="${BROKERSCAN_TEST_WORKERS:-$(( $(nproc) > 2 ? $(nproc) : 2 ))}"
+workers="${BROKERSCAN_TEST_WORKERS:-$(( $(nproc) + 1 ))}"
 exec "$venv/bin/python" -m pytest -q -p no:cacheprovider -n "$workers" tests/unit "$@" </dev/null

@@ -582,6 +582,7 @@ def test_a_long_sqlite_read_blocks_no_other_request(world: World, big: Big) -> N
         assert time.monotonic() - started < 1.0
 
 
+@pytest.mark.serial  # the costly counts' server time must stay below the charge's cap
 def test_the_rate_limit_charges_server_time(world: World, big: Big) -> None:
     """A second of server time costs a second's worth of requests: four costly counts at
     once (within the burst) put the token in debt, so its next request waits (the refill
@@ -624,6 +625,7 @@ def _thread_nices(pid: int) -> set[int]:
     return found
 
 
+@pytest.mark.serial  # cheap answers in under a second
 def test_costly_requests_take_turns_and_cheap_ones_do_not_wait(world: World, big: Big) -> None:
     """One costly slot: once the costly count has run once (its shape measured), the same
     count from another token waits for the slot while the first runs, and past

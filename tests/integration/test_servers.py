@@ -84,10 +84,23 @@ def test_pool_refuses_non_loopback() -> None:
 
 def test_allocator_steps_over_a_taken_port() -> None:
     pool = servers.AddressPool("127.54.200.0/24")
+    worker, step = servers.xdist_worker()  # this process's addresses: every step-th
+    first, second = (f"127.54.200.{1 + worker + n * step}" for n in (0, 1))
     with socket.socket() as squatter:
-        squatter.bind(("127.54.200.1", 1883))
+        squatter.bind((first, 1883))
         squatter.listen()
-        assert pool.take(1883) == ("127.54.200.2", 1883)
+        assert pool.take(1883) == (second, 1883)
+
+
+def test_processes_of_a_parallel_run_never_share_an_address(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    taken = []
+    for worker in range(3):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", f"gw{worker}")
+        monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "3")
+        pool = servers.AddressPool("127.54.201.0/24")
+        taken += [pool.take(0)[0] for _ in range(20)]
+    assert len(set(taken)) == len(taken) == 60
 
 
 # --------------------------------------------------------------------------- Mosquitto

@@ -113,6 +113,7 @@ def _ip(text: str) -> int:
     return int.from_bytes(socket.inet_aton(text), "big")
 
 
+@pytest.mark.serial  # the event loop never stalls: measured on the machine
 async def test_hostile_servers_beside_a_normal_broker(
         tmp_path: Path, mosquitto_tls: servers.MosquittoServer) -> None:
     chains = _chains()

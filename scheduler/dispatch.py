@@ -35,6 +35,7 @@ from brokerscan.settings import Settings
 from scheduler import live, sizing, state
 from scheduler.recovery import Recovery
 from scheduler.sweeps import SweepSpec, plan_sweep
+from scheduler.watchloop import WatchLoop
 from storage.db import SERVER_AWAY, Conn, Pool, create_pool
 
 __all__ = ["Dispatcher"]
@@ -76,6 +77,8 @@ class Dispatcher:
                                  lost_after=settings.shard_lost_seconds)
         self._capacity_cache: tuple[float, dict[str, int], int] | None = None
         self._turn = 0
+        #: watches evaluated when a sweep finishes, and their deliveries (issue 20)
+        self.watches = WatchLoop(settings)
 
     def stop(self) -> None:
         """Finish the round under way and return from :meth:`run` (signal-handler safe)."""
@@ -121,6 +124,8 @@ class Dispatcher:
                         ended = await state.get_sweep(conn, sweep.id)
                         if ended is not None:
                             self._note_state(sweep.id, ended.state, ended.failed_shards)
+                        if ended is not None and ended.state == "finished":
+                            self.watches.sweep_finished(sweep.id)
                     else:
                         self._note_state(sweep.id, "running")
         await self.recovery.round(pool, redis, [s.id for s in running],
@@ -282,6 +287,7 @@ class Dispatcher:
                 pause = self.interval
                 try:
                     await self.tick(pool, redis)
+                    await self.watches.tick()
                     if self.metrics and time.monotonic() >= next_gauges:
                         next_gauges = time.monotonic() + _GAUGES_EVERY
                         await self._refresh_gauges(pool, redis)
@@ -317,6 +323,7 @@ class Dispatcher:
                     await asyncio.wait_for(self._stopping.wait(), pause)
         finally:
             self._log_summary()
+            await self.watches.close()
             await redis.aclose()
             await pool.close()
             log.info("scheduler: stopped (%d shards sent in all)", self.sent)

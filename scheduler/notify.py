@@ -40,11 +40,13 @@ from storage.watches import (
     add_delivery_attempt,
     due_deliveries,
     get_watch,
+    list_deliveries,
     pending_count,
+    record_test_event,
 )
 
 __all__ = ["DELIVERY_HEADER", "SIGNATURE_HEADER", "Deliverer", "OutsideAllowList",
-           "body_of", "check_allowed", "sign"]
+           "body_of", "check_allowed", "send_test", "sign"]
 
 SIGNATURE_HEADER = "X-Brokerscan-Signature"
 DELIVERY_HEADER = "X-Brokerscan-Delivery"
@@ -229,3 +231,18 @@ class Deliverer:
                 f"Delivery {delivery.id}\n\n"
                 + json.dumps({"delivery": delivery.id, **event.payload()}, indent=2) + "\n")
         await asyncio.to_thread(_send_email, self.settings, watch.email, subject, text)
+
+
+async def send_test(store: StoreReader, settings: Settings, watch: Watch) -> list[Delivery]:
+    """Record a ``test`` event for *watch* and try each of its deliveries once, now
+    (retries, if any, are the scheduler's); returns them as logged."""
+    event = await record_test_event(store, watch)
+    deliverer = Deliverer(store, settings)
+    try:
+        for delivery in await list_deliveries(store, watch.name, limit=10):
+            if delivery.event.id == event.id:
+                await deliverer.deliver(watch, delivery)
+    finally:
+        await deliverer.close()
+    return [d for d in await list_deliveries(store, watch.name, limit=10)
+            if d.event.id == event.id]

@@ -288,11 +288,14 @@ async def evaluate_sweep(store: Searcher, sweep_id: str, *, previous: str | None
 
     :returns: the events recorded by this call (none that an earlier call recorded)
     """
+    watches = await list_watches(store) if watches is None else watches
+    if not watches:
+        return []
     if previous is None:
         previous = await previous_sweep(store, sweep_id)
     before = previous if previous is not None else ""  # a sweep id nothing has
     recorded: list[Event] = []
-    for watch in await list_watches(store) if watches is None else watches:
+    for watch in watches:
         node = effective_query(watch.query, watch.networks, watch.asns)
         diff = await diff_sweeps(store, before, sweep_id, node, limit=_MAX_EVENTS)
         changes = {(c.ip, c.port): c.changes for c in diff.changed}

@@ -13,7 +13,7 @@ from typing import Any
 from brokerscan.cli.errors import EXIT_UNAVAILABLE, CliError
 from brokerscan.cli.services import run_async
 from brokerscan.settings import Settings
-from scheduler.notify import Deliverer
+from scheduler.notify import Deliverer, send_test
 from storage.db import DatabaseError
 from storage.searcher import Searcher
 from storage.store import StoreError, open_store, store_url
@@ -24,7 +24,6 @@ from storage.watches import (
     get_watch,
     list_deliveries,
     list_watches,
-    record_test_event,
     remove_watch,
 )
 
@@ -131,16 +130,7 @@ async def _verb(args: argparse.Namespace, settings: Settings, store: Searcher) -
         tested = await get_watch(store, args.name)
         if tested is None:
             raise WatchError(f"no watch {args.name!r} (see brokerscan watch list)")
-        event = await record_test_event(store, tested)
-        deliverer = Deliverer(store, settings)
-        try:
-            for delivery in await list_deliveries(store, tested.name, limit=10):
-                if delivery.event.id == event.id:
-                    await deliverer.deliver(tested, delivery)
-        finally:
-            await deliverer.close()
-        done = [_flat(d.public()) for d in await list_deliveries(store, tested.name, limit=10)
-                if d.event.id == event.id]
+        done = [_flat(d.public()) for d in await send_test(store, settings, tested)]
         _print(args, done, _LOG_LINE)
         return 0 if all(d["status"] == "delivered" for d in done) else 1
     else:

@@ -34,10 +34,13 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from brokerscan.model import MqttResult, Protocol, ScanResult, Status, Transport
 from brokerscan.settings import Settings
 from scheduler.notify import Deliverer, sign
+from scheduler.watchloop import WatchLoop
 from storage.searcher import Searcher
 from storage.store import open_store
 from storage.watches import create_watch, evaluate_sweep, list_deliveries
 from tests import servers
+from tests.apiserver import ApiServer, make_token
+from tests.services import RABBIT_URL, new_names
 from tests.waiting import HANG, wait_for_async
 
 pytestmark = pytest.mark.integration
@@ -282,6 +285,40 @@ async def test_a_hanging_receiver_does_not_delay_another_watch(
         await store.close()
 
 
+async def test_the_scheduler_evaluates_a_finished_sweep_once_and_delivers(
+        migrated_url: str, receiver: Receiver) -> None:
+    """What the dispatch loop runs when a sweep ends (scheduler/watchloop.py): wait for
+    the stream to be empty (this namespace's queues, on the machine's RabbitMQ), evaluate,
+    deliver, retry; a second finish of the same sweep adds nothing."""
+    await seed(migrated_url)
+    settings = Settings(store_url=migrated_url, results_url=RABBIT_URL,
+                        namespace=new_names().namespace, watch_allow=["127.54.0.0/16"],
+                        watch_retry_seconds=0.05, watch_timeout_seconds=HANG)
+    loop = WatchLoop(settings, settle=0.05)
+    store = await open_store(migrated_url)
+    assert isinstance(store, Searcher)
+    try:
+        await create_watch(store, "owner", "protocol:mqtt anonymous:true", networks=[RANGE],
+                           webhook_url=receiver.url + "/hook", secret=SECRET)
+        assert await loop.sweep_finished("sw-2") == 2
+
+        async def all_delivered() -> bool:
+            await loop.tick()
+            log = await list_deliveries(store, "owner")
+            return len(log) == 2 and all(d.status == "delivered" for d in log)
+        await wait_for_async(all_delivered, HANG, "both deliveries, one after 3 tries")
+        assert sorted((d["kind"], d["ip"]) for d in receiver.delivered()) == [
+            ("new", "127.60.0.3"), ("now_matching", "127.60.0.2")]
+        again = WatchLoop(settings, settle=0.05)  # a restarted scheduler, say
+        try:
+            assert await again.sweep_finished("sw-2") == 0
+        finally:
+            await again.close()
+    finally:
+        await loop.close()
+        await store.close()
+
+
 def test_signature_is_over_the_exact_body() -> None:
     body = b'{"a":1}'
     assert sign("k", body) == "sha256=" + hmac.new(b"k", body, hashlib.sha256).hexdigest()
@@ -313,3 +350,56 @@ def test_names_are_unique_and_removal_needs_a_watch(tmp_path: Path) -> None:
     ok(env, "watch", "remove", "w", "--store", store)
     proc = cli(env, "watch", "remove", "w", "--store", store)
     assert proc.returncode == 2 and "no watch 'w'" in proc.stderr
+
+
+def test_the_api_manages_watches_for_operators_only(
+        tmp_path: Path, receiver: Receiver, smtp: tuple[str, Mailbox]) -> None:
+    url = f"sqlite:///{tmp_path}/store.db"
+    env = environment(smtp[0])
+    operator, reader = (make_token(url, name, role, env=env)
+                        for name, role in (("op", "operator"), ("rd", "reader")))
+    server = ApiServer(tmp_path, url, env=env)
+    try:
+        body = {"name": "owner", "query": "protocol:mqtt anonymous:true",
+                "networks": [RANGE], "webhook_url": receiver.url + "/hook",
+                "secret": SECRET, "email": "owner@example.org"}
+        with server.client(reader) as client:
+            assert client.get("/api/v1/watches").status_code == 403
+            assert client.post("/api/v1/watches", json=body).status_code == 403
+        with server.client(operator) as client:
+            made = client.post("/api/v1/watches", json=body)
+            assert made.status_code == 201, made.text
+            assert "secret" not in made.json() and made.json()["networks"] == [RANGE]
+            again = client.post("/api/v1/watches", json=body)
+            assert again.status_code == 409
+            bad = client.post("/api/v1/watches", json={**body, "name": "b",
+                                                       "query": "anonymous:"})
+            assert bad.status_code == 400 and "--query" in bad.json()["error"]
+            assert [w["name"] for w in client.get("/api/v1/watches").json()] == ["owner"]
+            sent = client.post("/api/v1/watches/owner/test").json()
+            assert sorted((d["channel"], d["status"]) for d in sent) == [
+                ("email", "delivered"), ("webhook", "delivered")]
+            assert [d["kind"] for d in receiver.delivered()] == ["test"]
+            assert len(smtp[1].messages) == 1
+            log = client.get("/api/v1/watches/owner/deliveries").json()
+            assert {d["id"] for d in log} == {d["id"] for d in sent}
+            assert client.get("/api/v1/watches/nope/deliveries").status_code == 404
+            assert client.delete("/api/v1/watches/owner").status_code == 200
+            assert client.get("/api/v1/watches").json() == []
+    finally:
+        server.stop()
+
+
+def test_watch_test_sends_a_signed_test_event(tmp_path: Path, receiver: Receiver,
+                                              smtp: tuple[str, Mailbox]) -> None:
+    url = f"sqlite:///{tmp_path}/store.db"
+    env = environment(smtp[0])
+    ok(env, "watch", "add", "w", "--webhook", receiver.url + "/hook", "--secret", SECRET,
+       "--store", url)
+    out = ok(env, "watch", "test", "w", "--store", url).stdout
+    assert "delivered" in out
+    assert [d["kind"] for d in receiver.delivered()] == ["test"]
+    receiver.server.shutdown()  # nobody answers any more: exit 1, the error logged
+    receiver.server.server_close()
+    proc = cli(env, "watch", "test", "w", "--store", url)
+    assert proc.returncode == 1 and "pending" in proc.stdout, proc.stdout

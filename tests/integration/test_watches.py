@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import os
+import ssl
 import subprocess
 import sys
 import threading
@@ -30,6 +32,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from cryptography import x509
 
 from brokerscan.model import MqttResult, Protocol, ScanResult, Status, Transport
 from brokerscan.settings import Settings
@@ -40,6 +43,7 @@ from storage.store import open_store
 from storage.watches import create_watch, evaluate_sweep, list_deliveries
 from tests import servers
 from tests.apiserver import ApiServer, make_token
+from tests.certs import Pki, issue, write_issued
 from tests.services import RABBIT_URL, new_names
 from tests.waiting import HANG, wait_for_async
 
@@ -157,11 +161,13 @@ def receiver() -> Iterator[Receiver]:
 class Mailbox:
     def __init__(self) -> None:
         self.messages: list[Message] = []
+        self.tls: list[bool] = []  # per message: was the session inside TLS
 
     async def handle_DATA(self, server: SMTP, session: Session,
                           envelope: Envelope) -> str:
         assert isinstance(envelope.content, bytes)
         self.messages.append(message_from_bytes(envelope.content))
+        self.tls.append(session.ssl is not None)
         return "250 OK"
 
 
@@ -403,3 +409,29 @@ def test_watch_test_sends_a_signed_test_event(tmp_path: Path, receiver: Receiver
     receiver.server.server_close()
     proc = cli(env, "watch", "test", "w", "--store", url)
     assert proc.returncode == 1 and "pending" in proc.stdout, proc.stdout
+
+
+def test_email_goes_through_starttls_when_the_server_offers_it(tmp_path: Path,
+                                                               pki: Pki) -> None:
+    """An SMTP server that offers STARTTLS and refuses mail without it (its certificate
+    from the test CA, which the child process trusts through SSL_CERT_FILE)."""
+    host, port = servers.allocate("scratch", 0)
+    cert, key = issue("smtp.test", pki.ca,
+                      sans=[x509.IPAddress(ipaddress.IPv4Address(host))])
+    issued = write_issued(tmp_path, "smtp", cert, key)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(issued.cert_path, issued.key_path)
+    box = Mailbox()
+    controller = Controller(box, hostname=host, port=port, tls_context=context,
+                            require_starttls=True)
+    controller.start()
+    try:
+        url = f"sqlite:///{tmp_path}/store.db"
+        env = {**environment(f"smtp://{host}:{port}"),
+               "SSL_CERT_FILE": str(pki.ca.cert_path)}
+        ok(env, "watch", "add", "w", "--email", "owner@example.org", "--store", url)
+        out = ok(env, "watch", "test", "w", "--store", url).stdout
+        assert "delivered" in out
+        assert len(box.messages) == 1 and box.tls == [True]
+    finally:
+        controller.stop()

@@ -57,6 +57,8 @@ _DELIVERY_COLUMNS: Final = (
     "e.kind AS kind, e.detail AS detail")
 #: the most events one evaluation lists per kind and watch
 _MAX_EVENTS: Final = 1_000_000
+#: events inserted by one statement
+_CHUNK: Final = 200
 
 
 class WatchError(ValueError):
@@ -255,30 +257,40 @@ async def previous_sweep(store: StoreReader, sweep_id: str) -> str | None:
 
 
 async def _record(store: StoreReader, watch: Watch, sweep_id: str, previous: str | None,
-                  ip: str, port: int, kind: str, detail: dict[str, Any]) -> Event | None:
-    """Insert an event and its deliveries; None if the event was recorded already."""
-    event_id = secrets.token_hex(12)
+                  found: list[tuple[str, int, str, dict[str, Any]]]) -> list[Event]:
+    """Insert the events (ip, port, kind, detail) not recorded yet, a chunk a statement,
+    then a pending delivery per channel for every event of (watch, sweep) that lacks one
+    (so an evaluation stopped between the two is mended by the next). A delivery's id is
+    its event's and its channel's: the same on every try."""
     now = datetime.now(UTC)
-    params = Params(store.dialect)
-    values = ", ".join(params.add(v) for v in (event_id, watch.name, sweep_id, previous, ip,
-                                                port, kind, json.dumps(detail), now))
-    rows = await store.fetch(
-        "INSERT INTO watch_events (id, watch, sweep_id, previous, ip, port, kind, detail, "
-        f"created_at) VALUES ({values}) ON CONFLICT (watch, sweep_id, ip, port, kind) "
-        "DO NOTHING RETURNING id", params.values)
-    if not rows:
-        return None
-    channels = [c for c, target in (("webhook", watch.webhook_url), ("email", watch.email))
-                if target is not None]
-    for channel in channels:
+    recorded: list[Event] = []
+    for low in range(0, len(found), _CHUNK):
         params = Params(store.dialect)
-        values = ", ".join(params.add(v) for v in (
-            secrets.token_hex(16), event_id, watch.name, channel, "pending", 0, now, now))
+        rows = []
+        chunk = [(secrets.token_hex(12), *item) for item in found[low:low + _CHUNK]]
+        for event_id, ip, port, kind, detail in chunk:
+            rows.append("(" + ", ".join(params.add(v) for v in (
+                event_id, watch.name, sweep_id, previous, ip, port, kind, json.dumps(detail),
+                now)) + ")")
+        inserted = {str(r["id"]) for r in await store.fetch(
+            "INSERT INTO watch_events (id, watch, sweep_id, previous, ip, port, kind, detail, "
+            f"created_at) VALUES {', '.join(rows)} ON CONFLICT (watch, sweep_id, ip, port, "
+            "kind) DO NOTHING RETURNING id", params.values)}
+        recorded += [Event(event_id, watch.name, sweep_id, previous, ip, port, kind, detail)
+                     for event_id, ip, port, kind, detail in chunk if event_id in inserted]
+    for channel, target in (("webhook", watch.webhook_url), ("email", watch.email)):
+        if target is None:
+            continue
+        params = Params(store.dialect)
+        name, tag = params.add(channel), params.add(channel)
+        times = params.add(now), params.add(now)
         await store.fetch(
             "INSERT INTO watch_deliveries (id, event_id, watch, channel, status, attempts, "
-            f"next_try_at, created_at) VALUES ({values}) ON CONFLICT (event_id, channel) "
-            "DO NOTHING", params.values)
-    return Event(event_id, watch.name, sweep_id, previous, ip, port, kind, detail)
+            f"next_try_at, created_at) SELECT e.id || '.' || {tag}, e.id, e.watch, {name}, "
+            f"'pending', 0, {times[0]}, {times[1]} FROM watch_events AS e "
+            f"WHERE e.watch = {params.add(watch.name)} AND e.sweep_id = {params.add(sweep_id)} "
+            "ON CONFLICT (event_id, channel) DO NOTHING", params.values)
+    return recorded
 
 
 async def evaluate_sweep(store: Searcher, sweep_id: str, *, previous: str | None = None,
@@ -310,21 +322,18 @@ async def evaluate_sweep(store: Searcher, sweep_id: str, *, previous: str | None
             certs = await diff_sweeps(store, before, sweep_id, node, limit=_MAX_EVENTS)
             found += [("certificate_expired", key)
                       for key in (*certs.new, *certs.now_matching)]
-        for kind, (ip, port) in found:
-            detail = {"changes": changes[(ip, port)]} if (ip, port) in changes else {}
-            event = await _record(store, watch, sweep_id, previous, ip, port, kind, detail)
-            if event is not None:
-                recorded.append(event)
+        recorded += await _record(store, watch, sweep_id, previous, [
+            (ip, port, kind, {"changes": changes[(ip, port)]} if (ip, port) in changes
+             else {}) for kind, (ip, port) in found])
     return recorded
 
 
 async def record_test_event(store: StoreReader, watch: Watch) -> Event:
     """A ``test`` event for *watch* (a sweep id of its own), delivered like any other."""
     sweep_id = f"test-{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
-    event = await _record(store, watch, sweep_id, None, "192.0.2.1", 1883, "test",
-                          {"note": "a test event from brokerscan watch test"})
-    assert event is not None  # a sweep id of its own
-    return event
+    events = await _record(store, watch, sweep_id, None, [
+        ("192.0.2.1", 1883, "test", {"note": "a test event from brokerscan watch test"})])
+    return events[0]  # a sweep id of its own: recorded now
 
 
 def _delivery(store: StoreReader, row: Row) -> Delivery:

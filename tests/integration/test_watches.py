@@ -43,6 +43,7 @@ from storage.store import open_store
 from storage.watches import create_watch, evaluate_sweep, list_deliveries
 from tests import servers
 from tests.apiserver import ApiServer, make_token
+from tests.browser import Watched, browser, off_loop, screenshot
 from tests.certs import Pki, issue, write_issued
 from tests.services import RABBIT_URL, new_names
 from tests.waiting import HANG, wait_for_async
@@ -435,3 +436,48 @@ def test_email_goes_through_starttls_when_the_server_offers_it(tmp_path: Path,
         assert len(box.messages) == 1 and box.tls == [True]
     finally:
         controller.stop()
+
+
+def _sign_in(page: Watched, token: str) -> None:
+    page.goto("/signin")
+    page.page.fill("#token", token)
+    page.page.press("#token", "Enter")
+    page.page.wait_for_url("**/")
+
+
+def test_the_watches_page_shows_the_log_and_sends_a_test_for_operators(
+        tmp_path: Path, receiver: Receiver, smtp: tuple[str, Mailbox]) -> None:
+    """The dashboard's Watches page in Chromium: the delivery log of a watch after two
+    sweeps (the retried delivery with its three tries), a test event sent by its button;
+    a reader is told the page is for operators."""
+    url = f"sqlite:///{tmp_path}/store.db"
+    env = environment(smtp[0])
+    off_loop(seed(url))
+    ok(env, "watch", "add", "owner", "--query", "protocol:mqtt anonymous:true", "--networks",
+       RANGE, "--webhook", receiver.url + "/hook", "--secret", SECRET, "--store", url)
+    ok(env, "watch", "evaluate", "sw-2", "--against", "sw-1", "--store", url)
+    operator, reader = (make_token(url, name, role, env=env)
+                        for name, role in (("op", "operator"), ("rd", "reader")))
+    server = ApiServer(tmp_path, url, env=env)
+    try:
+        with browser(server.url) as chrome:
+            page = chrome.open()
+            _sign_in(page, operator)
+            page.goto("/watches")
+            log = page.page.inner_text("#log-owner")
+            assert "127.60.0.3:1883" in log and "127.60.0.2:1883" in log
+            assert "delivered" in log and "HTTP 500" in log
+            page.page.click("#test-owner")
+            page.page.wait_for_selector("#message-owner")
+            assert "webhook delivered" in page.page.inner_text("#message-owner")
+            assert [d["kind"] for d in receiver.delivered()].count("test") == 1
+            screenshot(page, "watches")
+            page.check(allow=frozenset({401}))  # the sign-in page's session, before it
+        with browser(server.url) as chrome:
+            page = chrome.open()
+            _sign_in(page, reader)
+            page.goto("/watches")
+            assert "for operator tokens" in page.page.inner_text("#page")
+            page.check(allow=frozenset({401, 403}))
+    finally:
+        server.stop()

@@ -68,11 +68,25 @@ class Settings(BaseSettings):
     ready_gate: bool = True
     # Log lines as text (for people) or json (one object a line, for log pipelines).
     log_format: Literal["text", "json"] = "text"
+    # Watches (issue 20): where a webhook may be dialled at all: CIDRs, or host names
+    # (exact); a URL whose host is none of them (or resolves outside them) is refused and
+    # recorded, never dialled. Empty: no webhook is dialled.
+    watch_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Seconds one delivery (a webhook request, an email) may take.
+    watch_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    # Tries per delivery; between them a wait that doubles from watch_retry_seconds.
+    watch_attempts: int = Field(default=5, ge=1, le=50)
+    watch_retry_seconds: float = Field(default=30.0, gt=0)
+    # The SMTP server of watch emails (smtp://[user:password@]host[:port]; STARTTLS when
+    # it offers it) and the sender's address; unset: email channels fail their deliveries.
+    smtp_url: str | None = None
+    smtp_from: str = "brokerscan@localhost"
 
     def names(self) -> Names:
         return Names(self.namespace)
 
-    @field_validator("scope", "blocklist_files", "enrichment_sources", mode="before")
+    @field_validator("scope", "blocklist_files", "enrichment_sources", "watch_allow",
+                     mode="before")
     @classmethod
     def _split_scope(cls, value: object) -> object:
         if isinstance(value, str):

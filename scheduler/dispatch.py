@@ -1,20 +1,16 @@
 """The scheduler's dispatch loop: keeps each probe queue's backlog sized to the live fleet.
 
-PostgreSQL holds the truth (sweeps, shards, their states); this loop only moves shards
-from *pending* (or *paused*, once the sweep runs again) to *queued* and sends their Celery
-messages. Each queue's backlog (queued + running shards, every sweep) is kept at the live
-capacity of the processes that consume it, from their heartbeats, plus a small margin, the
-room shared fairly among running sweeps, plaintext and TLS shards sent side by side
-(:mod:`scheduler.sizing`); ``max_queued``, if given, caps each sweep's backlog on top
-(backpressure: the broker never holds a whole sweep). Claim and send happen in one
-transaction, so a send that fails leaves the shard pending. It also mirrors each
-sweep's state into Redis (what workers obey within half a second), marks sweeps finished,
-starts the runs of recurring sweeps that are due (:mod:`scheduler.schedules`), and beats a
-heartbeat.
-
-Stateless: a restarted scheduler carries on from the database; two schedulers at once
-never queue a shard twice (``FOR UPDATE SKIP LOCKED``) nor start a schedule's period
-twice (a locked row and a UNIQUE constraint).
+PostgreSQL holds the truth (sweeps, shards, their states); this loop moves shards from
+*pending* (or *paused*, once the sweep runs again) to *queued* and sends their Celery
+messages, in one transaction (a failed send leaves the shard pending). Each queue's backlog
+is kept at its consumers' live capacity (heartbeats) plus a margin, shared fairly among
+running sweeps, plaintext and TLS side by side (:mod:`scheduler.sizing`); ``max_queued``
+caps each sweep's backlog on top. It also mirrors sweep states into Redis (what workers
+obey within half a second), marks sweeps finished (then evaluates the watches:
+:mod:`scheduler.watchloop`), starts recurring sweeps that are due
+(:mod:`scheduler.schedules`), and beats a heartbeat. Stateless: a restarted scheduler
+carries on from the database; two at once never queue a shard twice (``FOR UPDATE SKIP
+LOCKED``) nor start a period twice (a row lock and a UNIQUE constraint).
 """
 
 from __future__ import annotations
@@ -37,6 +33,7 @@ from brokerscan.settings import Settings
 from scheduler import live, schedules, sizing, state
 from scheduler.recovery import Recovery
 from scheduler.sweeps import SweepSpec, plan_sweep
+from scheduler.watchloop import WatchLoop
 from storage.db import SERVER_AWAY, Conn, Pool, create_pool
 
 __all__ = ["Dispatcher"]
@@ -78,6 +75,7 @@ class Dispatcher:
                                  lost_after=settings.shard_lost_seconds)
         self._capacity_cache: tuple[float, dict[str, int], int] | None = None
         self._turn = 0
+        self.watches = WatchLoop(settings)  # evaluated as sweeps finish, and delivered
 
     def stop(self) -> None:
         """Finish the round under way and return from :meth:`run` (signal-handler safe)."""
@@ -126,6 +124,8 @@ class Dispatcher:
                         ended = await state.get_sweep(conn, sweep.id)
                         if ended is not None:
                             self._note_state(sweep.id, ended.state, ended.failed_shards)
+                            if ended.state == "finished":
+                                self.watches.sweep_finished(sweep.id)
                     else:
                         self._note_state(sweep.id, "running")
         await self.recovery.round(pool, redis, [s.id for s in running],
@@ -287,6 +287,7 @@ class Dispatcher:
                 pause = self.interval
                 try:
                     await self.tick(pool, redis)
+                    await self.watches.tick()
                     if self.metrics and time.monotonic() >= next_gauges:
                         next_gauges = time.monotonic() + _GAUGES_EVERY
                         await self._refresh_gauges(pool, redis)
@@ -322,6 +323,7 @@ class Dispatcher:
                     await asyncio.wait_for(self._stopping.wait(), pause)
         finally:
             self._log_summary()
+            await self.watches.close()
             await redis.aclose()
             await pool.close()
             log.info("scheduler: stopped (%d shards sent in all)", self.sent)

@@ -4,7 +4,7 @@ between two sweeps."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from brokerscan.report import report_of
@@ -40,6 +40,9 @@ class Diff:
     gone: list[tuple[str, int]]
     changed: list[Changed]
     counts: dict[str, int]
+    #: answered in both sweeps, matching the query in *b* only, or in *a* only
+    now_matching: list[tuple[str, int]] = field(default_factory=list)
+    stopped_matching: list[tuple[str, int]] = field(default_factory=list)
 
 
 async def census_report(store: Searcher, view: View = CURRENT) -> dict[str, Any]:
@@ -99,7 +102,7 @@ async def diff_sweeps(store: Searcher, a: str, b: str, query: str | Node = "", *
         f"SELECT b.ip AS ip, b.port AS port, a.tls AS a_tls, b.tls AS b_tls, "
         "a.anonymous AS a_anon, b.anonymous AS b_anon, a.cert_sha256 AS a_cert, "
         "b.cert_sha256 AS b_cert, a.product AS a_product, b.product AS b_product, "
-        "a.version AS a_version, b.version AS b_version "
+        "a.version AS a_version, b.version AS b_version, a.hit AS a_hit, b.hit AS b_hit "
         f"FROM ({side_b}) AS b JOIN ({side_a}) AS a ON a.ip = b.ip AND a.port = b.port "
         "WHERE a.hit = 1 OR b.hit = 1", params.values)
     counts = {"new": len(keys["new"]), "gone": len(keys["gone"]), "changed": 0,
@@ -107,7 +110,10 @@ async def diff_sweeps(store: Searcher, a: str, b: str, query: str | Node = "", *
               "tls_removed": 0, "certificate_replaced": 0, "product_changed": 0,
               "version_changed": 0}
     changed: list[Changed] = []
+    flipped: dict[bool, list[tuple[str, int]]] = {True: [], False: []}
     for r in sorted(both, key=lambda r: (ip_number(str(r["ip"])) or 0, r["port"])):
+        if bool(r["a_hit"]) != bool(r["b_hit"]) and len(flipped[bool(r["b_hit"])]) < limit:
+            flipped[bool(r["b_hit"])].append((str(r["ip"]), int(r["port"])))
         what = _changes(r)
         if what:
             counts["changed"] += 1
@@ -115,7 +121,8 @@ async def diff_sweeps(store: Searcher, a: str, b: str, query: str | Node = "", *
                 counts[change] += 1
             if len(changed) < limit:
                 changed.append(Changed(str(r["ip"]), int(r["port"]), what))
-    return Diff(a, b, keys["new"][:limit], keys["gone"][:limit], changed, counts)
+    return Diff(a, b, keys["new"][:limit], keys["gone"][:limit], changed, counts,
+                flipped[True], flipped[False])
 
 
 def _changes(r: Row) -> list[str]:

@@ -196,8 +196,34 @@ WHEN old.census IS NOT new.census BEGIN
 END;
 """
 
+#: Step 5: watches, their events and deliveries (as in PostgreSQL's 0011).
+_V5: Final = """
+CREATE TABLE watches (
+    name TEXT PRIMARY KEY, query TEXT NOT NULL, networks TEXT NOT NULL DEFAULT '',
+    asns TEXT NOT NULL DEFAULT '', webhook_url TEXT, secret TEXT, email TEXT,
+    certificates INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL,
+    CHECK (webhook_url IS NOT NULL OR email IS NOT NULL)
+);
+CREATE TABLE watch_events (
+    id TEXT PRIMARY KEY, watch TEXT NOT NULL REFERENCES watches (name) ON DELETE CASCADE,
+    sweep_id TEXT NOT NULL, previous TEXT, ip TEXT NOT NULL, port INTEGER NOT NULL,
+    kind TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '{}', created_at TEXT NOT NULL,
+    UNIQUE (watch, sweep_id, ip, port, kind)
+);
+CREATE TABLE watch_deliveries (
+    id TEXT PRIMARY KEY,
+    event_id TEXT NOT NULL REFERENCES watch_events (id) ON DELETE CASCADE,
+    watch TEXT NOT NULL, channel TEXT NOT NULL, status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, next_try_at TEXT, last_error TEXT,
+    created_at TEXT NOT NULL, delivered_at TEXT,
+    UNIQUE (event_id, channel)
+);
+CREATE INDEX watch_deliveries_due ON watch_deliveries (next_try_at) WHERE status = 'pending';
+CREATE INDEX watch_deliveries_watch ON watch_deliveries (watch, created_at);
+"""
+
 #: The schema steps, in order; ``PRAGMA user_version`` is how many a file has.
-STEPS: Final = (_V1, _V2, _V3, _V4)
+STEPS: Final = (_V1, _V2, _V3, _V4, _V5)
 
 
 def version(conn: sqlite3.Connection) -> int:

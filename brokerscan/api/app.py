@@ -42,6 +42,7 @@ from brokerscan.api.routes import (
     session,
     sweeps,
     trends,
+    watches,
 )
 from brokerscan.settings import Settings
 from brokerscan.web.app import mount_dashboard
@@ -163,7 +164,7 @@ def build_app(settings: Settings, store_url: str, *, auth: bool = True,
     api = APIRouter(prefix="/api/v1", responses=errors.ERRORS,
                     dependencies=[Depends(metered, scope="function")])
     for module in (services, count, trends, hosts, report, diff, sweeps, schedules, export,
-                   query):
+                   query, watches):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(session.router, prefix="/api/v1")

@@ -44,6 +44,7 @@ COMMANDS: dict[str, str] = {
     "lookup": "lookup",
     "serve": "serve",
     "token": "token",
+    "watch": "watch",
 }
 
 

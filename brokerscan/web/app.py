@@ -1,5 +1,5 @@
 """The dashboard's routes: one HTML shell per page (``/``, ``/search``, ``/host/{ip}``,
-``/sweeps``, ``/sweeps/{id}``, ``/changes``, ``/signin``), each loading its JavaScript
+``/sweeps``, ``/sweeps/{id}``, ``/changes``, ``/watches``, ``/signin``), each loading its JavaScript
 module, and ``/assets/...`` for the modules, the stylesheet and the vendored libraries.
 
 The pages hold no data: the modules fetch it from ``/api/v1`` with the browser's session
@@ -52,11 +52,13 @@ PAGES: Final[dict[str, Page]] = {
     "/sweeps": Page("sweeps", "Sweeps", "sweeps"),
     "/sweeps/{sweep}": Page("sweep", "Sweep", "sweeps"),
     "/changes": Page("changes", "Changes", "changes"),
+    "/watches": Page("watches", "Watches", "watches"),
     "/signin": Page("signin", "Sign in", None),
 }
 
 _NAV: Final = (("overview", "/", "Overview"), ("search", "/search", "Search"),
-               ("sweeps", "/sweeps", "Sweeps"), ("changes", "/changes", "Changes"))
+               ("sweeps", "/sweeps", "Sweeps"), ("changes", "/changes", "Changes"),
+               ("watches", "/watches", "Watches"))
 
 _IMPORT: Final = re.compile(r"""(?:from|import)\s*["'](\./[\w./-]+|/assets/[\w./-]+)["']""")
 

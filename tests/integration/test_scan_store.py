@@ -70,7 +70,7 @@ def test_bad_store_is_one_line(store, needle):
 
 
 def test_a_full_disk_is_one_line_and_the_results_are_in_the_output(tmp_path):
-    """The embedded store on a real, full file system (a 200 KiB tmpfs in a private mount
+    """The embedded store on a real, full file system (a 320 KiB tmpfs in a private mount
     namespace): one line naming the store and saying how much was stored, exit 1, and
     every result still in the ``-o`` file."""
     if shutil.which("unshare") is None or os.geteuid() != 0:
@@ -78,7 +78,7 @@ def test_a_full_disk_is_one_line_and_the_results_are_in_the_output(tmp_path):
     mount = tmp_path / "small"
     mount.mkdir()
     output = tmp_path / "results.jsonl"
-    script = (f"mount -t tmpfs -o size=200k tmpfs {mount} && exec {sys.executable} -m "
+    script = (f"mount -t tmpfs -o size=320k tmpfs {mount} && exec {sys.executable} -m "
               f"brokerscan.cli scan 127.66.0.0/22 --ports 1883 --allow-reserved --all "
               f"--progress off --connect-timeout 0.5 --store sqlite:///{mount}/store.db "
               f"-o {output}")

@@ -256,7 +256,10 @@ def upgrade(conn: sqlite3.Connection) -> list[int]:
             conn.execute(f"PRAGMA user_version = {number}")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # A full disk can end the transaction inside SQLite already: roll back only
+            # what is still open, so the error the user sees is the disk's, not ours.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
         applied.append(number)
     return applied

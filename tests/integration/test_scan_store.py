@@ -69,6 +69,27 @@ def test_bad_store_is_one_line(store, needle):
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
 
 
+def test_a_disk_too_full_for_the_schema_says_so(tmp_path):
+    """A file system with no room for the embedded store's schema (a 64 KiB tmpfs): the
+    one line names the disk, not SQLite's own rollback of the failed step."""
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.fail("this test needs root and unshare(1) to mount a small tmpfs privately")
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    script = (f"mount -t tmpfs -o size=64k tmpfs {mount} && exec {sys.executable} -m "
+              f"brokerscan.cli scan 127.66.4.0/30 --ports 1883 --allow-reserved "
+              f"--progress off --connect-timeout 0.5 --store sqlite:///{mount}/store.db "
+              f"-o {tmp_path / 'out.jsonl'}")
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True,
+                          text=True, timeout=120,
+                          env={**os.environ, "BROKERSCAN_SCOPE": "127.0.0.0/8"})
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0] == (f"brokerscan: error: store: cannot open SQLite store "
+                        f"{mount}/store.db: database or disk is full"), lines[0]
+
+
 def test_a_full_disk_is_one_line_and_the_results_are_in_the_output(tmp_path):
     """The embedded store on a real, full file system (a 320 KiB tmpfs in a private mount
     namespace): one line naming the store and saying how much was stored, exit 1, and

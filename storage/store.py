@@ -17,50 +17,23 @@ What every backend promises:
 from __future__ import annotations
 
 import importlib
-import os
 from collections.abc import Sequence
-from difflib import get_close_matches
-from typing import Final, Protocol
-from urllib.parse import unquote, urlsplit
+from typing import Protocol
 
 from brokerscan.model import ScanResult
-from brokerscan.oneline import redact
-from brokerscan.settings import Settings
 from storage.searcher import Searcher
+from storage.urls import (
+    BACKENDS,
+    DEFAULT_STORE_URL,
+    StoreUrlError,
+    backend_of,
+    describe_store,
+    store_url,
+    unknown_scheme,
+)
 
 __all__ = ["BACKENDS", "DEFAULT_STORE_URL", "ResultWriter", "StatementTimeout", "Store",
-           "StoreError", "describe_store", "open_store", "store_url"]
-
-#: URL scheme -> "module:class" of the backend.
-BACKENDS: Final = {
-    "postgresql": "storage.pgstore:PgStore",
-    "postgres": "storage.pgstore:PgStore",
-    "sqlite": "storage.sqlitestore:SqliteStore",
-}
-
-
-#: The embedded store, in the working directory, when no setting names another.
-DEFAULT_STORE_URL: Final = "sqlite:///brokerscan.db"
-
-
-def store_url(settings: Settings, explicit: str | None = None, *,
-              fleet: bool = True) -> str:
-    """Which store a command uses: *explicit* (a ``--store`` option), else the ``store_url``
-    setting, else (for the fleet's roles and the read side, *fleet*) ``database_url``, else
-    :data:`DEFAULT_STORE_URL`. A local scan passes ``fleet=False``: it stores in the
-    embedded file unless told otherwise, whatever database a fleet uses."""
-    database = settings.database_url if fleet else None
-    return explicit or settings.store_url or database or DEFAULT_STORE_URL
-
-
-def describe_store(url: str) -> str:
-    """*url* for messages: a SQLite file with its absolute path, any password hidden."""
-    scheme = urlsplit(url).scheme if "://" in url else ""
-    if scheme == "sqlite":
-        path = unquote(urlsplit(url).path[1:])
-        return url if path == ":memory:" else f"sqlite:///{os.path.abspath(path)}"
-    return redact(url)
-
+           "StoreError", "StoreUrlError", "describe_store", "open_store", "store_url"]
 
 class StoreError(Exception):
     """The store cannot be opened or used; the message is one line for the operator."""
@@ -122,16 +95,10 @@ async def open_store(url: str, *, read_only: bool = False,
     :returns: the open store (PostgreSQL: migrations must be applied)
     :raises StoreError: an unknown scheme, or the store cannot be opened
     """
-    scheme = urlsplit(url).scheme if "://" in url else ""
-    target = BACKENDS.get(scheme)
-    if target is None:
-        close = get_close_matches(scheme, BACKENDS, n=1)
-        hint = f" (did you mean {close[0]}://?)" if close else ""
-        raise StoreError(
-            f"unknown store URL scheme {scheme or url[:20]!r}{hint}; use one of "
-            + ", ".join(f"{s}://" for s in BACKENDS)
-        )
-    module_name, class_name = target.split(":")
+    problem = unknown_scheme(url)
+    if problem:
+        raise StoreError(problem)
+    module_name, class_name = backend_of(url).split(":")
     backend = getattr(importlib.import_module(module_name), class_name)
     store: Store = await backend.open(url, read_only=read_only,
                                       statement_timeout=statement_timeout)

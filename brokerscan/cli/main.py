@@ -27,6 +27,7 @@ from brokerscan.cli.errors import (
     print_error,
 )
 from brokerscan.settings import Settings
+from storage.urls import StoreUrlError
 from workers.tlshooks import TlsSelfCheckError
 
 __all__ = ["COMMANDS", "build_parser", "main"]
@@ -90,6 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print_error(str(exc), exc.context)
         return exc.code
+    except StoreUrlError as exc:  # a --store option or store setting no backend takes
+        print_error(str(exc))
+        return EXIT_BAD_INPUT
     except TlsSelfCheckError as exc:  # this Python's ssl lost a hook we rely on
         print_error(str(exc))
         return EXIT_UNAVAILABLE

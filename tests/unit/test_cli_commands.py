@@ -6,6 +6,8 @@ import argparse
 import subprocess
 import sys
 
+import pytest
+
 from brokerscan.cli import main
 
 
@@ -42,3 +44,22 @@ def test_a_command_imports_only_its_own_module() -> None:
     assert "brokerscan.cli.sweep" in loaded
     assert not loaded & {"brokerscan.cli.serve", "brokerscan.cli.demo", "fastapi", "uvicorn",
                          "celery"}, loaded & {"fastapi", "uvicorn", "celery"}
+
+
+@pytest.mark.parametrize("argv", [
+    ["db", "verify"], ["report"], ["search", "port:1883"], ["diff", "a", "b"],
+    ["watch", "list"], ["token", "list"], ["serve"],
+])  # scan's: tests/integration/test_scan_store.py
+def test_a_store_url_no_backend_takes_is_bad_input(argv, capsys, monkeypatch) -> None:
+    """Exit 2 and one line, with any password hidden, from every command that opens the
+    store: from the option, and from the setting."""
+    url = "mongodb://scanner:secret@127.0.0.1/census"
+    assert main.main([*argv, "--store", url]) == 2
+    err = capsys.readouterr().err
+    assert err == ("brokerscan: error: store mongodb://scanner:***@127.0.0.1/census: "
+                   "unknown store URL scheme 'mongodb'; use one of postgresql://, "
+                   "postgres://, sqlite://\n"), err
+    monkeypatch.setenv("BROKERSCAN_STORE_URL", "sqlit:///x.db")
+    monkeypatch.setenv("BROKERSCAN_DATABASE_URL", "sqlit:///x.db")
+    assert main.main(argv) == 2
+    assert "(did you mean sqlite://?)" in capsys.readouterr().err

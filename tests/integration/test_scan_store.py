@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -69,47 +70,45 @@ def test_bad_store_is_one_line(store, needle):
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
 
 
-def test_a_disk_too_full_for_the_schema_says_so(tmp_path):
-    """A file system with no room for the embedded store's schema (a 64 KiB tmpfs): the
-    one line names the disk, not SQLite's own rollback of the failed step."""
+def _scan_on_tmpfs(tmp_path: Path, size_kib: int, targets: str, output: Path,
+                   *extra: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """``brokerscan scan`` storing on a tmpfs of *size_kib* mounted in a private mount
+    namespace (needs root); returns the process, with its one stderr line checked, and
+    the mount."""
     if shutil.which("unshare") is None or os.geteuid() != 0:
         pytest.fail("this test needs root and unshare(1) to mount a small tmpfs privately")
-    mount = tmp_path / "tiny"
+    mount = tmp_path / "small"
     mount.mkdir()
-    script = (f"mount -t tmpfs -o size=64k tmpfs {mount} && exec {sys.executable} -m "
-              f"brokerscan.cli scan 127.66.4.0/30 --ports 1883 --allow-reserved "
+    script = (f"mount -t tmpfs -o size={size_kib}k tmpfs {mount} && exec {sys.executable} "
+              f"-m brokerscan.cli scan {targets} --ports 1883 --allow-reserved {' '.join(extra)} "
               f"--progress off --connect-timeout 0.5 --store sqlite:///{mount}/store.db "
-              f"-o {tmp_path / 'out.jsonl'}")
+              f"-o {output}")
     proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True,
                           text=True, timeout=120,
                           env={**os.environ, "BROKERSCAN_SCOPE": "127.0.0.0/8"})
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc, mount
+
+
+def test_a_disk_too_full_for_the_schema_says_so(tmp_path):
+    """A file system with no room for the embedded store's schema (a 64 KiB tmpfs): the
+    one line names the disk, not SQLite's own rollback of the failed step."""
+    proc, mount = _scan_on_tmpfs(tmp_path, 64, "127.66.4.0/30", tmp_path / "out.jsonl")
     assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert lines[0] == (f"brokerscan: error: store: cannot open SQLite store "
-                        f"{mount}/store.db: database or disk is full"), lines[0]
+    assert proc.stderr == (f"brokerscan: error: store: cannot open SQLite store "
+                           f"{mount}/store.db: database or disk is full\n"), proc.stderr
 
 
 def test_a_full_disk_is_one_line_and_the_results_are_in_the_output(tmp_path):
     """The embedded store on a real, full file system (a 320 KiB tmpfs in a private mount
     namespace): one line naming the store and saying how much was stored, exit 1, and
     every result still in the ``-o`` file."""
-    if shutil.which("unshare") is None or os.geteuid() != 0:
-        pytest.fail("this test needs root and unshare(1) to mount a small tmpfs privately")
-    mount = tmp_path / "small"
-    mount.mkdir()
     output = tmp_path / "results.jsonl"
-    script = (f"mount -t tmpfs -o size=320k tmpfs {mount} && exec {sys.executable} -m "
-              f"brokerscan.cli scan 127.66.0.0/22 --ports 1883 --allow-reserved --all "
-              f"--progress off --connect-timeout 0.5 --store sqlite:///{mount}/store.db "
-              f"-o {output}")
-    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True,
-                          text=True, timeout=120,
-                          env={**os.environ, "BROKERSCAN_SCOPE": "127.0.0.0/8"})
+    proc, mount = _scan_on_tmpfs(tmp_path, 320, "127.66.0.0/22", output, "--all")
     assert proc.returncode == 1, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert lines[0].startswith(f"brokerscan: error: store: cannot write to SQLite store "
-                               f"{mount}/store.db: database or disk is full; ")
-    assert lines[0].endswith(f"; all 1024 are in {output}")
+    line = proc.stderr.strip()
+    assert line.startswith(f"brokerscan: error: store: cannot write to SQLite store "
+                           f"{mount}/store.db: database or disk is full; ")
+    assert line.endswith(f"; all 1024 are in {output}")
     assert len(output.read_text().splitlines()) == 1024  # one record per probed port (--all)

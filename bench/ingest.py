@@ -11,7 +11,10 @@
    RabbitMQ delivery, validation, ``store.prepare`` and ``store.write_prepared`` (COPY
    into observations, the trigger's rollup and services upkeep, commit), ack after
    commit. Timed from the first write to the last ack; the steady state rate is taken
-   between 10 % and 100 % written.
+   between 10 % and 100 % written. Every stream round observes the same addresses a
+   minute later than the round before (a recurring sweep: from round 2 on every service of
+   the current view moves forward), or with ``--same-time`` at the same time (from round 2
+   on no service moves: the shape of this bench before it had the option).
 
 Rounds alternate (raw, then stream, with new rows each time, so the table grows alike for
 both) and the median ratio is reported: this machine is noisy. Each run also reports CPU
@@ -19,7 +22,8 @@ per row, of this process (client) and of its PostgreSQL backends (server, from /
 the CPU ratio (raw CPU a row / stream CPU a row) is what the rows/s ratio comes to when
 the machine gives no second core for the writer and the database to work in parallel.
 
-Usage: ``python -m bench.ingest [--count 60000] [--batch-size 2000] [--rounds 3]``
+Usage: ``python -m bench.ingest [--count 60000] [--batch-size 2000] [--rounds 3]
+[--same-time]``
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import secrets
 import statistics
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aio_pika
@@ -52,13 +56,15 @@ ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
 
-def make_results(count: int, sweep_id: str, started: datetime) -> list[ScanResult]:
+def make_results(count: int, sweep_id: str, started: datetime,
+                 observed: datetime | None = None) -> list[ScanResult]:
     asn = AsnInfo(number=15169, organization="Google LLC", network="8.8.8.0/24",
                   source="bench", source_date="2026-01-01")
     geo = GeoInfo(country="US", source="bench", source_date="2026-01-01")
     return [ScanResult(sweep_id=sweep_id, sweep_started_at=started,
                        ip=f"{10 + i // 16_777_216}.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}",
-                       port=1883, transport=Transport.TCP, observed_at=started,
+                       port=1883, transport=Transport.TCP,
+                       observed_at=started if observed is None else observed,
                        duration_ms=12.5, status=Status.SUCCESS, asn=asn, geo=geo)
             for i in range(count)]
 
@@ -172,6 +178,10 @@ async def main() -> None:
                         help="raw and stream runs, alternating, new rows each time")
     parser.add_argument("--per-message", type=int, default=500,
                         help="results per AMQP message (the enrichment worker's default)")
+    parser.add_argument("--same-time", action="store_true",
+                        help="every round observes the services at the same time (so from "
+                             "round 2 on no service moves); default: each round a minute "
+                             "later, as a recurring sweep moves every service forward")
     args = parser.parse_args()
     if args.rounds < 1 or args.count < 100 or not 1 <= args.batch_size <= 32767 \
             or args.per_message < 1:
@@ -193,7 +203,8 @@ async def main() -> None:
                     make_results(args.count, f"bench-raw-{round_}", started)]
             raw = await raw_copy(url, rows, args.batch_size)
             del rows  # what the writer's process would not hold
-            results = make_results(args.count, f"bench-stream-{round_}", started)
+            observed = started if args.same_time else started + timedelta(minutes=round_)
+            results = make_results(args.count, f"bench-stream-{round_}", started, observed)
             began = time.perf_counter()
             await prefill(names, results, args.per_message)
             filled = args.count / (time.perf_counter() - began)
@@ -214,7 +225,7 @@ async def main() -> None:
         print(f"median ratio (steady rows/s / raw COPY) {statistics.median(ratios):.2f}x, "
               f"median CPU ratio {statistics.median(cpu_ratios):.2f}x, over {args.rounds} "
               f"rounds of {args.count:,} rows, batches of {args.batch_size}, "
-              f"{args.per_message} results a message  (target >= 0.5x)")
+              f"{args.per_message} results a message  (target >= 0.8x)")
     finally:
         await delete_stream(RABBIT_URL, names)
         await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')

@@ -68,6 +68,8 @@ _LATEST = ("sweep_id", "status", "protocol", "tls", "anonymous", "mqtt_level",
            "ip_num", "latest", "census")
 _CHANGE = ("protocol", "status", "anonymous", "product", "version", "cert_sha256")
 _NEWER = "excluded.last_seen > services.last_seen"
+# An observation that moves neither end of the span changes nothing: no update at all (no
+# -1/+1 through the rollup triggers), as PostgreSQL's trigger since migration 0015.
 _SERVICE = f"""
 INSERT INTO services (ip, port, transport, first_seen, last_seen, last_changed,
                       {", ".join(_LATEST)})
@@ -80,6 +82,7 @@ ON CONFLICT (ip, port, transport) DO UPDATE SET
         THEN excluded.last_seen ELSE services.last_changed END,
     {", ".join(f"{c} = CASE WHEN {_NEWER} THEN excluded.{c} ELSE services.{c} END"
                for c in _LATEST)}
+WHERE {_NEWER} OR excluded.first_seen < services.first_seen
 """
 #: Read-only connections beside the writer (reads at once).
 READERS: Final = 4

@@ -140,6 +140,38 @@ async def test_a_late_older_observation_does_not_move_the_current_view(
         await store.close()
 
 
+async def test_a_service_that_does_not_move_is_not_rewritten(migrated_url: str) -> None:
+    """PostgreSQL (migration 0015): an observation that moves neither end of a service's
+    span (another sweep's at the same time, a late one inside the span) leaves its row in
+    services_core as it was, not a new version of it; one older than the span moves
+    first_seen back, and the rollups stay exact throughout."""
+    plan = sweeps(4)
+    rng = random.Random(6)
+    seen = [make_result(rng, sweep, "192.0.2.9", 1883) for sweep in plan]
+    store = await PgStore.open(migrated_url)
+
+    async def version() -> tuple[str, object, object]:
+        [row] = await store.fetch("SELECT xmin::text AS v, first_seen, last_seen "
+                                  "FROM services_core", [])
+        return row["v"], row["first_seen"], row["last_seen"]
+
+    try:
+        await store.write([seen[1]])
+        await store.write([seen[3]])
+        before = await version()
+        again = seen[3].model_copy(update={"sweep_id": "sw-rerun"})
+        assert await store.write([again, seen[2]]) == 2  # same time; inside the span
+        assert await version() == before
+        await store.write([seen[0]])
+        moved = await version()
+        assert moved[0] != before[0]
+        assert moved[1:] == (seen[0].observed_at, seen[3].observed_at)
+        assert await report(store) == report_of([seen[3]])
+        assert await verify_rollups(store) == []
+    finally:
+        await store.close()
+
+
 async def _corrupt(url: str, statement: str) -> None:
     if url.startswith("sqlite"):
         conn = sqlite3.connect(path_of(url))

@@ -96,6 +96,11 @@ async def _start_cmd(args: argparse.Namespace, settings: Settings) -> int:
         await redis.ping()
         conn = await connect(url)
         try:
+            approved = await launch.approved_optout(conn)
+            if approved:  # the approved opt-out requests join the spec's lists
+                spec = spec.model_copy(update={"optout": launch.opt_out([], [
+                    *spec.optout, *approved])})
+                plan = plan_or_fail(spec)
             sweep_id = await launch.create_sweep(conn, plan, names)
         except state.SweepExists as exc:
             raise CliError(str(exc)) from None

@@ -30,7 +30,7 @@ from redis.exceptions import RedisError
 
 from brokerscan.oneline import describe
 from brokerscan.settings import Settings
-from scheduler import launch, live, schedules, sizing, state
+from scheduler import live, optoutfeed, schedules, sizing, state
 from scheduler.recovery import Recovery
 from scheduler.sweeps import SweepSpec, plan_sweep
 from scheduler.watchloop import WatchLoop
@@ -76,7 +76,7 @@ class Dispatcher:
                                  lost_after=settings.shard_lost_seconds)
         self._capacity_cache: tuple[float, dict[str, int], int] | None = None
         self._turn = 0
-        self.optout: list[str] = []  # approved opt-outs, read every round (storage.optouts)
+        self.optouts = optoutfeed.OptOutFeed(settings)  # approved opt-outs, read every round
         self.watches = WatchLoop(settings)  # evaluated as sweeps finish, and delivered
 
     def stop(self) -> None:  # finish the round under way, then return (signal-handler safe)
@@ -102,10 +102,9 @@ class Dispatcher:
         """One round: start the recurring sweeps' runs that are due
         (:mod:`scheduler.schedules`), then dispatch the unfinished sweeps; returns how many
         shards were sent."""
-        sent = 0
+        sent, optout = 0, await self.optouts.refresh()
         async with pool.acquire() as conn:
-            await schedules.start_due(conn, self.names)
-            self.optout = await launch.approved_optout(conn)
+            await schedules.start_due(conn, self.names, optout)
             sweeps = [s for s in await state.list_sweeps(conn, limit=1000)
                       if s.state in ("running", "paused", "cancelled")]
         for sweep in sweeps:
@@ -249,7 +248,7 @@ class Dispatcher:
                     args=[sweep_id, row.index, spec, shards[row.index]], queue=row.queue,
                     task_id=f"{sweep_id}:{row.index}:{row.attempts}", producer=producer,
                     argsrepr=f"({sweep_id!r}, {row.index}, ...)", kwargsrepr="{...}",
-                    kwargs={"optout": self.optout}, retry=True, retry_policy=_RETRY)
+                    kwargs={"optout": self.optouts.current}, retry=True, retry_policy=_RETRY)
 
     async def _resend(self, pool: Pool, sweep_id: str, row: state.ShardRow) -> None:
         """Send a queued shard's message again (:mod:`scheduler.recovery`)."""
@@ -259,7 +258,7 @@ class Dispatcher:
             self.app.send_task, self.names.run_shard_task,
             args=[sweep.id, row.index, spec, shards[row.index]], queue=row.queue,
             task_id=f"{sweep.id}:{row.index}:{row.attempts}:r{row.requeues}",
-            kwargs={"optout": self.optout}, retry=True, retry_policy=_RETRY)
+            kwargs={"optout": self.optouts.current}, retry=True, retry_policy=_RETRY)
 
     async def _sweep(self, pool: Pool, sweep_id: str) -> state.SweepRow:
         async with pool.acquire() as conn:
@@ -325,6 +324,7 @@ class Dispatcher:
         finally:
             self._log_summary()
             await self.watches.close()
+            await self.optouts.close()
             await redis.aclose()
             await pool.close()
             log.info("scheduler: stopped (%d shards sent in all)", self.sent)

@@ -23,10 +23,9 @@ from scheduler.ports import PortError
 from scheduler.sweeps import SweepPlan, SweepSpec, plan_sweep
 from scheduler.targets import TargetError
 from storage.db import Conn
-from storage.optouts import APPROVED_SQL, networks_of
 
-__all__ = ["PlanError", "approved_optout", "checked_plan", "create_sweep", "default_name",
-           "new_sweep_id", "opt_out"]
+__all__ = ["PlanError", "checked_plan", "create_sweep", "default_name", "new_sweep_id",
+           "opt_out"]
 
 
 class PlanError(ValueError):
@@ -48,8 +47,8 @@ def default_name(spec: SweepSpec) -> str:
 
 def opt_out(paths: Iterable[str], extra: Iterable[str] = ()) -> list[str]:
     """The networks of the opt-out lists at *paths* (ZMap format) and *extra* (approved
-    requests: :func:`approved_optout`), as CIDRs: what a spec keeps, so that its sweep
-    applies the lists as they were when it was made.
+    requests, :func:`storage.optouts.approved_networks`), as CIDRs: what a spec keeps, so
+    that its sweep applies the lists as they were when it was made.
 
     :raises scheduler.targets.TargetError: an unreadable file or a bad line (one line)
     """
@@ -59,11 +58,6 @@ def opt_out(paths: Iterable[str], extra: Iterable[str] = ()) -> list[str]:
     return [str(net) for lo, hi in optout.ranges for net in
             ipaddress.summarize_address_range(ipaddress.IPv4Address(lo),
                                               ipaddress.IPv4Address(hi))]
-
-
-async def approved_optout(conn: Conn) -> list[str]:
-    """The networks of the approved opt-out requests (:mod:`storage.optouts`)."""
-    return networks_of(r["networks"] for r in await conn.fetch(APPROVED_SQL))
 
 
 def checked_plan(spec: SweepSpec) -> SweepPlan:

@@ -171,17 +171,17 @@ def prepare(name: str, spec: SweepSpec, *, every: str | None, cron: str | None,
     return stored, cadence, seconds
 
 
-async def run_spec(conn: Conn, stored: Mapping[str, Any]) -> dict[str, Any]:
+def run_spec(stored: Mapping[str, Any], approved: Sequence[str] = ()) -> dict[str, Any]:
     """A schedule's stored spec as its run starts: the opt-out lists read again (a
-    schedule stored before they were kept keeps the networks it had) and the approved
-    opt-out requests added.
+    schedule stored before they were kept keeps the networks it had) and the *approved*
+    opt-out requests added (:mod:`scheduler.optoutfeed`).
 
     :raises scheduler.targets.TargetError: an opt-out list cannot be read (one line)
     """
     spec = dict(stored)
     files = spec.pop(_FILES, None)
     kept = list(spec.get("optout", [])) if files is None else []
-    spec["optout"] = launch.opt_out(files or [], [*kept, *await launch.approved_optout(conn)])
+    spec["optout"] = launch.opt_out(files or [], [*kept, *approved])
     return spec
 
 
@@ -264,8 +264,9 @@ class Outcome:
     error: str | None = None
 
 
-async def start_due(conn: Conn, names: Names) -> list[Outcome]:
-    """Start the runs that are due (one transaction per schedule); what was done."""
+async def start_due(conn: Conn, names: Names, optout: Sequence[str] = ()) -> list[Outcome]:
+    """Start the runs that are due (one transaction per schedule), their specs with the
+    approved opt-out networks *optout* too (:func:`run_spec`); what was done."""
     done: list[Outcome] = []
     for _ in range(_PER_ROUND):
         async with conn.transaction():
@@ -274,15 +275,15 @@ async def start_due(conn: Conn, names: Names) -> list[Outcome]:
                 " AND next_due <= now() ORDER BY next_due LIMIT 1 FOR UPDATE SKIP LOCKED")
             if r is None:
                 break
-            outcome = await _handle(conn, _row(r), r["now"], names)
+            outcome = await _handle(conn, _row(r), r["now"], names, optout)
         if outcome is not None:
             done.append(outcome)
             _log(outcome)
     return done
 
 
-async def _handle(conn: Conn, schedule: ScheduleRow, now: datetime,
-                  names: Names) -> Outcome | None:
+async def _handle(conn: Conn, schedule: ScheduleRow, now: datetime, names: Names,
+                  optout: Sequence[str]) -> Outcome | None:
     name, cadence = schedule.name, schedule.cadence
     found = cadence.pending(name, schedule.jitter, schedule.last_period, now)
     if found is None:
@@ -310,7 +311,7 @@ async def _handle(conn: Conn, schedule: ScheduleRow, now: datetime,
     error: str | None = None
     try:
         spec = SweepSpec.model_validate({
-            **await run_spec(conn, schedule.spec), "name": run_name(name, period),
+            **run_spec(schedule.spec, optout), "name": run_name(name, period),
             "started_at": now,
             "seed": schedule.spec.get("seed", secrets.randbelow(2**31))})
         plan = launch.checked_plan(spec)

@@ -6,9 +6,10 @@ A request arrives through the scanner's public page (:mod:`brokerscan.web.identi
 Deciding is idempotent (approving an approved request changes nothing) and keeps the row:
 a rejected request stays listed as such, and may still be approved later. The approved
 networks (:func:`approved_networks`) join every sweep's opt-out list: sweeps planned from
-then on leave them out (:func:`scheduler.launch.opt_out`), and the dispatcher sends them
-with every shard it dispatches (:mod:`scheduler.optoutfeed`), so running sweeps stop
-dialling them from their next dispatch round on.
+then on leave them out (``sweep start``, scheduled runs), and the dispatcher reads them at
+the start of every round and sends them with every shard it dispatches
+(:mod:`scheduler.optoutfeed`), so running sweeps stop dialling them from their next
+dispatch round on.
 
 Every function takes a store (:class:`~storage.searcher.Searcher`); its ``fetch`` runs one
 statement in a transaction of its own.
@@ -27,9 +28,9 @@ from storage.dialect import Params
 from storage.reader import Row
 from storage.searcher import Searcher
 
-__all__ = ["APPROVED_SQL", "MAX_CONTACT", "MAX_NETWORKS", "MAX_REASON", "STATES", "OptOut",
-           "OptOutError", "approved_networks", "decide", "get_optout", "list_optouts",
-           "networks_of", "parse_networks", "split_networks", "submit_optout"]
+__all__ = ["MAX_CONTACT", "MAX_NETWORKS", "MAX_REASON", "STATES", "OptOut", "OptOutError",
+           "approved_networks", "decide", "get_optout", "list_optouts", "parse_networks",
+           "split_networks", "submit_optout"]
 
 State = Literal["pending", "approved", "rejected"]
 STATES: Final = ("pending", "approved", "rejected")
@@ -40,10 +41,6 @@ MAX_CONTACT: Final = 320
 MAX_REASON: Final = 2000
 #: The widest network one request may name: a /8 (wider is surely a mistake, or abuse).
 MIN_PREFIX: Final = 8
-
-#: The approved networks, one comma-separated row per request (the dispatcher runs it
-#: over its own PostgreSQL connection; :func:`approved_networks` over a store).
-APPROVED_SQL: Final = "SELECT networks FROM optouts WHERE state = 'approved' ORDER BY id"
 
 _COLUMNS: Final = ("id, networks, contact, reason, client, state, created_at, decided_at, "
                    "decided_by")
@@ -198,15 +195,7 @@ async def decide(store: Searcher, optout_id: str, state: Literal["approved", "re
 
 
 async def approved_networks(store: Searcher) -> list[str]:
-    """Every approved network, as CIDRs."""
-    return networks_of(r["networks"] for r in await store.fetch(APPROVED_SQL, []))
-
-
-def networks_of(values: Any) -> list[str]:
-    """The CIDRs of ``networks`` column values (rows of :data:`APPROVED_SQL`)."""
-    found: list[str] = []
-    for value in values:
-        for net in split_networks(str(value)):
-            if net not in found:
-                found.append(net)
-    return found
+    """Every approved network, as CIDRs (each once)."""
+    rows = await store.fetch("SELECT networks FROM optouts WHERE state = 'approved' "
+                             "ORDER BY id", [])
+    return list(dict.fromkeys(net for r in rows for net in split_networks(str(r["networks"]))))

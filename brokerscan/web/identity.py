@@ -129,7 +129,7 @@ def render_page(settings: Settings, *, error: str | None = None, done: str | Non
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>About this scanner</title><style>{_STYLE}</style></head>
-<body><main>
+<body data-ready><main>
 <h1>About this scanner</h1>
 <p>The connections you may have seen come from <strong>brokerscan</strong>, a survey of
 MQTT and AMQP message brokers reachable from the Internet.</p>

@@ -82,7 +82,9 @@ def probe_facts(settings: Settings) -> tuple[list[str], list[str]]:
         "client's session); records the CONNACK and anything the broker sends unasked "
         "within a moment, then sends DISCONNECT.",
         "AMQP: sends the AMQP 0-9-1 protocol header, records the server's Connection.Start "
-        "(product, version, login mechanisms) and closes without logging in.",
+        "(product, version, login mechanisms) and closes without logging in; a server that "
+        "answers AMQP 1.0 gets the SASL header on a second connection, to list its login "
+        "mechanisms (none is tried).",
         "MQTT over WebSocket (where a sweep asks for it): an HTTP upgrade request on a few "
         f"paths ({', '.join(spec.ws_paths)}), then the same anonymous CONNECT.",
     ]

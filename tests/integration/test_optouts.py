@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import asyncpg
 import httpx
 import pytest
 
@@ -238,3 +241,54 @@ def test_the_page_in_chromium_from_the_form_to_the_approval(tmp_path: Path) -> N
             assert client.get("/scanner").status_code == 200
     finally:
         server.stop()
+
+
+def test_a_read_only_server_shows_the_page_lists_and_refuses_writes(tmp_path: Path) -> None:
+    """Served with a role of ``db grant-readonly``: the page loads, a form post is a 503
+    with one line, an operator lists the requests, and a decision is a 403."""
+    url = pg.new_database_url()
+    asyncio.run(pg.create_database(url))
+    role = f"brokerscan_ro_{secrets.token_hex(4)}"
+    try:
+        asyncio.run(migrate.migrate(url))
+        cli("db", "grant-readonly", role, env=env(BROKERSCAN_DATABASE_URL=url))
+        operator = make_token(url, "op", "operator", env=env())
+        request = asyncio.run(_one_request(url))
+        readonly = f"postgresql://{role}@127.0.0.1:5432/{urlsplit(url).path.lstrip('/')}"
+        server = ApiServer(tmp_path, readonly, "--identity-page", env=env())
+        try:
+            with server.client() as client:
+                assert client.get("/scanner").status_code == 200
+                refused = client.post(FORM, data={"networks": "192.0.2.0/24",
+                                                  "contact": "x@y.z"}, headers=JSON)
+                assert refused.status_code == 503
+                assert refused.json()["error"].startswith("this server cannot record")
+            with server.client(operator) as client:
+                assert [o["id"] for o in client.get("/api/v1/optouts").json()] == [request]
+                denied = client.post(f"/api/v1/optouts/{request}/approve")
+                assert denied.status_code == 403 and "may only read" in denied.text
+        finally:
+            server.stop()
+    finally:
+        async def drop() -> None:
+            admin = await asyncpg.connect(url)
+            try:
+                await admin.execute(f'DROP OWNED BY "{role}"')
+            finally:
+                await admin.close()
+            await pg.drop_database(url)
+            admin = await asyncpg.connect(pg.BASE_URL)
+            try:
+                await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+            finally:
+                await admin.close()
+
+        asyncio.run(drop())
+
+
+async def _one_request(url: str) -> str:
+    store = await open_store(url)
+    try:
+        return (await submit_optout(store, "198.51.100.0/24", "noc@example.net")).id
+    finally:
+        await store.close()

@@ -28,10 +28,9 @@ import pytest
 
 from brokerscan.model import ScanResult, Status
 from brokerscan.stream.wire import message_lines
-from storage.optouts import submit_optout
-from storage.store import open_store
 from tests import servers
 from tests.integration.sweepfleet import Fleet, fleet_in
+from tests.optouts import request_opt_out
 
 pytestmark = pytest.mark.integration
 
@@ -79,19 +78,9 @@ def results(fleet: Fleet) -> list[tuple[int, ScanResult]]:
     return asyncio.run(drain())
 
 
-async def _request(url: str) -> str:
-    store = await open_store(url)
-    try:
-        made = await submit_optout(store, str(OPTED), "noc@example.org", "please stop",
-                                   client="127.0.0.1")
-    finally:
-        await store.close()
-    return made.id
-
-
 def test_an_approved_opt_out_stops_a_running_sweep_dialling_its_range(
         fleet: Fleet, brokers: None) -> None:
-    request = asyncio.run(_request(fleet.database_url))
+    request = request_opt_out(fleet.database_url, str(OPTED))
     fleet.start_scheduler("--max-queued", "1")
     fleet.start_worker("w1")
     sweep_id = fleet.start_sweep(NET, "--ports", "1883", "--allow-reserved", "--all",

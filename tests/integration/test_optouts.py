@@ -30,6 +30,7 @@ from storage.store import open_store
 from tests import pg
 from tests.apiserver import ApiServer, cli, make_token
 from tests.browser import browser, screenshot
+from tests.optouts import request_opt_out
 
 pytestmark = pytest.mark.integration
 
@@ -207,10 +208,11 @@ def test_hostile_clients_get_one_line_4xx_and_a_flood_gets_429(tmp_path: Path) -
 
 
 def test_the_page_in_chromium_from_the_form_to_the_approval(tmp_path: Path) -> None:
-    """A visitor reads the page, sends the form and sees the confirmation; the operator
-    approves the request with the CLI; nothing left the server under test."""
+    """A visitor reads the page, sends the form and sees the confirmation; an operator
+    approves the request on the dashboard's Opt-outs page; the CLI then finds it approved
+    already; nothing left the server under test."""
     store = f"sqlite:///{tmp_path}/store.db"
-    make_token(store, "op", "operator", env=env())
+    operator = make_token(store, "op", "operator", env=env())
     server = ApiServer(tmp_path, store, "--identity-page",
                        env=env(BROKERSCAN_IDENTITY_PURPOSE=""))  # one line left unset
     try:
@@ -234,9 +236,22 @@ def test_the_page_in_chromium_from_the_form_to_the_approval(tmp_path: Path) -> N
             page.page.wait_for_selector("#error")
             assert "is not an IPv4 network" in page.page.inner_text("#error")
             page.check(allow=frozenset({400}))
-        request = done.split("Received: request ")[1].split(" ")[0]
-        approved = cli("optout", "approve", request, "--store", store, env=env())
-        assert f"{request} approved: 198.51.100.0/24 203.0.113.0/25" in approved.stdout
+            request = done.split("Received: request ")[1].split(" ")[0]
+            board = chrome.open()
+            board.goto("/signin")
+            board.page.fill("#token", operator)
+            board.page.press("#token", "Enter")
+            board.page.wait_for_url("**/")
+            board.goto("/optouts")
+            assert board.page.inner_text(f"#state-{request}") == "pending"
+            assert "a honeypot we run" in board.page.inner_text("#optouts")
+            board.page.click(f"#approve-{request}")
+            board.page.wait_for_function(
+                f"document.getElementById('state-{request}').textContent === 'approved'")
+            screenshot(board, "optouts")
+            board.check(allow=frozenset({401}))  # the sign-in page's session, before it
+        again = cli("optout", "approve", request, "--store", store, env=env())
+        assert f"{request} was approved already" in again.stdout
         with httpx.Client(base_url=server.url) as client:
             assert client.get("/scanner").status_code == 200
     finally:
@@ -253,7 +268,7 @@ def test_a_read_only_server_shows_the_page_lists_and_refuses_writes(tmp_path: Pa
         asyncio.run(migrate.migrate(url))
         cli("db", "grant-readonly", role, env=env(BROKERSCAN_DATABASE_URL=url))
         operator = make_token(url, "op", "operator", env=env())
-        request = asyncio.run(_one_request(url))
+        request = request_opt_out(url, "198.51.100.0/24")
         readonly = f"postgresql://{role}@127.0.0.1:5432/{urlsplit(url).path.lstrip('/')}"
         server = ApiServer(tmp_path, readonly, "--identity-page", env=env())
         try:
@@ -285,10 +300,3 @@ def test_a_read_only_server_shows_the_page_lists_and_refuses_writes(tmp_path: Pa
 
         asyncio.run(drop())
 
-
-async def _one_request(url: str) -> str:
-    store = await open_store(url)
-    try:
-        return (await submit_optout(store, "198.51.100.0/24", "noc@example.net")).id
-    finally:
-        await store.close()

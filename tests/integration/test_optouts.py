@@ -246,8 +246,7 @@ def test_the_page_in_chromium_from_the_form_to_the_approval(tmp_path: Path) -> N
             assert board.page.inner_text(f"#state-{request}") == "pending"
             assert "a honeypot we run" in board.page.inner_text("#optouts")
             board.page.click(f"#approve-{request}")
-            board.page.wait_for_function(
-                f"document.getElementById('state-{request}').textContent === 'approved'")
+            board.page.locator(f"#state-{request}", has_text="approved").wait_for()
             screenshot(board, "optouts")
             board.check(allow=frozenset({401}))  # the sign-in page's session, before it
         again = cli("optout", "approve", request, "--store", store, env=env())

@@ -81,26 +81,34 @@ class Settings(BaseSettings):
     # it offers it) and the sender's address; unset: email channels fail their deliveries.
     smtp_url: str | None = None
     smtp_from: str = "brokerscan@localhost"
+    # The scanner's public page (`serve --identity-page`, issue 20): who runs the scans
+    # (a person or an organisation), how to reach them (an email address or a URL), why
+    # they scan, and the addresses the probes come from (CIDRs or addresses). Unset: the
+    # page says "not configured" for that line, plainly.
+    identity_operator: str | None = Field(default=None, max_length=200)
+    identity_contact: str | None = Field(default=None, max_length=320)
+    identity_purpose: str | None = Field(default=None, max_length=2000)
+    identity_sources: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     def names(self) -> Names:
         return Names(self.namespace)
 
     @field_validator("scope", "blocklist_files", "enrichment_sources", "watch_allow",
-                     mode="before")
+                     "identity_sources", mode="before")
     @classmethod
     def _split_scope(cls, value: object) -> object:
         if isinstance(value, str):
             value = [v for v in value.replace(" ", ",").split(",") if v]
         return value
 
-    @field_validator("scope")
+    @field_validator("scope", "identity_sources")
     @classmethod
     def _valid_scope(cls, value: list[str]) -> list[str]:
         for net in value:
             try:
                 ipaddress.IPv4Network(net, strict=False)
             except ValueError as exc:
-                raise ValueError(f"scope: {net!r} is not an IPv4 network ({exc})") from None
+                raise ValueError(f"{net!r} is not an IPv4 network ({exc})") from None
         return value
 
     def scope_networks(self) -> list[ipaddress.IPv4Network]:

@@ -2,15 +2,15 @@
 
 PostgreSQL holds the truth (sweeps, shards, their states); this loop moves shards from
 *pending* (or *paused*, once the sweep runs again) to *queued* and sends their Celery
-messages, in one transaction (a failed send leaves the shard pending). Each queue's backlog
-is kept at its consumers' live capacity (heartbeats) plus a margin, shared fairly among
-running sweeps, plaintext and TLS side by side (:mod:`scheduler.sizing`); ``max_queued``
-caps each sweep's backlog on top. It also mirrors sweep states into Redis (what workers
-obey within half a second), marks sweeps finished (then evaluates the watches:
-:mod:`scheduler.watchloop`), starts recurring sweeps that are due
-(:mod:`scheduler.schedules`), and beats a heartbeat. Stateless: a restarted scheduler
-carries on from the database; two at once never queue a shard twice (``FOR UPDATE SKIP
-LOCKED``) nor start a period twice (a row lock and a UNIQUE constraint).
+messages (each with the approved opt-outs of its round), in one transaction (a failed send
+leaves the shard pending). Each queue's backlog is kept at its consumers' live capacity
+(heartbeats) plus a margin, shared fairly among running sweeps, plaintext and TLS side by
+side (:mod:`scheduler.sizing`); ``max_queued`` caps each sweep's backlog on top. It also
+mirrors sweep states into Redis (what workers obey within half a second), marks sweeps
+finished (then evaluates the watches: :mod:`scheduler.watchloop`), starts recurring sweeps
+that are due (:mod:`scheduler.schedules`), and beats a heartbeat. Stateless: a restarted
+scheduler carries on from the database; two at once never queue a shard twice (``FOR UPDATE
+SKIP LOCKED``) nor start a period twice (a row lock and a UNIQUE constraint).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from redis.exceptions import RedisError
 
 from brokerscan.oneline import describe
 from brokerscan.settings import Settings
-from scheduler import live, schedules, sizing, state
+from scheduler import live, optoutfeed, schedules, sizing, state
 from scheduler.recovery import Recovery
 from scheduler.sweeps import SweepSpec, plan_sweep
 from scheduler.watchloop import WatchLoop
@@ -46,6 +46,7 @@ _SUMMARY_EVERY = 10.0  # seconds between "shards sent" log lines
 _GAUGES_EVERY = 5.0  # seconds between refreshes of the fleet gauges (metrics on)
 _CAPACITY_EVERY = 1.0  # seconds a reading of the fleet's capacity is reused
 _CHUNK = 100  # shards claimed (and sent) per transaction
+_RETRY: dict[str, Any] = {"max_retries": 3, "interval_start": 0.5}  # a message's send
 
 
 class Dispatcher:
@@ -75,26 +76,25 @@ class Dispatcher:
                                  lost_after=settings.shard_lost_seconds)
         self._capacity_cache: tuple[float, dict[str, int], int] | None = None
         self._turn = 0
+        self.optouts = optoutfeed.OptOutFeed(settings)  # approved opt-outs, read every round
         self.watches = WatchLoop(settings)  # evaluated as sweeps finish, and delivered
 
-    def stop(self) -> None:
-        """Finish the round under way and return from :meth:`run` (signal-handler safe)."""
+    def stop(self) -> None:  # finish the round under way, then return (signal-handler safe)
         self._stopping.set()
 
     def alive(self) -> str | None:
         """Liveness: ``None`` while rounds keep completing or failing (the loop turns)."""
         age = time.monotonic() - self.last_tick
-        limit = max(30.0, 50 * self.interval)
-        return None if age < limit else f"no dispatch round for {age:.0f} s"
+        return None if age < max(30.0, 50 * self.interval) else \
+            f"no dispatch round for {age:.0f} s"
 
     def _messages(self, sweep: state.SweepRow) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The sweep's spec and every shard's dict (planned once per sweep, then cached)."""
         cached = self._shard_dicts.get(sweep.id)
         if cached is None:
             spec = SweepSpec.model_validate(sweep.spec)
-            plan = plan_sweep(spec)
-            shards = [shard.to_dict() for _, shard, _ in plan.shard_ids()]
-            cached = (spec.model_dump(mode="json"), shards)
+            cached = (spec.model_dump(mode="json"),
+                      [shard.to_dict() for _, shard, _ in plan_sweep(spec).shard_ids()])
             self._shard_dicts[sweep.id] = cached
         return cached
 
@@ -102,9 +102,9 @@ class Dispatcher:
         """One round: start the recurring sweeps' runs that are due
         (:mod:`scheduler.schedules`), then dispatch the unfinished sweeps; returns how many
         shards were sent."""
-        sent = 0
+        sent, optout = 0, await self.optouts.refresh()
         async with pool.acquire() as conn:
-            await schedules.start_due(conn, self.names)
+            await schedules.start_due(conn, self.names, optout)
             sweeps = [s for s in await state.list_sweeps(conn, limit=1000)
                       if s.state in ("running", "paused", "cancelled")]
         for sweep in sweeps:
@@ -247,8 +247,8 @@ class Dispatcher:
                     self.names.run_shard_task,
                     args=[sweep_id, row.index, spec, shards[row.index]], queue=row.queue,
                     task_id=f"{sweep_id}:{row.index}:{row.attempts}", producer=producer,
-                    argsrepr=f"({sweep_id!r}, {row.index}, ...)", kwargsrepr="{}",
-                    retry=True, retry_policy={"max_retries": 3, "interval_start": 0.5})
+                    argsrepr=f"({sweep_id!r}, {row.index}, ...)", kwargsrepr="{...}",
+                    kwargs={"optout": self.optouts.current}, retry=True, retry_policy=_RETRY)
 
     async def _resend(self, pool: Pool, sweep_id: str, row: state.ShardRow) -> None:
         """Send a queued shard's message again (:mod:`scheduler.recovery`)."""
@@ -258,7 +258,7 @@ class Dispatcher:
             self.app.send_task, self.names.run_shard_task,
             args=[sweep.id, row.index, spec, shards[row.index]], queue=row.queue,
             task_id=f"{sweep.id}:{row.index}:{row.attempts}:r{row.requeues}",
-            retry=True, retry_policy={"max_retries": 3, "interval_start": 0.5})
+            kwargs={"optout": self.optouts.current}, retry=True, retry_policy=_RETRY)
 
     async def _sweep(self, pool: Pool, sweep_id: str) -> state.SweepRow:
         async with pool.acquire() as conn:
@@ -324,6 +324,7 @@ class Dispatcher:
         finally:
             self._log_summary()
             await self.watches.close()
+            await self.optouts.close()
             await redis.aclose()
             await pool.close()
             log.info("scheduler: stopped (%d shards sent in all)", self.sent)
@@ -331,9 +332,8 @@ class Dispatcher:
     def _log_summary(self) -> None:
         if not self._sent_by_queue:
             return
-        by_queue = ", ".join(f"{q}: {n}" for q, n in sorted(self._sent_by_queue.items()))
         log.info("scheduler: sent %d shard(s) (%s)", sum(self._sent_by_queue.values()),
-                 by_queue)
+                 ", ".join(f"{q}: {n}" for q, n in sorted(self._sent_by_queue.items())))
         self._sent_by_queue.clear()
 
     async def _refresh_gauges(self, pool: Pool, redis: Redis) -> None:
@@ -396,5 +396,5 @@ class Dispatcher:
         return found
 
 
-def _short(queue: str, namespace: str) -> str:
+def _short(queue: str, namespace: str) -> str:  # the queue's name without the namespace
     return queue.removeprefix(namespace + ".")

@@ -45,13 +45,14 @@ def default_name(spec: SweepSpec) -> str:
     return f"sweep-{digest}"
 
 
-def opt_out(paths: Iterable[str]) -> list[str]:
-    """The networks of the opt-out lists at *paths* (ZMap format), as CIDRs: what a spec
-    keeps, so that its sweep applies the lists as they were when it was made.
+def opt_out(paths: Iterable[str], extra: Iterable[str] = ()) -> list[str]:
+    """The networks of the opt-out lists at *paths* (ZMap format) and *extra* (approved
+    requests, :func:`storage.optouts.approved_networks`), as CIDRs: what a spec keeps, so
+    that its sweep applies the lists as they were when it was made.
 
     :raises scheduler.targets.TargetError: an unreadable file or a bad line (one line)
     """
-    optout = IPSet.empty()
+    optout = IPSet.from_networks(list(extra))
     for path in paths:
         optout = optout.union(load_blocklist(path))
     return [str(net) for lo, hi in optout.ranges for net in

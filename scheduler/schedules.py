@@ -9,7 +9,8 @@ transaction:
 - the period was handled already: nothing (the row's next due time is put right);
 - the schedule's previous run is still running or paused: the period is *skipped*, and
   the row says why (``last_skip``, shown by ``schedule list``); the log says so too;
-- otherwise its run is created (a sweep with ``schedule`` and ``period``; a UNIQUE
+- otherwise its run is created (its opt-out lists read again and the approved opt-out
+  requests added: :func:`run_spec`; a sweep with ``schedule`` and ``period``; a UNIQUE
   (schedule, period) constraint makes a second start of one period impossible even
   without the lock);
 
@@ -22,9 +23,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -44,10 +46,11 @@ from scheduler.cadence import (
 )
 from scheduler.records import PeriodStarted, Row, StateError
 from scheduler.sweeps import SweepSpec
+from scheduler.targets import TargetError
 from storage.db import Conn
 
 __all__ = ["Outcome", "ScheduleExists", "ScheduleRow", "UnknownSchedule", "add_schedule",
-           "check_name", "list_schedules", "prepare", "remove_schedule", "run_name",
+           "check_name", "list_schedules", "prepare", "remove_schedule", "run_name", "run_spec",
            "set_paused", "start_due"]
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,7 @@ log = logging.getLogger(__name__)
 _UNDER_WAY = ("running", "paused")  # a run in these states blocks the next period
 _PER_ROUND = 20  # schedules started at most per call (the rest in the next round)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # as the table's CHECK
+_FILES = "optout_files"  # the stored spec's opt-out lists, read again by every run
 
 
 class ScheduleExists(StateError):
@@ -141,13 +145,15 @@ def run_name(schedule: str, period: datetime) -> str:
 
 
 def prepare(name: str, spec: SweepSpec, *, every: str | None, cron: str | None,
-            jitter: str | None, fixed_seed: bool,
-            now: datetime) -> tuple[dict[str, Any], Cadence, int]:
+            jitter: str | None, fixed_seed: bool, now: datetime,
+            optout_files: Sequence[str] = ()) -> tuple[dict[str, Any], Cadence, int]:
     """Check a schedule whole before anything is written (``sweep schedule add`` and the
     API): its name, cadence and jitter (default: a tenth of the period, at most a
     minute), and that its runs can be planned. Returns the spec to store (without name
     and start time; without the seed unless *fixed_seed*: each run draws its own), the
-    cadence and the jitter in seconds.
+    cadence and the jitter in seconds. *optout_files* (the opt-out lists the spec's
+    ``optout`` was read from) are stored with it: each run reads them again, and adds the
+    approved opt-out requests (:func:`run_spec`).
 
     :raises StateError: a bad name
     :raises scheduler.cadence.CadenceError: a bad interval, cron expression or jitter
@@ -161,7 +167,22 @@ def prepare(name: str, spec: SweepSpec, *, every: str | None, cron: str | None,
     stored = spec.model_dump(mode="json", exclude={"name", "started_at"})
     if not fixed_seed:
         del stored["seed"]
+    stored[_FILES] = [os.path.abspath(path) for path in optout_files]
     return stored, cadence, seconds
+
+
+def run_spec(stored: Mapping[str, Any], approved: Sequence[str] = ()) -> dict[str, Any]:
+    """A schedule's stored spec as its run starts: the opt-out lists read again (a
+    schedule stored before they were kept keeps the networks it had) and the *approved*
+    opt-out requests added (:mod:`scheduler.optoutfeed`).
+
+    :raises scheduler.targets.TargetError: an opt-out list cannot be read (one line)
+    """
+    spec = dict(stored)
+    files = spec.pop(_FILES, None)
+    kept = list(spec.get("optout", [])) if files is None else []
+    spec["optout"] = launch.opt_out(files or [], [*kept, *approved])
+    return spec
 
 
 async def add_schedule(conn: Conn, name: str, spec: Mapping[str, Any], cadence: Cadence,
@@ -243,8 +264,9 @@ class Outcome:
     error: str | None = None
 
 
-async def start_due(conn: Conn, names: Names) -> list[Outcome]:
-    """Start the runs that are due (one transaction per schedule); what was done."""
+async def start_due(conn: Conn, names: Names, optout: Sequence[str] = ()) -> list[Outcome]:
+    """Start the runs that are due (one transaction per schedule), their specs with the
+    approved opt-out networks *optout* too (:func:`run_spec`); what was done."""
     done: list[Outcome] = []
     for _ in range(_PER_ROUND):
         async with conn.transaction():
@@ -253,15 +275,15 @@ async def start_due(conn: Conn, names: Names) -> list[Outcome]:
                 " AND next_due <= now() ORDER BY next_due LIMIT 1 FOR UPDATE SKIP LOCKED")
             if r is None:
                 break
-            outcome = await _handle(conn, _row(r), r["now"], names)
+            outcome = await _handle(conn, _row(r), r["now"], names, optout)
         if outcome is not None:
             done.append(outcome)
             _log(outcome)
     return done
 
 
-async def _handle(conn: Conn, schedule: ScheduleRow, now: datetime,
-                  names: Names) -> Outcome | None:
+async def _handle(conn: Conn, schedule: ScheduleRow, now: datetime, names: Names,
+                  optout: Sequence[str]) -> Outcome | None:
     name, cadence = schedule.name, schedule.cadence
     found = cadence.pending(name, schedule.jitter, schedule.last_period, now)
     if found is None:
@@ -289,7 +311,8 @@ async def _handle(conn: Conn, schedule: ScheduleRow, now: datetime,
     error: str | None = None
     try:
         spec = SweepSpec.model_validate({
-            **schedule.spec, "name": run_name(name, period), "started_at": now,
+            **run_spec(schedule.spec, optout), "name": run_name(name, period),
+            "started_at": now,
             "seed": schedule.spec.get("seed", secrets.randbelow(2**31))})
         plan = launch.checked_plan(spec)
         async with conn.transaction():  # a savepoint: a refused start leaves the row
@@ -297,7 +320,7 @@ async def _handle(conn: Conn, schedule: ScheduleRow, now: datetime,
                                                  period=period)
     except ValidationError as exc:  # a spec this version cannot read
         error = f"period {period_key(period)} not started: bad spec: {exc.errors()[0]['msg']}"
-    except launch.PlanError as exc:
+    except (launch.PlanError, TargetError) as exc:
         error = f"period {period_key(period)} not started: {exc}"
     except PeriodStarted:
         pass  # started by another scheduler: nothing more to record

@@ -17,10 +17,11 @@ from storage.pgtypes import Conn
 
 __all__ = ["READ_TABLES", "ROLE_NAME", "grant_readonly"]
 
-#: The tables the read side reads (partitions of ``observations`` included through it).
+#: The tables the read side reads (partitions of ``observations`` included through it;
+#: ``optouts`` so that operators can list the requests on a server that may only read).
 READ_TABLES: Final = ("observations", "services", "rollup", "services_rollup", "census_sweep",
                       "census_current", "services_census", "api_tokens", "sweeps",
-                      "sweep_shards", "schedules", "schema_migrations")
+                      "sweep_shards", "schedules", "optouts", "schema_migrations")
 
 #: A role name that needs no quoting anywhere (PostgreSQL folds unquoted names to lower
 #: case; 63 bytes at most).

@@ -222,8 +222,18 @@ CREATE INDEX watch_deliveries_due ON watch_deliveries (next_try_at) WHERE status
 CREATE INDEX watch_deliveries_watch ON watch_deliveries (watch, created_at);
 """
 
+_V6: Final = """
+CREATE TABLE optouts (
+    id TEXT PRIMARY KEY, networks TEXT NOT NULL, contact TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '', client TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'approved', 'rejected')),
+    created_at TEXT NOT NULL, decided_at TEXT, decided_by TEXT
+);
+CREATE INDEX optouts_state ON optouts (state, created_at);
+"""
+
 #: The schema steps, in order; ``PRAGMA user_version`` is how many a file has.
-STEPS: Final = (_V1, _V2, _V3, _V4, _V5)
+STEPS: Final = (_V1, _V2, _V3, _V4, _V5, _V6)
 
 
 def version(conn: sqlite3.Connection) -> int:

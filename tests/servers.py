@@ -24,7 +24,8 @@ server sit on its protocol's standard port without collisions):
 127.52.0.0/16      the second RabbitMQ node with a TLS listener (``rabbitmq`` pool)
 127.53.0.0/16      decoys (``decoy`` pool)
 127.54.0.0/16      free for any test that wants its own address (``scratch`` pool)
-127.55-127.59      reserved for later test infrastructure
+127.55-127.58      reserved for later test infrastructure
+127.59.0.0/16      opt-out sweep tests: swept range (Mosquittos at .0.10, .1.10)
 127.60-127.61      engine tests (lead)
 127.62.0.0/20      ops tests: metrics/health listeners, proxies (``ops`` pool)
 127.62.32.0/19     ops tests: swept ranges (nothing listens there, but for the

@@ -215,8 +215,9 @@ async def discover_shard(walk: Targets, engine: Engine, spec: SweepSpec, ctx: Wo
     :raises ZmapFailed: a ZMap run failed (the shard is retried)
     """
     rate = await rate_share(ctx.redis(), ctx.names, queue, ctx.worker_id, spec.rate)
-    optout = parse_blocklist("\n".join(spec.optout), "<opt-out>") if spec.optout \
-        else IPSet.empty()
+    late = engine.scope.opted_out  # approved since the sweep was planned: no SYN either
+    cidrs = [*spec.optout, *(str(n) for n in late.networks)] if late else spec.optout
+    optout = parse_blocklist("\n".join(cidrs), "<opt-out>") if cidrs else IPSet.empty()
     blocked = blocked_for(IPSet.from_networks(spec.scope), optout,
                           None if spec.allow_reserved else default_blocklist())
     stage = Discovery(walk, scope=ctx.scope, blocked=blocked, rate=rate, seed=spec.seed,

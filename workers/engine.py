@@ -383,7 +383,8 @@ def _spoke_http(info: WebSocketInfo | None) -> bool:
 
 
 # Connect failures that say "nothing there": counted, written only with emit_failures.
-# Anything else (a reset right after the handshake, out of scope) is always written.
+# Anything else (a reset right after the handshake, out of scope, opted out) is always
+# written.
 _CLOSED = frozenset({Status.CONNECTION_REFUSED, Status.CONNECTION_TIMEOUT, Status.UNREACHABLE})
 
 # The common connect failures, without building an exception each time.
@@ -392,7 +393,7 @@ _CONNECT_ERRNO = {errno.ECONNREFUSED: Status.CONNECTION_REFUSED,
 
 # A TLS failure or an unreachable host will not change with the other probe: stop there.
 _FINAL = frozenset({Status.HANDSHAKE_ERROR, Status.UNREACHABLE, Status.OUT_OF_SCOPE,
-                    Status.CONNECTION_REFUSED})
+                    Status.BLOCKLISTED_TARGET, Status.CONNECTION_REFUSED})
 
 
 def _better(old: ProbeOutcome | None, new: ProbeOutcome) -> ProbeOutcome:

@@ -347,11 +347,15 @@ class _Counts(NamedTuple):
 
 
 async def run_shard(ctx: WorkerContext, sweep_id: str, shard_id: int, spec: dict[str, Any],
-                    shard_data: dict[str, Any], *, released: str | None = None) -> ShardReport:
+                    shard_data: dict[str, Any], *, released: str | None = None,
+                    optout: list[str] | None = None) -> ShardReport:
     """Run (or skip) one shard; return what happened.
 
     :param released: the run that sent this message again after a transient failure (it
         costs no attempt)
+    :param optout: networks opted out since the sweep was planned (approved requests, as
+        the dispatcher knew them when it sent the shard): refused before any packet and
+        recorded as ``blocklisted-target`` ("opted out")
     :raises TransientError: PostgreSQL, Redis or RabbitMQ is away; retry later (its
         ``run_id`` names this run).
     :raises ShardBusy: a live run of another worker holds the shard; try again later.
@@ -359,7 +363,8 @@ async def run_shard(ctx: WorkerContext, sweep_id: str, shard_id: int, spec: dict
     run_id = uuid.uuid4().hex
     took: list[str] = []  # the run id once the shard is ours
     try:
-        return await _run(ctx, sweep_id, shard_id, spec, shard_data, run_id, released, took)
+        return await _run(ctx, sweep_id, shard_id, spec, shard_data, run_id, released, took,
+                          optout or [])
     except _AWAY as exc:
         # a run that never took the shard leaves it as it was: the one released before
         raise TransientError(describe(exc), took[0] if took else released) from exc
@@ -415,7 +420,7 @@ async def note_failure(ctx: WorkerContext, sweep_id: str, shard_id: int, error: 
 
 async def _run(ctx: WorkerContext, sweep_id: str, shard_id: int, spec_data: dict[str, Any],
                shard_data: dict[str, Any], run_id: str, released: str | None,
-               took: list[str]) -> ShardReport:
+               took: list[str], optout: list[str]) -> ShardReport:
     pool = await ctx.pool()
     redis = ctx.redis()
     await redis.ping()  # every dependency answers before the shard is taken
@@ -562,8 +567,8 @@ async def _run(ctx: WorkerContext, sweep_id: str, shard_id: int, spec_data: dict
             saw(result)
         publisher.add(result, shard_id)
 
-    engine = Engine(_config(spec, sweep_id, ctx.connections), ctx.scope, ready=ready,
-                    limiter=limiter,
+    engine = Engine(_config(spec, sweep_id, ctx.connections), ctx.scope.without(optout),
+                    ready=ready, limiter=limiter,
                     observe_connect=None if meter is None else meter.observe_connect)
     def walk() -> Walk:
         return itertools.chain(plan.targets_at(group, start.unfinished),

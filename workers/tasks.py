@@ -223,17 +223,18 @@ def register(app: Celery) -> None:
               ignore_result=True)
     def run_shard_task(self: Task, sweep_id: str, shard_id: int, spec: dict[str, Any],
                        shard: dict[str, Any], released: str | None = None,
-                       outage_since: float | None = None) -> dict[str, str]:
+                       outage_since: float | None = None,
+                       optout: list[str] | None = None) -> dict[str, str]:
         process = _current(app)
         try:
             report = process.runner.run(run_shard(process.context, sweep_id, shard_id, spec,
-                                                  shard, released=released))
+                                                  shard, released=released, optout=optout))
         except ShardBusy as exc:  # a duplicate message: look again once a beat could lapse
             log.info("shard %s/%s: %s; trying this message again later", sweep_id, shard_id,
                      exc)
             raise self.retry(exc=exc, countdown=_BUSY_RETRY,
-                             kwargs={"released": released,
-                                     "outage_since": outage_since}) from exc
+                             kwargs={"released": released, "outage_since": outage_since,
+                                     "optout": optout}) from exc
         except TransientError as exc:
             # The run is over (it ended here): the retry says so, and costs no attempt
             # while the outage lasts less than shard_outage_seconds.
@@ -251,7 +252,7 @@ def register(app: Celery) -> None:
             delay = min(_RETRY_MAX, settings.shard_retry_seconds
                         * 2 ** (self.request.retries or 0))
             raise self.retry(exc=exc, countdown=delay, kwargs={
-                "released": exc.run_id, "outage_since": since}) from exc
+                "released": exc.run_id, "outage_since": since, "optout": optout}) from exc
         except Exception as exc:  # a retry would fail the same way: give the shard up
             error = describe(exc)
             log.error("shard %s/%s failed: %s", sweep_id, shard_id, error, exc_info=True)

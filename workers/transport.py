@@ -109,9 +109,11 @@ def _ssl_reason(exc: BaseException) -> str:
 
 
 class Scope:
-    """The networks this deployment may dial at all. Checked before any packet."""
+    """The networks this deployment may dial at all, less the networks opted out since the
+    sweep was planned (:meth:`without`). Checked before any packet (:meth:`check`)."""
 
-    def __init__(self, networks: Iterable[str | ipaddress.IPv4Network]) -> None:
+    def __init__(self, networks: Iterable[str | ipaddress.IPv4Network],
+                 opted_out: Scope | None = None) -> None:
         nets = [ipaddress.IPv4Network(n, strict=False) for n in networks]
         merged: list[list[int]] = []
         for lo, hi in sorted((int(n.network_address), int(n.broadcast_address)) for n in nets):
@@ -122,10 +124,24 @@ class Scope:
         self._starts = [lo for lo, _ in merged]
         self._ends = [hi for _, hi in merged]
         self.networks = nets
+        self.opted_out = opted_out
 
     def __contains__(self, ip: int) -> bool:
         i = bisect_right(self._starts, ip) - 1
         return i >= 0 and ip <= self._ends[i]
+
+    def without(self, networks: Iterable[str]) -> Scope:
+        """This scope less *networks* (approved opt-outs): a target there is refused as
+        ``blocklisted-target`` ("opted out"), before any packet."""
+        nets = list(networks)
+        return Scope(self.networks, Scope(nets)) if nets else self
+
+    def check(self, ip: int) -> None:
+        """:raises ProbeError: *ip* is outside the scope, or opted out (never dial it)"""
+        if ip not in self:
+            raise ProbeError(Status.OUT_OF_SCOPE, "outside the scope")
+        if self.opted_out is not None and ip in self.opted_out:
+            raise ProbeError(Status.BLOCKLISTED_TARGET, "opted out")
 
 
 class TlsOptions:
@@ -311,9 +327,7 @@ def _failed_handshake(exc: BaseException, err: ProbeError,
 async def dial(ip: str, port: int, *, scope: Scope, connect_timeout: float,
                io_timeout: float, tls: TlsOptions | None = None) -> Stream:
     """Connect (and handshake TLS) to ``ip:port``: the awaitable path used by probes."""
-    ip_int = int(ipaddress.IPv4Address(ip))
-    if ip_int not in scope:
-        raise ProbeError(Status.OUT_OF_SCOPE, f"{ip} is outside the scope")
+    scope.check(int(ipaddress.IPv4Address(ip)))
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setblocking(False)
@@ -374,8 +388,7 @@ class Connector:
         self._deadline = time.monotonic() + self._timeout
 
     def start(self, ip: int, port: int, ctx: object) -> None:
-        if ip not in self._scope:  # the guard of SAFETY.md: nothing leaves for such an ip
-            raise ProbeError(Status.OUT_OF_SCOPE, "outside the scope")
+        self._scope.check(ip)  # the guard of SAFETY.md: nothing leaves for such an ip
         sock = _socket.socket(_socket.AF_INET, _STREAM_NONBLOCK)
         code = sock.connect_ex((_socket.inet_ntoa(ip.to_bytes(4, "big")), port))
         if code == errno.EINPROGRESS:

@@ -1,6 +1,7 @@
 """Build the API app from settings (never at import time): the routers under ``/api/v1``
 behind the token check, the session routes, health, the offline docs page, the web
-dashboard (``/``, :mod:`brokerscan.web`), the error handlers, the OpenAPI document, the
+dashboard (``/``, :mod:`brokerscan.web`), the scanner's public page if asked for
+(:mod:`brokerscan.web.identity`), the error handlers, the OpenAPI document, the
 limits against hostile clients (:mod:`brokerscan.api.guard`, a middleware of its own), and
 the hook for metrics.
 
@@ -35,6 +36,7 @@ from brokerscan.api.routes import (
     export,
     health,
     hosts,
+    optouts,
     query,
     report,
     schedules,
@@ -46,6 +48,7 @@ from brokerscan.api.routes import (
 )
 from brokerscan.settings import Settings
 from brokerscan.web.app import mount_dashboard
+from brokerscan.web.identity import identity_routes, optout_limiter
 from storage.searcher import Searcher
 from storage.store import open_store
 
@@ -119,7 +122,7 @@ def build_app(settings: Settings, store_url: str, *, auth: bool = True,
               rate: float = DEFAULT_RATE, burst: float = DEFAULT_BURST,
               store: Searcher | None = None, guard: Guard | None = None,
               exports: Slots | None = None,
-              admission: Admission | None = None) -> FastAPI:
+              admission: Admission | None = None, identity: bool = False) -> FastAPI:
     """The API app.
 
     :param settings: the deployment's settings (``database_url`` and ``redis_url`` for the
@@ -135,6 +138,8 @@ def build_app(settings: Settings, store_url: str, *, auth: bool = True,
         names only without *auth*, any host with it; :mod:`brokerscan.api.guard`)
     :param exports: exports at once per token and per server
     :param admission: the costly lane (default: :data:`DEFAULT_COSTLY_SLOTS` slots)
+    :param identity: serve the scanner's public page and opt-out form, without a token
+        (:mod:`brokerscan.web.identity`)
     """
     ctx = ApiContext(settings=settings, store_url=store_url, auth=auth,
                      limiter=RateLimiter(rate=rate, burst=max(1.0, burst)), store=store,
@@ -164,12 +169,14 @@ def build_app(settings: Settings, store_url: str, *, auth: bool = True,
     api = APIRouter(prefix="/api/v1", responses=errors.ERRORS,
                     dependencies=[Depends(metered, scope="function")])
     for module in (services, count, trends, hosts, report, diff, sweeps, schedules, export,
-                   query, watches):
+                   query, watches, optouts):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(session.router, prefix="/api/v1")
     app.include_router(health.router)
     mount_docs(app)
+    if identity:
+        app.router.routes.extend(identity_routes(ctx, optout_limiter()))
     mount_dashboard(app)  # the web dashboard at / (brokerscan/web), after the API's routes
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     instrument(app, ctx.admission)

@@ -46,6 +46,7 @@ COMMANDS: dict[str, str] = {
     "serve": "serve",
     "token": "token",
     "watch": "watch",
+    "optout": "optout",
 }
 
 

@@ -82,7 +82,8 @@ async def _add(args: argparse.Namespace, settings: Settings) -> int:
     try:
         stored, cadence, jitter = schedules.prepare(
             args.schedule_name, spec, every=args.every, cron=args.cron, jitter=args.jitter,
-            fixed_seed=args.seed is not None, now=datetime.now(UTC))
+            fixed_seed=args.seed is not None, now=datetime.now(UTC),
+            optout_files=[*settings.blocklist_files, *args.blocklist])
     except (StateError, CadenceError, PlanError) as exc:
         raise CliError(str(exc)) from None
     conn = await connect(database_url(settings))

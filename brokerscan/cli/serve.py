@@ -61,6 +61,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--port", type=int, default=8080, help="default: %(default)s")
     p.add_argument("--no-auth", action="store_true",
                    help="no tokens: every request may do anything (loopback addresses only)")
+    p.add_argument("--identity-page", action="store_true",
+                   help="also serve, without a token, the scanner's public page at /scanner "
+                        "(who scans, why, how to opt out) and its opt-out form")
     p.add_argument("--rate-limit", type=non_negative(float), default=DEFAULT_RATE,
                    metavar="N", help="requests per second per token; 0 = no limit "
                                      "(default: %(default)s)")
@@ -191,7 +194,8 @@ async def _serve(args: argparse.Namespace, settings: Settings, url: str,
         app = build_app(settings, url, auth=not args.no_auth, rate=args.rate_limit,
                         burst=args.burst, store=store, guard=guard,
                         exports=Slots(args.exports_per_token, args.exports_per_server),
-                        admission=Admission(args.costly_slots, patience=args.costly_wait))
+                        admission=Admission(args.costly_slots, patience=args.costly_wait),
+                        identity=args.identity_page)
         # A query of MAX_LENGTH characters, percent-encoded, can be 24 KB of URL: more than
         # h11's default 16 KiB for a request head.
         proxies = args.forwarded_allow_ips
@@ -208,6 +212,8 @@ async def _serve(args: argparse.Namespace, settings: Settings, url: str,
         shown = f"[{host}]" if ":" in host else host
         sys.stderr.write(f"brokerscan: serving http://{shown}:{port} (the dashboard; API "
                          "docs: /docs)" + (", no tokens (--no-auth)" if args.no_auth else "")
+                         + (", the scanner's public page: /scanner" if args.identity_page
+                            else "")
                          + "\n")
         sys.stderr.flush()
         await server.serve(sockets=[sock])

@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from brokerscan.cli import schedule
-from brokerscan.cli.errors import CliError
+from brokerscan.cli.errors import EXIT_UNAVAILABLE, CliError
 from brokerscan.cli.services import NO_SCHEDULER, check_broker, database_url, run_async
 from brokerscan.cli.sweepspec import add_plan_options, add_run_options, plan_or_fail, sweep_spec
 from brokerscan.cli.text import format_duration, format_rate
@@ -28,7 +28,9 @@ from brokerscan.settings import Settings
 from scheduler import launch, live, state, status
 from scheduler.launch import default_name
 from scheduler.sweeps import SweepPlan, describe_plan
-from storage.db import connect
+from storage.db import DatabaseError, connect
+from storage.optouts import approved_networks
+from storage.store import StoreError, open_store, store_url
 
 __all__ = ["COMMANDS", "add_commands", "run"]
 
@@ -82,11 +84,29 @@ async def _plan_cmd(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def _approved(settings: Settings) -> list[str]:
+    """The approved opt-out networks of the store (``brokerscan optout``)."""
+    try:
+        store = await open_store(store_url(settings))
+    except StoreError as exc:
+        raise CliError(str(exc), EXIT_UNAVAILABLE) from None
+    try:
+        return await approved_networks(store)
+    except DatabaseError as exc:
+        raise CliError(str(exc), EXIT_UNAVAILABLE) from None
+    finally:
+        await store.close()
+
+
 async def _start_cmd(args: argparse.Namespace, settings: Settings) -> int:
     spec = sweep_spec(args, settings, name=args.name or "")
     if not spec.name:
         spec = spec.model_copy(update={"name": default_name(spec)})
     spec = spec.model_copy(update={"started_at": datetime.now(UTC)})
+    approved = await _approved(settings)
+    if approved:  # the approved opt-out requests join the spec's lists
+        spec = spec.model_copy(update={"optout": launch.opt_out([], [*spec.optout,
+                                                                     *approved])})
     plan = plan_or_fail(spec)
     names = settings.names()
     url = database_url(settings)

@@ -1,6 +1,7 @@
 """The dashboard's routes: one HTML shell per page (``/``, ``/search``, ``/host/{ip}``,
-``/sweeps``, ``/sweeps/{id}``, ``/changes``, ``/watches``, ``/signin``), each loading its JavaScript
-module, and ``/assets/...`` for the modules, the stylesheet and the vendored libraries.
+``/sweeps``, ``/sweeps/{id}``, ``/changes``, ``/watches``, ``/optouts``, ``/signin``), each
+loading its JavaScript module, and ``/assets/...`` for the modules, the stylesheet and the
+vendored libraries.
 
 The pages hold no data: the modules fetch it from ``/api/v1`` with the browser's session
 cookie (or none, for ``serve --no-auth``), so the pages themselves need no token and a
@@ -53,12 +54,13 @@ PAGES: Final[dict[str, Page]] = {
     "/sweeps/{sweep}": Page("sweep", "Sweep", "sweeps"),
     "/changes": Page("changes", "Changes", "changes"),
     "/watches": Page("watches", "Watches", "watches"),
+    "/optouts": Page("optouts", "Opt-outs", "optouts"),
     "/signin": Page("signin", "Sign in", None),
 }
 
 _NAV: Final = (("overview", "/", "Overview"), ("search", "/search", "Search"),
                ("sweeps", "/sweeps", "Sweeps"), ("changes", "/changes", "Changes"),
-               ("watches", "/watches", "Watches"))
+               ("watches", "/watches", "Watches"), ("optouts", "/optouts", "Opt-outs"))
 
 _IMPORT: Final = re.compile(r"""(?:from|import)\s*["'](\./[\w./-]+|/assets/[\w./-]+)["']""")
 

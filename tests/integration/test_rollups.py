@@ -264,7 +264,8 @@ async def test_schema_step_4_builds_the_rollups_of_a_file_written_before(tmp_pat
     conn = sqlite3.connect(path_of(url))
     try:
         for statement in (
-                "DROP TABLE watch_deliveries", "DROP TABLE watch_events", "DROP TABLE watches",
+                "DROP TABLE optouts", "DROP TABLE watch_deliveries", "DROP TABLE watch_events",
+                "DROP TABLE watches",
                 "DROP TRIGGER observations_census", "DROP TRIGGER services_census_inserted",
                 "DROP TRIGGER services_census_updated", "DROP TABLE census_sweep",
                 "DROP TABLE census_current", "ALTER TABLE observations DROP COLUMN census",

@@ -25,6 +25,7 @@ from tests import servers
 from tests.apiserver import ApiServer, make_token
 from tests.browser import browser, screenshot
 from tests.integration.sweepfleet import Fleet, fleet_in
+from tests.optouts import request_opt_out
 from tests.waiting import holds_for, wait_for
 
 pytestmark = pytest.mark.integration
@@ -279,3 +280,40 @@ def test_api_and_dashboard_list_schedules_and_runs(fleet: Fleet, tmp_path: Path)
             assert steer.get("/api/v1/schedules").json() == []
     finally:
         serve.stop()
+
+
+@pytest.mark.timeout(300)
+def test_each_run_reads_its_opt_out_lists_again_and_adds_opt_out_requests(
+        fleet: Fleet, tmp_path: Path) -> None:
+    """A schedule keeps the paths of its opt-out lists: a run reads them as they are when
+    it starts, plus the opt-out requests approved by then (issue 20). No worker: the runs
+    are only planned and recorded."""
+    fleet.env["BROKERSCAN_STORE_URL"] = fleet.database_url  # where `optout` writes
+    listed = tmp_path / "optout.conf"
+    listed.write_text("198.51.100.0/24  # asked by mail\n")
+    fleet.cli("sweep", "schedule", "add", "polite", target(), "--allow-reserved", "-p",
+              "1883", "--every", "2s", "--jitter", "0", "--blocklist", str(listed))
+    fleet.spawn("scheduler", "scheduler")
+    first = wait_for(lambda: runs(fleet, "polite"), 60, "a first run", detail=fleet.logs,
+                     every=0.3)[0]
+    assert json.loads(rows(fleet, "SELECT spec->'optout' AS o FROM sweeps WHERE id = $1",
+                           first["id"])[0]["o"]) == ["198.51.100.0/24"]
+    listed.write_text("198.51.100.0/24\n192.0.2.0/25  # a second mail\n")
+    request = request_opt_out(fleet.database_url, "203.0.113.0/24")
+    fleet.cli("optout", "approve", request)
+    fleet.cli("sweep", "cancel", first["id"])
+    def second_run() -> dict[str, Any] | None:
+        found = runs(fleet, "polite")
+        return found[-1] if len(found) >= 2 else None
+
+    second = wait_for(second_run, 60, "a second run", detail=fleet.logs, every=0.3)
+    assert second is not None
+    optout = rows(fleet, "SELECT spec->'optout' AS o FROM sweeps WHERE id = $1",
+                  second["id"])[0]["o"]
+    assert json.loads(optout) == ["192.0.2.0/25", "198.51.100.0/24", "203.0.113.0/24"]
+    listed.unlink()  # an unreadable list: the next period is not started, and says why
+    fleet.cli("sweep", "cancel", second["id"])
+    row = wait_for(lambda: (s := schedule_row(fleet, "polite"))["last_error"] and s, 60,
+                   "a period refused", detail=fleet.logs, every=0.3)
+    assert "optout.conf" in row["last_error"] and "not started" in row["last_error"]
+

@@ -94,7 +94,8 @@ async def add_schedule(ctx: Annotated[ApiContext, Depends(context)], body: Sched
     try:
         stored, cadence, jitter = schedules.prepare(
             body.name, spec, every=body.every, cron=body.cron, jitter=body.jitter,
-            fixed_seed="seed" in body.sweep, now=datetime.now(UTC))
+            fixed_seed="seed" in body.sweep, now=datetime.now(UTC),
+            optout_files=ctx.settings.blocklist_files)
     except (StateError, CadenceError, PlanError) as exc:
         raise ApiError(400, str(exc)) from None
     try:

@@ -42,8 +42,8 @@ from storage.watches import (
     get_watch,
     list_deliveries,
     pending_count,
-    record_test_event,
 )
+from storage.watcheval import record_test_event
 
 __all__ = ["DELIVERY_HEADER", "SIGNATURE_HEADER", "Deliverer", "OutsideAllowList",
            "body_of", "check_allowed", "send_test", "sign"]

@@ -1,6 +1,6 @@
 """The scheduler's part in watches: when a sweep finishes (``finished``, not ``failed``:
 a failed sweep's gaps would read as services gone), evaluate every watch on it
-(:func:`storage.watches.evaluate_sweep`) once its results have reached the store, and keep
+(:func:`storage.watcheval.evaluate_sweep`) once its results have reached the store, and keep
 delivering what is due (:class:`scheduler.notify.Deliverer`: first tries and retries).
 
 A sweep ends when its shards' results are confirmed by RabbitMQ, not when they are stored:
@@ -25,7 +25,7 @@ from brokerscan.stream.status import stream_status
 from scheduler.notify import Deliverer
 from storage.searcher import Searcher
 from storage.store import Store, open_store, store_url
-from storage.watches import evaluate_sweep
+from storage.watcheval import evaluate_sweep
 
 __all__ = ["SETTLE_LIMIT", "SETTLE_SECONDS", "WatchLoop"]
 

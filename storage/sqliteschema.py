@@ -222,8 +222,13 @@ CREATE INDEX watch_deliveries_due ON watch_deliveries (next_try_at) WHERE status
 CREATE INDEX watch_deliveries_watch ON watch_deliveries (watch, created_at);
 """
 
+#: Step 6: a watch's certificate expiry horizon (as in PostgreSQL's 0013).
+_V6: Final = """
+ALTER TABLE watches ADD COLUMN cert_expiry_days INTEGER CHECK (cert_expiry_days >= 0);
+"""
+
 #: The schema steps, in order; ``PRAGMA user_version`` is how many a file has.
-STEPS: Final = (_V1, _V2, _V3, _V4, _V5)
+STEPS: Final = (_V1, _V2, _V3, _V4, _V5, _V6)
 
 
 def version(conn: sqlite3.Connection) -> int:

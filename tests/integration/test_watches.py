@@ -39,7 +39,8 @@ from brokerscan.settings import Settings
 from scheduler.notify import Deliverer, sign
 from scheduler.watchloop import WatchLoop
 from storage.store import open_store
-from storage.watches import create_watch, evaluate_sweep, list_deliveries
+from storage.watches import create_watch, list_deliveries
+from storage.watcheval import evaluate_sweep
 from tests import servers
 from tests.apiserver import ApiServer, make_token
 from tests.browser import Watched, browser, off_loop, screenshot

@@ -3,6 +3,8 @@ replaced (``diff_sweeps`` under each watch's effective query), on both stores: t
 events, kinds and details, for watches on ranges, AS numbers, both, none, with
 ``certificates``; and ``cert_expiry_days`` (every sweep, once per service).
 
+The reference is bench/watches.py's baseline, ``per_watch_found``.
+
 The data: 600 results at the census's proportions (bench/readside_data.py), two sweeps of
 nine in ten of them each; between them some brokers changed: anonymous access flipped,
 an AS number moved, TLS removed, a product replaced.
@@ -18,11 +20,10 @@ from typing import Any
 import pytest
 
 from bench.readside_data import base_results, present
+from bench.watches import per_watch_found
 from brokerscan.model import ScanResult, Status
-from storage.census import diff_sweeps
-from storage.searcher import Searcher
 from storage.store import open_store
-from storage.watches import Watch, create_watch, effective_query, list_watches
+from storage.watches import create_watch, list_watches
 from storage.watcheval import evaluate_sweep, previous_sweep, sweep_stored
 
 pytestmark = pytest.mark.integration
@@ -58,23 +59,6 @@ def sweeps() -> tuple[list[ScanResult], list[ScanResult]]:
     return one, two
 
 
-async def reference(store: Searcher, watch: Watch, a: str, b: str) -> set[tuple[Any, ...]]:
-    """What the per-watch evaluation found (the code this one pass replaced)."""
-    node = effective_query(watch.query, watch.networks, watch.asns)
-    diff = await diff_sweeps(store, a, b, node, limit=10**6)
-    changes = {(c.ip, c.port): c.changes for c in diff.changed}
-    found = [*(("new", k) for k in diff.new), *(("gone", k) for k in diff.gone),
-             *(("now_matching", k) for k in diff.now_matching),
-             *(("stopped_matching", k) for k in diff.stopped_matching)]
-    if watch.certificates:
-        node = effective_query(watch.query, watch.networks, watch.asns,
-                               also="cert.expired:true")
-        certs = await diff_sweeps(store, a, b, node, limit=10**6)
-        found += [("certificate_expired", k) for k in (*certs.new, *certs.now_matching)]
-    return {(watch.name, kind, ip, port, str(changes.get((ip, port), "")))
-            for kind, (ip, port) in found}
-
-
 async def test_one_pass_finds_exactly_what_each_watch_found_alone(store_url: str) -> None:
     one, two = sweeps()
     store = await open_store(store_url)
@@ -104,7 +88,7 @@ async def test_one_pass_finds_exactly_what_each_watch_found_alone(store_url: str
 
         expected: set[tuple[Any, ...]] = set()
         for watch in watches:
-            expected |= await reference(store, watch, "ev-1", "ev-2")
+            expected |= await per_watch_found(store, watch, "ev-1", "ev-2")
         events = await evaluate_sweep(store, "ev-2")
         got = {(e.watch, e.kind, e.ip, e.port, str(e.detail.get("changes", "")))
                for e in events}

@@ -12,10 +12,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from brokerscan.settings import Settings
-from scheduler.notify import Deliverer
+from scheduler.notify import Deliverer, check_allowed, pinned
 from scheduler.watchloop import WatchLoop, published
 from storage.store import open_store
 from storage.watches import create_watch, list_deliveries
@@ -140,4 +141,26 @@ async def test_a_receiver_that_never_answers_delays_no_other_watch(
     finally:
         await deliverer.close()
         await store.close()
+        receiver.stop()
+
+
+async def test_the_address_checked_is_the_one_dialled() -> None:
+    """No DNS rebinding: a name is resolved once, checked against the allow list, and that
+    address is dialled, the name kept in ``Host`` and the TLS server name."""
+    assert await check_allowed("http://127.54.0.9:81/x", ["127.54.0.0/16"]) == "127.54.0.9"
+    assert await check_allowed("https://hooks.example/x", ["hooks.example"]) is None
+    assert pinned("https://hooks.example:8443/x?a=1", "127.54.0.9") == (
+        "https://127.54.0.9:8443/x?a=1", {"Host": "hooks.example:8443"},
+        {"sni_hostname": "hooks.example"})
+    assert pinned("http://[::1]:80/", "::1") == ("http://[::1]:80/", {}, {})
+    receiver = Receiver()
+    try:
+        port = receiver.url.rpartition(":")[2]
+        target, host, extensions = pinned(f"http://hooks.example:{port}/hook",
+                                          receiver.url.split("//")[1].split(":")[0])
+        async with httpx.AsyncClient(trust_env=False) as client:
+            await client.post(target, content=b"{}", headers=host, extensions=extensions)
+        assert [(path, headers["Host"]) for path, headers, *_ in receiver.requests] == [
+            ("/hook", f"hooks.example:{port}")]
+    finally:
         receiver.stop()

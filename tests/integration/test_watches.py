@@ -337,6 +337,8 @@ def test_signature_is_over_the_exact_body() -> None:
     (["--webhook", "http://127.54.0.1/"], "needs --secret"),
     (["--webhook", "ftp://127.54.0.1/", "--secret", "s"], "not an http:// or https:// URL"),
     (["--email", "not an address"], "not one email address"),
+    (["--email", "a@b.example", "--cert-expiry-days", "-1"], "--cert-expiry-days"),
+    (["--email", "a@b.example", "--cert-expiry-days", "soon"], "--cert-expiry-days"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str],
                                           needle: str) -> None:
@@ -380,6 +382,12 @@ def test_the_api_manages_watches_for_operators_only(
             bad = client.post("/api/v1/watches", json={**body, "name": "b",
                                                        "query": "anonymous:"})
             assert bad.status_code == 400 and "--query" in bad.json()["error"]
+            assert client.post("/api/v1/watches", json={
+                **body, "name": "b", "cert_expiry_days": -1}).status_code in (400, 422)
+            soon = client.post("/api/v1/watches", json={**body, "name": "soon",
+                                                        "cert_expiry_days": 30})
+            assert soon.status_code == 201 and soon.json()["cert_expiry_days"] == 30
+            assert client.delete("/api/v1/watches/soon").status_code == 200
             assert [w["name"] for w in client.get("/api/v1/watches").json()] == ["owner"]
             sent = client.post("/api/v1/watches/owner/test").json()
             assert sorted((d["channel"], d["status"]) for d in sent) == [

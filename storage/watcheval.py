@@ -51,6 +51,7 @@ _CHUNK: Final = 5000
 _EXPIRY_PATH: Final = ("tls", "certificate", "not_after")
 _EVENT_COLUMNS: Final = (("id", "text"), ("watch", "text"), ("ip", "text"),
                          ("port", "integer"), ("kind", "text"), ("detail", "text"))
+_FRESH_COLUMNS: Final = (("id", "text"), ("watch", "text"))
 
 Found = tuple[str, str, int, str, dict[str, Any]]  # watch, ip, port, kind, detail
 
@@ -283,6 +284,33 @@ def _found(dialect: Dialect, bits: list[_Bit], rows: list[Row]) -> list[Found]:
     return [(w, ip, port, kind, detail) for (w, ip, port, kind), detail in found.items()]
 
 
+async def _deliveries(store: Searcher, now: datetime, rows: str,
+                      sweep_id: str | None = None) -> None:
+    """A pending delivery per channel of its watch for each event of *rows* (JSON: ``id``
+    and ``watch``; with *sweep_id*, the events' keys instead, each event looked up by its
+    unique key, an index look-up a row); ON CONFLICT makes it safe to repeat."""
+    dialect = store.dialect
+    params = Params(dialect)  # in the order of the text (SQLite's are positional)
+    times = params.add(now), params.add(now)
+    if sweep_id is None:
+        source = dialect.json_rows(params.add(rows), _FRESH_COLUMNS)
+    else:
+        sweep = params.add(sweep_id)
+        source = (f"(SELECT (SELECT e.id FROM watch_events AS e WHERE e.watch = r.watch "
+                  f"AND e.sweep_id = {sweep} AND e.ip = r.ip AND e.port = r.port AND "
+                  "e.kind = r.kind) AS id, r.watch AS watch FROM "
+                  f"{dialect.json_rows(params.add(rows), _EVENT_COLUMNS)}) AS r")
+    await store.fetch(
+        "INSERT INTO watch_deliveries (id, event_id, watch, channel, status, attempts, "
+        "next_try_at, created_at) SELECT r.id || '.' || c.channel, r.id, r.watch, "
+        f"c.channel, 'pending', 0, {times[0]}, {times[1]} FROM {source} "
+        "JOIN watches AS w ON w.name = r.watch "
+        "JOIN (SELECT 'webhook' AS channel UNION ALL SELECT 'email') AS c "
+        "ON (c.channel = 'webhook' AND w.webhook_url IS NOT NULL) "
+        "OR (c.channel = 'email' AND w.email IS NOT NULL) "
+        "WHERE r.id IS NOT NULL ON CONFLICT (event_id, channel) DO NOTHING", params.values)
+
+
 async def _record(store: Searcher, watches: list[Watch], sweep_id: str,
                   previous: str | None, found: list[Found]) -> list[Event]:
     """Insert the events not recorded yet, a chunk a statement, each chunk followed by a
@@ -309,21 +337,11 @@ async def _record(store: Searcher, watches: list[Watch], sweep_id: str,
             "port, kind) DO NOTHING RETURNING id", params.values)}
         recorded += [Event(i, w, sweep_id, previous, ip, port, kind, detail)
                      for i, w, ip, port, kind, detail in chunk if i in inserted]
-        params = Params(dialect)
-        times = params.add(now), params.add(now)
-        source = dialect.json_rows(params.add(rows), _EVENT_COLUMNS)
-        sweep = params.add(sweep_id)
-        await store.fetch(
-            "INSERT INTO watch_deliveries (id, event_id, watch, channel, status, attempts, "
-            "next_try_at, created_at) SELECT e.id || '.' || c.channel, e.id, e.watch, "
-            f"c.channel, 'pending', 0, {times[0]}, {times[1]} FROM {source} "
-            "JOIN watch_events AS e ON e.watch = r.watch AND e.ip = r.ip AND e.port = r.port "
-            f"AND e.kind = r.kind AND e.sweep_id = {sweep} "
-            "JOIN watches AS w ON w.name = e.watch "
-            "JOIN (SELECT 'webhook' AS channel UNION ALL SELECT 'email') AS c "
-            "ON (c.channel = 'webhook' AND w.webhook_url IS NOT NULL) "
-            "OR (c.channel = 'email' AND w.email IS NOT NULL) "
-            "WHERE 1 = 1 ON CONFLICT (event_id, channel) DO NOTHING", params.values)
+        if inserted:  # their ids are known
+            await _deliveries(store, now, json.dumps(
+                [{"id": i, "watch": w} for i, w, *_ in chunk if i in inserted]))
+        if len(inserted) < len(chunk):  # recorded before: mend any that lack a delivery
+            await _deliveries(store, now, rows, sweep_id)
     return recorded
 
 

@@ -99,8 +99,13 @@ async def test_one_pass_finds_exactly_what_each_watch_found_alone(store_url: str
                                       "certificate_expired")), kinds
         assert {w for w, *_ in got} == {w.name for w in watches}  # every watch has work
         assert await evaluate_sweep(store, "ev-2") == []  # once per (watch, sweep, ...)
-        rows = await store.fetch("SELECT count(*) AS n FROM watch_deliveries", [])
-        assert int(rows[0]["n"]) == len(events)  # one webhook delivery per event
+        count = "SELECT count(*) AS n FROM watch_deliveries"
+        assert int((await store.fetch(count, []))[0]["n"]) == len(events)  # one per event
+        # an evaluation stopped after the events, before their deliveries: the next mends
+        await store.fetch("DELETE FROM watch_deliveries WHERE watch IN ('w00', 'w05')", [])
+        assert int((await store.fetch(count, []))[0]["n"]) < len(events)
+        assert await evaluate_sweep(store, "ev-2") == []
+        assert int((await store.fetch(count, []))[0]["n"]) == len(events)
     finally:
         await store.close()
 

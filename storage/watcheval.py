@@ -24,6 +24,7 @@ after it), so no statement holds the store for long.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import secrets
@@ -367,7 +368,9 @@ async def evaluate_sweep(store: Searcher, sweep_id: str, *, previous: str | None
     sql, values = _statement(store, bits, sweep_id, days, before, before_days,
                              max(horizons) if horizons else None)
     rows = await store.fetch(sql, values)
-    return await _record(store, watches, sweep_id, previous, _found(store.dialect, bits, rows))
+    # seconds of Python at 10^6 services: on a thread, so the scheduler's loop goes on
+    found = await asyncio.to_thread(_found, store.dialect, bits, rows)
+    return await _record(store, watches, sweep_id, previous, found)
 
 
 async def record_test_event(store: Searcher, watch: Watch) -> Event:

@@ -37,6 +37,7 @@ from scheduler.state import shard_counts
 from storage.db import Conn
 from storage.searcher import Searcher
 from storage.store import Store, open_store, store_url
+from storage.watches import list_watches
 from storage.watcheval import evaluate_sweep, sweep_stored
 
 __all__ = ["SETTLE_LIMIT", "SETTLE_SECONDS", "WatchLoop", "published", "results_expected"]
@@ -128,6 +129,8 @@ class WatchLoop:
     async def _evaluate(self, sweep_id: str, expected: int | None) -> int:
         try:
             store, deliverer = await self._open()
+            if not await list_watches(store):
+                return 0  # nothing to wait for
             if expected is None:
                 await self._settled()
             elif not await self._stored(store, sweep_id, expected):

@@ -24,6 +24,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator
 
 __all__ = [
+    "CLOSED_STATUSES",
     "READABLE_VERSIONS",
     "SCHEMA_VERSION",
     "AmqpResult",
@@ -69,6 +70,12 @@ class Status(StrEnum):
     BLOCKLISTED_TARGET = "blocklisted-target"  # refused by the blocklist, never dialled
     OUT_OF_SCOPE = "out-of-scope"  # outside the deployment's scope, never dialled
     UNKNOWN_ERROR = "unknown-error"
+
+
+#: Connect failures that say "nothing there": a scan counts them, and writes a result for
+#: them only when asked to (``emit_failures``). Every other outcome is always written.
+CLOSED_STATUSES: Final = frozenset({Status.CONNECTION_REFUSED, Status.CONNECTION_TIMEOUT,
+                                    Status.UNREACHABLE})
 
 
 class Protocol(StrEnum):

@@ -33,7 +33,7 @@ from brokerscan.settings import Settings
 from scheduler import live, optoutfeed, schedules, sizing, state
 from scheduler.recovery import Recovery
 from scheduler.sweeps import SweepSpec, plan_sweep
-from scheduler.watchloop import WatchLoop
+from scheduler.watchloop import WatchLoop, results_expected
 from storage.db import SERVER_AWAY, Conn, Pool, create_pool
 
 __all__ = ["Dispatcher"]
@@ -125,7 +125,8 @@ class Dispatcher:
                         if ended is not None:
                             self._note_state(sweep.id, ended.state, ended.failed_shards)
                             if ended.state == "finished":
-                                self.watches.sweep_finished(sweep.id)
+                                self.watches.sweep_finished(
+                                    sweep.id, await results_expected(conn, ended))
                     else:
                         self._note_state(sweep.id, "running")
         await self.recovery.round(pool, redis, [s.id for s in running],
@@ -243,8 +244,7 @@ class Dispatcher:
         whole spec and shard, which took two thirds of the scheduler's time per message."""
         with self.app.producer_or_acquire() as producer:
             for row in rows:
-                self.app.send_task(
-                    self.names.run_shard_task,
+                self.app.send_task(self.names.run_shard_task,
                     args=[sweep_id, row.index, spec, shards[row.index]], queue=row.queue,
                     task_id=f"{sweep_id}:{row.index}:{row.attempts}", producer=producer,
                     argsrepr=f"({sweep_id!r}, {row.index}, ...)", kwargsrepr="{...}",

@@ -6,7 +6,8 @@ at least once, every try in the delivery log.
   ``X-Brokerscan-Delivery: <id>`` (the same on every retry: the receiver's idempotency
   key). Any 2xx is delivered. A URL is dialled only if its host is inside the outbound
   allow list (``BROKERSCAN_WATCH_ALLOW``: CIDRs or exact host names; a name not listed is
-  resolved and every address must be inside a listed network); otherwise the delivery is
+  resolved and every address must be inside a listed network, and the address checked is
+  the one dialled, never the name again: no DNS rebinding); otherwise the delivery is
   ``refused`` with the reason, and nothing is sent. Redirects are not followed.
 - **Email**: through ``BROKERSCAN_SMTP_URL`` (smtplib in a thread; STARTTLS whenever the
   server offers it, with certificate checks).
@@ -28,7 +29,8 @@ import socket
 import ssl
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
-from urllib.parse import unquote, urlsplit
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 
@@ -42,11 +44,11 @@ from storage.watches import (
     get_watch,
     list_deliveries,
     pending_count,
-    record_test_event,
 )
+from storage.watcheval import record_test_event
 
 __all__ = ["DELIVERY_HEADER", "SIGNATURE_HEADER", "Deliverer", "OutsideAllowList",
-           "body_of", "check_allowed", "send_test", "sign"]
+           "body_of", "check_allowed", "pinned", "send_test", "sign"]
 
 SIGNATURE_HEADER = "X-Brokerscan-Signature"
 DELIVERY_HEADER = "X-Brokerscan-Delivery"
@@ -69,10 +71,13 @@ def body_of(delivery: Delivery) -> bytes:
                       sort_keys=True, separators=(",", ":")).encode()
 
 
-async def check_allowed(url: str, allow: list[str]) -> None:
+async def check_allowed(url: str, allow: list[str]) -> str | None:
     """Refuse *url* unless its host is a listed name, or an address (given, or every one
     the name resolves to) inside a listed network.
 
+    :returns: the address to connect to (the one checked: a name is not resolved again,
+        so a DNS answer that changes in between cannot lead elsewhere), or None for a
+        listed name (the operator trusts it)
     :raises OutsideAllowList: with the reason
     """
     host = urlsplit(url).hostname or ""
@@ -82,7 +87,7 @@ async def check_allowed(url: str, allow: list[str]) -> None:
             networks.append(ipaddress.ip_network(item, strict=False))
         except ValueError:
             if item.lower().rstrip(".") == host.lower().rstrip("."):
-                return
+                return None
     try:
         addresses = [ipaddress.ip_address(host)]
     except ValueError:
@@ -96,6 +101,20 @@ async def check_allowed(url: str, allow: list[str]) -> None:
         if not any(address.version == n.version and address in n for n in networks):
             raise OutsideAllowList(f"{host} ({address}) is outside the outbound allow list "
                                    "(BROKERSCAN_WATCH_ALLOW)")
+    return str(addresses[0])
+
+
+def pinned(url: str, address: str | None) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """*url* to dial *address* instead of its host name (the URL, the ``Host`` header and
+    the TLS server name of the name), or as it is when there is no address to pin."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if address is None or address == host:
+        return url, {}, {}
+    literal = f"[{address}]" if ":" in address else address
+    netloc = literal if parts.port is None else f"{literal}:{parts.port}"
+    return (urlunsplit(parts._replace(netloc=netloc)), {"Host": parts.netloc.rpartition("@")[2]},
+            {"sni_hostname": host})
 
 
 def _send_email(settings: Settings, to: str, subject: str, text: str) -> None:
@@ -211,11 +230,13 @@ class Deliverer:
         url, secret = watch.webhook_url, watch.secret
         if url is None or secret is None:
             raise RuntimeError("the watch has no webhook any more")
-        await check_allowed(url, self.settings.watch_allow)
+        target, host, extensions = pinned(
+            url, await check_allowed(url, self.settings.watch_allow))
         body = body_of(delivery)
-        response = await self._client.post(url, content=body, headers={
-            "Content-Type": "application/json", SIGNATURE_HEADER: sign(secret, body),
-            DELIVERY_HEADER: delivery.id, "User-Agent": "brokerscan-watch"})
+        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(secret, body),
+                   DELIVERY_HEADER: delivery.id, "User-Agent": "brokerscan-watch", **host}
+        response = await self._client.post(target, content=body, headers=headers,
+                                           extensions=extensions)
         if not 200 <= response.status_code < 300:
             raise RuntimeError(f"HTTP {response.status_code} from the receiver")
 

@@ -1,12 +1,19 @@
 """The scheduler's part in watches: when a sweep finishes (``finished``, not ``failed``:
 a failed sweep's gaps would read as services gone), evaluate every watch on it
-(:func:`storage.watches.evaluate_sweep`) once its results have reached the store, and keep
+(:func:`storage.watcheval.evaluate_sweep`) once its results have reached the store, and keep
 delivering what is due (:class:`scheduler.notify.Deliverer`: first tries and retries).
 
-A sweep ends when its shards' results are confirmed by RabbitMQ, not when they are stored:
-the evaluation waits until the stream's raw and enriched queues have been empty on two
-readings :data:`SETTLE_SECONDS` apart (at most :data:`SETTLE_LIMIT` seconds), so that the
-store holds the sweep. Nothing here may stop the dispatch loop: a failure is logged, the
+A sweep ends when its shards' results are confirmed by RabbitMQ, not when they are stored,
+and evaluating before the store holds all of them would report the missing ones ``gone``.
+So the evaluation waits until the store holds as many results of the sweep as its shards
+published (:func:`results_expected`: the statuses the shards counted, less the connect
+failures that are not written unless ``emit_failures``; the store's count is its rollup,
+which moves with exactly the results inserted), looking every :data:`SETTLE_SECONDS`. A
+sweep whose stored count stops growing short of that for :data:`SETTLE_LIMIT` seconds is
+not evaluated (logged; ``brokerscan watch evaluate`` does it by hand). A caller that knows
+no count (``expected=None``) gets the older rule: the stream's raw and enriched queues
+empty on two readings :data:`SETTLE_SECONDS` apart. Nothing here may stop the dispatch
+loop: a failure is logged, the
 evaluation of that sweep is tried again on the next finish or by ``brokerscan watch
 evaluate`` (events are kept once per (watch, sweep, service, kind), so a sweep evaluated
 twice delivers nothing twice).
@@ -17,23 +24,42 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from typing import Final
 
+from brokerscan.model import CLOSED_STATUSES
 from brokerscan.oneline import describe
 from brokerscan.settings import Settings
 from brokerscan.stream.status import stream_status
 from scheduler.notify import Deliverer
+from scheduler.records import SweepRow
+from scheduler.state import shard_counts
+from storage.db import Conn
 from storage.searcher import Searcher
 from storage.store import Store, open_store, store_url
-from storage.watches import evaluate_sweep
+from storage.watches import list_watches
+from storage.watcheval import evaluate_sweep, sweep_stored
 
-__all__ = ["SETTLE_LIMIT", "SETTLE_SECONDS", "WatchLoop"]
+__all__ = ["SETTLE_LIMIT", "SETTLE_SECONDS", "WatchLoop", "published", "results_expected"]
 
 log = logging.getLogger(__name__)
 
 SETTLE_SECONDS: Final = 2.0
 SETTLE_LIMIT: Final = 600.0
 _ROUND_EVERY: Final = 1.0  # seconds between looks for due deliveries
+
+
+def published(statuses: Mapping[str, int], emit_failures: bool) -> int:
+    """How many results shards that counted *statuses* published: all of them, less the
+    connect failures a scan does not write unless *emit_failures*."""
+    closed = {s.value for s in CLOSED_STATUSES}
+    return sum(n for status, n in statuses.items() if emit_failures or status not in closed)
+
+
+async def results_expected(conn: Conn, sweep: SweepRow) -> int:
+    """How many results finished *sweep* published (from its shards' counts)."""
+    counts = await shard_counts(conn, sweep.id)
+    return published(counts.statuses, bool(sweep.spec.get("emit_failures")))
 
 
 class WatchLoop:
@@ -47,6 +73,8 @@ class WatchLoop:
         self._deliverer: Deliverer | None = None
         self._evaluations: dict[str, asyncio.Task[int]] = {}
         self._next_round = 0.0
+        #: sweeps waiting for their results to be stored: the count stored at last look
+        self.waiting: dict[str, int] = {}
 
     async def _open(self) -> tuple[Searcher, Deliverer]:
         if self._store is None or self._deliverer is None:
@@ -54,11 +82,13 @@ class WatchLoop:
             self._store, self._deliverer = store, Deliverer(store, self.settings)
         return self._store, self._deliverer
 
-    def sweep_finished(self, sweep_id: str) -> asyncio.Task[int]:
-        """Evaluate the watches on *sweep_id* in the background (once per process)."""
+    def sweep_finished(self, sweep_id: str, expected: int | None = None) -> asyncio.Task[int]:
+        """Evaluate the watches on *sweep_id* in the background (once per process), once
+        the store holds the *expected* results of it (see the module's docstring)."""
         task = self._evaluations.get(sweep_id)
         if task is None:
-            task = self._evaluations[sweep_id] = asyncio.create_task(self._evaluate(sweep_id))
+            task = self._evaluations[sweep_id] = asyncio.create_task(
+                self._evaluate(sweep_id, expected))
         return task
 
     async def _stream_empty(self) -> bool:
@@ -66,17 +96,45 @@ class WatchLoop:
                                      peek=0)
         return not (status.raw.messages or status.enriched.messages)
 
-    async def _evaluate(self, sweep_id: str) -> int:
+    async def _settled(self) -> None:
+        deadline = time.monotonic() + SETTLE_LIMIT
+        empty_before = False
+        while time.monotonic() < deadline:
+            empty = await self._stream_empty()
+            if empty and empty_before:
+                return
+            empty_before = empty
+            await asyncio.sleep(self.settle)
+
+    async def _stored(self, store: Searcher, sweep_id: str, expected: int) -> bool:
+        """Wait until the store holds *expected* results of *sweep_id*; False if the count
+        stood still for :data:`SETTLE_LIMIT` seconds short of it."""
+        last, since = -1, time.monotonic()
         try:
-            deadline = time.monotonic() + SETTLE_LIMIT
-            empty_before = False
-            while time.monotonic() < deadline:
-                empty = await self._stream_empty()
-                if empty and empty_before:
-                    break
-                empty_before = empty
+            while True:
+                stored = self.waiting[sweep_id] = await sweep_stored(store, sweep_id)
+                if stored >= expected:
+                    return True
+                if stored != last:
+                    last, since = stored, time.monotonic()
+                elif time.monotonic() - since > SETTLE_LIMIT:
+                    log.warning("watches: sweep %s: %d of its %d results stored, none more "
+                                "for %.0f s: not evaluated (brokerscan watch evaluate does "
+                                "it by hand)", sweep_id, stored, expected, SETTLE_LIMIT)
+                    return False
                 await asyncio.sleep(self.settle)
+        finally:
+            self.waiting.pop(sweep_id, None)
+
+    async def _evaluate(self, sweep_id: str, expected: int | None) -> int:
+        try:
             store, deliverer = await self._open()
+            if not await list_watches(store):
+                return 0  # nothing to wait for
+            if expected is None:
+                await self._settled()
+            elif not await self._stored(store, sweep_id, expected):
+                return 0
             events = await evaluate_sweep(store, sweep_id)
             if events:
                 log.info("watches: sweep %s: %d events", sweep_id, len(events))

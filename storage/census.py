@@ -17,7 +17,7 @@ from storage.search.parse import parse
 from storage.search.tree import Node
 from storage.searcher import Searcher
 
-__all__ = ["Changed", "Diff", "census_report", "diff_sweeps"]
+__all__ = ["Changed", "Diff", "census_report", "diff_sweeps", "exposure_changes"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +114,7 @@ async def diff_sweeps(store: Searcher, a: str, b: str, query: str | Node = "", *
     for r in sorted(both, key=lambda r: (ip_number(str(r["ip"])) or 0, r["port"])):
         if bool(r["a_hit"]) != bool(r["b_hit"]) and len(flipped[bool(r["b_hit"])]) < limit:
             flipped[bool(r["b_hit"])].append((str(r["ip"]), int(r["port"])))
-        what = _changes(r)
+        what = exposure_changes(r)
         if what:
             counts["changed"] += 1
             for change in what:
@@ -125,7 +125,9 @@ async def diff_sweeps(store: Searcher, a: str, b: str, query: str | Node = "", *
                 flipped[True], flipped[False])
 
 
-def _changes(r: Row) -> list[str]:
+def exposure_changes(r: Row) -> list[str]:
+    """How a service seen in both sweeps changed (its row has ``a_`` and ``b_`` columns:
+    ``anon``, ``tls``, ``cert``, ``product``, ``version``)."""
     out = []
     a_anon, b_anon = r["a_anon"], r["b_anon"]
     if bool(b_anon) and not bool(a_anon) and b_anon is not None:

@@ -102,6 +102,11 @@ class Dialect(ABC):
         """A text value inside ``record`` (the path of keys; digits index arrays)."""
 
     @abstractmethod
+    def json_rows(self, param: str, columns: Sequence[tuple[str, str]]) -> str:
+        """A FROM item (``r``) of the objects of the JSON array in parameter *param*, with
+        *columns* (name, ``text`` or ``integer``): many rows through one parameter."""
+
+    @abstractmethod
     def census_facts(self, alias: str) -> tuple[str, str]:
         """A FROM item of one row per census fact of the row *alias* names (its
         ``census`` column), and the fact's expression."""
@@ -160,6 +165,10 @@ class PostgresDialect(Dialect):
 
     def json_text(self, path: Sequence[str]) -> str:
         return f"(record #>> '{{{','.join(path)}}}')"
+
+    def json_rows(self, param: str, columns: Sequence[tuple[str, str]]) -> str:
+        kinds = ", ".join(f"{name} {kind}" for name, kind in columns)
+        return f"json_to_recordset(CAST({param} AS json)) AS r({kinds})"
 
     def census_facts(self, alias: str) -> tuple[str, str]:
         return f"unnest({alias}.census) AS f(fact)", "f.fact"  # text[]
@@ -242,6 +251,10 @@ class SqliteDialect(Dialect):
     def json_text(self, path: Sequence[str]) -> str:
         steps = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in path)
         return f"json_extract(record, '${steps}')"
+
+    def json_rows(self, param: str, columns: Sequence[tuple[str, str]]) -> str:
+        picked = ", ".join(f"json_extract(value, '$.{name}') AS {name}" for name, _ in columns)
+        return f"(SELECT {picked} FROM json_each({param})) AS r"
 
     def census_facts(self, alias: str) -> tuple[str, str]:
         return f"json_each({alias}.census) AS f", "f.value"  # a JSON array

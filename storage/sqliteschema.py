@@ -232,8 +232,13 @@ CREATE TABLE optouts (
 CREATE INDEX optouts_state ON optouts (state, created_at);
 """
 
+#: Step 7: a watch's certificate expiry horizon (as in PostgreSQL's 0013).
+_V7: Final = """
+ALTER TABLE watches ADD COLUMN cert_expiry_days INTEGER CHECK (cert_expiry_days >= 0);
+"""
+
 #: The schema steps, in order; ``PRAGMA user_version`` is how many a file has.
-STEPS: Final = (_V1, _V2, _V3, _V4, _V5, _V6)
+STEPS: Final = (_V1, _V2, _V3, _V4, _V5, _V6, _V7)
 
 
 def version(conn: sqlite3.Connection) -> int:

@@ -2,9 +2,9 @@
 ``watch_deliveries``; PostgreSQL migration 0011, SQLite step 4): a saved query with
 networks and AS numbers, evaluated when a sweep finishes against the sweep before it.
 
-Evaluation is :func:`storage.census.diff_sweeps` (the same query path as ``brokerscan
-diff`` and ``/api/v1/diff``) under the watch's query; what it finds is recorded as events,
-one per (watch, sweep, service, kind), so a sweep evaluated twice adds nothing. Each event
+Evaluation (:mod:`storage.watcheval`: every watch in one pass over the two sweeps) finds
+events, recorded one per (watch, sweep, service, kind), so a sweep evaluated twice adds
+nothing. Each event
 gets one delivery per channel of its watch (webhook, email), a row of the delivery log
 that the deliverer (:mod:`scheduler.notify`) moves from ``pending`` to ``delivered``,
 ``failed`` (out of attempts) or ``refused`` (outside the outbound allow list).
@@ -18,47 +18,45 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
-from storage.census import diff_sweeps
 from storage.dialect import Params
 from storage.reader import Row
 from storage.search.parse import QueryError, parse
 from storage.search.tree import Node
 from storage.searcher import Searcher
 
-__all__ = ["KINDS", "Delivery", "Event", "Watch", "WatchError", "add_delivery_attempt",
-           "create_watch", "due_deliveries", "effective_query", "evaluate_sweep",
-           "get_watch", "list_deliveries", "list_watches", "pending_count",
-           "previous_sweep", "record_test_event", "remove_watch"]
+__all__ = ["KINDS", "MAX_EXPIRY_DAYS", "Delivery", "Event", "Watch", "WatchError",
+           "add_delivery_attempt", "create_watch", "due_deliveries", "effective_query",
+           "get_watch", "list_deliveries", "list_watches", "pending_count", "remove_watch"]
 
 #: What an evaluation reports: a service that answered only in the new sweep and matches;
 #: one that answered in both and matches now only; one that matched before only; one that
 #: matched before and no longer answered; (with ``certificates``) one whose certificate
-#: expired since. ``test`` is what ``watch test`` sends.
+#: expired since; (with ``cert_expiry_days``) one whose certificate has expired or will
+#: within that many days of the observation, every sweep. ``test`` is what ``watch test``
+#: sends.
 Kind = Literal["new", "now_matching", "stopped_matching", "gone", "certificate_expired",
-               "test"]
-KINDS: Final = ("new", "now_matching", "stopped_matching", "gone", "certificate_expired")
+               "certificate_expiring", "test"]
+KINDS: Final = ("new", "now_matching", "stopped_matching", "gone", "certificate_expired",
+                "certificate_expiring")
 Status = Literal["pending", "delivered", "failed", "refused"]
 
 _NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _EMAIL: Final = re.compile(r"[^@\s,;<>]+@[A-Za-z0-9.-]+")
 _WATCH_COLUMNS: Final = ("name, query, networks, asns, webhook_url, secret, email, "
-                         "certificates, created_at")
+                         "certificates, cert_expiry_days, created_at")
 _DELIVERY_COLUMNS: Final = (
     "d.id AS id, d.event_id AS event_id, d.watch AS watch, d.channel AS channel, "
     "d.status AS status, d.attempts AS attempts, d.next_try_at AS next_try_at, "
     "d.last_error AS last_error, d.created_at AS created_at, d.delivered_at AS delivered_at, "
     "e.sweep_id AS sweep_id, e.previous AS previous, e.ip AS ip, e.port AS port, "
     "e.kind AS kind, e.detail AS detail")
-#: the most events one evaluation lists per kind and watch
-_MAX_EVENTS: Final = 1_000_000
-#: events inserted by one statement
-_CHUNK: Final = 200
+#: the longest certificate expiry horizon a watch may ask for
+MAX_EXPIRY_DAYS: Final = 3650
 
 
 class WatchError(ValueError):
@@ -77,6 +75,8 @@ class Watch:
     secret: str | None
     email: str | None
     certificates: bool
+    #: also report matches whose certificate expired or expires within this many days
+    cert_expiry_days: int | None
     created_at: datetime
 
     def public(self) -> dict[str, Any]:
@@ -84,6 +84,7 @@ class Watch:
         return {"name": self.name, "query": self.query, "networks": list(self.networks),
                 "asns": list(self.asns), "webhook_url": self.webhook_url,
                 "email": self.email, "certificates": self.certificates,
+                "cert_expiry_days": self.cert_expiry_days,
                 "created_at": self.created_at.isoformat()}
 
 
@@ -143,6 +144,8 @@ def _watch(store: Searcher, row: Row) -> Watch:
                  asns=tuple(int(n) for n in _split(row["asns"])),
                  webhook_url=row["webhook_url"], secret=row["secret"], email=row["email"],
                  certificates=bool(row["certificates"]),
+                 cert_expiry_days=None if row["cert_expiry_days"] is None
+                 else int(row["cert_expiry_days"]),
                  created_at=store.dialect.decode_time(row["created_at"]))
 
 
@@ -166,7 +169,8 @@ def effective_query(query: str, networks: tuple[str, ...] | list[str] = (),
 
 
 def _check(name: str, query: str, networks: list[str], asns: list[int],
-           webhook_url: str | None, secret: str | None, email: str | None) -> list[str]:
+           webhook_url: str | None, secret: str | None, email: str | None,
+           cert_expiry_days: int | None) -> list[str]:
     if not _NAME.fullmatch(name):
         raise WatchError(f"watch name {name!r}: 1 to 64 letters, digits, '.', '_' or '-', "
                          "starting with a letter or digit")
@@ -179,6 +183,9 @@ def _check(name: str, query: str, networks: list[str], asns: list[int],
     for asn in asns:
         if not 0 <= asn < 2**32:
             raise WatchError(f"--asn: {asn} is not an AS number")
+    if cert_expiry_days is not None and not 0 <= cert_expiry_days <= MAX_EXPIRY_DAYS:
+        raise WatchError(f"--cert-expiry-days: {cert_expiry_days} is not 0 to "
+                         f"{MAX_EXPIRY_DAYS} days")
     try:
         effective_query(query, cidrs, asns)
     except QueryError as exc:
@@ -199,19 +206,21 @@ def _check(name: str, query: str, networks: list[str], asns: list[int],
 async def create_watch(store: Searcher, name: str, query: str, *,
                        networks: list[str] | None = None, asns: list[int] | None = None,
                        webhook_url: str | None = None, secret: str | None = None,
-                       email: str | None = None, certificates: bool = False) -> Watch:
+                       email: str | None = None, certificates: bool = False,
+                       cert_expiry_days: int | None = None) -> Watch:
     """Make a watch.
 
     :raises WatchError: a bad name, query, network, AS number, URL or address; no
         channel; a webhook without a secret; a name taken already
     """
-    cidrs = _check(name, query, networks or [], asns or [], webhook_url, secret, email)
+    cidrs = _check(name, query, networks or [], asns or [], webhook_url, secret, email,
+                   cert_expiry_days)
     if await get_watch(store, name) is not None:
         raise WatchError(f"a watch named {name!r} exists already (watch remove it first)")
     params = Params(store.dialect)
     values = ", ".join(params.add(v) for v in (
         name, query, ",".join(cidrs), ",".join(str(a) for a in asns or []), webhook_url,
-        secret, email, certificates, datetime.now(UTC)))
+        secret, email, certificates, cert_expiry_days, datetime.now(UTC)))
     rows = await store.fetch(f"INSERT INTO watches ({_WATCH_COLUMNS}) VALUES ({values}) "
                              f"RETURNING {_WATCH_COLUMNS}", params.values)
     return _watch(store, rows[0])
@@ -242,98 +251,6 @@ async def remove_watch(store: Searcher, name: str) -> None:
         params = Params(store.dialect)
         await store.fetch(f"DELETE FROM {table} WHERE {column} = {params.add(name)}",
                           params.values)
-
-
-async def previous_sweep(store: Searcher, sweep_id: str) -> str | None:
-    """The sweep (or local scan) that started last before *sweep_id*, if any."""
-    params = Params(store.dialect)
-    mark = params.add(sweep_id)
-    rows = await store.fetch(
-        "WITH s AS (SELECT sweep_id, min(sweep_started_at) AS started FROM observations "
-        "GROUP BY sweep_id) SELECT sweep_id FROM s WHERE started < "
-        f"(SELECT started FROM s WHERE sweep_id = {mark}) "
-        "ORDER BY started DESC, sweep_id DESC LIMIT 1", params.values)
-    return str(rows[0]["sweep_id"]) if rows else None
-
-
-async def _record(store: Searcher, watch: Watch, sweep_id: str, previous: str | None,
-                  found: list[tuple[str, int, str, dict[str, Any]]]) -> list[Event]:
-    """Insert the events (ip, port, kind, detail) not recorded yet, a chunk a statement,
-    then a pending delivery per channel for every event of (watch, sweep) that lacks one
-    (so an evaluation stopped between the two is mended by the next). A delivery's id is
-    its event's and its channel's: the same on every try."""
-    now = datetime.now(UTC)
-    recorded: list[Event] = []
-    for low in range(0, len(found), _CHUNK):
-        params = Params(store.dialect)
-        rows = []
-        chunk = [(secrets.token_hex(12), *item) for item in found[low:low + _CHUNK]]
-        for event_id, ip, port, kind, detail in chunk:
-            rows.append("(" + ", ".join(params.add(v) for v in (
-                event_id, watch.name, sweep_id, previous, ip, port, kind, json.dumps(detail),
-                now)) + ")")
-        inserted = {str(r["id"]) for r in await store.fetch(
-            "INSERT INTO watch_events (id, watch, sweep_id, previous, ip, port, kind, detail, "
-            f"created_at) VALUES {', '.join(rows)} ON CONFLICT (watch, sweep_id, ip, port, "
-            "kind) DO NOTHING RETURNING id", params.values)}
-        recorded += [Event(event_id, watch.name, sweep_id, previous, ip, port, kind, detail)
-                     for event_id, ip, port, kind, detail in chunk if event_id in inserted]
-    for channel, target in (("webhook", watch.webhook_url), ("email", watch.email)):
-        if target is None:
-            continue
-        params = Params(store.dialect)
-        name, tag = params.add(channel), params.add(channel)
-        times = params.add(now), params.add(now)
-        await store.fetch(
-            "INSERT INTO watch_deliveries (id, event_id, watch, channel, status, attempts, "
-            f"next_try_at, created_at) SELECT e.id || '.' || {tag}, e.id, e.watch, {name}, "
-            f"'pending', 0, {times[0]}, {times[1]} FROM watch_events AS e "
-            f"WHERE e.watch = {params.add(watch.name)} AND e.sweep_id = {params.add(sweep_id)} "
-            "ON CONFLICT (event_id, channel) DO NOTHING", params.values)
-    return recorded
-
-
-async def evaluate_sweep(store: Searcher, sweep_id: str, *, previous: str | None = None,
-                         watches: list[Watch] | None = None) -> list[Event]:
-    """Evaluate every watch (or *watches*) on *sweep_id* against *previous* (default: the
-    sweep before it; none: every match is new) and record what is new.
-
-    :returns: the events recorded by this call (none that an earlier call recorded)
-    """
-    watches = await list_watches(store) if watches is None else watches
-    if not watches:
-        return []
-    if previous is None:
-        previous = await previous_sweep(store, sweep_id)
-    before = previous if previous is not None else ""  # a sweep id nothing has
-    recorded: list[Event] = []
-    for watch in watches:
-        node = effective_query(watch.query, watch.networks, watch.asns)
-        diff = await diff_sweeps(store, before, sweep_id, node, limit=_MAX_EVENTS)
-        changes = {(c.ip, c.port): c.changes for c in diff.changed}
-        found: list[tuple[str, tuple[str, int]]] = [
-            *(("new", key) for key in diff.new),
-            *(("now_matching", key) for key in diff.now_matching),
-            *(("stopped_matching", key) for key in diff.stopped_matching),
-            *(("gone", key) for key in diff.gone)]
-        if watch.certificates:  # expired since: new to the query with this term
-            node = effective_query(watch.query, watch.networks, watch.asns,
-                                   also="cert.expired:true")
-            certs = await diff_sweeps(store, before, sweep_id, node, limit=_MAX_EVENTS)
-            found += [("certificate_expired", key)
-                      for key in (*certs.new, *certs.now_matching)]
-        recorded += await _record(store, watch, sweep_id, previous, [
-            (ip, port, kind, {"changes": changes[(ip, port)]} if (ip, port) in changes
-             else {}) for kind, (ip, port) in found])
-    return recorded
-
-
-async def record_test_event(store: Searcher, watch: Watch) -> Event:
-    """A ``test`` event for *watch* (a sweep id of its own), delivered like any other."""
-    sweep_id = f"test-{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
-    events = await _record(store, watch, sweep_id, None, [
-        ("192.0.2.1", 1883, "test", {"note": "a test event from brokerscan watch test"})])
-    return events[0]  # a sweep id of its own: recorded now
 
 
 def _delivery(store: Searcher, row: Row) -> Delivery:

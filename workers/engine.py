@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
 from brokerscan.model import (
+    CLOSED_STATUSES,
     Probe,
     Protocol,
     ScanResult,
@@ -385,7 +386,7 @@ def _spoke_http(info: WebSocketInfo | None) -> bool:
 # Connect failures that say "nothing there": counted, written only with emit_failures.
 # Anything else (a reset right after the handshake, out of scope, opted out) is always
 # written.
-_CLOSED = frozenset({Status.CONNECTION_REFUSED, Status.CONNECTION_TIMEOUT, Status.UNREACHABLE})
+_CLOSED = CLOSED_STATUSES
 
 # The common connect failures, without building an exception each time.
 _CONNECT_ERRNO = {errno.ECONNREFUSED: Status.CONNECTION_REFUSED,

@@ -18,14 +18,15 @@ from storage.db import DatabaseError
 from storage.searcher import Searcher
 from storage.store import StoreError, open_store, store_url
 from storage.watches import (
+    MAX_EXPIRY_DAYS,
     WatchError,
     create_watch,
-    evaluate_sweep,
     get_watch,
     list_deliveries,
     list_watches,
     remove_watch,
 )
+from storage.watcheval import evaluate_sweep
 
 __all__ = ["COMMANDS", "add_commands", "run"]
 
@@ -55,6 +56,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     add.add_argument("--email", metavar="ADDRESS", help="mail each event here (SMTP settings)")
     add.add_argument("--certificates", action="store_true",
                      help="also report certificates that expired since the sweep before")
+    add.add_argument("--cert-expiry-days", type=int, metavar="N",
+                     help="also report, every sweep, matches whose certificate has expired or "
+                          f"expires within N days (0 to {MAX_EXPIRY_DAYS})")
     listing = verbs.add_parser("list", help="every watch (never the secret)")
     test = verbs.add_parser("test", help="send a test event to a watch's channels now")
     test.add_argument("name")
@@ -111,7 +115,8 @@ async def _verb(args: argparse.Namespace, settings: Settings, store: Searcher) -
         watch = await create_watch(store, args.name, args.query, networks=networks,
                                    asns=args.asn, webhook_url=args.webhook,
                                    secret=args.secret, email=args.email,
-                                   certificates=args.certificates)
+                                   certificates=args.certificates,
+                                   cert_expiry_days=args.cert_expiry_days)
         print(f"watch {watch.name} added")
     elif args.verb == "remove":
         await remove_watch(store, args.name)

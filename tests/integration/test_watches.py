@@ -20,7 +20,6 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
@@ -36,10 +35,10 @@ from cryptography import x509
 
 from brokerscan.model import MqttResult, Protocol, ScanResult, Status, Transport
 from brokerscan.settings import Settings
-from scheduler.notify import Deliverer, sign
+from scheduler.notify import sign
 from scheduler.watchloop import WatchLoop
 from storage.store import open_store
-from storage.watches import create_watch, evaluate_sweep, list_deliveries
+from storage.watches import create_watch, list_deliveries
 from tests import servers
 from tests.apiserver import ApiServer, make_token
 from tests.browser import Watched, browser, off_loop, screenshot
@@ -88,13 +87,12 @@ async def seed(url: str) -> None:
 
 class Receiver:
     """An HTTP server on loopback that records every request; it answers 500 to the first
-    ``fail`` tries of the deliveries whose body names ``fail_ip``, and holds ``/hang``
-    requests until stopped."""
+    ``fail`` tries of the deliveries whose body names ``fail_ip``. (A receiver that never
+    answers: test_watch_loop.py.)"""
 
     def __init__(self, *, fail_ip: str | None = None, fail: int = 0) -> None:
         self.requests: list[tuple[str, dict[str, str], bytes, int]] = []
         self.fail_ip, self.fail = fail_ip, fail
-        self.release = threading.Event()
         self.lock = threading.Lock()
         host, port = servers.allocate("scratch", 0)
         receiver = self
@@ -102,17 +100,13 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                if self.path == "/hang":
-                    receiver.release.wait(60)
-                    code = 200
-                else:
-                    with receiver.lock:
-                        delivery = self.headers["X-Brokerscan-Delivery"]
-                        failed = sum(1 for _, h, _, c in receiver.requests
-                                     if h["X-Brokerscan-Delivery"] == delivery and c != 200)
-                        named = receiver.fail_ip is not None and \
-                            json.loads(body)["ip"] == receiver.fail_ip
-                        code = 500 if named and failed < receiver.fail else 200
+                with receiver.lock:
+                    delivery = self.headers["X-Brokerscan-Delivery"]
+                    failed = sum(1 for _, h, _, c in receiver.requests
+                                 if h["X-Brokerscan-Delivery"] == delivery and c != 200)
+                    named = receiver.fail_ip is not None and \
+                        json.loads(body)["ip"] == receiver.fail_ip
+                    code = 500 if named and failed < receiver.fail else 200
                 with receiver.lock:
                     receiver.requests.append((self.path, dict(self.headers), body, code))
                 self.send_response(code)
@@ -129,7 +123,6 @@ class Receiver:
         self.thread.start()
 
     def stop(self) -> None:
-        self.release.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -262,34 +255,6 @@ async def test_a_webhook_outside_the_allow_list_is_refused_and_never_dialled(
     assert receiver.requests == []
 
 
-async def test_a_hanging_receiver_does_not_delay_another_watch(
-        tmp_path: Path, receiver: Receiver) -> None:
-    store = await open_store(f"sqlite:///{tmp_path}/store.db")
-    settings = Settings(watch_allow=["127.54.0.0/16"], watch_timeout_seconds=HANG,
-                        watch_attempts=1)
-    deliverer = Deliverer(store, settings)
-    try:
-        await store.write(SWEEP_1)
-        await create_watch(store, "slow", "anonymous:true", webhook_url=receiver.url + "/hang",
-                           secret=SECRET)
-        await create_watch(store, "fast", "anonymous:true", webhook_url=receiver.url + "/ok",
-                           secret=SECRET)
-        await evaluate_sweep(store, "sw-1")
-        began = time.monotonic()
-        await deliverer.round()
-
-        async def fast_done() -> bool:
-            log = await list_deliveries(store, "fast")
-            return bool(log) and all(d.status == "delivered" for d in log)
-        await wait_for_async(fast_done, HANG, "the fast watch's deliveries")
-        assert time.monotonic() - began < HANG / 2  # not behind the slow one's timeout
-        assert {d.status for d in await list_deliveries(store, "slow")} == {"pending"}
-    finally:
-        receiver.release.set()
-        await deliverer.close()
-        await store.close()
-
-
 async def test_the_scheduler_evaluates_a_finished_sweep_once_and_delivers(
         migrated_url: str, receiver: Receiver) -> None:
     """What the dispatch loop runs when a sweep ends (scheduler/watchloop.py): wait for
@@ -336,6 +301,8 @@ def test_signature_is_over_the_exact_body() -> None:
     (["--webhook", "http://127.54.0.1/"], "needs --secret"),
     (["--webhook", "ftp://127.54.0.1/", "--secret", "s"], "not an http:// or https:// URL"),
     (["--email", "not an address"], "not one email address"),
+    (["--email", "a@b.example", "--cert-expiry-days", "-1"], "--cert-expiry-days"),
+    (["--email", "a@b.example", "--cert-expiry-days", "soon"], "--cert-expiry-days"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str],
                                           needle: str) -> None:
@@ -379,6 +346,12 @@ def test_the_api_manages_watches_for_operators_only(
             bad = client.post("/api/v1/watches", json={**body, "name": "b",
                                                        "query": "anonymous:"})
             assert bad.status_code == 400 and "--query" in bad.json()["error"]
+            assert client.post("/api/v1/watches", json={
+                **body, "name": "b", "cert_expiry_days": -1}).status_code in (400, 422)
+            soon = client.post("/api/v1/watches", json={**body, "name": "soon",
+                                                        "cert_expiry_days": 30})
+            assert soon.status_code == 201 and soon.json()["cert_expiry_days"] == 30
+            assert client.delete("/api/v1/watches/soon").status_code == 200
             assert [w["name"] for w in client.get("/api/v1/watches").json()] == ["owner"]
             sent = client.post("/api/v1/watches/owner/test").json()
             assert sorted((d["channel"], d["status"]) for d in sent) == [

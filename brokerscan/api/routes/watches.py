@@ -17,6 +17,7 @@ from brokerscan.api.errors import ApiError
 from brokerscan.api.models import ErrorBody
 from scheduler.notify import send_test
 from storage.watches import (
+    MAX_EXPIRY_DAYS,
     Watch,
     WatchError,
     create_watch,
@@ -52,6 +53,7 @@ class WatchIn(BaseModel):
     secret: str | None = Field(default=None, max_length=500)
     email: str | None = Field(default=None, max_length=320)
     certificates: bool = False
+    cert_expiry_days: int | None = Field(default=None, ge=0, le=MAX_EXPIRY_DAYS)
 
 
 class WatchOut(BaseModel):
@@ -64,6 +66,7 @@ class WatchOut(BaseModel):
     webhook_url: str | None
     email: str | None
     certificates: bool
+    cert_expiry_days: int | None
     created_at: str
 
 
@@ -128,7 +131,8 @@ async def add_watch(ctx: Annotated[ApiContext, Depends(context)], body: WatchIn,
         watch = await create_watch(store, body.name, body.query, networks=body.networks,
                                    asns=body.asns, webhook_url=body.webhook_url,
                                    secret=body.secret, email=body.email,
-                                   certificates=body.certificates)
+                                   certificates=body.certificates,
+                                   cert_expiry_days=body.cert_expiry_days)
     except WatchError as exc:
         raise ApiError(400, str(exc)) from None
     except asyncpg.InsufficientPrivilegeError:

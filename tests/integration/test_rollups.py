@@ -236,7 +236,10 @@ async def test_schema_step_4_builds_the_rollups_of_a_file_written_before(tmp_pat
                 "DROP TRIGGER observations_census", "DROP TRIGGER services_census_inserted",
                 "DROP TRIGGER services_census_updated", "DROP TABLE census_sweep",
                 "DROP TABLE census_current", "ALTER TABLE observations DROP COLUMN census",
-                "ALTER TABLE services DROP COLUMN census", "PRAGMA user_version = 3"):
+                "ALTER TABLE services DROP COLUMN census", "DROP TABLE facet_sweep",
+                "DROP TABLE facet_current", "DROP TRIGGER observations_facets",
+                "DROP TRIGGER services_facets_inserted", "DROP TRIGGER services_facets_updated",
+                "PRAGMA user_version = 3"):
             conn.execute(statement)
         conn.commit()
     finally:

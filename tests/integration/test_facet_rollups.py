@@ -12,15 +12,15 @@ import asyncpg
 import pytest
 
 from brokerscan.model import MqttResult, Protocol, ScanResult, Status
-from storage import partitions
+from storage import migrate, partitions
 from storage.facets import FIELDS
 from storage.pgstore import PgStore
 from storage.rollups import verify_rollups
 from storage.search.compile import CURRENT, View
 from storage.sqlitestore import SqliteStore
 from storage.store import open_store
-from tests.integration.test_rollups import _corrupt, _verify_cli
-from tests.pg import migrated_database
+from tests.integration.test_rollups import _corrupt, _verify_cli, copy_before
+from tests.pg import fresh_database, migrated_database
 from tests.unit.storage.gen import make_result, make_results, sweeps
 
 pytestmark = pytest.mark.integration
@@ -160,3 +160,19 @@ async def test_retention_keeps_verify_exact() -> None:
         done = _verify_cli(url)
         assert done.returncode == 1, done.stdout + done.stderr
         assert done.stdout.startswith("rollup ") and " sw-old amqp " in done.stdout
+
+
+async def test_the_facet_migration_builds_the_facet_rollups_of_rows_stored_before() -> None:
+    results = make_results(300, seed=43)
+    (facets,) = (m for m in migrate.migration_files() if m.name.endswith("_facet_rollups"))
+    async with fresh_database() as url:
+        await copy_before(url, facets.version, results)
+        applied = await migrate.migrate(url)
+        assert applied[0] == facets.name
+        store = await opened(url)
+        try:
+            assert await verify_rollups(store) == []
+            assert (await store.count("protocol:amqp", facets=[("product", 5)])).facets == (
+                await store.count(_rows("protocol:amqp"), facets=[("product", 5)])).facets
+        finally:
+            await store.close()

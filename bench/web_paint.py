@@ -2,6 +2,7 @@
 paint, the search page's results, and what each page weighs on the wire.
 
     .venv/bin/python bench/web_paint.py [--store URL] [--runs 5] [--query Q] [--json]
+        [--without-diffs]
 
 ``brokerscan serve --no-auth --rate-limit 0`` answers from *store* (default: the read-side
 benchmark database, ``brokerscan_bench_readside``, built by ``bench/readside_data.py``)
@@ -69,11 +70,15 @@ MEASURE = """() => {
 
 
 def measure(origin: str, path: str, wait_for: str, *, complete: bool = True,
-            ) -> dict[str, Any]:
+            without_diffs: bool = False) -> dict[str, Any]:
     """One cold load of *path* (a fresh profile), waiting until the page is ready (or,
-    without *complete*, only until the mark *wait_for*)."""
+    without *complete*, only until the mark *wait_for*); *without_diffs*: every diff of
+    two sweeps answered at once with nothing (the page then shows no "newly exposed")."""
     with browser(origin) as chrome:
         page = chrome.open()
+        if without_diffs:
+            page.page.route("**/api/v1/diff?*", lambda route: route.fulfill(
+                status=200, content_type="application/json", body="{}"))
         page.page.goto(origin + path)
         if complete:
             page.ready(timeout=120_000)
@@ -116,6 +121,10 @@ def main() -> int:
     parser.add_argument("--first-only", action="store_true",
                         help="measure the first meaningful paint and the results only (do "
                              "not wait for the rest of each page)")
+    parser.add_argument("--without-diffs", action="store_true",
+                        help="answer the timeline's diffs of whole sweeps with nothing, at "
+                             "once (below 10^6 observations the overview starts them by "
+                             "itself and they outlast every other answer)")
     parser.add_argument("--screenshots", metavar="DIR", type=Path,
                         help="also save the overview and the search page there "
                              "(docs/screenshots/ for the README)")
@@ -137,7 +146,8 @@ def main() -> int:
             out: dict[str, Any] = {"store": args.store.rsplit("/", 1)[-1], "runs": args.runs,
                                    "query": args.query}
             for name, (path, mark) in pages.items():
-                runs = [measure(server.url, path, mark, complete=not args.first_only)
+                runs = [measure(server.url, path, mark, complete=not args.first_only,
+                                without_diffs=args.without_diffs)
                         for _ in range(args.runs)]
                 first = "headline" if name == "overview" else "results"
                 out[name] = {

@@ -50,6 +50,9 @@ class Dialect(ABC):
     #: (PostgreSQL keeps them apart: ``services_census`` moves only with a newer record).
     services_table: str
     current_facts_table: str
+    #: Whether history past retention is dropped (day partitions), its counts kept in a
+    #: ledger beside each per-sweep rollup (``<rollup>_expired``: ``db verify`` adds them).
+    retention_ledger: bool
 
     @abstractmethod
     def placeholder(self, position: int) -> str:
@@ -128,6 +131,7 @@ class PostgresDialect(Dialect):
     grouping_sets = True
     services_table = "services_core"
     current_facts_table = "services_census"
+    retention_ledger = True
 
     def placeholder(self, position: int) -> str:
         return f"${position}"
@@ -212,6 +216,7 @@ class SqliteDialect(Dialect):
     grouping_sets = False
     services_table = "services"
     current_facts_table = "services"
+    retention_ledger = False
 
     def placeholder(self, position: int) -> str:
         return "?"

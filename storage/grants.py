@@ -20,8 +20,10 @@ __all__ = ["READ_TABLES", "ROLE_NAME", "grant_readonly"]
 #: The tables the read side reads (partitions of ``observations`` included through it;
 #: ``optouts`` so that operators can list the requests on a server that may only read).
 READ_TABLES: Final = ("observations", "services", "rollup", "services_rollup", "census_sweep",
-                      "census_current", "services_census", "api_tokens", "sweeps",
-                      "sweep_shards", "schedules", "optouts", "schema_migrations")
+                      "census_current", "services_census", "facet_sweep", "facet_current",
+                      "rollup_expired", "census_sweep_expired", "facet_sweep_expired",
+                      "api_tokens", "sweeps", "sweep_shards", "schedules", "optouts",
+                      "schema_migrations")
 
 #: A role name that needs no quoting anywhere (PostgreSQL folds unquoted names to lower
 #: case; 63 bytes at most).

@@ -13,7 +13,9 @@ counts them.
   default partition exists, so the detach briefly locks the parent.)
 
 Rollup counts and the current view outlive retention on purpose: dropping history does
-not rewrite the dashboards' past.
+not rewrite the dashboards' past. What a dropped partition held is added to the retention
+ledger (:func:`storage.rollups.expire_partition`) in the transaction that drops it, so
+``brokerscan db verify`` still finds every rollup equal to rows + ledger.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Final
 import asyncpg
 
 from storage.db import Conn
+from storage.rollups import expire_partition
 
 __all__ = [
     "DEFAULT_PARTITION",
@@ -157,7 +160,8 @@ async def ensure_partitions(
 async def drop_expired(
     conn: Conn, retention_days: int, *, today: date | None = None,
 ) -> list[str]:
-    """Detach and drop the partitions past retention (see :func:`expired`).
+    """Detach and drop the partitions past retention (see :func:`expired`), each in one
+    transaction with its counts added to the retention ledger.
 
     :returns: names of the partitions dropped
     :raises ValueError: *retention_days* below 1
@@ -170,6 +174,7 @@ async def drop_expired(
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
             await conn.execute(f"ALTER TABLE {PARENT} DETACH PARTITION {name}")
+            await expire_partition(conn, name)
             await conn.execute(f"DROP TABLE {name}")
         dropped.append(name)
     return dropped

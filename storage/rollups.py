@@ -16,17 +16,19 @@ view as of a past day adds up the facts of the rows that view selects.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 from brokerscan.model import ScanResult
 from brokerscan.report import census_facts
-from storage.dialect import Params
+from storage.dialect import PG, Dialect, Params
+from storage.facets import rows_sql as facet_rows
 from storage.pgtypes import Conn
 from storage.search.compile import View, source
 from storage.searcher import Searcher
 
-__all__ = ["backfill_census", "census_counts", "verify_rollups"]
+__all__ = ["backfill_census", "census_counts", "expire_partition", "verify_rollups"]
 
 #: Rows whose facts are computed between two writes of the backfill.
 _BACKFILL_CHUNK: Final = 5000
@@ -117,38 +119,88 @@ _DIMS: Final = ("coalesce(protocol, '')", "port", "transport", "tls",
                 "coalesce(country, '')", "coalesce(asn, -1)", "status")
 _KEPT_DIMS: Final = ("protocol", "port", "transport", "tls", "anonymous", "country", "asn",
                      "status")
+_FACET_KEY: Final = ("field", "protocol", "known", "value")
 
 
-def _checks(store: Searcher) -> Sequence[tuple[str, int, str, str]]:
+@dataclass(frozen=True, slots=True)
+class _SweepRollup:
+    """A rollup kept per sweep: its table, its key, and its counts from the rows of a
+    table (``observations`` or one of its partitions) as columns ``k0``.., ``n``."""
+
+    name: str
+    key: tuple[str, ...]
+    rows: Callable[[str], str]
+
+    def kept(self, table: str) -> str:
+        return f"SELECT {_keys(*self.key)}, n FROM {table}"
+
+
+def _sweep_rollups(dialect: Dialect) -> tuple[_SweepRollup, ...]:
+    def census(table: str) -> str:
+        facts, fact = dialect.census_facts("o")
+        return (f"SELECT {_keys('day', 'sweep_id', fact)}, count(*) AS n "
+                f"FROM {table} AS o, {facts} GROUP BY 1, 2, 3")
+
+    def rollup(table: str) -> str:
+        groups = ", ".join(str(i + 1) for i in range(len(_DIMS) + 2))
+        return (f"SELECT {_keys('day', 'sweep_id', *_DIMS)}, count(*) AS n FROM {table} "
+                f"GROUP BY {groups}")
+
+    def facets(table: str) -> str:
+        names = ("day", "sweep_id", *_FACET_KEY)
+        return (f"SELECT {_keys(*names)}, n FROM ({facet_rows(table, names[:2])}) AS c")
+
+    return (_SweepRollup("census_sweep", ("day", "sweep_id", "fact"), census),
+            _SweepRollup("rollup", ("day", "sweep_id", *_KEPT_DIMS), rollup),
+            _SweepRollup("facet_sweep", ("day", "sweep_id", *_FACET_KEY), facets))
+
+
+def _current_checks(store: Searcher) -> Sequence[tuple[str, int, str, str]]:
     """(rollup, its key's length, its rows, the same counted from the rows) for every
-    rollup of *store*."""
+    rollup of the current view of *store*."""
     dialect = store.dialect
     current = dialect.current_facts_table
-    o_facts, o_fact = dialect.census_facts("o")
     s_facts, s_fact = dialect.census_facts("s")
     width = len(_DIMS)
-    groups = ", ".join(str(i + 1) for i in range(width + 2))
     return (
-        ("census_sweep", 3, f"SELECT {_keys('day', 'sweep_id', 'fact')}, n FROM census_sweep",
-         f"SELECT {_keys('day', 'sweep_id', o_fact)}, count(*) AS n "
-         f"FROM observations AS o, {o_facts} GROUP BY 1, 2, 3"),
         ("census_current", 1, f"SELECT {_keys('fact')}, n FROM census_current",
          f"SELECT {_keys(s_fact)}, count(*) AS n FROM {current} AS s, {s_facts} GROUP BY 1"),
-        ("rollup", width + 2, f"SELECT {_keys('day', 'sweep_id', *_KEPT_DIMS)}, n FROM rollup",
-         f"SELECT {_keys('day', 'sweep_id', *_DIMS)}, count(*) AS n FROM observations "
-         f"GROUP BY {groups}"),
         ("services_rollup", width, f"SELECT {_keys(*_KEPT_DIMS)}, n FROM services_rollup",
          f"SELECT {_keys(*_DIMS)}, count(*) AS n FROM {dialect.services_table} "
          f"GROUP BY {', '.join(str(i + 1) for i in range(width))}"),
+        ("facet_current", len(_FACET_KEY), f"SELECT {_keys(*_FACET_KEY)}, n FROM facet_current",
+         f"SELECT {_keys(*_FACET_KEY)}, n "
+         f"FROM ({facet_rows(dialect.services_table, ())}) AS c"),
     )
+
+
+async def expire_partition(conn: Conn, partition: str) -> None:
+    """Add what *partition* of ``observations`` holds to the retention ledger (each
+    per-sweep rollup's ``<name>_expired``), before it is dropped, in the transaction that
+    drops it (PostgreSQL: :func:`storage.partitions.drop_expired`)."""
+    for rollup in _sweep_rollups(PG):
+        key = ", ".join(rollup.key)
+        await conn.execute(
+            f"INSERT INTO {rollup.name}_expired AS r ({key}, n) {rollup.rows(partition)} "
+            f"ON CONFLICT ({key}) DO UPDATE SET n = r.n + excluded.n")
 
 
 async def verify_rollups(store: Searcher) -> list[str]:
     """Every count of every rollup recomputed from the rows and compared: one line per
-    difference (empty: all equal). Also: observations without facts, and (PostgreSQL)
-    services whose facts are not those of their latest observation's time."""
+    difference (empty: all equal). A per-sweep rollup also counts what partitions
+    dropped past retention held (its ledger, PostgreSQL). Also: observations without
+    facts, and (PostgreSQL) services whose facts are not those of their latest
+    observation's time."""
     problems: list[str] = []
-    for name, keys, kept_sql, rows_sql in _checks(store):
+    ledger = store.dialect.retention_ledger
+    for rollup in _sweep_rollups(store.dialect):
+        keys = len(rollup.key)
+        counted = await _counted(store, keys, rollup.rows("observations"))
+        if ledger:
+            counted += await _counted(store, keys, rollup.kept(f"{rollup.name}_expired"))
+        problems += _compare(rollup.name, await _counted(store, keys, rollup.kept(rollup.name)),
+                             counted)
+    for name, keys, kept_sql, rows_sql in _current_checks(store):
         problems += _compare(name, await _counted(store, keys, kept_sql),
                              await _counted(store, keys, rows_sql))
     missing = await store.fetch("SELECT count(*) AS n FROM observations "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Final
 
+from storage.facets import row_values, rows_sql
 from storage.rows import census_json, ip_number
 
 __all__ = ["STEPS", "SchemaError", "upgrade", "version"]
@@ -237,8 +238,47 @@ _V7: Final = """
 ALTER TABLE watches ADD COLUMN cert_expiry_days INTEGER CHECK (cert_expiry_days >= 0);
 """
 
+_FACET_KEY: Final = "field, protocol, known, value"
+
+#: Step 8: the facet rollups (what PostgreSQL's 0014 does, storage/facets.py): for each
+#: of a few fields, every row counted under its protocol and value, per sweep and in the
+#: current view, kept by triggers in the transaction that writes the rows. (No retention
+#: ledger: the embedded store keeps all of its history.)
+_V8: Final = f"""
+CREATE TABLE facet_sweep (
+    day TEXT NOT NULL, sweep_id TEXT NOT NULL, field TEXT NOT NULL, protocol TEXT NOT NULL,
+    known INTEGER NOT NULL, value TEXT NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (sweep_id, day, {_FACET_KEY})
+);
+INSERT INTO facet_sweep (day, sweep_id, {_FACET_KEY}, n)
+{rows_sql("observations", ("day", "sweep_id"))};
+CREATE TABLE facet_current (
+    field TEXT NOT NULL, protocol TEXT NOT NULL, known INTEGER NOT NULL, value TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY ({_FACET_KEY})
+);
+INSERT INTO facet_current ({_FACET_KEY}, n) {rows_sql("services", ())};
+CREATE TRIGGER observations_facets AFTER INSERT ON observations BEGIN
+    INSERT INTO facet_sweep (day, sweep_id, {_FACET_KEY}, n)
+    SELECT new.day, new.sweep_id, {_FACET_KEY}, 1 FROM {row_values("new")} WHERE true
+    ON CONFLICT (sweep_id, day, {_FACET_KEY}) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER services_facets_inserted AFTER INSERT ON services BEGIN
+    INSERT INTO facet_current ({_FACET_KEY}, n)
+    SELECT {_FACET_KEY}, 1 FROM {row_values("new")} WHERE true
+    ON CONFLICT ({_FACET_KEY}) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER services_facets_updated AFTER UPDATE ON services BEGIN
+    UPDATE facet_current SET n = n - 1
+    WHERE ({_FACET_KEY}) IN (SELECT {_FACET_KEY} FROM {row_values("old")});
+    INSERT INTO facet_current ({_FACET_KEY}, n)
+    SELECT {_FACET_KEY}, 1 FROM {row_values("new")} WHERE true
+    ON CONFLICT ({_FACET_KEY}) DO UPDATE SET n = n + 1;
+END;
+"""
+
 #: The schema steps, in order; ``PRAGMA user_version`` is how many a file has.
-STEPS: Final = (_V1, _V2, _V3, _V4, _V5, _V6, _V7)
+STEPS: Final = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8)
 
 
 def version(conn: sqlite3.Connection) -> int:

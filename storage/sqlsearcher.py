@@ -23,6 +23,8 @@ from typing import Any, Final, Literal, cast
 from brokerscan.mqttcodes import LEVEL_NAMES
 from storage.cursor import decode_cursor, encode_cursor
 from storage.dialect import Params
+from storage.facets import EVERY, field_for
+from storage.facets import source as facet_source
 from storage.reader import Row, StoreReader
 from storage.search.compile import (
     CURRENT,
@@ -175,9 +177,15 @@ class SqlSearcher(StoreReader):
         :raises QueryError: a malformed query or facet
         """
         node = _node(query)
-        rollup = uses_rollup(view, node, [name for name, _ in facets])
+        # Facets a facet rollup answers are counted there; the total and the others from
+        # the main rollup when the query allows, else from the rows.
+        rolled = {name: size for name, size in facets
+                  if not uses_rollup(view, node, [name])
+                  and field_for(view, node, name) is not None}
+        rest = [(name, size) for name, size in facets if name not in rolled]
+        rollup = uses_rollup(view, node, [name for name, _ in rest])
         together: dict[str, list[tuple[Any, int]]] = {}
-        scalar = [(name, size) for name, size in facets if lookup(name).kind is not Kind.SET]
+        scalar = [(name, size) for name, size in rest if lookup(name).kind is not Kind.SET]
         if self.dialect.grouping_sets and scalar:
             total, together = await self._facets_in_one_scan(node, view, scalar, rollup)
         else:
@@ -192,8 +200,13 @@ class SqlSearcher(StoreReader):
         other: dict[str, int] = {}
         labels: dict[str, dict[Any, str]] = {}
         for name, size in facets:
-            values = together[name] if name in together \
-                else await self._facet(node, view, name, size, rollup)
+            if name in together:
+                values = together[name]
+            elif name in rolled:
+                values = await self._facet(node, view, name, size, rollup=False,
+                                           facet_rollup=True)
+            else:
+                values = await self._facet(node, view, name, size, rollup)
             out[name] = values
             if lookup(name).kind is not Kind.SET:
                 other[name] = max(0, total - sum(c for _, c in values))
@@ -253,19 +266,27 @@ class SqlSearcher(StoreReader):
         return total, out
 
     async def _facet(self, node: Node, view: View, name: str, size: int, rollup: bool,
-                     ) -> list[tuple[Any, int]]:
-        field = lookup(name)
+                     facet_rollup: bool = False) -> list[tuple[Any, int]]:
+        """The top values of facet *name*: from the rows, the main rollup (*rollup*) or
+        *name*'s facet rollup (*facet_rollup*, :mod:`storage.facets`)."""
         params = Params(self.dialect)
-        frm = source(self.dialect, params, view, rollup=rollup)
-        where = compile_where(self.dialect, params, node, rollup=rollup)
+        if facet_rollup:
+            frm = facet_source(params, view, name)
+            rollup = True  # counts in n, groups that came down to 0 left out
+            where = compile_where(self.dialect, params, node)
+            expr = group_expr(self.dialect, name)
+        else:
+            frm = source(self.dialect, params, view, rollup=rollup)
+            where = compile_where(self.dialect, params, node, rollup=rollup)
+            expr = group_expr(self.dialect, name, rollup=rollup)
         counted = "coalesce(sum(n), 0)" if rollup else "count(*)"
+        field = lookup(name)
         if field.kind is Kind.SET:
             column = field.column
             sql = (f"SELECT m.value AS value, count(*) AS n FROM {frm}, "
                    f"{self.dialect.set_members(column)} WHERE {where} "
                    f"AND {column} IS NOT NULL GROUP BY 1")
         else:
-            expr = group_expr(self.dialect, name, rollup=rollup)
             sql = (f"SELECT {expr} AS value, {counted} AS n FROM {frm} WHERE {where} "
                    f"AND {expr} IS NOT NULL GROUP BY 1")
             if rollup:
@@ -291,20 +312,24 @@ class SqlSearcher(StoreReader):
         """
         node = _node(query)
         history = View("sweep", sweep_id="-")
-        rollup = uses_rollup(history, node)
         params = Params(self.dialect)
-        where = compile_where(self.dialect, params, node, rollup=rollup)
-        if rollup:
-            table, counted, day = "rollup", "coalesce(sum(n), 0)", "day"
+        field = field_for(history, node)
+        if field is not None:  # a few rows per sweep
+            table, counted = facet_source(params, history, field), "coalesce(sum(n), 0)"
+            where = compile_where(self.dialect, params, node)
+        elif uses_rollup(history, node):
+            table, counted = "rollup AS v", "coalesce(sum(n), 0)"
+            where = compile_where(self.dialect, params, node, rollup=True)
         else:
-            table, counted, day = "(SELECT *, observed_at AS first_seen, observed_at AS " \
-                "last_seen FROM observations)", "count(*)", "day"
+            table, counted = "(SELECT *, observed_at AS first_seen, observed_at AS " \
+                "last_seen FROM observations) AS v", "count(*)"
+            where = compile_where(self.dialect, params, node)
         if interval == "day":
-            sql = (f"SELECT {day} AS bucket, {counted} AS n FROM {table} AS v WHERE {where} "
+            sql = (f"SELECT day AS bucket, {counted} AS n FROM {table} WHERE {where} "
                    "GROUP BY 1 ORDER BY 1")
         else:
-            sql = (f"SELECT sweep_id AS bucket, {counted} AS n, min({day}) AS first_day "
-                   f"FROM {table} AS v WHERE {where} GROUP BY 1 ORDER BY 3, 1")
+            sql = (f"SELECT sweep_id AS bucket, {counted} AS n, min(day) AS first_day "
+                   f"FROM {table} WHERE {where} GROUP BY 1 ORDER BY 3, 1")
         rows = await self.fetch(sql, params.values)
         return [(str(r["bucket"]), int(r["n"])) for r in rows]
 
@@ -329,13 +354,14 @@ class SqlSearcher(StoreReader):
 
     async def sweeps_seen(self, *, limit: int = 200) -> list[dict[str, Any]]:
         """The sweeps (and local scans) the history holds: id, start, day, observations and
-        hits by protocol, newest first (from the rollup)."""
+        hits by protocol, newest first (from a facet rollup: a few rows a sweep)."""
         params = Params(self.dialect)
+        every = facet_source(params, View("sweep", sweep_id="-"), EVERY)
         rows = await self.fetch(
             "SELECT sweep_id, min(day) AS day, sum(n) AS observations, "
             "sum(CASE WHEN protocol = 'mqtt' THEN n ELSE 0 END) AS mqtt, "
             "sum(CASE WHEN protocol = 'amqp' THEN n ELSE 0 END) AS amqp "
-            f"FROM rollup GROUP BY sweep_id ORDER BY 2 DESC, 1 DESC LIMIT {params.add(limit)}",
+            f"FROM {every} GROUP BY sweep_id ORDER BY 2 DESC, 1 DESC LIMIT {params.add(limit)}",
             params.values)
         return [{"id": r["sweep_id"], "day": str(self.decode("day", r["day"])),
                  "observations": int(r["observations"]),

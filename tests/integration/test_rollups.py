@@ -225,20 +225,27 @@ async def test_verify_names_each_wrong_count(store_url: str) -> None:
         await store.close()
 
 
+async def copy_before(url: str, version: int, results: list[ScanResult]) -> None:
+    """*results* stored by a database migrated to before *version* (COPY into
+    observations, its triggers of then keeping the rest); before 0009, without facts."""
+    files = migrate.migration_files()
+    await migrate.migrate(url, migrations=[m for m in files if m.version < version])
+    columns = COLUMNS if version > 9 else COLUMNS[:-1]  # no census column before 0009
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("CREATE TABLE observations_p20260301 PARTITION OF observations "
+                           "FOR VALUES FROM ('2026-03-01') TO ('2026-04-01')")
+        rows = [observation_row(r)[:len(columns)] for r in results]
+        await conn.copy_records_to_table("observations", records=rows, columns=columns)
+    finally:
+        await conn.close()
+
+
 async def test_migration_0009_builds_the_rollups_of_rows_stored_before() -> None:
     results = make_results(300, seed=8)
     files = migrate.migration_files()
     async with fresh_database() as url:
-        await migrate.migrate(url, migrations=[m for m in files if m.version < 9])
-        conn = await asyncpg.connect(url)
-        try:
-            await conn.execute("CREATE TABLE observations_p20260301 PARTITION OF observations "
-                               "FOR VALUES FROM ('2026-03-01') TO ('2026-04-01')")
-            rows = [observation_row(r)[:-1] for r in results]  # no census column yet
-            await conn.copy_records_to_table("observations", records=rows,
-                                             columns=COLUMNS[:-1])
-        finally:
-            await conn.close()
+        await copy_before(url, 9, results)
         applied = await migrate.migrate(url, migrations=[m for m in files if m.version <= 9])
         assert applied == ["0009_census_rollups"]
         await migrate.migrate(url)  # the later ones
@@ -269,7 +276,10 @@ async def test_schema_step_4_builds_the_rollups_of_a_file_written_before(tmp_pat
                 "DROP TRIGGER observations_census", "DROP TRIGGER services_census_inserted",
                 "DROP TRIGGER services_census_updated", "DROP TABLE census_sweep",
                 "DROP TABLE census_current", "ALTER TABLE observations DROP COLUMN census",
-                "ALTER TABLE services DROP COLUMN census", "PRAGMA user_version = 3"):
+                "ALTER TABLE services DROP COLUMN census", "DROP TABLE facet_sweep",
+                "DROP TABLE facet_current", "DROP TRIGGER observations_facets",
+                "DROP TRIGGER services_facets_inserted", "DROP TRIGGER services_facets_updated",
+                "PRAGMA user_version = 3"):
             conn.execute(statement)
         conn.commit()
     finally:

@@ -29,7 +29,9 @@ async def count(
         "fields to count by, each with how many top values: country:10,asn:10,port"))] = None,
 ) -> CountBody:
     """The number of services (or observations) matching *q*, and per facet its top
-    values with their counts; counts over the census's dimensions read a rollup."""
+    values with their counts; counts over the census's dimensions read a rollup, and so
+    do facets of product, version, CONNACK code, TLS version, anonymous and certificate
+    trust under a query over protocol alone (the facet rollups)."""
     began = time.perf_counter()
     wanted = parse_facets(facets)
     result = await searcher.count(q, view=view, facets=wanted)

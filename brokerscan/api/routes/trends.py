@@ -23,7 +23,8 @@ async def trends(
     interval: Annotated[Literal["day", "sweep"], Query(description=(
         "day: per day a sweep started; sweep: per sweep, in the order they started"))] = "day",
 ) -> TrendsBody:
-    """Counts of the observations matching *q* over the whole history."""
+    """Counts of the observations matching *q* over the whole history (from a rollup
+    when *q* uses only fields one holds: these keep the days dropped past retention)."""
     began = time.perf_counter()
     buckets = await searcher.trends(q, interval=interval)
     return TrendsBody(interval=interval,

@@ -306,6 +306,11 @@ def upgrade(conn: sqlite3.Connection) -> list[int]:
             continue
         conn.execute("BEGIN IMMEDIATE")
         try:
+            # Another process (a scheduler, a server, a worker opening the same new file)
+            # may have applied this step since we looked: the write lock says for sure.
+            if version(conn) >= number:
+                conn.execute("COMMIT")
+                continue
             for statement in _statements(script):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {number}")

@@ -9,6 +9,12 @@ tree's directory with that tree's venv: ``python -m`` imports from the working d
 a baseline tree gets a copy of this file) answers from *store*; each request is sent once
 to warm up, then *requests* times one after the other; p50 and p95 (nearest rank) of the
 client's wall time.
+
+``--rows`` also asks each count and trend once more with ``ip:0.0.0.0/0`` added to its
+query: the same rows (every stored address is IPv4), so the same answer (checked), but a
+query over another field, which no rollup holds: the row-by-row baseline, in the same run
+and the same server, on any store (a tree from before the rollups cannot open a migrated
+store).
 """
 
 from __future__ import annotations
@@ -54,11 +60,39 @@ def _rank(values: list[float], fraction: float) -> float:
     return ordered[max(0, min(len(ordered) - 1, round(fraction * len(ordered) + 0.5) - 1))]
 
 
+def _measure(client: httpx.Client, path: str, params: dict[str, str],
+             requests: int) -> tuple[dict[str, float], Any]:
+    """One warm-up, then *requests* timed; the figures and the last answer (None, and
+    the status in the figures, when the server refused it: a 503 is a query past the
+    server's statement time limit)."""
+    client.get(path, params=params)
+    times = []
+    for _ in range(requests):
+        began = time.perf_counter()
+        answer = client.get(path, params=params)
+        times.append((time.perf_counter() - began) * 1000)
+    figures: dict[str, Any] = {"p50_ms": round(statistics.median(times), 1),
+                               "p95_ms": round(_rank(times, 0.95), 1)}
+    if answer.is_error:
+        figures["status"] = answer.status_code
+        return figures, None
+    return figures, answer.json()
+
+
+def _counts(answer: Any) -> Any:
+    """An answer without what says how it was answered (the query, the time taken,
+    whether a rollup answered)."""
+    return {k: v for k, v in answer.items() if k not in ("query", "q", "query_ms", "rollup")} \
+        if isinstance(answer, dict) else answer
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", required=True)
     parser.add_argument("--requests", type=int, default=10)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--rows", action="store_true",
+                        help="also the same answers counted from the rows (see above)")
     args = parser.parse_args()
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-overview-") as work:
@@ -66,21 +100,24 @@ def main() -> int:
         try:
             with httpx.Client(base_url=f"{server.url}/api/v1", timeout=300) as client:
                 for label, path, params in REQUESTS:
-                    client.get(path, params=params).raise_for_status()
-                    times = []
-                    for _ in range(args.requests):
-                        began = time.perf_counter()
-                        client.get(path, params=params).raise_for_status()
-                        times.append((time.perf_counter() - began) * 1000)
-                    out[label] = {"p50_ms": round(statistics.median(times), 1),
-                                  "p95_ms": round(_rank(times, 0.95), 1)}
+                    out[label], answer = _measure(client, path, params, args.requests)
+                    if answer is None:
+                        raise SystemExit(f"{label}: HTTP {out[label]['status']}")
+                    if args.rows and path in ("count", "trends"):
+                        by_rows = {**params, "q": f"{params.get('q', '')} ip:0.0.0.0/0"}
+                        out[f"{label} (rows)"], same = _measure(client, path, by_rows,
+                                                                args.requests)
+                        if same is not None and _counts(same) != _counts(answer):
+                            raise SystemExit(f"{label}: the rows' answer differs")
         finally:
             server.stop()
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
     for label, figures in out.items():
-        print(f"{label:34} p50 {figures['p50_ms']:8.1f} ms  p95 {figures['p95_ms']:8.1f} ms")
+        refused = f"  (HTTP {figures['status']})" if "status" in figures else ""
+        print(f"{label:41} p50 {figures['p50_ms']:8.1f} ms  p95 {figures['p95_ms']:8.1f} ms"
+              f"{refused}")
     return 0
 
 

@@ -117,7 +117,9 @@ def test_pause_resume_cancel(fleet: Fleet, zoo: None) -> None:
     fleet.start_scheduler()
     fleet.start_worker("w1")
     fleet.start_worker("w2")
-    sweep_id = start(fleet, 1_500)
+    # Rates that leave the pause and the cancel 20 s or more to land while the sweep still
+    # runs: a loaded machine takes seconds to start each command.
+    sweep_id = start(fleet, 600)
     fleet.wait_for(sweep_id, "probing", lambda s: s["probes"] > 500)
     fleet.cli("sweep", "pause", sweep_id)
     fleet.wait_for(sweep_id, "shards paused",
@@ -134,7 +136,7 @@ def test_pause_resume_cancel(fleet: Fleet, zoo: None) -> None:
     fleet.wait_state(sweep_id, {"finished"}, timeout=180)
     assert set(fleet.results()) == expected_keys(sweep_id)
 
-    other = start(fleet, 500, "--name", "to-cancel")
+    other = start(fleet, 200, "--name", "to-cancel")
     fleet.wait_for(other, "probing", lambda s: s["probes"] > 100)
     fleet.cli("sweep", "cancel", other)
     fleet.wait_for(other, "cancelled shards",

@@ -79,9 +79,16 @@ if ! out="$(uv_run lock --check --offline 2>&1)"; then
     say "uv.lock does not match pyproject.toml${cause:+ ($cause)}: run '$UV lock' and commit uv.lock"
     exit 1
 fi
-# --locked: never re-resolve; --exact (the default for sync): nothing beside what is locked
-if ! out="$(uv_run sync --locked --extra test 2>&1)"; then
+# --locked: never re-resolve; --exact (the default for sync): nothing beside what is locked.
+# Bytecode is compiled here, once: where PYTHONDONTWRITEBYTECODE is set (containers, CI)
+# every process would otherwise compile each module it imports from source, about 1.3 s of
+# CPU for each brokerscan command (measured: `sweep status` 2.3 s -> 0.9 s).
+if ! out="$(UV_COMPILE_BYTECODE=1 uv_run sync --locked --extra test 2>&1)"; then
     printf '%s\n' "$out" | tail -n 20 >&2
     say "installing uv.lock into .venv failed"
     exit 1
 fi
+# the project itself is installed editable: its own packages are compiled in place (a
+# changed file's stale bytecode is ignored by Python, so this is never wrong, only faster)
+.venv/bin/python -m compileall -q -j 0 brokerscan storage workers scheduler enrichment \
+    tests bench >/dev/null

@@ -31,6 +31,7 @@ server sit on its protocol's standard port without collisions):
 127.62.32.0/19     ops tests: swept ranges (nothing listens there, but for the
                    silent listeners of the shutdown tests: 127.62.52.0/24 and
                    127.62.56.0/26, port 1883)
+127.62.64.0/20     ops tests: the graceful-shutdown sweep's range (nothing listens)
 127.63.0.0/16      protocol-depth tests (issue 12; tests/protoservers.py): WebSocket
                    MQTT brokers and decoys, a RabbitMQ node with MQTT, Web MQTT and
                    AMQP 1.0 plugins, a Qpid Proton AMQP 1.0 server

@@ -17,16 +17,21 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import aio_pika
 import asyncpg
+from redis.asyncio import Redis
 
 from brokerscan.model import ScanResult
+from brokerscan.names import Names
 from brokerscan.stream.publisher import message_key
 from brokerscan.stream.wire import message_lines
+from scheduler.status import sweep_status
+from storage.db import connect
 from tests import pg
 from tests.services import BROKER_URL, RABBIT_URL, REDIS_URL, new_names
 from tests.waiting import wait_for
@@ -149,7 +154,22 @@ class Fleet:
         return str(json.loads(out.stdout)["id"])
 
     def status(self, sweep_id: str) -> dict[str, Any]:
-        return dict(json.loads(self.cli("sweep", "status", sweep_id, "--format", "json").stdout))
+        """What ``brokerscan sweep status ID --format json`` prints, read by the same function
+        in this process: the tests poll it every 0.2-0.5 s, and a Python process a poll kept
+        a core busy (test_sweep_cli runs the command itself)."""
+        async def read() -> dict[str, Any]:
+            conn = await connect(self.database_url)
+            redis = Redis.from_url(self.env["BROKERSCAN_REDIS_URL"])
+            try:
+                return await sweep_status(conn, redis, Names(self.namespace), sweep_id)
+            finally:
+                await redis.aclose()
+                await conn.close()
+
+        # on a thread of its own: the caller may be inside an event loop (Playwright's)
+        with ThreadPoolExecutor(1) as thread:
+            data = thread.submit(lambda: asyncio.run(read())).result()
+        return dict(json.loads(json.dumps(data, default=str)))
 
     def logs(self) -> str:
         return "\n".join(f"--- {n}\n{self.log(n)}" for n in self.processes)

@@ -88,6 +88,7 @@ class Watch:
         return found
 
 
+@pytest.mark.timeout(240)  # 60-125 s: the fleet, a kill, Redis emptied, the rest of the sweep
 def test_worker_killed_and_redis_restarted_empty_mid_sweep(tmp_path: Path, redis_own: OwnRedis,
                                                            mosquitto: None) -> None:
     fleet = Fleet(tmp_path, redis_url=redis_own.url)

@@ -397,8 +397,9 @@ async def test_stall_beyond_the_retry_budget_fails_flush_clearly(
     names: Names, proxy: FaultProxy, collector: Collector
 ) -> None:
     publisher = ResultPublisher(proxy.url(), names, retry_budget=1.5, confirm_timeout=0.5,
-                                connect_timeout=0.5)
-    await publisher.start()
+                                connect_timeout=30)
+    await publisher.start()  # a loaded machine may take seconds to connect and declare
+    publisher.connect_timeout = 0.5  # the reconnects into the stall: each fails fast
     try:
         proxy.stall()
         for result in make_results(50):

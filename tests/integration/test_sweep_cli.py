@@ -103,6 +103,9 @@ def test_same_sweep_twice_and_finished_sweep(fleet: Fleet) -> None:
     text = fleet.cli("sweep", "status", first).stdout
     assert first in text and "[cancelled]" in text and "shards: done 0" in text
     assert "workers alive: 0" in text and "%" in text
+    # the JSON form is what the fleet's polls read in-process (a cancelled sweep stands still)
+    printed = json.loads(fleet.cli("sweep", "status", first, "--format", "json").stdout)
+    assert printed == fleet.status(first) and printed["state"] == "cancelled"
 
 
 @pytest.mark.parametrize(("variable", "value", "needle"), [

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from brokerscan.settings import Settings
 
 __all__ = ["BACKENDS", "DEFAULT_STORE_URL", "StoreUrlError", "backend_of", "describe_store",
-           "store_url", "unknown_scheme"]
+           "sqlite_file", "store_url", "unknown_scheme"]
 
 #: URL scheme -> "module:class" of the backend.
 BACKENDS: Final = {
@@ -61,13 +61,21 @@ def unknown_scheme(url: str) -> str | None:
             + ", ".join(f"{s}://" for s in BACKENDS))
 
 
+def sqlite_file(url: str) -> str | None:
+    """The file a ``sqlite:///`` URL names (relative to the working directory as given);
+    None for another scheme and for ``sqlite:///:memory:``."""
+    if "://" not in url or urlsplit(url).scheme != "sqlite":
+        return None
+    path = unquote(urlsplit(url).path[1:])
+    return None if path == ":memory:" else path
+
+
 def describe_store(url: str) -> str:
     """*url* for messages: a SQLite file with its absolute path, any password hidden."""
-    scheme = urlsplit(url).scheme if "://" in url else ""
-    if scheme == "sqlite":
-        path = unquote(urlsplit(url).path[1:])
-        return url if path == ":memory:" else f"sqlite:///{os.path.abspath(path)}"
-    return redact(url)
+    path = sqlite_file(url)
+    if path is not None:
+        return f"sqlite:///{os.path.abspath(path)}"
+    return url if url.startswith("sqlite://") else redact(url)
 
 
 

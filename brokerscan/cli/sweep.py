@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -27,10 +28,11 @@ from brokerscan.cli.text import format_duration, format_rate
 from brokerscan.settings import Settings
 from scheduler import launch, live, state, status
 from scheduler.launch import default_name
-from scheduler.sweeps import SweepPlan, describe_plan
+from scheduler.sweeps import SweepPlan, SweepSpec, describe_plan
 from storage.db import DatabaseError, connect
 from storage.optouts import approved_networks
 from storage.store import StoreError, open_store, store_url
+from storage.urls import sqlite_file
 
 __all__ = ["COMMANDS", "add_commands", "run"]
 
@@ -68,7 +70,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _plan_cmd(args: argparse.Namespace, settings: Settings) -> int:
     began = time.perf_counter()
-    plan = plan_or_fail(sweep_spec(args, settings))
+    spec = sweep_spec(args, settings)
+    try:  # what `sweep start` would add; a dry run still plans without a store to ask
+        approved = await _approved(settings, create=False)
+    except CliError as exc:
+        approved = []
+        print(f"brokerscan: note: approved opt-outs not read ({exc}); `sweep start` "
+              "refuses to start without them", file=sys.stderr)
+    plan = plan_or_fail(_with_approved(spec, approved))
     info = describe_plan(plan, settings.names()) | {"seed": plan.spec.seed,
                                                       "plan_seconds": round(
                                                           time.perf_counter() - began, 3)}
@@ -84,10 +93,15 @@ async def _plan_cmd(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-async def _approved(settings: Settings) -> list[str]:
-    """The approved opt-out networks of the store (``brokerscan optout``)."""
+async def _approved(settings: Settings, *, create: bool = True) -> list[str]:
+    """The approved opt-out networks of the store (``brokerscan optout``); with *create*
+    false, none when the store is an SQLite file that does not exist (it holds none, and a
+    dry run makes no file)."""
+    url = store_url(settings)
+    if not create and _no_file(url):
+        return []
     try:
-        store = await open_store(store_url(settings))
+        store = await open_store(url)
     except StoreError as exc:
         raise CliError(str(exc), EXIT_UNAVAILABLE) from None
     try:
@@ -98,16 +112,26 @@ async def _approved(settings: Settings) -> list[str]:
         await store.close()
 
 
+def _no_file(url: str) -> bool:
+    """*url* names an SQLite file that does not exist."""
+    path = sqlite_file(url)
+    return path is not None and not os.path.exists(path)
+
+
+def _with_approved(spec: SweepSpec, approved: list[str]) -> SweepSpec:
+    """*spec* with the approved opt-out requests joining its lists."""
+    if not approved:
+        return spec
+    return spec.model_copy(update={"optout": launch.opt_out([], [*spec.optout, *approved])})
+
+
 async def _start_cmd(args: argparse.Namespace, settings: Settings) -> int:
     spec = sweep_spec(args, settings, name=args.name or "")
     if not spec.name:
         spec = spec.model_copy(update={"name": default_name(spec)})
     spec = spec.model_copy(update={"started_at": datetime.now(UTC)})
-    approved = await _approved(settings)
-    if approved:  # the approved opt-out requests join the spec's lists
-        spec = spec.model_copy(update={"optout": launch.opt_out([], [*spec.optout,
-                                                                     *approved])})
-    plan = plan_or_fail(spec)
+    plan = plan_or_fail(_with_approved(spec, await _approved(settings)))
+    spec = plan.spec
     names = settings.names()
     url = database_url(settings)
     check_broker(settings.broker_url)

@@ -10,12 +10,14 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 
 from tests import pg
 from tests.integration.sweepfleet import Fleet
+from tests.optouts import request_opt_out
 
 pytestmark = pytest.mark.integration
 
@@ -23,6 +25,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     fleet = Fleet(tmp_path_factory.mktemp("sweepcli"))
+    fleet.env["BROKERSCAN_STORE_URL"] = fleet.database_url  # where `optout` and plans look
     fleet.setup()
     yield fleet
     fleet.teardown()
@@ -59,6 +62,22 @@ def test_plan_full_ipv4_is_a_dry_run(fleet: Fleet) -> None:
     assert proc.returncode == 0, proc.stderr
     assert '"addresses": 3702258432' in proc.stdout
     assert sweep_count(fleet) == 0
+    # no database in the namespace: planned without the approved opt-outs, and said so
+    assert "approved opt-outs not read" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_plan_leaves_out_approved_opt_outs_as_start_does(fleet: Fleet) -> None:
+    # (sweep start's share: test_optout_sweep.py; this module's other ranges are elsewhere)
+    def plan() -> dict[str, Any]:
+        return dict(json.loads(fleet.cli("sweep", "plan", "127.57.64.0/24", "--allow-reserved",
+                                         "--format", "json").stdout))
+
+    assert plan()["addresses"] == 256 and plan()["excluded"] == "nothing excluded"
+    request = request_opt_out(fleet.database_url, "127.57.64.128/25")
+    assert plan()["addresses"] == 256  # pending: not yet
+    fleet.cli("optout", "approve", request)
+    planned = plan()
+    assert planned["addresses"] == 128 and planned["excluded"].startswith("128 opted out")
 
 
 def test_rate_zero_means_no_limit_as_for_scan(fleet: Fleet) -> None:

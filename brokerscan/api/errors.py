@@ -67,6 +67,10 @@ _UNAVAILABLE: Final = (StoreError, RedisError, sqlite3.OperationalError,
                        asyncpg.QueryCanceledError, *SERVER_AWAY)
 
 
+#: The command that changes a resource when the server's database role may only read.
+_WRITERS: Final = {"sweeps": "brokerscan sweep", "schedules": "brokerscan sweep schedule",
+                   "watches": "brokerscan watch", "optouts": "brokerscan optout"}
+
 #: What a parameter whose pattern did not match should have been.
 _SHAPES: Final = {"ip": "an IPv4 address (a.b.c.d)", "sweep": "a sweep id",
                   "sweep_id": "a sweep id", "a": "a sweep id", "b": "a sweep id"}
@@ -98,7 +102,8 @@ def _methods(app: FastAPI, scope: Scope) -> set[str]:
 def install(app: FastAPI) -> None:
     """Install the handlers: ApiError, QueryError, ValueError (a bad cursor or limit), the
     request's own validation, HTTP errors of the framework (404 for an unknown path, 405),
-    services that are down, and anything else (500, logged, no details out)."""
+    a write refused to a database role that may only read (403, naming the command that
+    may), services that are down, and anything else (500, logged, no details out)."""
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -130,6 +135,13 @@ def install(app: FastAPI) -> None:
                         type(exc).__name__, exc)
             text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             return error_response(503, f"unavailable: {text}", headers={"Retry-After": "5"})
+
+    @app.exception_handler(asyncpg.InsufficientPrivilegeError)
+    async def read_only(request: Request, exc: Exception) -> JSONResponse:
+        resource = request.url.path.removeprefix("/api/v1/").split("/")[0]
+        command = _WRITERS.get(resource, "the brokerscan command")
+        return error_response(403, f"this server's database role may only read: use "
+                                   f"{command}, or serve with a role that may write")
 
     @app.exception_handler(StatementTimeout)
     async def too_long(request: Request, exc: StatementTimeout) -> JSONResponse:

@@ -194,6 +194,7 @@ def test_a_read_only_role_serves_everything_but_steering(served: Served,
                 assert _without(got.json(), strip) == _without(want.json(), strip), path
             refused = ro.post(f"/api/v1/sweeps/{sweep_id}/pause")
             assert refused.status_code == 403 and "read" in refused.json()["error"]
+            assert "use brokerscan sweep," in refused.json()["error"]  # what may
             assert served.fleet.status(sweep_id)["state"] == "running"
             assert ro.get("/readyz").status_code == 200
     finally:

@@ -281,6 +281,7 @@ def test_a_read_only_server_shows_the_page_lists_and_refuses_writes(tmp_path: Pa
                 assert [o["id"] for o in client.get("/api/v1/optouts").json()] == [request]
                 denied = client.post(f"/api/v1/optouts/{request}/approve")
                 assert denied.status_code == 403 and "may only read" in denied.text
+                assert "use brokerscan optout," in denied.json()["error"]
         finally:
             server.stop()
     finally:

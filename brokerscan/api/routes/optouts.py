@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-import asyncpg
 from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel
 
@@ -66,9 +65,6 @@ async def _decide(ctx: ApiContext, who: Principal, optout_id: str,
                                        by=f"token:{who.name}")
     except OptOutError as exc:
         raise ApiError(404, str(exc)) from None
-    except asyncpg.InsufficientPrivilegeError:
-        raise ApiError(403, "this server's database role may only read: decide with "
-                            "brokerscan optout, or serve with a role that may write") from None
     return _out(optout, changed)
 
 

@@ -12,7 +12,6 @@ import secrets
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import asyncpg
 from fastapi import APIRouter, Depends, Path
 from pydantic import ValidationError
 
@@ -103,10 +102,6 @@ async def add_schedule(ctx: Annotated[ApiContext, Depends(context)], body: Sched
             row = await schedules.add_schedule(conn, body.name, stored, cadence, jitter)
     except schedules.ScheduleExists as exc:
         raise ApiError(409, str(exc)) from None
-    except asyncpg.InsufficientPrivilegeError:
-        raise ApiError(403, "this server's database role may only read: add schedules "
-                            "with brokerscan sweep schedule add, or serve with a role that "
-                            "may write") from None
     return ScheduleSummary(**row.summary())
 
 
@@ -124,10 +119,6 @@ async def _steer(ctx: ApiContext, name: str, verb: str) -> ScheduleSteered:
         raise ApiError(404, str(exc)) from None
     except StateError as exc:
         raise ApiError(409, str(exc)) from None
-    except asyncpg.InsufficientPrivilegeError:
-        raise ApiError(403, "this server's database role may only read: steer schedules "
-                            "with brokerscan sweep schedule, or serve with a role that may "
-                            "write") from None
     return ScheduleSteered(name=row.name, state="paused" if row.paused else "active")
 
 

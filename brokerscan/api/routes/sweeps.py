@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import asyncpg
 from fastapi import APIRouter, Depends, Path
 
 from brokerscan.api.auth import Principal, operator
@@ -89,9 +88,6 @@ async def _steer(ctx: ApiContext, sweep_id: str, verb: status.Verb) -> SteerResu
         raise ApiError(404, str(exc)) from None
     except BadTransition as exc:
         raise ApiError(409, str(exc)) from None
-    except asyncpg.InsufficientPrivilegeError:
-        raise ApiError(403, "this server's database role may only read: steer sweeps with "
-                            "brokerscan sweep, or serve with a role that may write") from None
     return SteerResult(id=row.id, state=row.state, workers_notified=notified)
 
 

@@ -11,13 +11,12 @@ import getpass
 import json
 from typing import Literal
 
-from brokerscan.cli.errors import EXIT_UNAVAILABLE, CliError
-from brokerscan.cli.services import run_async
+from brokerscan.cli.errors import CliError
+from brokerscan.cli.services import opened_store, run_async
 from brokerscan.settings import Settings
-from storage.db import DatabaseError
 from storage.optouts import STATES, OptOutError, decide, list_optouts
 from storage.searcher import Searcher
-from storage.store import StoreError, open_store, store_url
+from storage.store import store_url
 
 __all__ = ["COMMANDS", "add_commands", "run"]
 
@@ -48,18 +47,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        store = await open_store(store_url(settings, args.store))
-    except StoreError as exc:
-        raise CliError(str(exc), EXIT_UNAVAILABLE) from None
-    try:
-        return await _verb(args, store)
-    except OptOutError as exc:
-        raise CliError(str(exc)) from None
-    except DatabaseError as exc:
-        raise CliError(str(exc), EXIT_UNAVAILABLE) from None
-    finally:
-        await store.close()
+    async with opened_store(store_url(settings, args.store)) as store:
+        try:
+            return await _verb(args, store)
+        except OptOutError as exc:
+            raise CliError(str(exc)) from None
 
 
 async def _verb(args: argparse.Namespace, store: Searcher) -> int:

@@ -11,7 +11,8 @@ import asyncio
 import logging
 import resource
 import socket
-from collections.abc import Coroutine, Iterable
+from collections.abc import AsyncIterator, Coroutine, Iterable
+from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,6 +23,7 @@ from brokerscan.health import Check, Health, OpsServer, amqp_check, redis_check
 from brokerscan.oneline import describe, redact
 from brokerscan.settings import Settings
 from storage.db import DatabaseError, connect
+from storage.store import Store, StoreError, open_store
 
 log = logging.getLogger("brokerscan")
 
@@ -29,7 +31,8 @@ log = logging.getLogger("brokerscan")
 DEPENDENCIES = ("postgresql", "redis", "task-broker", "results-broker")
 
 __all__ = ["NO_SCHEDULER", "check_broker", "check_services", "database_url",
-           "dependency_checks", "pg_check", "raise_nofile", "run_async", "start_ops_server"]
+           "dependency_checks", "opened_store", "pg_check", "raise_nofile", "run_async",
+           "start_ops_server"]
 
 
 #: The note of a command that created work for a scheduler when none beats in Redis.
@@ -45,6 +48,22 @@ def run_async(coro: Coroutine[Any, Any, int]) -> int:
         raise CliError(str(exc), EXIT_UNAVAILABLE) from None
     except (RedisError, OSError) as exc:
         raise CliError(f"cannot reach Redis: {exc}", EXIT_UNAVAILABLE) from None
+
+
+@asynccontextmanager
+async def opened_store(url: str, *, read_only: bool = False) -> AsyncIterator[Store]:
+    """The store *url* names, open for the block and closed after it; a store that cannot
+    be opened, or whose database fails on the way, is one line and exit 3."""
+    try:
+        store = await open_store(url, read_only=read_only)
+    except StoreError as exc:
+        raise CliError(str(exc), EXIT_UNAVAILABLE) from None
+    try:
+        yield store
+    except DatabaseError as exc:
+        raise CliError(str(exc), EXIT_UNAVAILABLE) from None
+    finally:
+        await store.close()
 
 
 def check_broker(url: str) -> None:

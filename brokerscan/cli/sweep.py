@@ -21,17 +21,23 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from brokerscan.cli import schedule
-from brokerscan.cli.errors import EXIT_UNAVAILABLE, CliError
-from brokerscan.cli.services import NO_SCHEDULER, check_broker, database_url, run_async
+from brokerscan.cli.errors import CliError
+from brokerscan.cli.services import (
+    NO_SCHEDULER,
+    check_broker,
+    database_url,
+    opened_store,
+    run_async,
+)
 from brokerscan.cli.sweepspec import add_plan_options, add_run_options, plan_or_fail, sweep_spec
 from brokerscan.cli.text import format_duration, format_rate
 from brokerscan.settings import Settings
 from scheduler import launch, live, state, status
 from scheduler.launch import default_name
 from scheduler.sweeps import SweepPlan, SweepSpec, describe_plan
-from storage.db import DatabaseError, connect
+from storage.db import connect
 from storage.optouts import approved_networks
-from storage.store import StoreError, open_store, store_url
+from storage.store import store_url
 from storage.urls import sqlite_file
 
 __all__ = ["COMMANDS", "add_commands", "run"]
@@ -100,16 +106,8 @@ async def _approved(settings: Settings, *, create: bool = True) -> list[str]:
     url = store_url(settings)
     if not create and _no_file(url):
         return []
-    try:
-        store = await open_store(url)
-    except StoreError as exc:
-        raise CliError(str(exc), EXIT_UNAVAILABLE) from None
-    try:
+    async with opened_store(url) as store:
         return await approved_networks(store)
-    except DatabaseError as exc:
-        raise CliError(str(exc), EXIT_UNAVAILABLE) from None
-    finally:
-        await store.close()
 
 
 def _no_file(url: str) -> bool:

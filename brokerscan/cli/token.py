@@ -11,10 +11,9 @@ from typing import Any
 import asyncpg
 
 from brokerscan.cli.errors import EXIT_UNAVAILABLE, CliError
-from brokerscan.cli.services import run_async
+from brokerscan.cli.services import opened_store, run_async
 from brokerscan.settings import Settings
-from storage.db import DatabaseError
-from storage.store import StoreError, open_store, store_url
+from storage.store import store_url
 from storage.tokens import ROLES, TokenError, TokenInfo, create_token, list_tokens, revoke_token
 
 __all__ = ["COMMANDS", "add_commands", "run"]
@@ -52,32 +51,26 @@ def _plain(info: TokenInfo) -> dict[str, Any]:
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
-    try:  # tokens need no partitions: a store opened to read takes them too
-        store = await open_store(store_url(settings, args.store), read_only=True)
-    except StoreError as exc:
-        raise CliError(str(exc), EXIT_UNAVAILABLE) from None
-    try:
-        if args.verb == "create":
-            info, token = await create_token(store, args.name, args.role)
-            print(f"token {info.id} ({info.role}) for {info.name}: shown once, keep it now")
-            print(token)
-        elif args.verb == "revoke":
-            info = await revoke_token(store, args.token_id)
-            print(f"{info.id} revoked")
-        else:
-            tokens = [_plain(t) for t in await list_tokens(store)]
-            if args.format == "json":
-                print(json.dumps(tokens, indent=2))
-            for t in tokens if args.format == "text" else ():
-                state = f"revoked {t['revoked_at'][:19]}" if t["revoked_at"] else "active"
-                print(f"{t['id']}  {t['role']:<8}  {t['created_at'][:19]}  {state:<27}  "
-                      f"{t['name']}")
-    except TokenError as exc:
-        raise CliError(str(exc)) from None
-    except DatabaseError as exc:
-        raise CliError(str(exc), EXIT_UNAVAILABLE) from None
-    except asyncpg.PostgresError as exc:
-        raise CliError(f"the store refused: {exc}", EXIT_UNAVAILABLE) from None
-    finally:
-        await store.close()
+    # tokens need no partitions: a store opened to read takes them too
+    async with opened_store(store_url(settings, args.store), read_only=True) as store:
+        try:
+            if args.verb == "create":
+                info, token = await create_token(store, args.name, args.role)
+                print(f"token {info.id} ({info.role}) for {info.name}: shown once, keep it now")
+                print(token)
+            elif args.verb == "revoke":
+                info = await revoke_token(store, args.token_id)
+                print(f"{info.id} revoked")
+            else:
+                tokens = [_plain(t) for t in await list_tokens(store)]
+                if args.format == "json":
+                    print(json.dumps(tokens, indent=2))
+                for t in tokens if args.format == "text" else ():
+                    state = f"revoked {t['revoked_at'][:19]}" if t["revoked_at"] else "active"
+                    print(f"{t['id']}  {t['role']:<8}  {t['created_at'][:19]}  {state:<27}  "
+                          f"{t['name']}")
+        except TokenError as exc:
+            raise CliError(str(exc)) from None
+        except asyncpg.PostgresError as exc:
+            raise CliError(f"the store refused: {exc}", EXIT_UNAVAILABLE) from None
     return 0

@@ -10,13 +10,12 @@ import argparse
 import json
 from typing import Any
 
-from brokerscan.cli.errors import EXIT_UNAVAILABLE, CliError
-from brokerscan.cli.services import run_async
+from brokerscan.cli.errors import CliError
+from brokerscan.cli.services import opened_store, run_async
 from brokerscan.settings import Settings
 from scheduler.notify import Deliverer, send_test
-from storage.db import DatabaseError
 from storage.searcher import Searcher
-from storage.store import StoreError, open_store, store_url
+from storage.store import store_url
 from storage.watches import (
     MAX_EXPIRY_DAYS,
     WatchError,
@@ -95,18 +94,11 @@ def _print(args: argparse.Namespace, items: list[dict[str, Any]], line: str) -> 
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        store = await open_store(store_url(settings, args.store))
-    except StoreError as exc:
-        raise CliError(str(exc), EXIT_UNAVAILABLE) from None
-    try:
-        return await _verb(args, settings, store)
-    except WatchError as exc:
-        raise CliError(str(exc)) from None
-    except DatabaseError as exc:
-        raise CliError(str(exc), EXIT_UNAVAILABLE) from None
-    finally:
-        await store.close()
+    async with opened_store(store_url(settings, args.store)) as store:
+        try:
+            return await _verb(args, settings, store)
+        except WatchError as exc:
+            raise CliError(str(exc)) from None
 
 
 async def _verb(args: argparse.Namespace, settings: Settings, store: Searcher) -> int:

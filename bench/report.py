@@ -11,7 +11,10 @@ its own tree (``git archive <commit> | tar -x -C DIR`` gives a baseline tree; ru
   ``brokerscan serve`` of that tree (no rate limit, a reader token checked on every
   request): one warm-up, then ``--runs`` requests; p50 and p95;
 * ``brokerscan report`` (the current view): the whole command, process start included,
-  ``--cli-runs`` times; median and worst.
+  ``--cli-runs`` times; median and worst. Twice: with the bytecode ``scripts/bootstrap.sh``
+  compiles, and from source as every command ran before it did (``PYTHONDONTWRITEBYTECODE``
+  set, as in containers and CI, and an empty ``pycache_prefix``: each module compiled
+  again in every process).
 
 The baseline half runs this file as a subprocess from inside the baseline tree (copied
 there), so each half imports its own tree's code.
@@ -28,6 +31,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -75,14 +79,18 @@ async def measure(url: str, runs: int, cli_runs: int) -> dict[str, object]:
     finally:
         proc.terminate()
         proc.wait()
-    cli = []
-    for _ in range(cli_runs):
-        began = time.perf_counter()
-        await asyncio.to_thread(
-            subprocess.run, [sys.executable, "-m", "brokerscan.cli", "report", "--store", url],
-            check=True, capture_output=True)
-        cli.append(time.perf_counter() - began)
-    out["cli"] = (statistics.median(cli) * 1000, max(cli) * 1000)
+    with tempfile.TemporaryDirectory() as empty:
+        for key, options in (("cli", ()), ("cli_source", ("-X", f"pycache_prefix={empty}"))):
+            cli = []
+            for _ in range(cli_runs):
+                began = time.perf_counter()
+                await asyncio.to_thread(
+                    subprocess.run, [sys.executable, *options, "-m", "brokerscan.cli",
+                                     "report", "--store", url],
+                    check=True, capture_output=True,
+                    env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+                cli.append(time.perf_counter() - began)
+            out[key] = (statistics.median(cli) * 1000, max(cli) * 1000)
     return out
 
 
@@ -119,15 +127,16 @@ def main() -> None:
     print(f"{args.runs} API requests a case after one warm-up; {args.cli_runs} CLI runs; "
           f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}\n")
     print("| tree | observations | API current p50 / p95 ms | API sweep p50 / p95 ms | "
-          "`brokerscan report` median / worst ms | MQTT servers |")
-    print("|---|---:|---:|---:|---:|---:|")
+          "`brokerscan report` median / worst ms | the same from source | MQTT servers |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, f in halves:
         cur, swp, cli = f["api_current"], f["api_sweep"], f["cli"]
+        source = f.get("cli_source", (math.nan, math.nan))
         assert isinstance(cur, list | tuple) and isinstance(swp, list | tuple)
-        assert isinstance(cli, list | tuple)
+        assert isinstance(cli, list | tuple) and isinstance(source, list | tuple)
         print(f"| {name} | {f['observations']:,} | {cur[0]:.1f} / {cur[1]:.1f} | "
               f"{swp[0]:.1f} / {swp[1]:.1f} | {cli[0]:.0f} / {cli[1]:.0f} | "
-              f"{f['mqtt_servers_current']:,} |")
+              f"{source[0]:.0f} / {source[1]:.0f} | {f['mqtt_servers_current']:,} |")
 
 
 if __name__ == "__main__":

@@ -22,9 +22,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import signal
 import socket
 import sys
 from pathlib import Path
+from types import FrameType
 
 from brokerscan.api.app import (
     DEFAULT_BURST,
@@ -207,7 +209,16 @@ async def _serve(args: argparse.Namespace, settings: Settings, url: str,
                                 timeout_keep_alive=int(max(1, args.keep_alive_timeout)),
                                 limit_concurrency=args.max_connections,
                                 h11_max_incomplete_event_size=64 * 1024)
-        server = uvicorn.Server(config)
+        stopped_by: list[int] = []
+
+        class Server(uvicorn.Server):
+            """uvicorn's server, remembering the signals that stopped it."""
+
+            def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+                stopped_by.append(sig)
+                super().handle_exit(sig, frame)
+
+        server = Server(config)
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         sys.stderr.write(f"brokerscan: serving http://{shown}:{port} (the dashboard; API "
@@ -219,4 +230,8 @@ async def _serve(args: argparse.Namespace, settings: Settings, url: str,
         await server.serve(sockets=[sock])
     finally:
         await store.close()
+    if stopped_by[:1] == [signal.SIGINT]:
+        # Ctrl-C: exit 130 as any interrupted command, whether or not asyncio's own
+        # SIGINT handler (which uvicorn hands the signal back to) got to cancel us first
+        raise KeyboardInterrupt
     return 0

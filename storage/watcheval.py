@@ -18,8 +18,9 @@ detail); ``certificate_expired`` (``certificates``): new or now matching with
 ``cert.expired:true`` added; ``certificate_expiring`` (``cert_expiry_days``): matching now,
 with a leaf certificate whose ``not_after`` is before the observation plus that many days.
 
-Events are inserted in chunks (one JSON parameter a chunk, each chunk's deliveries right
-after it), so no statement holds the store for long.
+Events not recorded yet are inserted in chunks (one JSON parameter a chunk, each chunk's
+deliveries right after it), so no statement holds the store for long; when the sweep had
+events already, one statement then gives every one that lacks them its deliveries.
 """
 
 from __future__ import annotations
@@ -285,22 +286,25 @@ def _found(dialect: Dialect, bits: list[_Bit], rows: list[Row]) -> list[Found]:
     return [(w, ip, port, kind, detail) for (w, ip, port, kind), detail in found.items()]
 
 
-async def _deliveries(store: Searcher, now: datetime, rows: str,
-                      sweep_id: str | None = None) -> None:
-    """A pending delivery per channel of its watch for each event of *rows* (JSON: ``id``
-    and ``watch``; with *sweep_id*, the events' keys instead, each event looked up by its
-    unique key, an index look-up a row); ON CONFLICT makes it safe to repeat."""
+async def _deliveries(store: Searcher, now: datetime, *, fresh: str | None = None,
+                      sweep_id: str = "", names: Iterable[str] = ()) -> None:
+    """A pending delivery on each channel of its watch: for every event of *fresh* (JSON:
+    ``id`` and ``watch``, events just inserted), or else for every event of *sweep_id* (of
+    the watches *names*) that lacks one, in one statement for the whole sweep (an
+    anti-join: a second evaluation, or one stopped between events and deliveries, mends
+    exactly what is missing). A delivery's id is its event's and its channel's: the same
+    on every try, and ON CONFLICT keeps two evaluators at once from doubling one."""
     dialect = store.dialect
     params = Params(dialect)  # in the order of the text (SQLite's are positional)
     times = params.add(now), params.add(now)
-    if sweep_id is None:
-        source = dialect.json_rows(params.add(rows), _FRESH_COLUMNS)
+    if fresh is not None:
+        source, where = dialect.json_rows(params.add(fresh), _FRESH_COLUMNS), "r.id IS NOT NULL"
     else:
         sweep = params.add(sweep_id)
-        source = (f"(SELECT (SELECT e.id FROM watch_events AS e WHERE e.watch = r.watch "
-                  f"AND e.sweep_id = {sweep} AND e.ip = r.ip AND e.port = r.port AND "
-                  "e.kind = r.kind) AS id, r.watch AS watch FROM "
-                  f"{dialect.json_rows(params.add(rows), _EVENT_COLUMNS)}) AS r")
+        watches = ", ".join(params.add(name) for name in sorted(names))
+        source = "watch_events AS r"
+        where = (f"r.sweep_id = {sweep} AND r.watch IN ({watches}) AND NOT EXISTS (SELECT 1 "
+                 "FROM watch_deliveries AS d WHERE d.event_id = r.id AND d.channel = c.channel)")
     await store.fetch(
         "INSERT INTO watch_deliveries (id, event_id, watch, channel, status, attempts, "
         "next_try_at, created_at) SELECT r.id || '.' || c.channel, r.id, r.watch, "
@@ -309,28 +313,39 @@ async def _deliveries(store: Searcher, now: datetime, rows: str,
         "JOIN (SELECT 'webhook' AS channel UNION ALL SELECT 'email') AS c "
         "ON (c.channel = 'webhook' AND w.webhook_url IS NOT NULL) "
         "OR (c.channel = 'email' AND w.email IS NOT NULL) "
-        "WHERE r.id IS NOT NULL ON CONFLICT (event_id, channel) DO NOTHING", params.values)
+        f"WHERE {where} ON CONFLICT (event_id, channel) DO NOTHING", params.values)
+
+
+async def _recorded(store: Searcher, sweep_id: str) -> set[tuple[str, str, int, str]]:
+    """The keys (watch, ip, port, kind) of the events recorded for *sweep_id* already."""
+    params = Params(store.dialect)
+    rows = await store.fetch("SELECT watch, ip, port, kind FROM watch_events WHERE "
+                             f"sweep_id = {params.add(sweep_id)}", params.values)
+    return {(str(r["watch"]), str(r["ip"]), int(r["port"]), str(r["kind"])) for r in rows}
 
 
 async def _record(store: Searcher, watches: list[Watch], sweep_id: str,
                   previous: str | None, found: list[Found]) -> list[Event]:
-    """Insert the events not recorded yet, a chunk a statement, each chunk followed by a
-    pending delivery per channel of its watch for every event of the chunk that lacks one
-    (so an evaluation stopped between the two is mended by the next). A delivery's id is
-    its event's and its channel's: the same on every try."""
+    """Insert the events not recorded yet (the sweep's recorded keys are read once: an
+    evaluation repeated writes nothing), a chunk a statement, each chunk's deliveries right
+    after it; then, if the sweep had events already or another evaluator wrote some of
+    ours, the deliveries of every event of the sweep that lacks one (:func:`_deliveries`)."""
     dialect = store.dialect
     now = datetime.now(UTC)
     names = {w.name for w in watches}
+    known = await _recorded(store, sweep_id)
+    fresh = [item for item in found if item[0] in names and item[:4] not in known]
     recorded: list[Event] = []
-    for low in range(0, len(found), _CHUNK):
-        chunk = [(secrets.token_hex(12), *item) for item in found[low:low + _CHUNK]
-                 if item[0] in names]
+    mend = bool(known)
+    for low in range(0, len(fresh), _CHUNK):
+        chunk = [(secrets.token_hex(12), *item) for item in fresh[low:low + _CHUNK]]
         rows = json.dumps([{"id": i, "watch": w, "ip": ip, "port": port, "kind": kind,
                             "detail": json.dumps(detail)}
                            for i, w, ip, port, kind, detail in chunk])
         params = Params(dialect)
         sweep, before, moment = params.add(sweep_id), params.add(previous), params.add(now)
         source = dialect.json_rows(params.add(rows), _EVENT_COLUMNS)
+        # ON CONFLICT: another evaluator of the same sweep may have written some since
         inserted = {str(r["id"]) for r in await store.fetch(
             "INSERT INTO watch_events (id, watch, sweep_id, previous, ip, port, kind, detail, "
             f"created_at) SELECT r.id, r.watch, {sweep}, {before}, r.ip, r.port, r.kind, "
@@ -338,11 +353,12 @@ async def _record(store: Searcher, watches: list[Watch], sweep_id: str,
             "port, kind) DO NOTHING RETURNING id", params.values)}
         recorded += [Event(i, w, sweep_id, previous, ip, port, kind, detail)
                      for i, w, ip, port, kind, detail in chunk if i in inserted]
-        if inserted:  # their ids are known
-            await _deliveries(store, now, json.dumps(
+        if inserted:
+            await _deliveries(store, now, fresh=json.dumps(
                 [{"id": i, "watch": w} for i, w, *_ in chunk if i in inserted]))
-        if len(inserted) < len(chunk):  # recorded before: mend any that lack a delivery
-            await _deliveries(store, now, rows, sweep_id)
+        mend = mend or len(inserted) < len(chunk)
+    if mend and names:
+        await _deliveries(store, now, sweep_id=sweep_id, names=names)
     return recorded
 
 

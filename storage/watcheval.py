@@ -316,13 +316,10 @@ async def _deliveries(store: Searcher, now: datetime, *, fresh: str | None = Non
         f"WHERE {where} ON CONFLICT (event_id, channel) DO NOTHING", params.values)
 
 
-async def _recorded(store: Searcher, sweep_id: str,
-                    names: set[str]) -> set[tuple[str, str, int, str]]:
-    """The keys (watch, ip, port, kind) of the events of the watches *names* recorded for
-    *sweep_id* already."""
+async def _recorded(store: Searcher, sweep_id: str, names: set[str]) -> set[tuple[Any, ...]]:
+    """The keys (watch, ip, port, kind) of the events of *names* recorded for *sweep_id*."""
     params = Params(store.dialect)
-    sweep = params.add(sweep_id)
-    watches = ", ".join(params.add(name) for name in sorted(names))
+    sweep, watches = params.add(sweep_id), ", ".join(params.add(n) for n in sorted(names))
     rows = await store.fetch("SELECT watch, ip, port, kind FROM watch_events WHERE "
                              f"sweep_id = {sweep} AND watch IN ({watches})", params.values)
     return {(str(r["watch"]), str(r["ip"]), int(r["port"]), str(r["kind"])) for r in rows}
@@ -337,9 +334,7 @@ async def _record(store: Searcher, watches: list[Watch], sweep_id: str,
     dialect = store.dialect
     now = datetime.now(UTC)
     names = {w.name for w in watches}
-    if not names:
-        return []
-    known = await _recorded(store, sweep_id, names)
+    known = await _recorded(store, sweep_id, names) if names else set()
     fresh = [item for item in found if item[0] in names and item[:4] not in known]
     recorded: list[Event] = []
     mend = bool(known)
@@ -363,7 +358,7 @@ async def _record(store: Searcher, watches: list[Watch], sweep_id: str,
             await _deliveries(store, now, fresh=json.dumps(
                 [{"id": i, "watch": w} for i, w, *_ in chunk if i in inserted]))
         mend = mend or len(inserted) < len(chunk)
-    if mend:
+    if mend and names:
         await _deliveries(store, now, sweep_id=sweep_id, names=names)
     return recorded
 
